@@ -1,0 +1,30 @@
+"""Callbacks for fine-tuning: freezing, LR finding, early stopping, gradient monitoring, curves.
+
+One callback per file, the file named after the class in snake_case. Imports are lazy so that
+``import lightning_recipes.callbacks`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CurveLogger": "lightning_recipes.callbacks.curve_logger",
+    "EarlyStopping": "lightning_recipes.callbacks.early_stopping",
+    "FreezeUnfreeze": "lightning_recipes.callbacks.freeze_unfreeze",
+    "GradientMonitor": "lightning_recipes.callbacks.gradient_monitor",
+    "LRFinder": "lightning_recipes.callbacks.lr_finder",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lightning_recipes.callbacks' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,174 @@
+"""The ``lightning`` / ``lightning-recipes`` command: LightningCLI plus ``run RECIPE.yaml`` and ``list``.
+
+``lightning run RECIPE.yaml [--trainer.max_epochs=3 ...]`` runs a recipe's stages (default: fit, then
+test with the best checkpoint) and prints where checkpoints, metrics and plots went.
+``lightning-recipes fit|validate|test|predict --config RECIPE.yaml`` are plain LightningCLI subcommands.
+``lightning-recipes list`` shows the shipped recipes. Errors print one short message; set
+``LIGHTNING_RECIPES_DEBUG=1`` for the full traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import OnExceptionCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from typing_extensions import override
+
+from lightning_recipes.recipes import list_recipes, resolve_recipe
+
+Stage = Literal["fit", "validate", "test", "predict"]
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+USAGE = """usage:
+  lightning run RECIPE.yaml [--trainer.max_epochs=3 --model.init_args.lr=1e-4 ...]
+  lightning-recipes fit|validate|test|predict --config RECIPE.yaml [overrides]
+  lightning-recipes list
+  lightning run RECIPE.yaml --print_config > resolved.yaml   (runs again unchanged)
+"""
+
+
+class CrashCheckpoint(OnExceptionCheckpoint):
+    """Saves ``on_exception.ckpt`` beside the run's checkpoints on a crash or Ctrl-C (removed after success)."""
+
+    def __init__(self) -> None:
+        super().__init__(dirpath=".")
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        callback = trainer.checkpoint_callback
+        dirpath = getattr(callback, "dirpath", None) if callback is not None else None
+        self.dirpath = dirpath or os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints")
+
+
+class LightningRecipesCLI(LightningCLI):
+    """LightningCLI for recipes: any LightningModule/DataModule by ``class_path``, a ``stages`` key,
+    crash checkpoints, and optimizers configured on the module (``model.init_args.optimizer``) so that
+    each module builds its own backbone/head parameter groups.
+    """
+
+    def __init__(self, *args: Any, recipe_mode: bool = False, **kwargs: Any) -> None:
+        self.recipe_mode = recipe_mode
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
+
+    @override
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--stages",
+            type=list[Stage],
+            default=["fit", "test"],
+            help="What `lightning run` does, in order: fit, validate, test, predict (test after fit uses "
+            "the best checkpoint). Ignored by the fit/validate/test/predict subcommands.",
+        )
+        if self.recipe_mode:
+            parser.add_argument("--ckpt_path", type=str | None, default=None, help="Resume fit from this checkpoint.")
+
+    @override
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(CrashCheckpoint())
+        return trainer
+
+    def run_stages(self) -> dict[str, Any]:
+        """Run the recipe's ``stages``; return a summary (run dir, checkpoints, final metrics)."""
+        trainer, model, data = self.trainer, self.model, self.datamodule
+        ckpt_path, fitted, metrics = self.config.get("ckpt_path"), False, {}
+        for stage in self.config.stages:
+            if stage == "fit":
+                trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+                fitted = True
+            else:
+                best = getattr(trainer.checkpoint_callback, "best_model_path", "") if fitted else ""
+                ckpt = best or (None if fitted else ckpt_path)
+                result = getattr(trainer, stage)(model, datamodule=data, ckpt_path=ckpt)
+                if stage == "predict":
+                    _save_predictions(result, Path(trainer.log_dir or trainer.default_root_dir))
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+        return _summary(trainer, metrics)
+
+
+def _save_predictions(batches: list[Any] | None, run_dir: Path) -> None:
+    if batches and all(isinstance(b, torch.Tensor) for b in batches):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(torch.cat(batches), run_dir / "predictions.pt")
+
+
+def _summary(trainer: L.Trainer, metrics: dict[str, float]) -> dict[str, Any]:
+    callback = trainer.checkpoint_callback
+    run_dir = trainer.log_dir or trainer.default_root_dir
+    return {
+        "run_dir": run_dir,
+        "best_checkpoint": getattr(callback, "best_model_path", "") or None,
+        "last_checkpoint": getattr(callback, "last_model_path", "") or None,
+        "plots": sorted(str(p) for p in Path(run_dir).rglob("*.png")) if Path(run_dir).is_dir() else [],
+        "metrics": dict(sorted(metrics.items())),
+    }
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print(f"\nRun directory:   {summary['run_dir']}")
+    print(f"Best checkpoint: {summary['best_checkpoint']}")
+    print(f"Last checkpoint: {summary['last_checkpoint']}")
+    print(f"Config:          {Path(summary['run_dir']) / 'config.yaml'}")
+    if summary["plots"]:
+        print(f"Plots:           {len(summary['plots'])} PNG files under {summary['run_dir']}")
+    if summary["metrics"]:
+        print("Final metrics:   " + ", ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items()))
+
+
+def run_recipe(recipe: str, overrides: list[str]) -> dict[str, Any]:
+    """``lightning run``: parse the recipe with overrides and run its stages."""
+    path = resolve_recipe(recipe)
+    cli = LightningRecipesCLI(args=["--config", str(path), *overrides], run=False, recipe_mode=True)
+    summary = cli.run_stages()
+    if cli.trainer.is_global_zero:
+        print_summary(summary)
+    return summary
+
+
+def _list() -> None:
+    recipes = list_recipes()
+    width = max(len(r.name) for r in recipes)
+    for r in recipes:
+        print(f"{r.name:<{width}}  {r.description}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lightning`` and ``lightning-recipes`` console scripts; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv else ""
+    try:
+        if command == "run" and len(argv) > 1 and not argv[1].startswith("-"):
+            run_recipe(argv[1], argv[2:])
+        elif command == "list":
+            _list()
+        elif command in SUBCOMMANDS:
+            LightningRecipesCLI(args=argv)
+        elif command in ("-h", "--help", ""):
+            print(USAGE)
+            return 0 if command else 2
+        else:
+            print(f"error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+            return 2
+    except SystemExit as exc:  # argparse/jsonargparse errors and --help/--print_config exits
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception as exc:
+        if os.environ.get("LIGHTNING_RECIPES_DEBUG"):
+            raise
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("(set LIGHTNING_RECIPES_DEBUG=1 to see the full traceback)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""LightningDataModules: image folders and CSVs, scikit-learn digits, text datasets and corpora."""

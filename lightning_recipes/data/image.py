@@ -1,0 +1,285 @@
+"""ImageDataModule: class-subfolder image folders or ``path,label`` CSVs, with timm transforms."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import lightning as L
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+Sample = tuple[Path, Any]
+
+
+class ImageDataset(Dataset):
+    """``(image, target)`` pairs read from disk; an unreadable file raises an error that names it."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable | None = None, mode: str = "RGB") -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.mode = mode
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        path, target = self.samples[index]
+        try:
+            with Image.open(path) as img:
+                image = img.convert(self.mode)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise ValueError(f"Cannot read image {path}: {exc}. Remove or replace the file.") from exc
+        return (self.transform(image) if self.transform else image), target
+
+
+def _folder_samples(folder: Path) -> dict[str, list[Path]]:
+    """``{class name: [image paths]}`` from ``folder/<class>/*.<image extension>``."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Image folder {folder} does not exist")
+    found = {
+        d.name: sorted(p for p in d.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+        for d in sorted(folder.iterdir())
+        if d.is_dir()
+    }
+    found = {name: paths for name, paths in found.items() if paths}
+    if not found:
+        raise ValueError(
+            f"No images in {folder}: expected {folder}/<class name>/<image> with extensions {IMG_EXTENSIONS}"
+        )
+    return found
+
+
+def _csv_samples(path: Path, label_separator: str | None) -> list[tuple[Path, list[str]]]:
+    """``(image path, [label names])`` rows of a ``path,label`` CSV; paths are relative to the CSV."""
+    if not path.is_file():
+        raise FileNotFoundError(f"CSV file {path} does not exist")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"path", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path} lacks column(s) {sorted(missing)}; it has {reader.fieldnames}")
+        rows = [
+            (path.parent / row["path"], row["label"].split(label_separator) if label_separator else [row["label"]])
+            for row in reader
+        ]
+    if not rows:
+        raise ValueError(f"CSV file {path} has no rows")
+    return rows
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Images from class subfolders or CSVs, transformed the way the backbone expects.
+
+    Layouts (pick one):
+
+    * ``root`` with ``train/<class>/*.jpg`` and optionally ``val/`` and ``test/`` beside it;
+    * ``root`` with ``<class>/*.jpg`` only: split by a seeded, stratified ``val_fraction``/``test_fraction``
+      (also used for ``val``/``test`` when those folders are missing);
+    * ``train_csv`` (and optionally ``val_csv``, ``test_csv``) with columns ``path,label``; paths are
+      relative to the CSV. With ``label_separator`` (e.g. ``"|"``) labels are multi-hot (multi-label task).
+
+    Transforms come from timm (``create_transform``): input size, interpolation, mean and std follow
+    ``data_config``, or the attached model's ``data_config`` (``ImageClassifier`` has one), or timm's
+    defaults. ``train_transform`` passes augmentation options to timm for training (``hflip``,
+    ``scale``, ``auto_augment``, ``re_prob``...); ``augment=False`` trains on eval transforms.
+
+    Args:
+        root: image folder (see layouts above).
+        train_csv, val_csv, test_csv: ``path,label`` CSV files.
+        predict_root: folder of unlabelled images for ``predict`` (default: the test split).
+        classes: class names in id order; default: sorted names found in the training data.
+        label_separator: separator of several labels in a CSV cell, for multi-label data.
+        val_fraction, test_fraction, seed: the stratified split used when ``val``/``test`` are absent.
+        batch_size, num_workers: DataLoader settings.
+        data_config: explicit timm data config (``input_size``, ``mean``, ``std``...).
+        image_size: override of the input resolution (square).
+        augment, train_transform: training augmentation.
+        mode: PIL mode the images are converted to (``RGB`` or ``L`` for one channel).
+
+    Example::
+
+        >>> import tempfile, numpy as np
+        >>> from PIL import Image
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for c in ("cat", "dog"):
+        ...     (root / c).mkdir()
+        ...     for i in range(10):
+        ...         Image.fromarray(np.full((8, 8, 3), i * 20, np.uint8)).save(root / c / f"{i}.png")
+        >>> dm = ImageDataModule(root=str(root), val_fraction=0.2, batch_size=4, num_workers=0, image_size=16)
+        >>> dm.setup("fit")
+        >>> dm.classes, len(dm.train_set), len(dm.val_set)
+        (['cat', 'dog'], 16, 4)
+        >>> next(iter(dm.train_dataloader()))[0].shape
+        torch.Size([4, 3, 16, 16])
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        train_csv: str | None = None,
+        val_csv: str | None = None,
+        test_csv: str | None = None,
+        predict_root: str | None = None,
+        classes: list[str] | None = None,
+        label_separator: str | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.0,
+        seed: int = 42,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        data_config: dict[str, Any] | None = None,
+        image_size: int | None = None,
+        augment: bool = True,
+        train_transform: dict[str, Any] | None = None,
+        mode: str = "RGB",
+    ) -> None:
+        super().__init__()
+        if (root is None) == (train_csv is None):
+            raise ValueError("Give exactly one of root (an image folder) or train_csv (a path,label CSV)")
+        if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
+            raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must sum below 1")
+        # Options live in ``self.opts``: under LightningCLI ``self.hparams`` holds the CLI's config of a
+        # subclass (e.g. DigitsDataModule's own arguments), not these.
+        self.opts = SimpleNamespace(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        self.save_hyperparameters()
+        self.classes = list(classes) if classes else None
+        self.train_set = self.val_set = self.test_set = self.predict_set = None
+
+    @property
+    def multilabel(self) -> bool:
+        return self.opts.label_separator is not None
+
+    @property
+    def num_classes(self) -> int:
+        if self.classes is None:
+            self.setup("fit")
+        return len(self.classes)
+
+    # -- samples ---------------------------------------------------------------------------------
+    def _encode(self, labels: list[str], source: Path) -> Any:
+        unknown = [label for label in labels if label not in self.classes]
+        if unknown:
+            raise ValueError(f"Unknown label(s) {unknown} in {source}; known classes: {self.classes}")
+        ids = [self.classes.index(label) for label in labels]
+        if not self.multilabel:
+            return ids[0]
+        target = torch.zeros(len(self.classes))
+        target[ids] = 1.0
+        return target
+
+    def _labelled(self, split: str) -> list[tuple[Path, list[str]]] | None:
+        """``(path, [labels])`` of one split as given on disk, or ``None`` where the split is absent."""
+        hp = self.opts
+        if hp.root is None:
+            path = {"train": hp.train_csv, "val": hp.val_csv, "test": hp.test_csv}[split]
+            return None if path is None else _csv_samples(Path(path), hp.label_separator)
+        root = Path(hp.root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"Image root {root} does not exist")
+        folder = root / split
+        if split == "train" and not folder.is_dir():
+            folder = root  # a single folder of class subfolders
+        elif not folder.is_dir():
+            return None
+        return [(p, [name]) for name, paths in _folder_samples(folder).items() for p in paths]
+
+    def _split(self, rows: list, fraction: float, seed: int) -> tuple[list, list]:
+        from sklearn.model_selection import train_test_split
+
+        strata = [labels[0] for _, labels in rows]
+        stratify = strata if min(strata.count(s) for s in set(strata)) >= 2 else None
+        return train_test_split(rows, test_size=fraction, random_state=seed, stratify=stratify)
+
+    def _rows(self) -> dict[str, list[tuple[Path, list[str]]]]:
+        hp = self.opts
+        rows = {split: self._labelled(split) for split in ("train", "val", "test")}
+        for split, fraction in (("test", hp.test_fraction), ("val", hp.val_fraction)):
+            if rows[split] is None and fraction > 0:
+                share = fraction / (1.0 - (hp.test_fraction if split == "val" else 0.0))
+                rows["train"], rows[split] = self._split(rows["train"], share, hp.seed)
+        return rows
+
+    # -- transforms ------------------------------------------------------------------------------
+    def resolved_data_config(self) -> dict[str, Any]:
+        """The timm data config used: explicit, else the attached model's, else timm's defaults."""
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        config = self.opts.data_config
+        if config is None:
+            model = getattr(self.trainer, "lightning_module", None) if self.trainer else None
+            config = getattr(model, "data_config", None) or {
+                "input_size": (3, 224, 224),
+                "mean": IMAGENET_DEFAULT_MEAN,
+                "std": IMAGENET_DEFAULT_STD,
+            }
+        config = dict(config)
+        if self.opts.image_size:
+            config["input_size"] = (config.get("input_size", (3,))[0], self.opts.image_size, self.opts.image_size)
+            config["crop_pct"] = 1.0
+        return config
+
+    def transforms(self, training: bool) -> Callable:
+        from timm.data import create_transform
+
+        config = self.resolved_data_config()
+        kwargs = {k: config[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode") if k in config}
+        if self.opts.mode == "L":
+            kwargs["mean"], kwargs["std"] = kwargs.get("mean", (0.5,))[:1], kwargs.get("std", (0.5,))[:1]
+        if training and self.opts.augment:
+            return create_transform(**kwargs, is_training=True, **(self.opts.train_transform or {}))
+        return create_transform(**kwargs, is_training=False)
+
+    # -- LightningDataModule -----------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        rows = self._rows()
+        if self.classes is None:
+            self.classes = sorted({label for _, labels in rows["train"] for label in labels})
+        mode = self.opts.mode
+        datasets = {}
+        for split, split_rows in rows.items():
+            if split_rows is None:
+                datasets[split] = None
+                continue
+            samples = [(path, self._encode(labels, path)) for path, labels in split_rows]
+            datasets[split] = ImageDataset(samples, self.transforms(training=split == "train"), mode)
+        self.train_set, self.val_set, self.test_set = datasets["train"], datasets["val"], datasets["test"]
+        if self.opts.predict_root:
+            paths = sorted(p for p in Path(self.opts.predict_root).rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+            if not paths:
+                raise ValueError(f"No images in predict_root {self.opts.predict_root}")
+            self.predict_set = ImageDataset([(p, -1) for p in paths], self.transforms(training=False), mode)
+
+    def _loader(self, dataset: Dataset | None, split: str, shuffle: bool = False) -> DataLoader:
+        if dataset is None:
+            raise ValueError(
+                f"No {split} data: add a {split}/ folder or {split}_csv, or set {split}_fraction > 0"
+            )
+        workers = self.opts.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.opts.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, "train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, "val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_set or self.test_set, "predict")

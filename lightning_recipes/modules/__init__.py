@@ -1,0 +1,1 @@
+"""LightningModules: one file per task family, sharing the backbone/head contract of ``_base``."""

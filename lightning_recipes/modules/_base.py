@@ -1,0 +1,105 @@
+"""The freezing contract shared by every module: ``self.backbone``, ``self.head`` and their parameter groups."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
+SchedulerFactory = Callable[[Optimizer], Any]
+
+
+def default_optimizer(params: Iterable[Any]) -> Optimizer:
+    """AdamW with weight decay 0.01; each parameter group brings its own learning rate."""
+    return torch.optim.AdamW(params, weight_decay=0.01)
+
+
+class TransferModule(L.LightningModule):
+    """Base of all lightning_recipes modules: a ``backbone``, a new ``head`` and one parameter group each.
+
+    Subclasses build ``self.backbone`` and ``self.head``. The optimizer sees two named groups,
+    ``"head"`` at ``lr`` and ``"backbone"`` at ``backbone_lr`` (``lr`` when unset); parameters with
+    ``requires_grad=False`` are left out, so a frozen backbone costs no optimizer state.
+
+    Args:
+        lr: learning rate of the head (and of the backbone unless ``backbone_lr`` is set).
+        backbone_lr: learning rate of the backbone; a fine-tuning default is ``lr / 10``.
+        optimizer: a callable taking parameter groups, e.g. ``torch.optim.SGD`` or, in YAML,
+            ``{class_path: torch.optim.SGD, init_args: {momentum: 0.9}}``. Default: AdamW, weight decay 0.01.
+        lr_scheduler: a callable taking the optimizer, e.g. a ``CosineAnnealingLR`` with ``T_max`` set.
+        scheduler_interval: ``"epoch"`` or ``"step"``: when Lightning steps the scheduler.
+        scheduler_monitor: metric for ``ReduceLROnPlateau`` (default ``"val/loss"``).
+        agc_clip_factor: adaptive gradient clipping (timm's ``adaptive_clip_grad``, NFNet paper) of the
+            backbone's gradients at this unit-wise ratio (e.g. ``0.01``); the head is left out, as in the
+            paper. Runs after AMP unscaling and before the Trainer's own ``gradient_clip_val`` clipping.
+    """
+
+    backbone: nn.Module
+    head: nn.Module
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        backbone_lr: float | None = None,
+        optimizer: OptimizerFactory | None = None,
+        lr_scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+        scheduler_monitor: str = "val/loss",
+        agc_clip_factor: float | None = None,
+    ) -> None:
+        super().__init__()
+        if lr <= 0 or (backbone_lr is not None and backbone_lr < 0):
+            raise ValueError(f"lr must be > 0 and backbone_lr >= 0, got lr={lr}, backbone_lr={backbone_lr}")
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        self.lr = lr
+        self.backbone_lr = backbone_lr
+        self.optimizer_factory = optimizer or default_optimizer
+        self.scheduler_factory = lr_scheduler
+        self.scheduler_interval = scheduler_interval
+        self.scheduler_monitor = scheduler_monitor
+        if agc_clip_factor is not None and agc_clip_factor <= 0:
+            raise ValueError(f"agc_clip_factor must be > 0 (or None to disable), got {agc_clip_factor}")
+        self.agc_clip_factor = agc_clip_factor
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Named parameter groups (head first) holding only trainable parameters; empty groups are dropped."""
+        backbone_lr = self.lr if self.backbone_lr is None else self.backbone_lr
+        groups = [
+            {"name": "head", "params": [p for p in self.head.parameters() if p.requires_grad], "lr": self.lr},
+            {
+                "name": "backbone",
+                "params": [p for p in self.backbone.parameters() if p.requires_grad],
+                "lr": backbone_lr,
+            },
+        ]
+        return [g for g in groups if g["params"]]
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.param_groups())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        config = {"scheduler": scheduler, "interval": self.scheduler_interval}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = self.scheduler_monitor
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        if self.agc_clip_factor is not None:
+            from timm.utils import adaptive_clip_grad
+
+            backbone = [p for p in self.backbone.parameters() if p.grad is not None]
+            if backbone:
+                adaptive_clip_grad(backbone, clip_factor=self.agc_clip_factor)
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)

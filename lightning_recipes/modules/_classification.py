@@ -1,0 +1,141 @@
+"""Loss, metrics and train/val/test/predict steps shared by the image and text classifiers."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MetricCollection
+from torchmetrics.classification import Accuracy, F1Score, MatthewsCorrCoef, Precision, Recall
+from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
+
+from lightning_recipes.modules._base import OptimizerFactory, SchedulerFactory, TransferModule
+
+Task = Literal["multiclass", "multilabel", "regression"]
+TASKS = ("multiclass", "multilabel", "regression")
+
+
+def build_metrics(task: str, num_classes: int) -> MetricCollection:
+    """torchmetrics for ``task``: accuracy/F1/precision/recall/MCC (macro) or RMSE/MAE."""
+    if task == "regression":
+        return MetricCollection({"rmse": MeanSquaredError(squared=False), "mae": MeanAbsoluteError()})
+    kwargs: dict[str, Any] = (
+        {"task": "multilabel", "num_labels": num_classes}
+        if task == "multilabel"
+        else {"task": "multiclass", "num_classes": num_classes}
+    )
+    return MetricCollection(
+        {
+            "acc": Accuracy(**kwargs, average="micro"),
+            "f1": F1Score(**kwargs, average="macro"),
+            "precision": Precision(**kwargs, average="macro"),
+            "recall": Recall(**kwargs, average="macro"),
+            "mcc": MatthewsCorrCoef(**kwargs),
+        }
+    )
+
+
+class ClassificationModule(TransferModule):
+    """A :class:`TransferModule` that maps a batch to logits and trains them for one task.
+
+    Subclasses implement :meth:`logits_and_target` (and ``forward``). The module logs
+    ``{stage}/loss`` and the metrics of :func:`build_metrics` as ``{stage}/acc``, ``{stage}/f1``, ...;
+    ``validation_step``/``test_step`` return ``{"preds", "target"}`` (probabilities and labels) for
+    callbacks such as :class:`~lightning_recipes.callbacks.CurveLogger`.
+
+    Args:
+        num_classes: number of classes (labels for multi-label, targets for regression).
+        task: ``multiclass`` (softmax + cross-entropy), ``multilabel`` (sigmoid + BCE) or
+            ``regression`` (MSE, or Huber with ``huber_delta``).
+        label_smoothing: cross-entropy label smoothing (multiclass).
+        class_weights: per-class loss weights (multiclass) or positive weights (multilabel).
+        huber_delta: use the Huber loss with this delta for regression instead of MSE.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        task: Task = "multiclass",
+        label_smoothing: float = 0.0,
+        class_weights: list[float] | None = None,
+        huber_delta: float | None = None,
+        lr: float = 1e-3,
+        backbone_lr: float | None = None,
+        optimizer: OptimizerFactory | None = None,
+        lr_scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+        scheduler_monitor: str = "val/loss",
+        agc_clip_factor: float | None = None,
+    ) -> None:
+        super().__init__(
+            lr, backbone_lr, optimizer, lr_scheduler, scheduler_interval, scheduler_monitor, agc_clip_factor
+        )
+        if task not in TASKS:
+            raise ValueError(f"task={task!r} is not one of {TASKS}")
+        if num_classes < 1 or (task == "multiclass" and num_classes < 2):
+            raise ValueError(f"num_classes={num_classes} is too small for task={task!r}")
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise ValueError(f"class_weights has {len(class_weights)} entries but num_classes={num_classes}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.task = task
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.huber_delta = huber_delta
+        weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float)
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.train_metrics = build_metrics(task, num_classes).clone(prefix="train/")
+        self.val_metrics = build_metrics(task, num_classes).clone(prefix="val/")
+        self.test_metrics = build_metrics(task, num_classes).clone(prefix="test/")
+
+    def logits_and_target(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """Return ``(logits, target)`` for a batch; implemented by subclasses."""
+        raise NotImplementedError(f"{type(self).__name__} must implement logits_and_target(batch)")
+
+    def loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        if self.task == "multiclass":
+            return F.cross_entropy(
+                logits, target, weight=self.class_weights, label_smoothing=self.label_smoothing
+            )
+        if self.task == "multilabel":
+            return F.binary_cross_entropy_with_logits(
+                logits, target.float(), pos_weight=self.class_weights
+            )
+        logits = logits.squeeze(-1) if target.dim() == 1 else logits
+        if self.huber_delta is not None:
+            return F.huber_loss(logits, target.float(), delta=self.huber_delta)
+        return F.mse_loss(logits, target.float())
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """Softmax (multiclass), sigmoid (multilabel) or the raw outputs (regression)."""
+        if self.task == "multiclass":
+            return logits.softmax(-1)
+        if self.task == "multilabel":
+            return logits.sigmoid()
+        return logits.squeeze(-1) if logits.shape[-1] == 1 else logits
+
+    def _step(self, batch: Any, stage: str, metrics: MetricCollection) -> dict[str, Tensor]:
+        logits, target = self.logits_and_target(batch)
+        loss = self.loss(logits, target)
+        preds = self.probabilities(logits.detach().float())
+        metrics.update(preds, target.int() if self.task == "multilabel" else target)
+        batch_size = target.shape[0]
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=stage != "train")
+        self.log_dict(metrics, prog_bar=stage != "train", batch_size=batch_size, on_epoch=True, on_step=False)
+        return {"loss": loss, "preds": preds, "target": target}
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._step(batch, "train", self.train_metrics)["loss"]
+
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        return self._step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        return self._step(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Class probabilities (multiclass/multilabel) or predicted values (regression)."""
+        inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self.probabilities(self(inputs).float())

@@ -1,0 +1,73 @@
+"""Keep every test small, offline and inside tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LIGHTNING_RECIPES_SHARED", REPO / ".." / "shared")).resolve()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Zoo weights and exported digits go to one per-session cache, never the user's."""
+    cache = tmp_path_factory.mktemp("lightning_recipes_cache")
+    os.environ["LIGHTNING_RECIPES_CACHE"] = str(cache)
+    return cache
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    """``../shared`` (real weights and data); tests that need it skip where it is absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} not found: real weights/data live in ../shared (set LIGHTNING_RECIPES_SHARED)")
+    return SHARED
+
+
+@pytest.fixture
+def tiny_trainer_kwargs(tmp_path: Path) -> dict:
+    """Trainer settings that keep a test to seconds: CPU, a couple of batches, no logger."""
+    return {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 1,
+        "limit_train_batches": 2,
+        "limit_val_batches": 2,
+        "limit_test_batches": 2,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": str(tmp_path),
+    }
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path):
+    """Make ``root/<split>/<class>/<i>.png`` with a colour per class (a learnable toy task)."""
+    import numpy as np
+    from PIL import Image
+
+    def make(splits=("train",), classes=("a", "b", "c"), per_class=6, size=16, root=None) -> Path:
+        root = Path(root or tmp_path / "images")
+        rng = np.random.default_rng(0)
+        for split in splits:
+            for c, name in enumerate(classes):
+                folder = root / split / name if split else root / name
+                folder.mkdir(parents=True, exist_ok=True)
+                for i in range(per_class):
+                    pixels = np.full((size, size, 3), 40 + 80 * c, np.uint8) + rng.integers(0, 30, (size, size, 3), np.uint8)
+                    Image.fromarray(pixels).save(folder / f"{i}.png")
+        return root
+
+    return make
