@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,7 +58,7 @@ class LightningRecipesCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        kwargs.setdefault("parser_kwargs", {"default_env": False, "exit_on_error": False})
         super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
 
     @override
@@ -142,9 +143,23 @@ def _list() -> None:
         print(f"{r.name:<{width}}  {r.description}")
 
 
+_NOISE = ("Expected a <class 'NoneType'>", "Given value type", "Subtypes:", "Does not validate against any", "Errors:")
+
+
+def short_error(exc: BaseException) -> str:
+    """One short message for ``exc``: jsonargparse's Union bookkeeping and long value dumps are dropped."""
+    lines = [
+        line.strip(" -")
+        for line in str(exc).splitlines()
+        if line.strip(" -") and not line.strip(" -").startswith(_NOISE) and len(line) < 200
+    ]
+    return "\n".join(line if i == 0 else "  " + line for i, line in enumerate(lines))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lightning`` and ``lightning-recipes`` console scripts; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
     command = argv[0] if argv else ""
     try:
         if command == "run" and len(argv) > 1 and not argv[1].startswith("-"):
@@ -164,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("LIGHTNING_RECIPES_DEBUG"):
             raise
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        kind = "invalid recipe" if type(exc).__name__ == "ArgumentError" else type(exc).__name__
+        print(f"error: {kind}: {short_error(exc)}", file=sys.stderr)
         print("(set LIGHTNING_RECIPES_DEBUG=1 to see the full traceback)", file=sys.stderr)
         return 1
     return 0

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lightning_recipes import ImageClassifier
+from lightning_recipes.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path, image_folder) -> Path:
+    root = image_folder(splits=("train", "val", "test"), per_class=4)
+    recipe = {
+        "seed_everything": 0,
+        "stages": ["fit", "test"],
+        "trainer": {
+            "accelerator": "cpu",
+            "max_epochs": 2,
+            "default_root_dir": str(tmp_path / "run"),
+            "enable_progress_bar": False,
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path / "run")}},
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"monitor": "val/acc", "mode": "max", "save_last": True},
+                }
+            ],
+        },
+        "model": {
+            "class_path": "lightning_recipes.ImageClassifier",
+            "init_args": {"backbone": "test_resnet", "pretrained": False, "num_classes": 3, "lr": 0.01},
+        },
+        "data": {
+            "class_path": "lightning_recipes.ImageDataModule",
+            "init_args": {"root": str(root), "batch_size": 6, "num_workers": 0, "image_size": 32},
+        },
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text("# A tiny recipe for tests.\n" + yaml.safe_dump(recipe))
+    return path
+
+
+def test_lightning_run_subprocess_end_to_end(tiny_recipe, tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("lightning")), "run", str(tiny_recipe), "--trainer.max_epochs=1"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Best checkpoint:" in out.stdout and "test/acc=" in out.stdout
+    best = next(line.split(":", 1)[1].strip() for line in out.stdout.splitlines() if line.startswith("Best checkpoint:"))
+    assert Path(best).is_file()
+    model = ImageClassifier.load_from_checkpoint(best).eval()
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+    run_dir = next(line.split(":", 1)[1].strip() for line in out.stdout.splitlines() if line.startswith("Run directory:"))
+    metrics = (Path(run_dir) / "metrics.csv").read_text()
+    assert "val/acc" in metrics and "test/acc" in metrics
+    assert (Path(run_dir) / "config.yaml").is_file()
+
+
+def test_print_config_runs_again_unchanged(tiny_recipe, tmp_path, capsys):
+    assert main(["run", str(tiny_recipe), "--trainer.max_epochs=1", "--print_config"]) == 0
+    printed = capsys.readouterr().out
+    resolved = tmp_path / "resolved.yaml"
+    resolved.write_text(printed)
+    assert yaml.safe_load(printed)["trainer"]["max_epochs"] == 1
+    assert main(["run", str(resolved), "--print_config"]) == 0
+    assert capsys.readouterr().out == printed
+    assert main(["run", str(resolved), "--stages=[validate]"]) == 0
+    assert "val/acc=" in capsys.readouterr().out
+
+
+def test_subcommands_and_resume(tiny_recipe, tmp_path, capsys):
+    assert main(["fit", "--config", str(tiny_recipe), "--trainer.max_epochs=1"]) == 0
+    last = sorted((tmp_path / "run").rglob("last.ckpt"))[-1]
+    assert torch.load(last, weights_only=False)["epoch"] == 0
+    assert main(["run", str(tiny_recipe), f"--ckpt_path={last}", "--trainer.max_epochs=2", "--stages=[fit]"]) == 0
+    newest = sorted((tmp_path / "run").rglob("last.ckpt"), key=os.path.getmtime)[-1]
+    assert torch.load(newest, weights_only=False)["epoch"] == 1  # resumed at epoch 1, not restarted
+    assert main(["list"]) == 0
+    assert "quickstart" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("--model.init_args.foo=3", "Option 'foo' is not accepted"),
+        ("--model.init_args.backbone=resnet1800", "Unknown backbone 'resnet1800'"),
+        ("--data.init_args.root=/no/such/folder", "/no/such/folder does not exist"),
+        ("--trainer.max_epochs=abc", "trainer.max_epochs"),
+    ],
+)
+def test_bad_input_gives_a_short_error(tiny_recipe, capsys, override, expected):
+    assert main(["run", str(tiny_recipe), override]) != 0
+    err = capsys.readouterr().err
+    assert expected in err
+    assert "Traceback" not in err and len(err.splitlines()) <= 8
+
+
+def test_malformed_and_missing_recipe(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  init_args: [1,\n")
+    assert main(["run", str(bad)]) != 0
+    assert "Problems parsing config" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "nope.yaml")]) != 0
+    assert "not found" in capsys.readouterr().err
+    assert main(["frobnicate"]) == 2
