@@ -17,8 +17,10 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import OnExceptionCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lightning_recipes.recipes import list_recipes, resolve_recipe
@@ -33,17 +35,35 @@ USAGE = """usage:
 """
 
 
-class CrashCheckpoint(OnExceptionCheckpoint):
-    """Saves ``on_exception.ckpt`` beside the run's checkpoints on a crash or Ctrl-C (removed after success)."""
+class CrashCheckpoint(Callback):
+    """Saves ``on_exception.ckpt`` beside the run's checkpoints when fit crashes or is interrupted (Ctrl-C).
+
+    The file is removed when fit ends normally. Unlike Lightning's ``OnExceptionCheckpoint``, its
+    presence does not make a later ``fit(ckpt_path=None)`` resume silently: resuming is explicit
+    (``--ckpt_path=.../on_exception.ckpt``).
+    """
+
+    filename = "on_exception.ckpt"
 
     def __init__(self) -> None:
-        super().__init__(dirpath=".")
+        self.path: Path | None = None
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         callback = trainer.checkpoint_callback
         dirpath = getattr(callback, "dirpath", None) if callback is not None else None
-        self.dirpath = dirpath or os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints")
+        self.path = Path(dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints") / self.filename
+
+    @override
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self.path is not None and trainer.state.fn == TrainerFn.FITTING and trainer.global_step > 0:
+            trainer.save_checkpoint(self.path)
+            rank_zero_info(f"Training stopped by {type(exception).__name__}; checkpoint saved to {self.path}")
+
+    @override
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.path is not None and trainer.is_global_zero:
+            self.path.unlink(missing_ok=True)
 
 
 class LightningRecipesCLI(LightningCLI):
@@ -148,10 +168,11 @@ _NOISE = ("Expected a <class 'NoneType'>", "Given value type", "Subtypes:", "Doe
 
 def short_error(exc: BaseException) -> str:
     """One short message for ``exc``: jsonargparse's Union bookkeeping and long value dumps are dropped."""
+    lines = [line.strip(" -") for line in str(exc).splitlines()]
     lines = [
-        line.strip(" -")
-        for line in str(exc).splitlines()
-        if line.strip(" -") and not line.strip(" -").startswith(_NOISE) and len(line) < 200
+        line
+        for line in lines
+        if line and not line.startswith(_NOISE) and not (line.startswith("Given value") and len(line) > 200)
     ]
     return "\n".join(line if i == 0 else "  " + line for i, line in enumerate(lines))
 
