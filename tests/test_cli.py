@@ -113,3 +113,15 @@ def test_malformed_and_missing_recipe(tmp_path, capsys):
     assert main(["run", str(tmp_path / "nope.yaml")]) != 0
     assert "not found" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2
+
+
+@pytest.mark.slow
+def test_lightning_run_under_ddp_on_two_cpu_processes(tiny_recipe, tmp_path):
+    """Lightning's launcher re-runs `lightning run ...` in a second process; the summary prints once."""
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("lightning")), "run", str(tiny_recipe), "--trainer.max_epochs=1",
+         "--trainer.devices=2", "--trainer.strategy=ddp"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, cwd=tmp_path, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("Best checkpoint:") == 1 and "test/acc=" in out.stdout

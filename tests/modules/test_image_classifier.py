@@ -127,3 +127,22 @@ def test_zoo_backbone_is_pretrained_on_the_source_task():
     differs = [not torch.equal(a, b) for a, b in zip(pretrained.backbone.state_dict().values(), scratch.backbone.state_dict().values())]
     assert any(differs)
     assert Path(pretrained.backbone.pretrained_cfg["file"]).is_file()
+
+
+@pytest.mark.slow
+def test_finetune_real_efficientnet_lite0(shared_dir, tmp_path, tiny_trainer_kwargs):
+    """Real ImageNet weights from ../shared load through local-dir: and fine-tune on real digits."""
+    from safetensors.torch import load_file
+
+    from lightning_recipes import DigitsDataModule
+
+    folder = shared_dir / "models" / "efficientnet_lite0"
+    model = ImageClassifier(f"local-dir:{folder}", num_classes=2, pretrained=True, lr=1e-2, backbone_lr=1e-3)
+    stored = load_file(str(folder / "model.safetensors"))
+    assert torch.equal(model.backbone.conv_stem.weight, stored["conv_stem.weight"])
+    data = DigitsDataModule(digits=[0, 1], train_per_class=32, root=str(tmp_path), image_size=64, batch_size=16)
+    L.seed_everything(0)
+    trainer = L.Trainer(**{**tiny_trainer_kwargs, "max_epochs": 5, "limit_train_batches": None, "limit_val_batches": None})
+    trainer.fit(model, datamodule=data)
+    assert not torch.equal(model.backbone.conv_stem.weight, stored["conv_stem.weight"])
+    assert trainer.callback_metrics["val/acc"] > 0.8
