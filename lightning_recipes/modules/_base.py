@@ -1,4 +1,4 @@
-"""The freezing contract shared by every module: ``self.backbone``, ``self.head`` and their parameter groups."""
+"""The freezing contract of every module: ``self.backbone``, ``self.head`` and their parameter groups."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import lightning as L
 import torch
 from torch import nn
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+# The types LightningCLI knows as OptimizerCallable / LRSchedulerCallable: jsonargparse turns a
+# ``class_path``/``init_args`` entry in a recipe into such a callable.
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
-SchedulerFactory = Callable[[Optimizer], Any]
+SchedulerFactory = Callable[[Optimizer], LRScheduler | ReduceLROnPlateau]
 
 
 def default_optimizer(params: Iterable[Any]) -> Optimizer:

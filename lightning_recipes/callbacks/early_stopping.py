@@ -1,0 +1,142 @@
+"""EarlyStopping: Lightning's, failing fast on a monitor key that is never logged, with a NaN/inf policy."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import EarlyStopping as _LightningEarlyStopping
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+from torch import Tensor
+from typing_extensions import override
+
+NonFinite = Literal["stop", "ignore"]
+
+
+class EarlyStopping(_LightningEarlyStopping):
+    """Lightning's ``EarlyStopping`` with an early check of the monitor key and a policy for NaN/inf values.
+
+    What it adds to Lightning's callback:
+
+    * **A monitor key that is never logged fails at the first validation**, including the sanity check
+      for ``val*`` keys (so a typo costs seconds, not an epoch), with a ``ValueError`` that lists the
+      keys that do exist and the closest matches. Lightning's own check runs only after the first
+      training epoch, and only with ``strict=True``; here it runs whatever ``strict`` says, because a
+      key that no validation ever logs is a configuration error, not a transient gap.
+    * **NaN/inf monitored values**: ``non_finite="stop"`` stops training (Lightning's ``check_finite``);
+      ``non_finite="ignore"`` counts the value as no improvement (it may still exhaust ``patience``),
+      so a single bad validation does not end the run and ``-inf`` can never become the best score.
+      ``non_finite_count`` counts such values.
+    * State (``wait_count``, ``best_score``, ``stopped_epoch``, ``patience``, ``non_finite_count``) is
+      saved in checkpoints and restored on resume (Lightning's ``state_dict`` plus the count).
+
+    Args:
+        monitor: logged key to watch, e.g. ``"val/loss"`` or ``"val/acc"``.
+        min_delta, patience, verbose, mode, strict, stopping_threshold, divergence_threshold,
+            check_on_train_epoch_end, log_rank_zero_only: as in Lightning's ``EarlyStopping``.
+        non_finite: ``"stop"`` or ``"ignore"`` (count as no improvement).
+
+    Example::
+
+        >>> es = EarlyStopping(monitor="val/loss", patience=2, non_finite="ignore")
+        >>> [es._evaluate_stopping_criteria(torch.tensor(v))[0] for v in (1.0, float("nan"), float("-inf"))]
+        [False, False, True]
+        >>> es.best_score.item(), es.non_finite_count, es.wait_count
+        (1.0, 2, 2)
+    """
+
+    def __init__(
+        self,
+        monitor: str,
+        min_delta: float = 0.0,
+        patience: int = 3,
+        verbose: bool = False,
+        mode: Literal["min", "max"] = "min",
+        strict: bool = True,
+        non_finite: NonFinite = "stop",
+        stopping_threshold: float | None = None,
+        divergence_threshold: float | None = None,
+        check_on_train_epoch_end: bool | None = None,
+        log_rank_zero_only: bool = False,
+    ) -> None:
+        if non_finite not in ("stop", "ignore"):
+            raise ValueError(f"non_finite must be 'stop' or 'ignore', got {non_finite!r}")
+        super().__init__(
+            monitor=monitor,
+            min_delta=min_delta,
+            patience=patience,
+            verbose=verbose,
+            mode=mode,
+            strict=strict,
+            check_finite=non_finite == "stop",
+            stopping_threshold=stopping_threshold,
+            divergence_threshold=divergence_threshold,
+            check_on_train_epoch_end=check_on_train_epoch_end,
+            log_rank_zero_only=log_rank_zero_only,
+        )
+        self.non_finite = non_finite
+        self.non_finite_count = 0
+        self._monitor_seen = False
+
+    def _missing_monitor_error(self, logs: dict[str, Any]) -> ValueError:
+        keys = sorted(logs)
+        close = difflib.get_close_matches(self.monitor, keys, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(k) for k in close)}?" if close else ""
+        return ValueError(
+            f"EarlyStopping monitors {self.monitor!r}, which was not logged by the validation run. "
+            f"Logged keys: {keys}.{hint} Set `monitor` to one of them (e.g. model `val/loss`, `val/acc`)."
+        )
+
+    def _check_monitor_logged(self, trainer: pl.Trainer) -> None:
+        if self._monitor_seen or trainer.state.fn != "fit":
+            return
+        logs = trainer.callback_metrics
+        if self.monitor in logs:
+            self._monitor_seen = True
+            return
+        # The sanity check only runs validation: a validation key must be there already.
+        if trainer.sanity_checking and not self.monitor.startswith("val"):
+            return
+        raise self._missing_monitor_error(logs)
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.fast_dev_run and (
+            trainer.sanity_checking or self.monitor.startswith("val") or not self._check_on_train_epoch_end
+        ):
+            self._check_monitor_logged(trainer)
+        super().on_validation_end(trainer, pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._check_on_train_epoch_end and not trainer.fast_dev_run:
+            self._check_monitor_logged(trainer)
+        super().on_train_epoch_end(trainer, pl_module)
+
+    @override
+    def _evaluate_stopping_criteria(self, current: Tensor) -> tuple[bool, str | None]:
+        if torch.isfinite(current):
+            return super()._evaluate_stopping_criteria(current)
+        self.non_finite_count += 1
+        if self.non_finite == "stop":
+            return super()._evaluate_stopping_criteria(current)
+        self.wait_count += 1
+        reason = f"Monitored metric {self.monitor} = {current} is not finite; counted as no improvement."
+        if self.wait_count >= self.patience:
+            self.stopping_reason = EarlyStoppingReason.PATIENCE_EXHAUSTED
+            return True, (
+                f"Monitored metric {self.monitor} did not improve in the last {self.wait_count} records"
+                f" (the last one not finite). Best score: {self.best_score:.3f}. Signaling Trainer to stop."
+            )
+        return False, reason
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "non_finite_count": self.non_finite_count}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.non_finite_count = state_dict.get("non_finite_count", 0)

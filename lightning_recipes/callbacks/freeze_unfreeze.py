@@ -1,0 +1,396 @@
+"""FreezeUnfreeze: train a new head on a frozen backbone, then unfreeze it: at once, in milestones, gradually.
+
+Why not Lightning's ``BackboneFinetuning`` as is: under DDP, parameters that are frozen when the
+model is wrapped are left out of DDP's gradient reducer, so after they are unfrozen their gradients
+are never all-reduced and the ranks silently diverge. This callback re-wraps the model in a new
+``DistributedDataParallel`` each time the set of trainable parameters changes, keeps frozen
+BatchNorm layers in eval mode through ``model.train()`` calls, extends the LR schedulers to the
+parameter groups it adds, and replays its stage on resume before the optimizer state is loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import BaseFinetuning
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim import Optimizer
+from typing_extensions import override
+
+# Per-parameter-group lists kept by torch's LR schedulers; entries whose name contains "lr" are scaled.
+_SCHEDULER_GROUP_LISTS = (
+    "base_lrs",
+    "_last_lr",
+    "max_lrs",
+    "min_lrs",
+    "lr_lambdas",
+    "base_momentums",
+    "max_momentums",
+)
+
+
+def _keep_eval(module: nn.Module, args: Any) -> None:
+    """Forward pre-hook of a frozen BatchNorm: whatever ``train()`` said, normalise with the running stats."""
+    module.training = False
+
+
+def layer_groups(pl_module: pl.LightningModule) -> list[list[nn.Parameter]]:
+    """The backbone's parameters in layer groups, bottom (input side) to top.
+
+    ``pl_module.layer_groups()`` is used when the module has it (a list of ``nn.Module`` blocks, bottom
+    to top); else timm's ``group_matcher(coarse=True)`` of the backbone (stem, stages, ...); else the
+    backbone's children that hold parameters. Backbone parameters no group claims (a pooler, a final
+    norm) join the top group.
+
+    Example::
+
+        >>> from torch import nn
+        >>> m = pl.LightningModule()
+        >>> m.backbone = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 3))
+        >>> [len(g) for g in layer_groups(m)]
+        [2, 2]
+    """
+    backbone: nn.Module = pl_module.backbone
+    groups: list[list[nn.Parameter]]
+    if callable(getattr(pl_module, "layer_groups", None)):
+        groups = [list(block.parameters()) for block in pl_module.layer_groups()]
+    elif callable(getattr(backbone, "group_matcher", None)):
+        from timm.models._manipulate import group_parameters
+
+        named = dict(backbone.named_parameters())
+        grouped = group_parameters(backbone, backbone.group_matcher(coarse=True))
+        groups = [[named[name] for name in names] for _, names in sorted(grouped.items())]
+    else:
+        groups = [list(child.parameters()) for child in backbone.children()]
+    seen: set[int] = set()
+    unique = []
+    for group in groups:
+        kept = [p for p in group if id(p) not in seen]
+        seen.update(id(p) for p in kept)
+        if kept:
+            unique.append(kept)
+    rest = [p for p in backbone.parameters() if id(p) not in seen]
+    if not unique:
+        return [rest] if rest else []
+    unique[-1] = unique[-1] + rest
+    return unique
+
+
+class FreezeUnfreeze(BaseFinetuning):
+    """Train the head with the backbone frozen, then unfreeze the backbone, all at once or group by group.
+
+    Works with every ``lightning_recipes`` module (``backbone``/``head``, named ``param_groups()``) and
+    with any ``LightningModule`` that has a ``backbone`` and whose ``configure_optimizers`` leaves out
+    parameters with ``requires_grad=False`` (parameters already in the optimizer are unfrozen but not
+    added twice). The backbone is split into layer groups by :func:`layer_groups`. With several
+    optimizers, the unfrozen groups go to the first one.
+
+    Schedule (epochs count from 0), in terms of how many layer groups, from the top, are trainable:
+
+    * default: everything at ``unfreeze_at_epoch`` (``None``: never, i.e. linear probing);
+    * ``gradual_every=N`` (ULMFiT): the top group at ``unfreeze_at_epoch``, one more every ``N`` epochs;
+    * ``milestones=[e1, ..., ek]``: one more group at each milestone, all remaining groups at the last.
+
+    Learning rates: a group unfrozen while the head's learning rate is ``lr`` gets
+    ``lr * backbone_lr_ratio * layer_decay ** d``, ``d`` its depth below the top group (discriminative
+    learning rates; ``layer_decay=None`` means 1). Every entry with ``lr`` in its name (``lr``,
+    ``initial_lr``, ``max_lr``, ``min_lr``) is scaled the same way, and the LR schedulers' per-group
+    lists (``base_lrs``, ``min_lrs``, ``lr_lambdas``...) are extended, so cosine, one-cycle and plateau
+    schedules go on across the unfreeze with the backbone at a fixed ratio of the head. New optimizer
+    groups are named ``"backbone"`` (all at once, no decay) or ``"backbone.<i>"`` (layer group ``i``,
+    0 = bottom).
+
+    BatchNorm: with ``train_bn=False`` (default, best for small data sets) BatchNorm layers of frozen
+    groups stay in eval mode, their running statistics untouched, also after ``model.train()`` (a
+    forward pre-hook re-applies eval mode). ``train_bn=True`` keeps them trainable (Lightning's default).
+
+    Cost: frozen parameters have ``requires_grad=False``, so no gradient flows through the frozen part of
+    the backbone and the optimizer holds no state for it.
+
+    DDP: DDP only reduces gradients of parameters that were trainable when the model was wrapped. Each
+    time the trainable set changes the callback wraps the LightningModule in a fresh
+    ``DistributedDataParallel`` (which also broadcasts rank 0's weights), so frozen epochs pay no
+    communication for the backbone and unfrozen parameters are all-reduced like any other. Single
+    device and DDP strategies are supported; others (FSDP, DeepSpeed) raise ``NotImplementedError``.
+
+    Resume: the stage is in the checkpoint (``state_dict``); on resume the callback unfreezes the same
+    groups and adds the same optimizer groups in ``on_fit_start``, before Lightning loads the optimizer
+    and scheduler state into them, so LRs, optimizer moments and scheduler state continue exactly.
+
+    Args:
+        unfreeze_at_epoch: epoch at which unfreezing starts; ``None`` keeps the backbone frozen.
+        milestones: epochs at which one more layer group is unfrozen (top first); the last unfreezes all.
+            Overrides ``unfreeze_at_epoch``.
+        gradual_every: unfreeze one more layer group every this many epochs from ``unfreeze_at_epoch``.
+        backbone_lr_ratio: backbone LR as a fraction of the head's LR at the time of unfreezing.
+        layer_decay: per-group LR decay below the top group (ULMFiT uses ``1 / 2.6``).
+        train_bn: let BatchNorm layers of frozen groups train (params and running statistics).
+        verbose: log each unfreeze with the new groups' learning rates.
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_recipes import ImageClassifier
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> model = ImageClassifier("test_resnet", num_classes=2, pretrained=False, lr=0.01)
+        >>> x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 2, (8,))
+        >>> data = DataLoader(TensorDataset(x, y), batch_size=4)
+        >>> callback = FreezeUnfreeze(unfreeze_at_epoch=1, backbone_lr_ratio=0.1)
+        >>> trainer = pl.Trainer(max_epochs=2, callbacks=[callback], logger=False, enable_checkpointing=False,
+        ...                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+        >>> trainer.fit(model, data)
+        >>> [(g["name"], g["lr"]) for g in trainer.optimizers[0].param_groups]
+        [('head', 0.01), ('backbone', 0.001)]
+    """
+
+    def __init__(
+        self,
+        unfreeze_at_epoch: int | None = 1,
+        milestones: list[int] | None = None,
+        gradual_every: int | None = None,
+        backbone_lr_ratio: float = 0.1,
+        layer_decay: float | None = None,
+        train_bn: bool = False,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__()
+        if unfreeze_at_epoch is not None and unfreeze_at_epoch < 0:
+            raise ValueError(f"unfreeze_at_epoch must be >= 0 or None, got {unfreeze_at_epoch}")
+        if milestones is not None:
+            if (
+                not milestones
+                or any(m < 0 for m in milestones)
+                or list(milestones) != sorted(set(milestones))
+            ):
+                raise ValueError(
+                    f"milestones must be a non-empty, strictly increasing list of epochs >= 0, got "
+                    f"{milestones}"
+                )
+            if gradual_every is not None:
+                raise ValueError("Give milestones or gradual_every, not both")
+        if gradual_every is not None and gradual_every < 1:
+            raise ValueError(f"gradual_every must be >= 1, got {gradual_every}")
+        if backbone_lr_ratio <= 0:
+            raise ValueError(f"backbone_lr_ratio must be > 0, got {backbone_lr_ratio}")
+        if layer_decay is not None and not 0 < layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+        self.unfreeze_at_epoch = unfreeze_at_epoch
+        self.milestones = list(milestones) if milestones is not None else None
+        self.gradual_every = gradual_every
+        self.backbone_lr_ratio = backbone_lr_ratio
+        self.layer_decay = layer_decay
+        self.train_bn = train_bn
+        self.verbose = verbose
+        self.stage = 0  # number of layer groups, counted from the top, that are trainable
+        self._restored_stage = 0
+        self._groups: list[list[nn.Parameter]] = []
+        self._bn_hooks: dict[nn.Module, Any] = {}
+
+    # -- schedule --------------------------------------------------------------------------------
+    @property
+    def _per_layer(self) -> bool:
+        return self.layer_decay is not None or self.milestones is not None or self.gradual_every is not None
+
+    def target_stage(self, epoch: int, num_groups: int) -> int:
+        """How many layer groups (from the top) should be trainable at ``epoch``.
+
+        Example::
+
+            >>> [FreezeUnfreeze(unfreeze_at_epoch=2).target_stage(e, 4) for e in range(4)]
+            [0, 0, 4, 4]
+            >>> [FreezeUnfreeze(unfreeze_at_epoch=1, gradual_every=2).target_stage(e, 3) for e in range(8)]
+            [0, 1, 1, 2, 2, 3, 3, 3]
+            >>> [FreezeUnfreeze(milestones=[1, 3]).target_stage(e, 5) for e in range(5)]
+            [0, 1, 1, 5, 5]
+        """
+        if self.milestones is not None:
+            passed = sum(m <= epoch for m in self.milestones)
+            return num_groups if passed == len(self.milestones) else min(passed, num_groups)
+        if self.unfreeze_at_epoch is None or epoch < self.unfreeze_at_epoch:
+            return 0
+        if self.gradual_every is None:
+            return num_groups
+        return min(num_groups, 1 + (epoch - self.unfreeze_at_epoch) // self.gradual_every)
+
+    # -- BaseFinetuning API ----------------------------------------------------------------------
+    @override
+    def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
+        if not isinstance(getattr(pl_module, "backbone", None), nn.Module):
+            raise ValueError(
+                f"FreezeUnfreeze needs a LightningModule with an nn.Module `backbone` attribute; "
+                f"{type(pl_module).__name__} has none"
+            )
+        self._groups = layer_groups(pl_module)
+        for p in pl_module.backbone.parameters():
+            p.requires_grad = False
+        if self.train_bn:
+            for m in pl_module.backbone.modules():
+                if isinstance(m, _BatchNorm):
+                    m.requires_grad_(True)
+        self.stage = 0
+        self._refresh_bn(pl_module)
+
+    @override
+    def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
+        """Unfreeze up to the target stage of ``epoch``; called by :meth:`on_train_epoch_start`."""
+        target = max(self.target_stage(epoch, len(self._groups)), self._restored_stage)
+        if target > self.stage:
+            self._advance(pl_module.trainer, pl_module, target)
+
+    # -- hooks -----------------------------------------------------------------------------------
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._restored_stage = 0  # a checkpoint's stage arrives later, through load_state_dict
+        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
+            raise NotImplementedError(
+                "FreezeUnfreeze supports single-device and DDP strategies, not "
+                f"{type(trainer.strategy).__name__}"
+            )
+        self.freeze_before_training(pl_module)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Resume: re-create the groups of the saved stage before Lightning loads the optimizer state.
+        if self._restored_stage > self.stage:
+            self._advance(trainer, pl_module, self._restored_stage)
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.finetune_function(
+            pl_module, trainer.current_epoch, trainer.optimizers[0] if trainer.optimizers else None
+        )
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "num_groups": len(self._groups)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored_stage = int(state_dict.get("stage", 0))
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for handle in self._bn_hooks.values():
+            handle.remove()
+        self._bn_hooks.clear()
+
+    # -- machinery -------------------------------------------------------------------------------
+    def _advance(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: int) -> None:
+        n = len(self._groups)
+        target = min(target, n)
+        newly = list(range(n - 1 - self.stage, n - 1 - target, -1))  # group indices, top first
+        for i in newly:
+            for p in self._groups[i]:
+                p.requires_grad = True
+        if self._per_layer:
+            blocks = [(f"backbone.{i}", self._groups[i], self._ratio(n - 1 - i)) for i in newly]
+        else:
+            blocks = [("backbone", [p for i in newly for p in self._groups[i]], self.backbone_lr_ratio)]
+        if trainer.optimizers:  # the first optimizer (the only one of lightning_recipes modules) gets them
+            optimizer = trainer.optimizers[0]
+            added = self._add_groups(optimizer, blocks)
+            if added:
+                self._extend_schedulers(trainer, optimizer, added)
+        self.stage = target
+        self._refresh_bn(pl_module)
+        self._rewrap_ddp(trainer)
+        if self.verbose and trainer.optimizers:
+            lrs = {g.get("name", i): g["lr"] for i, g in enumerate(trainer.optimizers[0].param_groups)}
+            rank_zero_info(
+                f"FreezeUnfreeze: epoch {trainer.current_epoch}, {target}/{n} groups trainable, lrs {lrs}"
+            )
+
+    def _ratio(self, depth: int) -> float:
+        return self.backbone_lr_ratio * (self.layer_decay or 1.0) ** depth
+
+    @staticmethod
+    def _reference_index(optimizer: Optimizer) -> int:
+        names = [g.get("name") for g in optimizer.param_groups]
+        return names.index("head") if "head" in names else 0
+
+    def _add_groups(
+        self, optimizer: Optimizer, blocks: list[tuple[str, list[nn.Parameter], float]]
+    ) -> list[float]:
+        """Add one optimizer group per block (params not yet in the optimizer); return the ratios added."""
+        present = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        ref = optimizer.param_groups[self._reference_index(optimizer)]
+        ratios = []
+        for name, params, ratio in blocks:
+            params = [p for p in params if id(p) not in present]
+            if not params:
+                continue
+            group = {
+                k: (v * ratio if "lr" in k else v) for k, v in ref.items() if k not in ("params", "name")
+            }
+            group.update(name=name, params=params)
+            optimizer.add_param_group(group)
+            ratios.append(ratio)
+        return ratios
+
+    def _extend_schedulers(self, trainer: pl.Trainer, optimizer: Optimizer, ratios: list[float]) -> None:
+        n_old = len(optimizer.param_groups) - len(ratios)
+        ref = self._reference_index(optimizer)
+
+        def extend(scheduler: Any) -> None:
+            for sub in getattr(scheduler, "_schedulers", None) or []:
+                extend(sub)
+            for key in _SCHEDULER_GROUP_LISTS:
+                values = getattr(scheduler, key, None)
+                if isinstance(values, list) and len(values) == n_old:
+                    for ratio in ratios:
+                        value = values[ref]
+                        scaled = (
+                            "lr" in key
+                            and isinstance(value, (float, int, torch.Tensor))
+                            and key != "lr_lambdas"
+                        )
+                        values.append(value * ratio if scaled else value)
+
+        for config in trainer.lr_scheduler_configs:
+            if getattr(config.scheduler, "optimizer", None) is optimizer:
+                extend(config.scheduler)
+
+    def _refresh_bn(self, pl_module: pl.LightningModule) -> None:
+        fully_unfrozen = self.stage >= len(self._groups)
+        for m in pl_module.backbone.modules():
+            if not isinstance(m, _BatchNorm):
+                continue
+            params = list(m.parameters(recurse=False))
+            frozen = not self.train_bn and (
+                not any(p.requires_grad for p in params) if params else not fully_unfrozen
+            )
+            if frozen and m not in self._bn_hooks:
+                m.eval()
+                self._bn_hooks[m] = m.register_forward_pre_hook(_keep_eval)
+            elif not frozen and m in self._bn_hooks:
+                self._bn_hooks.pop(m).remove()
+                m.train(pl_module.training)
+
+    @staticmethod
+    def _rewrap_ddp(trainer: pl.Trainer) -> None:
+        """Wrap the module in a new DDP so that its reducer covers exactly the trainable parameters."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        strategy = trainer.strategy
+        if isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel):
+            strategy.model = strategy.lightning_module
+            strategy.configure_ddp()
+
+    @staticmethod
+    def trainable_parameters(modules: Iterable[nn.Module]) -> int:
+        """Count trainable parameters of ``modules`` (a helper for logs and tests).
+
+        Example::
+
+            >>> FreezeUnfreeze.trainable_parameters([nn.Linear(2, 3)])
+            9
+        """
+        return sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)

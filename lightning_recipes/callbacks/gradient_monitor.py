@@ -1,0 +1,137 @@
+"""GradientMonitor: grad norm before clipping, fraction of steps clipped, per-group norms, bad-step skips."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.optim import Optimizer
+from typing_extensions import override
+
+
+class GradientMonitor(Callback):
+    """Log gradient norms before the Trainer clips them and the fraction clipped; optionally skip bad steps.
+
+    Runs in ``on_before_optimizer_step``, which Lightning calls after the backward pass and after AMP
+    unscaling (``16-mixed``) and *before* gradient clipping (``gradient_clip_val`` and the modules'
+    adaptive clipping), so the norms are the true, unclipped ones. Gradients are not changed, except
+    with ``skip_non_finite``. Logged (on step, ``prefix`` ``grad/``):
+
+    * ``grad/norm``: global 2-norm of all gradients of the optimizer;
+    * ``grad/clipped_fraction``: fraction of steps so far whose gradients the Trainer clipped
+      (``norm > gradient_clip_val`` for ``gradient_clip_algorithm="norm"``, largest absolute gradient
+      ``> gradient_clip_val`` for ``"value"``); 0 when the Trainer does not clip;
+    * ``grad/norm/<group>`` with ``per_group=True``: 2-norm per optimizer parameter group, by its
+      ``name`` (``head``, ``backbone``, ``backbone.3``...; the group index when unnamed);
+    * ``grad/skipped_steps`` with ``skip_non_finite=True``: steps skipped so far because a gradient was
+      NaN/inf. A skipped step drops the gradients (``grad = None``), so the optimizer leaves the weights
+      and its state as they were. Under DDP gradients are already all-reduced, so all ranks skip together.
+
+    Args:
+        per_group: also log one norm per optimizer parameter group.
+        skip_non_finite: skip optimizer steps whose gradients are not finite, and count them.
+        norm_type: the p of the p-norm (``2.0``; ``inf`` for the largest absolute value).
+        prefix: prefix of the logged keys.
+
+    Example::
+
+        >>> import torch
+        >>> layer = torch.nn.Linear(2, 1)
+        >>> layer(torch.ones(1, 2)).sum().backward()  # gradients: weight [1, 1], bias [1]
+        >>> groups = [{"params": [layer.weight], "name": "head"}, {"params": [layer.bias]}]
+        >>> opt = torch.optim.SGD(groups, lr=0.1)
+        >>> total, groups = GradientMonitor.grad_norms(opt)
+        >>> round(total, 4), {k: round(v, 4) for k, v in groups.items()}
+        (1.7321, {'head': 1.4142, '1': 1.0})
+    """
+
+    def __init__(
+        self,
+        per_group: bool = False,
+        skip_non_finite: bool = False,
+        norm_type: float = 2.0,
+        prefix: str = "grad/",
+    ) -> None:
+        if norm_type <= 0:
+            raise ValueError(f"norm_type must be > 0 (or inf), got {norm_type}")
+        self.per_group = per_group
+        self.skip_non_finite = skip_non_finite
+        self.norm_type = float(norm_type)
+        self.prefix = prefix
+        self.steps = 0
+        self.clipped_steps = 0
+        self.skipped_steps = 0
+        self.last_norm: float | None = None
+        self.last_group_norms: dict[str, float] = {}
+
+    @staticmethod
+    def grad_norms(optimizer: Optimizer, norm_type: float = 2.0) -> tuple[float, dict[str, float]]:
+        """``(global norm, {group name: norm})`` of the gradients held by ``optimizer``'s parameters."""
+        groups: dict[str, float] = {}
+        per_group = []
+        for i, group in enumerate(optimizer.param_groups):
+            grads = [p.grad.detach().float() for p in group["params"] if p.grad is not None]
+            if not grads:
+                continue
+            norm = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g, norm_type) for g in grads]), norm_type
+            )
+            per_group.append(norm)
+            groups[str(group.get("name", i))] = norm.item()
+        if not per_group:
+            return 0.0, groups
+        return torch.linalg.vector_norm(torch.stack(per_group), norm_type).item(), groups
+
+    @staticmethod
+    def _max_abs(optimizer: Optimizer) -> float:
+        values = [
+            p.grad.detach().abs().max()
+            for g in optimizer.param_groups
+            for p in g["params"]
+            if p.grad is not None
+        ]
+        return torch.stack(values).max().item() if values else 0.0
+
+    def _is_clipped(self, trainer: pl.Trainer, optimizer: Optimizer, norm: float) -> bool:
+        clip = trainer.gradient_clip_val
+        if not clip:
+            return False
+        if trainer.gradient_clip_algorithm == "value":  # a str enum: GradClipAlgorithmType.VALUE
+            return self._max_abs(optimizer) > clip
+        return norm > clip if self.norm_type == 2.0 else self.grad_norms(optimizer)[0] > clip
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
+        norm, groups = self.grad_norms(optimizer, self.norm_type)
+        self.steps += 1
+        self.last_norm, self.last_group_norms = norm, groups
+        metrics: dict[str, Any] = {f"{self.prefix}norm": norm}
+        if not math.isfinite(norm) and self.skip_non_finite:
+            self.skipped_steps += 1
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+        elif self._is_clipped(trainer, optimizer, norm):
+            self.clipped_steps += 1
+        metrics[f"{self.prefix}clipped_fraction"] = self.clipped_steps / self.steps
+        if self.skip_non_finite:
+            metrics[f"{self.prefix}skipped_steps"] = float(self.skipped_steps)
+        if self.per_group:
+            metrics.update({f"{self.prefix}norm/{name}": value for name, value in groups.items()})
+        for key, value in metrics.items():
+            pl_module.log(key, value, on_step=True, on_epoch=False)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "clipped_steps": self.clipped_steps, "skipped_steps": self.skipped_steps}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.steps = state_dict.get("steps", 0)
+        self.clipped_steps = state_dict.get("clipped_steps", 0)
+        self.skipped_steps = state_dict.get("skipped_steps", 0)

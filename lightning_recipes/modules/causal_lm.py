@@ -1,0 +1,504 @@
+"""CausalLM: any ``transformers`` causal language model, fine-tuned, trained from scratch or used as-is."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from typing_extensions import override
+
+from lightning_recipes._hub import PretrainedLoadError, is_network_error, offline_hint
+from lightning_recipes.data.bpe import load_tokenizer, looks_like_local_path
+from lightning_recipes.modules._base import OptimizerFactory, SchedulerFactory, TransferModule
+
+#: Checkpoint key holding the tokenizer's files (``{file name: bytes}``), so a reload needs no download.
+TOKENIZER_KEY = "lightning_recipes_tokenizer"
+
+
+def build_config(config: dict[str, Any]) -> Any:
+    """A ``transformers`` config from a dict of its arguments; ``model_type`` defaults to ``"gpt2"``.
+
+    Example::
+
+        >>> build_config({"n_layer": 2, "n_embd": 32, "n_head": 2}).n_layer
+        2
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    kwargs = dict(config)
+    model_type = kwargs.pop("model_type", "gpt2")
+    if model_type not in CONFIG_MAPPING:
+        close = difflib.get_close_matches(model_type, list(CONFIG_MAPPING.keys()), n=5, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(f"Unknown model_type {model_type!r} in config.{hint} (e.g. gpt2, llama, gpt_neox)")
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def load_pretrained_causal_lm(name: str, revision: str | None = None, **overrides: Any) -> nn.Module:
+    """``AutoModelForCausalLM.from_pretrained`` with clear errors for a missing folder or no network.
+
+    Args:
+        name: Hugging Face Hub id (``gpt2``, ``EleutherAI/pythia-70m``) or local folder.
+        revision: branch, tag or commit of a Hub id.
+        **overrides: config values to change (e.g. ``resid_pdrop=0.0``).
+    """
+    from transformers import AutoModelForCausalLM
+
+    if looks_like_local_path(name) and not Path(name).expanduser().is_dir():
+        raise FileNotFoundError(f"Model folder {name!r} not found (expected config.json + model weights)")
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            str(Path(name).expanduser()) if looks_like_local_path(name) else name,
+            revision=revision,
+            **overrides,
+        )
+    except Exception as exc:
+        if is_network_error(exc):
+            raise PretrainedLoadError(f"Could not load causal LM {name!r}: " + offline_hint(name)) from exc
+        raise
+
+
+class CausalLM(TransferModule):
+    """A causal (decoder-only) language model from ``transformers``: GPT-2, Pythia, Llama, ...
+
+    Three transfer scenarios, picked by the arguments:
+
+    * **fine-tune**: ``pretrained_model_name_or_path`` (Hub id or local folder, at ``revision``);
+      ``config`` entries, if any, override the pretrained config (e.g. ``{resid_pdrop: 0.0}``;
+      ``{tie_word_embeddings: false}`` gives ``lm_head`` its own copy of the pretrained embeddings);
+    * **from scratch**: ``config`` only, the arguments of the model's config class (``model_type``
+      defaults to ``gpt2``: ``{n_layer: 6, n_embd: 384, n_head: 6, vocab_size: 8192}``);
+    * **as-is**: a pretrained model evaluated (``validate``/``test``: loss and perplexity) or used
+      for :meth:`generate` without training.
+
+    ``self.model`` is the ``AutoModelForCausalLM``; ``self.backbone`` is its transformer body
+    (``model.base_model``, e.g. GPT-2's ``transformer``) and ``self.head`` its output projection
+    (``lm_head``). Models that tie ``lm_head`` to the input embeddings (GPT-2 does) have one matrix
+    for both: :meth:`param_groups` lists it once, in the **backbone** group (where the embedding
+    lives), so freezing the backbone freezes the output projection too, and the head group is
+    empty (and dropped) unless the head has weights of its own. :meth:`layer_groups` lists the
+    backbone from the embeddings to the last block (with the final norm), for gradual unfreezing.
+
+    Batches are ``{"input_ids": LongTensor[batch, seq]}`` (optionally ``attention_mask`` and
+    ``labels``, with ``-100`` for positions to ignore), as :class:`~lightning_recipes.TextCorpusDataModule`
+    makes them. Logged: ``train/loss`` (mean token loss of the step), ``val/loss`` and ``val/ppl``
+    (``exp`` of the mean loss over every predicted token of the epoch, summed across batches and
+    devices, not an average of per-batch perplexities), ``test/loss`` and ``test/ppl``.
+
+    The tokenizer comes from ``tokenizer``, else from the pretrained folder/id, else from the data
+    module at ``setup`` (e.g. a BPE tokenizer it trained). Checkpoints store the model config and the
+    tokenizer files, so ``CausalLM.load_from_checkpoint(path)`` rebuilds offline, without the Hub.
+
+    Args:
+        pretrained_model_name_or_path: Hugging Face Hub id or local folder of a causal LM.
+        config: config arguments: the whole config from scratch, or overrides of the pretrained one.
+        tokenizer: Hub id or folder of the tokenizer (default: that of the pretrained model).
+        revision: branch, tag or commit of the Hub id (model and tokenizer).
+        gradient_checkpointing: recompute activations in the backward pass (less memory, ~30 % slower).
+        lr, backbone_lr, optimizer, lr_scheduler, scheduler_interval, scheduler_monitor, agc_clip_factor:
+            see :class:`~lightning_recipes.TransferModule`.
+
+    Example::
+
+        >>> import torch
+        >>> lm = CausalLM(config={"n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 64})
+        >>> lm(torch.zeros(1, 5, dtype=torch.long)).shape
+        torch.Size([1, 5, 64])
+        >>> [g["name"] for g in lm.param_groups()], len(lm.layer_groups())  # tied lm_head: one group
+        (['backbone'], 3)
+    """
+
+    def __init__(
+        self,
+        pretrained_model_name_or_path: str | None = None,
+        config: dict[str, Any] | None = None,
+        tokenizer: str | None = None,
+        revision: str | None = None,
+        gradient_checkpointing: bool = False,
+        lr: float = 5e-5,
+        backbone_lr: float | None = None,
+        optimizer: OptimizerFactory | None = None,
+        lr_scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+        scheduler_monitor: str = "val/loss",
+        agc_clip_factor: float | None = None,
+    ) -> None:
+        super().__init__(
+            lr, backbone_lr, optimizer, lr_scheduler, scheduler_interval, scheduler_monitor, agc_clip_factor
+        )
+        self.save_hyperparameters()
+        if pretrained_model_name_or_path is None and config is None:
+            raise ValueError(
+                "CausalLM needs pretrained_model_name_or_path (a Hub id such as 'gpt2' or a local folder) "
+                "or config (e.g. {'n_layer': 6, 'n_embd': 384, 'n_head': 6, 'vocab_size': 8192}) "
+                "to train from scratch"
+            )
+        from transformers import AutoModelForCausalLM
+
+        self.from_scratch = pretrained_model_name_or_path is None
+        if self.from_scratch:
+            self.model = AutoModelForCausalLM.from_config(build_config(config))
+        else:
+            overrides = dict(config or {})
+            untie = overrides.get("tie_word_embeddings") is False
+            if untie:  # load tied, then copy: from_pretrained would initialise an untied lm_head at random
+                del overrides["tie_word_embeddings"]
+            self.model = load_pretrained_causal_lm(pretrained_model_name_or_path, revision, **overrides)
+            self.model.train()  # from_pretrained returns eval mode, and Lightning keeps modules modes
+            if untie:
+                self._untie_output_embeddings()
+        if gradient_checkpointing:  # renamed activation checkpointing in transformers 5.x
+            enable = getattr(self.model, "activation_checkpointing_enable", None)
+            (enable or self.model.gradient_checkpointing_enable)()
+        self.tokenizer: Any = None
+        if tokenizer is not None:
+            same_repo = tokenizer == pretrained_model_name_or_path
+            self.set_tokenizer(load_tokenizer(tokenizer, revision if same_repo else None))
+        elif not self.from_scratch:
+            found = None
+            # A model folder without tokenizer files: the data module's tokenizer is adopted at setup.
+            with contextlib.suppress(OSError, ValueError, PretrainedLoadError):
+                found = load_tokenizer(pretrained_model_name_or_path, revision)
+            if found is not None:
+                self.set_tokenizer(found)
+        self.val_nll = MeanMetric()
+        self.test_nll = MeanMetric()
+
+    # -- the freezing contract -------------------------------------------------------------------
+    @property
+    def backbone(self) -> nn.Module:  # type: ignore[override]
+        """The transformer body: embeddings, blocks and final norm (``model.base_model``)."""
+        return self.model.base_model
+
+    @property
+    def head(self) -> nn.Module:  # type: ignore[override]
+        """The output projection to the vocabulary (``lm_head``), tied to the embeddings in GPT-2."""
+        return self.model.get_output_embeddings()
+
+    @override
+    def param_groups(self) -> list[dict[str, Any]]:
+        """``head`` and ``backbone`` groups, each parameter once: a tied ``lm_head`` belongs to the backbone.
+
+        Parameters of ``self.model`` outside both (rare) join the head group, so none is left untrained.
+        """
+        backbone = list(self.backbone.parameters())
+        seen = {id(p) for p in backbone}
+        head = [p for p in self.model.parameters() if id(p) not in seen]
+        backbone_lr = self.lr if self.backbone_lr is None else self.backbone_lr
+        groups = [
+            {"name": "head", "params": [p for p in head if p.requires_grad], "lr": self.lr},
+            {"name": "backbone", "params": [p for p in backbone if p.requires_grad], "lr": backbone_lr},
+        ]
+        return [g for g in groups if g["params"]]
+
+    def _untie_output_embeddings(self) -> None:
+        """Give ``lm_head`` its own copy of the tied embedding matrix (pretrained values, not random)."""
+        out, inp = self.model.get_output_embeddings(), self.model.get_input_embeddings()
+        if out is not None and out.weight is inp.weight:
+            out.weight = nn.Parameter(inp.weight.detach().clone())
+        self.model.config.tie_word_embeddings = False
+
+    @override
+    def configure_optimizers(self) -> Any:
+        if not self.param_groups():
+            tied = self.head is not None and any(
+                p is q for p in self.head.parameters() for q in self.backbone.parameters()
+            )
+            raise ValueError(
+                "CausalLM has no trainable parameter: the backbone is frozen"
+                + (
+                    " and lm_head is tied to its input embeddings (tie_word_embeddings=True), so the head "
+                    "is frozen with it. Unfreeze part of the backbone, or untie the head "
+                    "(config: {tie_word_embeddings: false}) to train it alone"
+                    if tied
+                    else " and the head too"
+                )
+            )
+        return super().configure_optimizers()
+
+    def layer_groups(self) -> list[nn.Module]:
+        """The backbone bottom to top: ``[embeddings, block 0, ..., last block + final norm]``.
+
+        The blocks are the longest ``nn.ModuleList`` in the backbone (GPT-2 ``h``, Llama ``layers``);
+        modules before it (token/position embeddings, dropout) form the first group and modules after
+        it (the final layer norm) join the last block. Several modules in one group come as an
+        ``nn.ModuleList`` (a view: it holds the same modules, registers nothing).
+        """
+        lists = [(name, m) for name, m in self.backbone.named_modules() if isinstance(m, nn.ModuleList)]
+        if not lists:
+            return [self.backbone]
+        blocks_name, blocks = max(lists, key=lambda item: len(item[1]))
+        before: list[nn.Module] = []
+        after: list[nn.Module] = []
+        parent = self.backbone
+        for part in blocks_name.split("."):
+            names = list(parent._modules)
+            i = names.index(part)
+            before += [parent._modules[n] for n in names[:i] if parent._modules[n] is not None]
+            after = [parent._modules[n] for n in names[i + 1 :] if parent._modules[n] is not None] + after
+            parent = parent._modules[part]
+        groups: list[nn.Module] = [nn.ModuleList(before)] if before else []
+        groups += list(blocks)
+        if after:
+            groups[-1] = nn.ModuleList([groups[-1], *after])
+        return groups
+
+    # -- tokenizer -------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_input_embeddings().num_embeddings
+
+    @property
+    def context_length(self) -> int | None:
+        """Longest sequence the model takes (``max_position_embeddings``/``n_positions``), if it has one."""
+        config = self.model.config
+        return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+    def set_tokenizer(self, tokenizer: Any) -> None:
+        """Use ``tokenizer`` (it must fit the embeddings); a model from scratch takes its special tokens."""
+        if len(tokenizer) > self.vocab_size:
+            raise ValueError(
+                f"The tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {self.vocab_size}: "
+                f"set config.vocab_size >= {len(tokenizer)} (model.init_args.config.vocab_size in a recipe)"
+            )
+        self.tokenizer = tokenizer
+        if self.from_scratch:
+            eos = tokenizer.eos_token_id
+            bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+            for cfg in (self.model.config, self.model.generation_config):
+                cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = bos, eos, pad
+
+    def _require_tokenizer(self) -> Any:
+        if self.tokenizer is None:
+            raise ValueError(
+                "This CausalLM has no tokenizer: pass tokenizer=<Hub id or folder>, call set_tokenizer(), "
+                "or train it with a TextCorpusDataModule (its tokenizer is adopted at setup)"
+            )
+        return self.tokenizer
+
+    # -- steps -----------------------------------------------------------------------------------
+    @override
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Next-token logits, ``(batch, seq, vocab)``."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def token_nll(self, batch: dict[str, Tensor] | Tensor) -> tuple[Tensor, Tensor]:
+        """``(sum of next-token losses, number of predicted tokens)`` of a batch.
+
+        Position ``t`` predicts token ``t + 1``; labels of ``-100`` (and padding, where ``labels`` are
+        not given) are ignored, so sums and counts add up exactly across batches.
+        """
+        if isinstance(batch, Tensor):
+            batch = {"input_ids": batch}
+        input_ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        labels = batch.get("labels")
+        if labels is None:
+            labels = input_ids if mask is None else input_ids.masked_fill(mask == 0, -100)
+        logits = self(input_ids, mask)
+        targets = labels[:, 1:]
+        total = F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum"
+        )
+        return total, (targets != -100).sum()
+
+    @override
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        total, count = self.token_nll(batch)
+        loss = total / count.clamp(min=1)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def _eval_step(self, batch: dict[str, Tensor], metric: MeanMetric) -> Tensor:
+        total, count = self.token_nll(batch)
+        loss = total / count.clamp(min=1)
+        metric.update(loss, weight=count)  # weighted mean = total loss / total tokens
+        return loss
+
+    def _log_eval(self, stage: str, metric: MeanMetric) -> None:
+        if metric.update_called:
+            mean = metric.compute()  # synced across devices
+            self.log(f"{stage}/loss", mean, prog_bar=True, sync_dist=True)
+            self.log(f"{stage}/ppl", mean.exp(), prog_bar=True, sync_dist=True)
+        with torch.inference_mode(False):  # fresh states made in inference mode could not be updated in fit
+            metric.reset()
+
+    @override
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._eval_step(batch, self.val_nll)
+
+    @override
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._eval_step(batch, self.test_nll)
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val", self.val_nll)
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test", self.test_nll)
+
+    @override
+    def setup(self, stage: str) -> None:
+        """Adopt the data module's tokenizer when the model has none; check block size against context."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None:
+            return
+        if self.tokenizer is None and getattr(datamodule, "tokenizer", None) is not None:
+            self.set_tokenizer(datamodule.tokenizer)
+        block_size = getattr(datamodule, "block_size", None)
+        if block_size is not None and self.context_length is not None and block_size > self.context_length:
+            raise ValueError(
+                f"block_size={block_size} of the data exceeds the model's context length "
+                f"{self.context_length}: lower data.init_args.block_size "
+                "(or raise n_positions when training from scratch)"
+            )
+
+    # -- generation and export -------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str | list[str],
+        max_new_tokens: int = 50,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        do_sample: bool = False,
+        num_return_sequences: int = 1,
+        return_full_text: bool = True,
+        seed: int | None = None,
+        eos_token_id: int | list[int] | None = None,
+        **generate_kwargs: Any,
+    ) -> list[str]:
+        """Continue each prompt with ``transformers``' ``generate``; one string per prompt and sequence.
+
+        Greedy by default; ``do_sample=True`` samples with ``temperature``, ``top_k`` (``None``: all
+        tokens) and ``top_p`` (nucleus). Generation of a sequence stops at ``max_new_tokens`` or at
+        its first EOS token (``eos_token_id``, default the model's), which is not part of the text.
+
+        Args:
+            prompt: a prompt or a list of prompts (batched, left-padded).
+            max_new_tokens: most tokens added to each prompt.
+            temperature, top_k, top_p, do_sample: sampling settings.
+            num_return_sequences: continuations per prompt (consecutive in the result).
+            return_full_text: prompt + continuation (default) or the continuation only.
+            seed: seed for sampling; the global random state is left untouched.
+            eos_token_id: token id(s) that end a sequence.
+            **generate_kwargs: passed to ``model.generate`` (``repetition_penalty``, ``num_beams``...).
+
+        Returns:
+            ``len(prompts) * num_return_sequences`` strings, grouped by prompt.
+        """
+        tokenizer = self._require_tokenizer()
+        if max_new_tokens < 1 or num_return_sequences < 1:
+            raise ValueError(
+                f"max_new_tokens and num_return_sequences must be >= 1, got {max_new_tokens}, "
+                f"{num_return_sequences}"
+            )
+        if (
+            temperature <= 0
+            or (top_p is not None and not 0 < top_p <= 1)
+            or (top_k is not None and top_k < 0)
+        ):
+            raise ValueError(
+                f"Need temperature > 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, {top_p}, {top_k}"
+            )
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        eos = eos_token_id if eos_token_id is not None else self.model.generation_config.eos_token_id
+        eos = tokenizer.eos_token_id if eos is None else eos
+        eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
+        pad = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(eos_ids) if eos_ids else 0)
+        )
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else pad
+        encoded = [tokenizer(p)["input_ids"] or [start] for p in prompts]  # an empty prompt starts at BOS
+        width = max(len(ids) for ids in encoded)
+        if self.context_length is not None and width + max_new_tokens > self.context_length:
+            raise ValueError(
+                f"Prompt ({width} tokens) + max_new_tokens={max_new_tokens} exceeds the model's "
+                f"context length {self.context_length}"
+            )
+        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, ids in enumerate(encoded):  # left padding: every prompt ends where generation starts
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention_mask[row, width - len(ids) :] = 1
+        options: dict[str, Any] = {"do_sample": do_sample}
+        if do_sample:
+            options.update(temperature=temperature, top_k=top_k or 0, top_p=1.0 if top_p is None else top_p)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                output = self.model.generate(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=attention_mask.to(self.device),
+                    max_new_tokens=max_new_tokens,
+                    num_return_sequences=num_return_sequences,
+                    pad_token_id=pad,
+                    eos_token_id=sorted(eos_ids) or None,
+                    **options,
+                    **generate_kwargs,
+                )
+        finally:
+            self.train(was_training)
+        texts = []
+        for row, ids in enumerate(output[:, width:].tolist()):
+            stop = next((i for i, token in enumerate(ids) if token in eos_ids), len(ids))
+            text = tokenizer.decode(ids[:stop], skip_special_tokens=True)
+            texts.append(prompts[row // num_return_sequences] + text if return_full_text else text)
+        return texts
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Export model and tokenizer in Hugging Face format; ``CausalLM(folder)`` or
+        ``AutoModelForCausalLM.from_pretrained(folder)`` load it back."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(folder)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(folder))
+        return folder
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Rebuild from the stored config (the state dict holds every weight) and the stored tokenizer
+        # files: no Hub download, no path that may be gone, when the checkpoint is loaded.
+        hparams = checkpoint.get("hyper_parameters")
+        if hparams is not None:
+            checkpoint["hyper_parameters"] = {
+                **hparams,
+                "pretrained_model_name_or_path": None,
+                "config": self.model.config.to_diff_dict(),
+                "tokenizer": None,
+                "revision": None,
+            }
+        if self.tokenizer is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                self.tokenizer.save_pretrained(tmp)
+                checkpoint[TOKENIZER_KEY] = {
+                    p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()
+                }
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        files = checkpoint.get(TOKENIZER_KEY)
+        if files and self.tokenizer is None:
+            from transformers import AutoTokenizer
+
+            with tempfile.TemporaryDirectory() as tmp:
+                for name, data in files.items():
+                    (Path(tmp) / name).write_bytes(data)
+                self.set_tokenizer(AutoTokenizer.from_pretrained(tmp))
