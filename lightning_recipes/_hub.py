@@ -23,7 +23,14 @@ def offline_hint(name: str) -> str:
 
 def is_network_error(exc: BaseException) -> bool:
     """Whether ``exc`` (or its cause chain) comes from an unreachable or offline Hub."""
-    markers = ("offline", "connection", "resolve", "network", "localentrynotfound", "cannot find the requested")
+    markers = (
+        "offline",
+        "connection",
+        "resolve",
+        "network",
+        "localentrynotfound",
+        "cannot find the requested",
+    )
     while exc is not None:
         text = f"{type(exc).__name__} {exc}".lower()
         if any(m in text for m in markers):

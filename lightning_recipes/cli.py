@@ -52,10 +52,14 @@ class CrashCheckpoint(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         callback = trainer.checkpoint_callback
         dirpath = getattr(callback, "dirpath", None) if callback is not None else None
-        self.path = Path(dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints") / self.filename
+        self.path = (
+            Path(dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints") / self.filename
+        )
 
     @override
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         if self.path is not None and trainer.state.fn == TrainerFn.FITTING and trainer.global_step > 0:
             trainer.save_checkpoint(self.path)
             rank_zero_info(f"Training stopped by {type(exception).__name__}; checkpoint saved to {self.path}")
@@ -91,7 +95,9 @@ class LightningRecipesCLI(LightningCLI):
             "the best checkpoint). Ignored by the fit/validate/test/predict subcommands.",
         )
         if self.recipe_mode:
-            parser.add_argument("--ckpt_path", type=str | None, default=None, help="Resume fit from this checkpoint.")
+            parser.add_argument(
+                "--ckpt_path", type=str | None, default=None, help="Resume fit from this checkpoint."
+            )
 
     @override
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
@@ -163,7 +169,13 @@ def _list() -> None:
         print(f"{r.name:<{width}}  {r.description}")
 
 
-_NOISE = ("Expected a <class 'NoneType'>", "Given value type", "Subtypes:", "Does not validate against any", "Errors:")
+_NOISE = (
+    "Expected a <class 'NoneType'>",
+    "Given value type",
+    "Subtypes:",
+    "Does not validate against any",
+    "Errors:",
+)
 
 
 def short_error(exc: BaseException) -> str:

@@ -50,7 +50,7 @@ def list_recipes(root: Path | None = None) -> list[Recipe]:
 
 
 def resolve_recipe(name_or_path: str) -> Path:
-    """A recipe file from a path, or from a shipped recipe name such as ``quickstart`` or ``text/sst2_distilbert``."""
+    """A recipe file from a path or a shipped recipe name (``quickstart``, ``text/sst2_distilbert``)."""
     path = Path(name_or_path)
     if path.is_file():
         return path

@@ -35,10 +35,14 @@ class DigitsWeights:
     )
 
     def path(self) -> Path:
-        return default_cache_dir() / "weights" / f"{self.arch}.digits{''.join(map(str, self.digits))}.safetensors"
+        return (
+            default_cache_dir()
+            / "weights"
+            / f"{self.arch}.digits{''.join(map(str, self.digits))}.safetensors"
+        )
 
     def resolve(self, pretrained: bool) -> tuple[str, dict[str, Any]]:
-        """``(timm architecture, pretrained_cfg overlay)``; with ``pretrained`` the overlay names the weights."""
+        """``(timm architecture, pretrained_cfg overlay)``; with ``pretrained`` it names the weights."""
         overlay = dict(self.data_cfg)
         if pretrained:
             overlay["file"] = str(self.build())

@@ -66,7 +66,9 @@ def image_folder(tmp_path: Path):
                 folder = root / split / name if split else root / name
                 folder.mkdir(parents=True, exist_ok=True)
                 for i in range(per_class):
-                    pixels = np.full((size, size, 3), 40 + 80 * c, np.uint8) + rng.integers(0, 30, (size, size, 3), np.uint8)
+                    pixels = np.full((size, size, 3), 40 + 80 * c, np.uint8) + rng.integers(
+                        0, 30, (size, size, 3), np.uint8
+                    )
                     Image.fromarray(pixels).save(folder / f"{i}.png")
         return root
 

@@ -26,7 +26,10 @@ def tiny_recipe(tmp_path, image_folder) -> Path:
             "max_epochs": 2,
             "default_root_dir": str(tmp_path / "run"),
             "enable_progress_bar": False,
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path / "run")}},
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(tmp_path / "run")},
+            },
             "callbacks": [
                 {
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -52,15 +55,25 @@ def test_lightning_run_subprocess_end_to_end(tiny_recipe, tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     out = subprocess.run(
         [str(Path(sys.executable).with_name("lightning")), "run", str(tiny_recipe), "--trainer.max_epochs=1"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Best checkpoint:" in out.stdout and "test/acc=" in out.stdout
-    best = next(line.split(":", 1)[1].strip() for line in out.stdout.splitlines() if line.startswith("Best checkpoint:"))
+    best = next(
+        line.split(":", 1)[1].strip()
+        for line in out.stdout.splitlines()
+        if line.startswith("Best checkpoint:")
+    )
     assert Path(best).is_file()
     model = ImageClassifier.load_from_checkpoint(best).eval()
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
-    run_dir = next(line.split(":", 1)[1].strip() for line in out.stdout.splitlines() if line.startswith("Run directory:"))
+    run_dir = next(
+        line.split(":", 1)[1].strip() for line in out.stdout.splitlines() if line.startswith("Run directory:")
+    )
     metrics = (Path(run_dir) / "metrics.csv").read_text()
     assert "val/acc" in metrics and "test/acc" in metrics
     assert (Path(run_dir) / "config.yaml").is_file()
@@ -82,7 +95,10 @@ def test_subcommands_and_resume(tiny_recipe, tmp_path, capsys):
     assert main(["fit", "--config", str(tiny_recipe), "--trainer.max_epochs=1"]) == 0
     last = sorted((tmp_path / "run").rglob("last.ckpt"))[-1]
     assert torch.load(last, weights_only=False)["epoch"] == 0
-    assert main(["run", str(tiny_recipe), f"--ckpt_path={last}", "--trainer.max_epochs=2", "--stages=[fit]"]) == 0
+    assert (
+        main(["run", str(tiny_recipe), f"--ckpt_path={last}", "--trainer.max_epochs=2", "--stages=[fit]"])
+        == 0
+    )
     newest = sorted((tmp_path / "run").rglob("last.ckpt"), key=os.path.getmtime)[-1]
     assert torch.load(newest, weights_only=False)["epoch"] == 1  # resumed at epoch 1, not restarted
     assert main(["list"]) == 0
@@ -119,9 +135,19 @@ def test_malformed_and_missing_recipe(tmp_path, capsys):
 def test_lightning_run_under_ddp_on_two_cpu_processes(tiny_recipe, tmp_path):
     """Lightning's launcher re-runs `lightning run ...` in a second process; the summary prints once."""
     out = subprocess.run(
-        [str(Path(sys.executable).with_name("lightning")), "run", str(tiny_recipe), "--trainer.max_epochs=1",
-         "--trainer.devices=2", "--trainer.strategy=ddp"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, cwd=tmp_path, timeout=600,
+        [
+            str(Path(sys.executable).with_name("lightning")),
+            "run",
+            str(tiny_recipe),
+            "--trainer.max_epochs=1",
+            "--trainer.devices=2",
+            "--trainer.strategy=ddp",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        cwd=tmp_path,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("Best checkpoint:") == 1 and "test/acc=" in out.stdout

@@ -48,7 +48,9 @@ def export_digits(
             out.mkdir(parents=True, exist_ok=True)
             for i in chosen:
                 pixels = (images[i] * (255.0 / 16.0)).astype(np.uint8)
-                Image.fromarray(pixels, mode="L").resize((image_size, image_size), Image.BILINEAR).save(out / f"{i}.png")
+                Image.fromarray(pixels, mode="L").resize((image_size, image_size), Image.BILINEAR).save(
+                    out / f"{i}.png"
+                )
     (folder / ".complete").touch()
     return folder
 

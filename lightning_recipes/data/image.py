@@ -20,7 +20,9 @@ Sample = tuple[Path, Any]
 class ImageDataset(Dataset):
     """``(image, target)`` pairs read from disk; an unreadable file raises an error that names it."""
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable | None = None, mode: str = "RGB") -> None:
+    def __init__(
+        self, samples: Sequence[Sample], transform: Callable | None = None, mode: str = "RGB"
+    ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.mode = mode
@@ -65,7 +67,10 @@ def _csv_samples(path: Path, label_separator: str | None) -> list[tuple[Path, li
         if missing:
             raise ValueError(f"{path} lacks column(s) {sorted(missing)}; it has {reader.fieldnames}")
         rows = [
-            (path.parent / row["path"], row["label"].split(label_separator) if label_separator else [row["label"]])
+            (
+                path.parent / row["path"],
+                row["label"].split(label_separator) if label_separator else [row["label"]],
+            )
             for row in reader
         ]
     if not rows:
@@ -142,8 +147,12 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         if (root is None) == (train_csv is None):
             raise ValueError("Give exactly one of root (an image folder) or train_csv (a path,label CSV)")
-        if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
-            raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must sum below 1")
+        if not (
+            0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0
+        ):
+            raise ValueError(
+                f"val_fraction={val_fraction} and test_fraction={test_fraction} must sum below 1"
+            )
         # Options live in ``self.opts``: under LightningCLI ``self.hparams`` holds the CLI's config of a
         # subclass (e.g. DigitsDataModule's own arguments), not these.
         self.opts = SimpleNamespace(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
@@ -220,7 +229,11 @@ class ImageDataModule(L.LightningDataModule):
             }
         config = dict(config)
         if self.opts.image_size:
-            config["input_size"] = (config.get("input_size", (3,))[0], self.opts.image_size, self.opts.image_size)
+            config["input_size"] = (
+                config.get("input_size", (3,))[0],
+                self.opts.image_size,
+                self.opts.image_size,
+            )
             config["crop_pct"] = 1.0
         return config
 
@@ -228,7 +241,11 @@ class ImageDataModule(L.LightningDataModule):
         from timm.data import create_transform
 
         config = self.resolved_data_config()
-        kwargs = {k: config[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode") if k in config}
+        kwargs = {
+            k: config[k]
+            for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+            if k in config
+        }
         if self.opts.mode == "L":
             kwargs["mean"], kwargs["std"] = kwargs.get("mean", (0.5,))[:1], kwargs.get("std", (0.5,))[:1]
         if training and self.opts.augment:
@@ -252,7 +269,9 @@ class ImageDataModule(L.LightningDataModule):
             datasets[split] = ImageDataset(samples, self.transforms(training=split == "train"), mode)
         self.train_set, self.val_set, self.test_set = datasets["train"], datasets["val"], datasets["test"]
         if self.opts.predict_root:
-            paths = sorted(p for p in Path(self.opts.predict_root).rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+            paths = sorted(
+                p for p in Path(self.opts.predict_root).rglob("*") if p.suffix.lower() in IMG_EXTENSIONS
+            )
             if not paths:
                 raise ValueError(f"No images in predict_root {self.opts.predict_root}")
             self.predict_set = ImageDataset([(p, -1) for p in paths], self.transforms(training=False), mode)

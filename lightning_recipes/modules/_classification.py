@@ -100,9 +100,7 @@ class ClassificationModule(TransferModule):
                 logits, target, weight=self.class_weights, label_smoothing=self.label_smoothing
             )
         if self.task == "multilabel":
-            return F.binary_cross_entropy_with_logits(
-                logits, target.float(), pos_weight=self.class_weights
-            )
+            return F.binary_cross_entropy_with_logits(logits, target.float(), pos_weight=self.class_weights)
         logits = logits.squeeze(-1) if target.dim() == 1 else logits
         if self.huber_delta is not None:
             return F.huber_loss(logits, target.float(), delta=self.huber_delta)

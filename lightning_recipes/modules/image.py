@@ -15,7 +15,9 @@ from lightning_recipes.modules._classification import ClassificationModule, Task
 from lightning_recipes.modules._heads import ClassificationHead
 
 
-def create_backbone(name: str, pretrained: bool | str = True, in_chans: int = 3, **kwargs: Any) -> torch.nn.Module:
+def create_backbone(
+    name: str, pretrained: bool | str = True, in_chans: int = 3, **kwargs: Any
+) -> torch.nn.Module:
     """A timm model without its classifier (``num_classes=0``), so ``forward`` returns pooled features.
 
     Args:
@@ -39,14 +41,18 @@ def create_backbone(name: str, pretrained: bool | str = True, in_chans: int = 3,
         name, overlay = zoo.ZOO[name].resolve(pretrained=bool(pretrained))
     elif isinstance(pretrained, str):
         if not Path(pretrained).is_file():
-            raise FileNotFoundError(f"pretrained={pretrained!r} is not a file; pass True, False or a weights file")
+            raise FileNotFoundError(
+                f"pretrained={pretrained!r} is not a file; pass True, False or a weights file"
+            )
         overlay = {"file": str(Path(pretrained).resolve()), "num_classes": 0}
     if not name.startswith(("local-dir:", "hf-hub:", "hf_hub:")) and not timm.is_model(name.split(".")[0]):
         close = difflib.get_close_matches(name, timm.list_models() + sorted(zoo.ZOO), n=5, cutoff=0.6)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise ValueError(f"Unknown backbone {name!r}: not a timm model name.{hint} See `timm.list_models()`.")
     if name.startswith("local-dir:") and not Path(name.removeprefix("local-dir:")).is_dir():
-        raise FileNotFoundError(f"backbone {name!r}: folder not found (expected config.json + model.safetensors)")
+        raise FileNotFoundError(
+            f"backbone {name!r}: folder not found (expected config.json + model.safetensors)"
+        )
     try:
         return timm.create_model(
             name,
@@ -58,8 +64,9 @@ def create_backbone(name: str, pretrained: bool | str = True, in_chans: int = 3,
         )
     except Exception as exc:
         if pretrained and is_network_error(exc):
-            raise PretrainedLoadError(f"Could not fetch pretrained weights for backbone {name!r}: "
-                                      + offline_hint(name)) from exc
+            raise PretrainedLoadError(
+                f"Could not fetch pretrained weights for backbone {name!r}: " + offline_hint(name)
+            ) from exc
         raise
 
 
@@ -130,7 +137,9 @@ class ImageClassifier(ClassificationModule):
         self.save_hyperparameters()
         extra = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
         self.backbone = create_backbone(backbone, pretrained=pretrained, in_chans=in_chans, **extra)
-        self.head = ClassificationHead(self.backbone.num_features, num_classes, hidden_dim, dropout, activation)
+        self.head = ClassificationHead(
+            self.backbone.num_features, num_classes, hidden_dim, dropout, activation
+        )
 
     @property
     def data_config(self) -> dict[str, Any]:

@@ -27,7 +27,10 @@ def test_split_folders(image_folder):
 
 def test_single_folder_is_split_stratified_and_seeded(image_folder):
     root = image_folder(splits=("",), per_class=10)
-    a, b = dm(root=str(root), val_fraction=0.2, test_fraction=0.1), dm(root=str(root), val_fraction=0.2, test_fraction=0.1)
+    a, b = (
+        dm(root=str(root), val_fraction=0.2, test_fraction=0.1),
+        dm(root=str(root), val_fraction=0.2, test_fraction=0.1),
+    )
     a.setup(), b.setup()
     assert (len(a.train_set), len(a.val_set), len(a.test_set)) == (21, 6, 3)
     assert Counter(t for _, t in a.val_set.samples) == {0: 2, 1: 2, 2: 2}
@@ -49,7 +52,12 @@ def test_csv_single_and_multi_label(tmp_path, image_folder):
 
 def test_transforms_follow_explicit_data_config(image_folder):
     root = image_folder(splits=("train",), per_class=2)
-    data = ImageDataModule(root=str(root), val_fraction=0.0, num_workers=0, data_config={"input_size": (3, 24, 24), "mean": (0.5,) * 3, "std": (0.5,) * 3})
+    data = ImageDataModule(
+        root=str(root),
+        val_fraction=0.0,
+        num_workers=0,
+        data_config={"input_size": (3, 24, 24), "mean": (0.5,) * 3, "std": (0.5,) * 3},
+    )
     data.setup()
     assert data.train_set[0][0].shape == (3, 24, 24)
 

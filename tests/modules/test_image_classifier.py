@@ -22,7 +22,9 @@ def test_backbone_head_contract_and_param_groups():
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
     groups = {g["name"]: g for g in model.param_groups()}
     assert groups["head"]["lr"] == 1e-2 and groups["backbone"]["lr"] == 1e-3
-    assert sum(p.numel() for p in groups["backbone"]["params"]) == sum(p.numel() for p in model.backbone.parameters())
+    assert sum(p.numel() for p in groups["backbone"]["params"]) == sum(
+        p.numel() for p in model.backbone.parameters()
+    )
     for p in model.backbone.parameters():
         p.requires_grad_(False)
     assert [g["name"] for g in model.param_groups()] == ["head"]
@@ -50,7 +52,9 @@ def test_losses_match_torch_definitions():
     assert torch.allclose(model.loss(logits, target), expected)
     multi = tiny(task="multilabel")
     labels = torch.tensor([[1, 0, 1], [0, 0, 1], [1, 1, 0], [0, 1, 0]])
-    assert torch.allclose(multi.loss(logits, labels), F.binary_cross_entropy_with_logits(logits, labels.float()))
+    assert torch.allclose(
+        multi.loss(logits, labels), F.binary_cross_entropy_with_logits(logits, labels.float())
+    )
     assert torch.allclose(multi.probabilities(logits), logits.sigmoid())
 
 
@@ -92,10 +96,21 @@ def test_fit_logs_metrics_and_learns(image_folder, tiny_trainer_kwargs):
     data = ImageDataModule(root=str(root), batch_size=8, num_workers=0, image_size=32, augment=False)
     L.seed_everything(0)
     model = tiny(lr=1e-2)
-    trainer = L.Trainer(**{**tiny_trainer_kwargs, "max_epochs": 8, "limit_train_batches": None, "limit_val_batches": None})
+    trainer = L.Trainer(
+        **{**tiny_trainer_kwargs, "max_epochs": 8, "limit_train_batches": None, "limit_val_batches": None}
+    )
     trainer.fit(model, datamodule=data)
     metrics = trainer.callback_metrics
-    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/f1", "val/precision", "val/recall", "val/mcc"):
+    for key in (
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "val/f1",
+        "val/precision",
+        "val/recall",
+        "val/mcc",
+    ):
         assert key in metrics, key
     assert metrics["val/acc"] >= 0.9  # three colours: a trivially separable task
     probs = torch.cat(trainer.predict(model, dataloaders=data.val_dataloader()))
@@ -106,7 +121,9 @@ def test_checkpoint_reload_gives_identical_logits(tmp_path, tiny_trainer_kwargs,
     weights = tmp_path / "backbone.safetensors"
     save_file(ImageClassifier("test_resnet", pretrained=False).backbone.state_dict(), str(weights))
     model = ImageClassifier("test_resnet", num_classes=3, pretrained=str(weights), hidden_dim=4)
-    data = ImageDataModule(root=str(image_folder(splits=("train", "val"))), batch_size=4, num_workers=0, image_size=32)
+    data = ImageDataModule(
+        root=str(image_folder(splits=("train", "val"))), batch_size=4, num_workers=0, image_size=32
+    )
     trainer = L.Trainer(**tiny_trainer_kwargs)
     trainer.fit(model, datamodule=data)
     path = tmp_path / "model.ckpt"
@@ -120,11 +137,16 @@ def test_checkpoint_reload_gives_identical_logits(tmp_path, tiny_trainer_kwargs,
 
 
 def test_zoo_backbone_is_pretrained_on_the_source_task():
-    """resnet10t.digits04 is trained on digits 0-4 once; its features separate unseen digits 5-9."""
+    """resnet10t.digits04 is built once (trained on digits 0-4) and cached; pretrained=False: random."""
     pretrained = ImageClassifier("resnet10t.digits04", num_classes=5, pretrained=True)
     scratch = ImageClassifier("resnet10t.digits04", num_classes=5, pretrained=False)
     assert pretrained.data_config["input_size"] == (3, 32, 32)
-    differs = [not torch.equal(a, b) for a, b in zip(pretrained.backbone.state_dict().values(), scratch.backbone.state_dict().values())]
+    differs = [
+        not torch.equal(a, b)
+        for a, b in zip(
+            pretrained.backbone.state_dict().values(), scratch.backbone.state_dict().values(), strict=True
+        )
+    ]
     assert any(differs)
     assert Path(pretrained.backbone.pretrained_cfg["file"]).is_file()
 
@@ -140,9 +162,13 @@ def test_finetune_real_efficientnet_lite0(shared_dir, tmp_path, tiny_trainer_kwa
     model = ImageClassifier(f"local-dir:{folder}", num_classes=2, pretrained=True, lr=1e-2, backbone_lr=1e-3)
     stored = load_file(str(folder / "model.safetensors"))
     assert torch.equal(model.backbone.conv_stem.weight, stored["conv_stem.weight"])
-    data = DigitsDataModule(digits=[0, 1], train_per_class=32, root=str(tmp_path), image_size=64, batch_size=16)
+    data = DigitsDataModule(
+        digits=[0, 1], train_per_class=32, root=str(tmp_path), image_size=64, batch_size=16
+    )
     L.seed_everything(0)
-    trainer = L.Trainer(**{**tiny_trainer_kwargs, "max_epochs": 5, "limit_train_batches": None, "limit_val_batches": None})
+    trainer = L.Trainer(
+        **{**tiny_trainer_kwargs, "max_epochs": 5, "limit_train_batches": None, "limit_val_batches": None}
+    )
     trainer.fit(model, datamodule=data)
     assert not torch.equal(model.backbone.conv_stem.weight, stored["conv_stem.weight"])
     assert trainer.callback_metrics["val/acc"] > 0.8
