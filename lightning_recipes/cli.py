@@ -23,6 +23,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from lightning_recipes.loggers.wandb import LoggerSaveConfigCallback, apply_resume_id
 from lightning_recipes.recipes import list_recipes, resolve_recipe
 
 Stage = Literal["fit", "validate", "test", "predict"]
@@ -82,6 +83,8 @@ class LightningRecipesCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        # Also logs the resolved recipe to W&B and keeps the W&B run id in checkpoints.
+        kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
         kwargs.setdefault("parser_kwargs", {"default_env": False, "exit_on_error": False})
         super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
 
@@ -100,6 +103,12 @@ class LightningRecipesCLI(LightningCLI):
             )
 
     @override
+    def before_instantiate_classes(self) -> None:
+        """Resuming from a checkpoint continues the W&B run whose id the checkpoint stores."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        apply_resume_id(config.get("trainer", {}).get("logger"), config.get("ckpt_path"))
+
+    @override
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(CrashCheckpoint())
@@ -108,37 +117,34 @@ class LightningRecipesCLI(LightningCLI):
     def run_stages(self) -> dict[str, Any]:
         """Run the recipe's ``stages``; return a summary (run dir, checkpoints, final metrics)."""
         trainer, model, data = self.trainer, self.model, self.datamodule
-        ckpt_path, fitted, metrics = self.config.get("ckpt_path"), False, {}
+        ckpt_path, metrics = self.config.get("ckpt_path"), {}
+        best = last = None
         for stage in self.config.stages:
             if stage == "fit":
                 trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
-                fitted = True
+                # Read now: a later stage restores the callback state stored in the best checkpoint.
+                best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+                last = getattr(trainer.checkpoint_callback, "last_model_path", "") or None
+                ckpt_path = best or last
             else:
-                best = getattr(trainer.checkpoint_callback, "best_model_path", "") if fitted else ""
-                ckpt = best or (None if fitted else ckpt_path)
-                result = getattr(trainer, stage)(model, datamodule=data, ckpt_path=ckpt)
+                result = getattr(trainer, stage)(model, datamodule=data, ckpt_path=ckpt_path)
                 if stage == "predict":
                     _save_predictions(result, Path(trainer.log_dir or trainer.default_root_dir))
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
-        return _summary(trainer, metrics)
+        run_dir = trainer.log_dir or trainer.default_root_dir
+        return {
+            "run_dir": run_dir,
+            "best_checkpoint": best,
+            "last_checkpoint": last,
+            "plots": sorted(str(p) for p in Path(run_dir).rglob("*.png")) if Path(run_dir).is_dir() else [],
+            "metrics": dict(sorted(metrics.items())),
+        }
 
 
 def _save_predictions(batches: list[Any] | None, run_dir: Path) -> None:
     if batches and all(isinstance(b, torch.Tensor) for b in batches):
         run_dir.mkdir(parents=True, exist_ok=True)
         torch.save(torch.cat(batches), run_dir / "predictions.pt")
-
-
-def _summary(trainer: L.Trainer, metrics: dict[str, float]) -> dict[str, Any]:
-    callback = trainer.checkpoint_callback
-    run_dir = trainer.log_dir or trainer.default_root_dir
-    return {
-        "run_dir": run_dir,
-        "best_checkpoint": getattr(callback, "best_model_path", "") or None,
-        "last_checkpoint": getattr(callback, "last_model_path", "") or None,
-        "plots": sorted(str(p) for p in Path(run_dir).rglob("*.png")) if Path(run_dir).is_dir() else [],
-        "metrics": dict(sorted(metrics.items())),
-    }
 
 
 def print_summary(summary: dict[str, Any]) -> None:

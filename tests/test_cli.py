@@ -63,12 +63,9 @@ def test_lightning_run_subprocess_end_to_end(tiny_recipe, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Best checkpoint:" in out.stdout and "test/acc=" in out.stdout
-    best = next(
-        line.split(":", 1)[1].strip()
-        for line in out.stdout.splitlines()
-        if line.startswith("Best checkpoint:")
-    )
-    assert Path(best).is_file()
+    printed = dict(line.split(":", 1) for line in out.stdout.splitlines() if line.endswith(".ckpt"))
+    best, last = printed["Best checkpoint"].strip(), printed["Last checkpoint"].strip()
+    assert Path(best).is_file() and Path(last).name == "last.ckpt" and Path(last).is_file()
     model = ImageClassifier.load_from_checkpoint(best).eval()
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
     run_dir = next(
