@@ -5,6 +5,7 @@ Runs ``recipes/quickstart.yaml`` as shipped (pretrained backbone) and with
 prints test accuracy side by side.
 
     python benchmarks/quickstart_transfer.py --seeds 0 1 2
+    python benchmarks/quickstart_transfer.py --override=--data.init_args.train_per_class=5
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from lightning_recipes.cli import run_recipe
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 
 
-def run(pretrained: bool, seed: int, out: Path) -> tuple[float, float]:
+def run(pretrained: bool, seed: int, out: Path, overrides: list[str]) -> tuple[float, float]:
     start = time.perf_counter()
     summary = run_recipe(
         str(RECIPE),
@@ -30,6 +31,7 @@ def run(pretrained: bool, seed: int, out: Path) -> tuple[float, float]:
             f"--trainer.default_root_dir={out}",
             f"--trainer.logger.init_args.save_dir={out}",
             "--trainer.enable_progress_bar=false",
+            *overrides,
         ],
     )
     return summary["metrics"]["test/acc"], time.perf_counter() - start
@@ -38,13 +40,17 @@ def run(pretrained: bool, seed: int, out: Path) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--override", action="append", default=[], help="extra recipe override, repeatable")
     args = parser.parse_args()
     results: dict[str, list[tuple[float, float]]] = {"transfer (resnet10t.digits04)": [], "from scratch": []}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            results["transfer (resnet10t.digits04)"].append(run(True, seed, Path(tmp) / f"t{seed}"))
-            results["from scratch"].append(run(False, seed, Path(tmp) / f"s{seed}"))
-    print(f"\n| setting | test acc per seed {args.seeds} | mean | mean wall time (s) |")
+            results["transfer (resnet10t.digits04)"].append(
+                run(True, seed, Path(tmp) / f"t{seed}", args.override)
+            )
+            results["from scratch"].append(run(False, seed, Path(tmp) / f"s{seed}", args.override))
+    print(f"\noverrides: {args.override or 'none'}")
+    print(f"| setting | test acc per seed {args.seeds} | mean | mean wall time (s) |")
     print("| --- | --- | --- | --- |")
     for name, runs in results.items():
         accs = [a for a, _ in runs]
