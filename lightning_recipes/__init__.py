@@ -20,6 +20,7 @@ _EXPORTS = {
     "TextCorpusDataModule": "lightning_recipes.data.corpus",
     "TextDataModule": "lightning_recipes.data.text",
     "TransferModule": "lightning_recipes.modules._base",
+    "WarmupDecay": "lightning_recipes.schedulers",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -11,6 +11,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from lightning_recipes.schedulers import WarmupDecay
+
 # The types LightningCLI knows as OptimizerCallable / LRSchedulerCallable: jsonargparse turns a
 # ``class_path``/``init_args`` entry in a recipe into such a callable.
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
@@ -88,6 +90,8 @@ class TransferModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
+        if isinstance(scheduler, WarmupDecay) and scheduler.total_steps is None:
+            scheduler.set_total_steps(self.trainer.estimated_stepping_batches)
         config = {"scheduler": scheduler, "interval": self.scheduler_interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = self.scheduler_monitor
