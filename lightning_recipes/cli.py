@@ -141,10 +141,23 @@ class LightningRecipesCLI(LightningCLI):
         }
 
 
+def _collate(batches: list[Any]) -> Any:
+    """Join per-batch predictions: tensors are concatenated, dicts joined per key, lists chained."""
+    first = batches[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(batches)
+    if isinstance(first, dict):
+        return {key: _collate([b[key] for b in batches]) for key in first}
+    if isinstance(first, (list, tuple)):
+        return [item for batch in batches for item in batch]
+    return batches
+
+
 def _save_predictions(batches: list[Any] | None, run_dir: Path) -> None:
-    if batches and all(isinstance(b, torch.Tensor) for b in batches):
+    if batches:
         run_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(torch.cat(batches), run_dir / "predictions.pt")
+        torch.save(_collate(batches), run_dir / "predictions.pt")
+        rank_zero_info(f"Predictions: {run_dir / 'predictions.pt'}")
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -148,3 +148,10 @@ def test_lightning_run_under_ddp_on_two_cpu_processes(tiny_recipe, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("Best checkpoint:") == 1 and "test/acc=" in out.stdout
+
+
+def test_predict_stage_writes_probabilities(tiny_recipe, tmp_path, capsys):
+    assert main(["run", str(tiny_recipe), "--trainer.max_epochs=1", "--stages=[fit, predict]"]) == 0
+    (path,) = (tmp_path / "run").rglob("predictions.pt")
+    probs = torch.load(path)
+    assert probs.shape == (12, 3) and torch.allclose(probs.sum(-1), torch.ones(12), atol=1e-5)
