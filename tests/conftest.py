@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,39 @@ def image_folder(tmp_path: Path):
         return root
 
     return make
+
+
+@pytest.fixture(scope="session")
+def write_corpus():
+    """``write(path, lines=200, seed=0)``: a seeded toy corpus, one random sentence over 19 words per line."""
+    words = [
+        "the",
+        "king",
+        "queen",
+        "said",
+        "to",
+        "my",
+        "lord",
+        "and",
+        "of",
+        "her",
+        "his",
+        "good",
+        "sir",
+        "will",
+        "not",
+        "be",
+        "come",
+        "now",
+        "here",
+    ]
+
+    def write(path: Path, lines: int = 200, seed: int = 0) -> Path:
+        rng = random.Random(seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            "".join(" ".join(rng.choices(words, k=rng.randint(3, 12))) + ".\n" for _ in range(lines))
+        )
+        return path
+
+    return write

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -27,16 +26,11 @@ FAST = [
 ]
 TINY = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 300, "bos_token_id": 0,
         "eos_token_id": 0}  # fmt: skip
-WORDS = "the king queen said to my lord and of her his good sir will not be come now here".split(" ")  # noqa: SIM905
 
 
 @pytest.fixture
-def text_file(tmp_path: Path) -> Path:
-    rng = random.Random(0)
-    path = tmp_path / "texts" / "corpus.txt"
-    path.parent.mkdir()
-    path.write_text("".join(" ".join(rng.choices(WORDS, k=rng.randint(3, 12))) + ".\n" for _ in range(200)))
-    return path
+def text_file(tmp_path: Path, write_corpus) -> Path:
+    return write_corpus(tmp_path / "texts" / "corpus.txt")
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -12,39 +11,10 @@ from lightning_recipes import TextCorpusDataModule
 from lightning_recipes.data.bpe import train_bpe_tokenizer
 from lightning_recipes.data.corpus import chunk_blocks, expand_files
 
-WORDS = [
-    "the",
-    "king",
-    "queen",
-    "said",
-    "to",
-    "my",
-    "lord",
-    "and",
-    "of",
-    "her",
-    "his",
-    "good",
-    "sir",
-    "will",
-    "not",
-    "be",
-    "come",
-    "now",
-    "here",
-]
-
-
-def write_text(path: Path, lines: int, seed: int) -> Path:
-    rng = random.Random(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(" ".join(rng.choices(WORDS, k=rng.randint(3, 12))) + ".\n" for _ in range(lines)))
-    return path
-
 
 @pytest.fixture
-def corpus(tmp_path: Path) -> dict[str, Path]:
-    files = [write_text(tmp_path / "text" / f"part{i}.txt", lines=60, seed=i) for i in range(3)]
+def corpus(tmp_path: Path, write_corpus) -> dict[str, Path]:
+    files = [write_corpus(tmp_path / "text" / f"part{i}.txt", lines=60, seed=i) for i in range(3)]
     tok = tmp_path / "tok"
     train_bpe_tokenizer(files, vocab_size=300, output_dir=tok)
     return {"root": tmp_path / "text", "tokenizer": tok, "cache": tmp_path / "cache"}
@@ -116,8 +86,8 @@ def test_split_is_seeded(corpus: dict[str, Path]) -> None:
     assert val_rows(1) != val_rows(2)
 
 
-def test_val_files_replace_the_random_split(corpus: dict[str, Path], tmp_path: Path) -> None:
-    held_out = write_text(tmp_path / "held_out.txt", lines=30, seed=99)
+def test_val_files_replace_the_random_split(corpus: dict[str, Path], tmp_path: Path, write_corpus) -> None:
+    held_out = write_corpus(tmp_path / "held_out.txt", lines=30, seed=99)
     dm = make(corpus, val_files=str(held_out))
     dm.setup("fit")
     assert torch.equal(dm.val_set.blocks, chunk_blocks(dm.tokenize("val"), 16))
@@ -209,7 +179,7 @@ def test_dataloader_settings(corpus: dict[str, Path]) -> None:
     assert (loader.num_workers, loader.batch_size, loader.persistent_workers) == (2, 3, True)
 
 
-def test_bad_input_names_the_problem(corpus: dict[str, Path], tmp_path: Path) -> None:
+def test_bad_input_names_the_problem(corpus: dict[str, Path], tmp_path: Path, write_corpus) -> None:
     with pytest.raises(FileNotFoundError, match="nothing-here"):
         expand_files(str(tmp_path / "nothing-here" / "*.txt"))
     with pytest.raises(ValueError, match="exactly one of tokenizer"):
@@ -220,7 +190,7 @@ def test_bad_input_names_the_problem(corpus: dict[str, Path], tmp_path: Path) ->
         TextCorpusDataModule(train_files="a.txt", dataset="wikitext", tokenizer="x")
     with pytest.raises(ValueError, match="give train_files too"):
         TextCorpusDataModule(val_files="a.txt", bpe_vocab_size=300)
-    tiny = write_text(tmp_path / "tiny.txt", lines=1, seed=0)
+    tiny = write_corpus(tmp_path / "tiny.txt", lines=1, seed=0)
     with pytest.raises(ValueError, match="fewer tokens than block_size=512"):
         make(corpus, train_files=str(tiny), block_size=512).setup("fit")
 

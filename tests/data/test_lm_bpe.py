@@ -2,46 +2,17 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
 
 from lightning_recipes.data.bpe import ENDOFTEXT, files_fingerprint, train_bpe_tokenizer
 
-WORDS = [
-    "the",
-    "king",
-    "queen",
-    "said",
-    "to",
-    "my",
-    "lord",
-    "and",
-    "of",
-    "her",
-    "his",
-    "good",
-    "sir",
-    "will",
-    "not",
-    "be",
-    "come",
-    "now",
-    "here",
-]
 
-
-def write_corpus(path: Path, lines: int = 300, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    path.write_text("".join(" ".join(rng.choices(WORDS, k=rng.randint(3, 12))) + ".\n" for _ in range(lines)))
-    return path
-
-
-def test_trained_tokenizer_loads_with_autotokenizer_and_round_trips(tmp_path: Path) -> None:
+def test_trained_tokenizer_loads_with_autotokenizer_and_round_trips(tmp_path: Path, write_corpus) -> None:
     from transformers import AutoTokenizer
 
-    corpus = write_corpus(tmp_path / "corpus.txt")
+    corpus = write_corpus(tmp_path / "corpus.txt", lines=300)
     trained = train_bpe_tokenizer([corpus], vocab_size=300, output_dir=tmp_path / "tok")
     assert (tmp_path / "tok" / "tokenizer.json").is_file()
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
@@ -59,7 +30,7 @@ def test_trained_tokenizer_loads_with_autotokenizer_and_round_trips(tmp_path: Pa
     assert ENDOFTEXT not in tok.decode(ids)
 
 
-def test_training_on_texts_equals_training_on_files(tmp_path: Path) -> None:
+def test_training_on_texts_equals_training_on_files(tmp_path: Path, write_corpus) -> None:
     corpus = write_corpus(tmp_path / "corpus.txt", lines=120)
     from_file = train_bpe_tokenizer([corpus], vocab_size=280)
     from_texts = train_bpe_tokenizer(texts=[corpus.read_text()], vocab_size=280)
@@ -75,7 +46,7 @@ def test_bad_arguments_name_the_problem(tmp_path: Path) -> None:
         train_bpe_tokenizer(vocab_size=300)
 
 
-def test_files_fingerprint_changes_with_content(tmp_path: Path) -> None:
+def test_files_fingerprint_changes_with_content(tmp_path: Path, write_corpus) -> None:
     path = write_corpus(tmp_path / "a.txt", lines=5)
     before = files_fingerprint([path])
     path.write_text(path.read_text() + "more\n")

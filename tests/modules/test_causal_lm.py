@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 import shutil
 from pathlib import Path
 
@@ -17,36 +16,13 @@ from lightning_recipes import CausalLM, TextCorpusDataModule
 from lightning_recipes._hub import PretrainedLoadError
 from lightning_recipes.data.bpe import train_bpe_tokenizer
 
-WORDS = [
-    "the",
-    "king",
-    "queen",
-    "said",
-    "to",
-    "my",
-    "lord",
-    "and",
-    "of",
-    "her",
-    "his",
-    "good",
-    "sir",
-    "will",
-    "not",
-    "be",
-    "come",
-    "now",
-    "here",
-]
 TINY = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 300}
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def assets(tmp_path_factory: pytest.TempPathFactory, write_corpus) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("lm")
-    rng = random.Random(0)
-    text = root / "corpus.txt"
-    text.write_text("".join(" ".join(rng.choices(WORDS, k=rng.randint(3, 12))) + ".\n" for _ in range(200)))
+    text = write_corpus(root / "corpus.txt")
     train_bpe_tokenizer([text], vocab_size=300, output_dir=root / "tok")
     return {"text": text, "tokenizer": root / "tok"}
 
