@@ -21,7 +21,7 @@ class DigitsWeights:
 
     arch: str
     digits: tuple[int, ...]
-    epochs: int = 6
+    epochs: int = 15
     seed: int = 0
     data_cfg: dict[str, Any] = field(
         default_factory=lambda: {
@@ -35,11 +35,8 @@ class DigitsWeights:
     )
 
     def path(self) -> Path:
-        return (
-            default_cache_dir()
-            / "weights"
-            / f"{self.arch}.digits{''.join(map(str, self.digits))}.safetensors"
-        )
+        name = f"{self.arch}.digits{''.join(map(str, self.digits))}.e{self.epochs}.s{self.seed}.safetensors"
+        return default_cache_dir() / "weights" / name
 
     def resolve(self, pretrained: bool) -> tuple[str, dict[str, Any]]:
         """``(timm architecture, pretrained_cfg overlay)``; with ``pretrained`` it names the weights."""
