@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_recipes.data._loader import split_loader
 from lightning_recipes.data.bpe import _read_lines, files_fingerprint, load_tokenizer, train_bpe_tokenizer
 from lightning_recipes.data.digits import default_cache_dir
 
@@ -387,19 +388,9 @@ class TextCorpusDataModule(L.LightningDataModule):
         )
 
     def _loader(self, dataset: TokenBlocks | None, split: str, shuffle: bool = False) -> DataLoader:
-        if dataset is None:
-            raise ValueError(
-                f"No {split} data: give {split}_files (or a dataset with that split) "
-                f"or set {split}_fraction > 0"
-            )
-        workers = self.opts.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=self.opts.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
+        hint = f"give {split}_files (or a dataset with that split) or set {split}_fraction > 0"
+        return split_loader(
+            dataset, split, hint, self.opts.batch_size, self.opts.num_workers, shuffle=shuffle
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -13,6 +13,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_recipes.data._loader import split_loader
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 Sample = tuple[Path, Any]
 
@@ -277,18 +279,9 @@ class ImageDataModule(L.LightningDataModule):
             self.predict_set = ImageDataset([(p, -1) for p in paths], self.transforms(training=False), mode)
 
     def _loader(self, dataset: Dataset | None, split: str, shuffle: bool = False) -> DataLoader:
-        if dataset is None:
-            raise ValueError(
-                f"No {split} data: add a {split}/ folder or {split}_csv, or set {split}_fraction > 0"
-            )
-        workers = self.opts.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=self.opts.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
+        hint = f"add a {split}/ folder or {split}_csv, or set {split}_fraction > 0"
+        return split_loader(
+            dataset, split, hint, self.opts.batch_size, self.opts.num_workers, shuffle=shuffle
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_recipes._hub import PretrainedLoadError, is_network_error, offline_hint
+from lightning_recipes.data._loader import split_loader
 from lightning_recipes.data.digits import default_cache_dir
 
 SPLITS = ("train", "val", "test", "predict")
@@ -406,31 +407,28 @@ class TextDataModule(L.LightningDataModule):
         return dict(batch)
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
-        ds = getattr(self, f"{split}_set")
-        if ds is None and split in self._absent:
-            raise ValueError(f"No {split} data: {self._absent[split]}")
-        if ds is None:
-            source = "train_file" if self.opts.dataset is None else "dataset"
-            raise ValueError(
-                f"No {split} data: give {split}_file (or a {split} split of the {source}); "
-                + ("or set val_fraction > 0" if split == "val" else "")
-            )
-        o = self.opts
+        ds, o = getattr(self, f"{split}_set"), self.opts
+        source = "train_file" if o.dataset is None else "dataset"
+        hint = self._absent.get(split) or (
+            f"give {split}_file (or a {split} split of the {source})"
+            + ("; or set val_fraction > 0" if split == "val" else "")
+        )
         batch_size = o.batch_size if train else (o.eval_batch_size or o.batch_size)
         sampler: Any = None
-        if o.group_by_length and train:
+        if ds is not None and o.group_by_length and train:
             sampler = _length_grouped_sampler(batch_size, self.lengths[split], o.seed)
-        elif o.group_by_length and split != "predict":
+        elif ds is not None and o.group_by_length and split != "predict":
             sampler = sorted(range(len(ds)), key=self.lengths[split].__getitem__)
-        return DataLoader(
+        shuffle = train and sampler is None
+        return split_loader(
             ds,
-            batch_size=batch_size,
-            shuffle=train and sampler is None,
+            split,
+            hint,
+            batch_size,
+            o.num_workers,
+            shuffle=shuffle,
             sampler=sampler,
             collate_fn=self.collate,
-            num_workers=o.num_workers,
-            persistent_workers=o.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> DataLoader:
