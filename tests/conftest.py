@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,29 @@ def write_corpus():
         return path
 
     return write
+
+
+@pytest.fixture
+def run_script(tmp_path: Path):
+    """``run(source, *args, env=None, cwd=tmp_path)``: run Python ``source`` as a script in a new process.
+
+    For multi-process (DDP) tests: the script is written to ``tmp_path``, run with the repository on
+    ``PYTHONPATH`` and ``env`` added to the environment; the test fails with the script's stderr unless
+    it exits 0. Returns the ``CompletedProcess`` (``stdout``/``stderr`` as text).
+    """
+
+    def run(source: str, *args: object, env: dict[str, str] | None = None, cwd: Path | None = None):
+        script = tmp_path / "script.py"
+        script.write_text(source)
+        proc = subprocess.run(
+            [sys.executable, str(script), *map(str, args)],
+            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+            cwd=cwd or tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    return run

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import inspect
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from typing_extensions import override
 
 from lightning_recipes._hub import PretrainedLoadError, is_network_error, offline_hint
-from lightning_recipes.modules._base import OptimizerFactory
+from lightning_recipes.modules._base import OptimizerFactory, SchedulerFactory
 from lightning_recipes.modules._classification import ClassificationModule, Task
 from lightning_recipes.modules._heads import ClassificationHead
 
 # jsonargparse checks a class_path against the callable's return type: ``Any`` rejects every class.
-SchedulerFactory = Callable[[Optimizer], LRScheduler | ReduceLROnPlateau]
 Pooling = Literal["cls", "mean"]
 HeadKind = Literal["new", "model"]
 _INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")

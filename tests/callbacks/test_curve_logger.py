@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -22,8 +20,6 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from lightning_recipes.callbacks import CurveLogger
 from lightning_recipes.callbacks.curve_logger import CurveMetrics, downsample, format_summary
 from lightning_recipes.modules._classification import ClassificationModule
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def grid_probs(rng: np.random.Generator, n: int, c: int, k: int = 16) -> np.ndarray:
@@ -392,22 +388,13 @@ DDP_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_equal_one(tmp_path):
-    script = tmp_path / "ddp_curves.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+def test_ddp_two_processes_equal_one(tmp_path, run_script):
+    source = DDP_SCRIPT.format(tests=str(Path(__file__).parent))
     results = {}
     for devices in (1, 2):
         out = tmp_path / f"dev{devices}"
         out.mkdir()
-        proc = subprocess.run(
-            [sys.executable, str(script), str(devices), str(out)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        run_script(source, devices, out, env={"MASTER_PORT": str(29500 + os.getpid() % 1000)})
         results[devices] = [json.loads(p.read_text()) for p in sorted(out.glob("result_rank*.json"))]
     assert len(results[2]) == 2
     one = results[1][0]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from functools import partial
 from pathlib import Path
@@ -357,18 +355,9 @@ DDP_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_ddp_ranks_hold_identical_weights_after_unfreeze(tmp_path):
+def test_ddp_ranks_hold_identical_weights_after_unfreeze(tmp_path, run_script):
     """Two CPU processes (gloo): unfrozen backbone gradients are all-reduced, so ranks never diverge."""
-    script = tmp_path / "ddp_freeze_unfreeze.py"
-    script.write_text(DDP_SCRIPT)
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_script(DDP_SCRIPT, tmp_path)
     states = {
         (rank, tag): torch.load(tmp_path / f"rank{rank}_{tag}.pt")
         for rank in (0, 1)
@@ -415,26 +404,12 @@ def test_real_efficientnet_frozen_epoch_keeps_pretrained_weights_and_bn_stats(sh
     )
 
 
-def _run_ddp(script, out, *args):
-    out.mkdir()
-    result = subprocess.run(
-        [sys.executable, str(script), str(out), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=out,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
 @pytest.mark.slow
-def test_ddp_resume_after_unfreeze_matches_uninterrupted_run(tmp_path):
+def test_ddp_resume_after_unfreeze_matches_uninterrupted_run(tmp_path, run_script):
     """Stop after the unfreeze epoch, resume under DDP: same weights as a run that never stopped."""
-    script = tmp_path / "ddp_freeze_unfreeze.py"
-    script.write_text(DDP_SCRIPT)
-    _run_ddp(script, tmp_path / "full", 3)
-    _run_ddp(script, tmp_path / "part", 2)
-    _run_ddp(script, tmp_path / "resumed", 3, tmp_path / "part" / "last.ckpt")
+    for name, *args in (("full", 3), ("part", 2), ("resumed", 3, tmp_path / "part" / "last.ckpt")):
+        (tmp_path / name).mkdir()
+        run_script(DDP_SCRIPT, tmp_path / name, *args, cwd=tmp_path / name)
     for rank in (0, 1):
         full = torch.load(tmp_path / "full" / f"rank{rank}_epoch2.pt")
         resumed = torch.load(tmp_path / "resumed" / f"rank{rank}_epoch2.pt")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import math
 import random
-import subprocess
-import sys
 import textwrap
 from functools import partial
 
@@ -339,17 +337,8 @@ DDP_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_ddp_ranks_agree_on_the_suggestion(tmp_path):
-    script = tmp_path / "ddp_lr_finder.py"
-    script.write_text(DDP_SCRIPT)
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_ddp_ranks_agree_on_the_suggestion(tmp_path, run_script):
+    run_script(DDP_SCRIPT, tmp_path)
     rank0, rank1 = (tmp_path / "rank0.txt").read_text(), (tmp_path / "rank1.txt").read_text()
     assert rank0 == rank1
     assert rank0.split()[0] != "None"

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -27,9 +25,6 @@ from lightning_recipes.loggers import (
     run_id_from_checkpoint,
 )
 from lightning_recipes.modules._classification import ClassificationModule
-
-REPO = Path(__file__).resolve().parents[2]
-
 
 # ---- reading an offline run: the .wandb transaction log (LevelDB-log framing of protobuf Records) ----
 
@@ -365,19 +360,12 @@ DDP_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_one_run_for_two_processes(tmp_path):
-    script = tmp_path / "ddp_wandb.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "WANDB_MODE": "offline",
-        "MASTER_PORT": str(29600 + os.getpid() % 1000),
-    }
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+def test_one_run_for_two_processes(tmp_path, run_script):
+    proc = run_script(
+        DDP_SCRIPT.format(tests=str(Path(__file__).parent)),
+        tmp_path,
+        env={"WANDB_MODE": "offline", "MASTER_PORT": str(29600 + os.getpid() % 1000)},
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = offline_runs(tmp_path)
     assert any("val/acc" in row for row in read_offline_run(run_dir)["history"])
     assert proc.stderr.count("upload it with `wandb sync") == 1
