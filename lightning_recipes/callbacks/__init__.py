@@ -1,7 +1,7 @@
 """Callbacks for fine-tuning: freezing, LR finding, early stopping, gradient monitoring, curves.
 
-One callback per file, the file named after the class in snake_case. Imports are lazy so that
-``import lightning_recipes.callbacks`` stays light.
+One callback per module, named after the class in snake_case (a file, or a package for the larger
+``curve_logger``). Imports are lazy so that ``import lightning_recipes.callbacks`` stays light.
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ def test_memory_is_constant_with_binned_thresholds():
 def test_fast_binned_update_equals_torchmetrics(kind):
     from torchmetrics import classification as tmc
 
-    from lightning_recipes.callbacks.curve_logger import _CURVES, curve_thresholds
+    from lightning_recipes.callbacks.curve_logger.state import _CURVES, curve_thresholds
 
     g = torch.Generator().manual_seed(0)
     thresholds = curve_thresholds(11)

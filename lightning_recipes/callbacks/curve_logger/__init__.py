@@ -1,0 +1,33 @@
+"""CurveLogger: ROC/PR curves, AUROC/AP, confusion matrix and per-class metrics at the end of eval epochs.
+
+The package, one concern a file:
+
+* :mod:`~lightning_recipes.callbacks.curve_logger.state`: the metric state (torchmetrics with binned
+  thresholds, constant memory), :class:`CurveMetrics` and its :class:`CurveResults`;
+* :mod:`~lightning_recipes.callbacks.curve_logger.ddp`: dropping the samples a ``DistributedSampler``
+  repeats to even out the ranks;
+* :mod:`~lightning_recipes.callbacks.curve_logger.writers`: CSV, PNG, W&B output and the summary table;
+* :mod:`~lightning_recipes.callbacks.curve_logger.callback`: the :class:`CurveLogger` callback.
+"""
+
+from __future__ import annotations
+
+from lightning_recipes.callbacks.curve_logger.callback import CurveLogger
+from lightning_recipes.callbacks.curve_logger.state import (
+    CurveMetrics,
+    CurveResults,
+    binned_counts,
+    curve_thresholds,
+)
+from lightning_recipes.callbacks.curve_logger.writers import downsample, format_summary, log_to_wandb
+
+__all__ = [
+    "CurveLogger",
+    "CurveMetrics",
+    "CurveResults",
+    "binned_counts",
+    "curve_thresholds",
+    "downsample",
+    "format_summary",
+    "log_to_wandb",
+]

@@ -1,0 +1,283 @@
+"""The :class:`CurveLogger` callback: scores the evaluation epochs and hands the results to the writers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
+
+from lightning_recipes.callbacks.curve_logger.ddp import evaluation_dataloaders, real_samples_on_rank
+from lightning_recipes.callbacks.curve_logger.state import CurveMetrics, CurveResults
+from lightning_recipes.callbacks.curve_logger.writers import (
+    format_summary,
+    log_to_wandb,
+    make_figures,
+    write_csvs,
+)
+
+Stage = Literal["validate", "test"]
+
+
+class CurveLogger(Callback):
+    """ROC and precision-recall curves, AUROC/AP, confusion matrix and per-class metrics for classifiers.
+
+    At the end of each validation and test epoch the callback computes, with torchmetrics, the
+    curves (binary; multi-class one-vs-rest with micro and macro averages; multi-label), the
+    confusion matrix and per-class precision/recall/F1/specificity, then writes
+
+    * ``<run dir>/curves/<stage>_epoch<NNN>/``: ``roc.png``, ``pr.png``, ``confusion_matrix.png`` (the
+      AUC/AP in the legends) and ``roc.csv``, ``pr.csv`` (curve points with their thresholds),
+      ``confusion_matrix.csv``, ``metrics.csv`` (per class, macro and micro averages);
+    * to Weights & Biases: interactive ROC/PR charts (at most ``max_points`` points, every class kept),
+      the confusion matrix and the metrics table; to TensorBoard: the three figures;
+    * ``{stage}/auroc`` and ``{stage}/ap`` (macro averages) through ``pl_module.log``, so a
+      ``ModelCheckpoint`` can monitor them;
+    * at the end of the test stage, the metrics table printed on rank zero.
+
+    The module's ``validation_step``/``test_step`` must return ``{"preds", "target"}`` with ``preds``
+    probabilities (as :class:`~lightning_recipes.modules._classification.ClassificationModule` does) and
+    the module must have ``task`` and ``num_classes``; regression modules are skipped. Class names come
+    from ``trainer.datamodule.classes`` (or ``.label_names``). Under DDP the samples a
+    ``DistributedSampler`` repeats to even out the ranks are dropped, so the results equal those of one
+    process. The curve folder is ``dirpath``, else ``curves/`` in the TensorBoard/CSV logger's
+    ``log_dir``, beside ``ModelCheckpoint``'s ``checkpoints/`` for other loggers (W&B:
+    ``<save_dir>/<project>/<run id>/curves``), else in ``trainer.default_root_dir``.
+
+    Args:
+        thresholds: number of evenly spaced thresholds in [0, 1] (constant memory; plus ``inf``, see
+            :func:`curve_thresholds`); a list of thresholds; or
+            ``None`` for exact curves (keeps every score: memory grows with the data set).
+        stages: which of ``"validate"`` and ``"test"`` to score.
+        every_n_epochs: score validation every n epochs (test is always scored).
+        dirpath: folder for the curve files (default: the run dir above).
+        save_png: write the PNG plots.
+        save_csv: write the CSV files.
+        max_points: points per chart sent to W&B, shared among the curves (each keeps at least 2).
+        print_summary: print the metrics table at the end of the test stage (rank zero).
+
+    Example::
+
+        >>> import lightning as L, tempfile, torch
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> from lightning_recipes import ImageClassifier
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=root, callbacks=[CurveLogger(thresholds=21, stages=["validate"])])
+        >>> model = ImageClassifier("test_resnet", num_classes=3, pretrained=False)
+        >>> images, labels = torch.randn(9, 3, 32, 32), torch.tensor([0, 1, 2] * 3)
+        >>> loader = DataLoader(TensorDataset(images, labels), batch_size=4)
+        >>> _ = trainer.validate(model, loader, verbose=False)
+        >>> folder = Path(root) / "curves" / "val_epoch000"
+        >>> sorted(p.name for p in folder.iterdir())  # doctest: +NORMALIZE_WHITESPACE
+        ['confusion_matrix.csv', 'confusion_matrix.png', 'metrics.csv', 'pr.csv', 'pr.png',
+         'roc.csv', 'roc.png']
+    """
+
+    def __init__(
+        self,
+        thresholds: int | list[float] | None = 200,
+        stages: list[Stage] = ["validate", "test"],  # noqa: B006 (a YAML default; never mutated)
+        every_n_epochs: int = 1,
+        dirpath: str | None = None,
+        save_png: bool = True,
+        save_csv: bool = True,
+        max_points: int = 2000,
+        print_summary: bool = True,
+    ) -> None:
+        unknown = set(stages) - {"validate", "test"}
+        if unknown:
+            raise ValueError(f"CurveLogger stages must be 'validate' and/or 'test', got {sorted(unknown)}")
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        if isinstance(thresholds, int) and thresholds < 2:
+            raise ValueError(
+                f"thresholds must be >= 2 (or a list, or None for exact curves), got {thresholds}"
+            )
+        if max_points < 2:
+            raise ValueError(f"max_points must be >= 2, got {max_points}")
+        self.thresholds = thresholds
+        self.stages = list(stages)
+        self.every_n_epochs = every_n_epochs
+        self.dirpath = dirpath
+        self.save_png = save_png
+        self.save_csv = save_csv
+        self.max_points = max_points
+        self.print_summary = print_summary
+        self.root: Path | None = None
+        self.last_results: dict[str, CurveResults] = {}
+        self._metrics: dict[int, CurveMetrics] = {}
+        self._seen: dict[int, int] = {}
+        self._real: dict[int, int | None] = {}
+        self._active = False
+        self._warned = False
+
+    # ---- setup ------------------------------------------------------------------------------------
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        logger = trainer.loggers[0] if trainer.loggers else None
+        if self.dirpath is not None:
+            self.root = Path(self.dirpath)
+        elif isinstance(logger, (TensorBoardLogger, CSVLogger)):
+            self.root = Path(trainer.log_dir) / "curves"  # every rank: log_dir broadcasts
+        elif logger is not None and logger.save_dir is not None:
+            # beside ModelCheckpoint's default folder: <save_dir>/<name>/<version>/{checkpoints,curves}
+            version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+            root = Path(logger.save_dir) / str(logger.name) / version / "curves"
+            self.root = Path(trainer.strategy.broadcast(str(root)))
+        else:
+            self.root = Path(trainer.default_root_dir) / "curves"
+
+    def _supported(self, pl_module: L.LightningModule) -> bool:
+        task = getattr(pl_module, "task", None)
+        if task in ("multiclass", "multilabel") and getattr(pl_module, "num_classes", None):
+            return True
+        if task != "regression" and not self._warned:
+            rank_zero_warn(
+                f"CurveLogger: {type(pl_module).__name__} has no `task`/`num_classes`; curves skipped."
+            )
+            self._warned = True
+        return False
+
+    def _class_names(self, trainer: L.Trainer, num_classes: int) -> list[str]:
+        dm = trainer.datamodule
+        for attr in ("classes", "label_names"):
+            names = getattr(dm, attr, None) if dm is not None else None
+            if names is not None and len(names) == num_classes:
+                return [str(n) for n in names]
+        return [str(i) for i in range(num_classes)]
+
+    def _start(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._active = (
+            stage in self.stages
+            and not trainer.sanity_checking
+            and self._supported(pl_module)
+            and (
+                stage == "test"
+                or trainer.current_epoch % self.every_n_epochs == 0
+                or trainer.state.fn == "validate"
+            )
+        )
+        if not self._active:
+            return
+        names = self._class_names(trainer, pl_module.num_classes)
+        loaders = evaluation_dataloaders(trainer, stage)
+        self._metrics, self._seen, self._real = {}, {}, {}
+        for idx, loader in enumerate(loaders):
+            self._metrics[idx] = CurveMetrics(
+                pl_module.task, pl_module.num_classes, self.thresholds, names
+            ).to(pl_module.device)
+            self._seen[idx] = 0
+            self._real[idx] = real_samples_on_rank(loader)
+
+    def _update(self, outputs: Any, dataloader_idx: int) -> None:
+        if not self._active:
+            return
+        if not isinstance(outputs, dict) or "preds" not in outputs or "target" not in outputs:
+            if not self._warned:
+                rank_zero_warn(
+                    'CurveLogger needs validation_step/test_step to return {"preds", "target"}; skipped.'
+                )
+                self._warned = True
+            self._active = False
+            return
+        preds, target = outputs["preds"], outputs["target"]
+        real = self._real.get(dataloader_idx)
+        keep = len(target) if real is None else max(0, min(len(target), real - self._seen[dataloader_idx]))
+        self._seen[dataloader_idx] += len(target)
+        if keep:
+            self._metrics[dataloader_idx].update(preds[:keep], target[:keep])
+
+    def _end(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self._active:
+            return
+        self._active = False
+        short = "val" if stage == "validate" else "test"
+        for idx, metrics in self._metrics.items():
+            prefix = short if len(self._metrics) == 1 else f"{short}_dl{idx}"
+            results = metrics.compute()  # every rank: syncs the states
+            self.last_results[prefix] = results
+            pl_module.log(f"{prefix}/auroc", results.auroc["macro"], sync_dist=False)
+            pl_module.log(f"{prefix}/ap", results.ap["macro"], sync_dist=False)
+            if trainer.is_global_zero:
+                self._write(trainer, results, prefix)
+                if stage == "test" and self.print_summary:
+                    print(
+                        format_summary(
+                            results, f"Per-class metrics ({prefix}, epoch {trainer.current_epoch})"
+                        )
+                    )
+        self._metrics = {}
+
+    def _write(self, trainer: L.Trainer, results: CurveResults, prefix: str) -> None:
+        folder = (
+            self.root or Path(trainer.default_root_dir) / "curves"
+        ) / f"{prefix}_epoch{trainer.current_epoch:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.save_csv:
+            write_csvs(results, folder)
+        figures = make_figures(results, prefix) if self.save_png or _has(trainer, TensorBoardLogger) else {}
+        if self.save_png:
+            for name, fig in figures.items():
+                fig.savefig(folder / f"{name}.png")
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                for name, fig in figures.items():
+                    logger.experiment.add_figure(f"{prefix}/{name}", fig, trainer.global_step, close=False)
+            elif isinstance(logger, WandbLogger):
+                # the step Lightning logs epoch metrics at, so curves share the x-axis with val/acc
+                step = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "_batches_that_stepped", None)
+                log_to_wandb(
+                    logger, results, prefix, trainer.global_step if step is None else step, self.max_points
+                )
+
+    # ---- hooks ------------------------------------------------------------------------------------
+
+    @override
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start(trainer, pl_module, "validate")
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._update(outputs, dataloader_idx)
+
+    @override
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._end(trainer, pl_module, "validate")
+
+    @override
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start(trainer, pl_module, "test")
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._update(outputs, dataloader_idx)
+
+    @override
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._end(trainer, pl_module, "test")
+
+
+def _has(trainer: L.Trainer, kind: type) -> bool:
+    return any(isinstance(logger, kind) for logger in trainer.loggers)
