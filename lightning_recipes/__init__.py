@@ -12,15 +12,18 @@ __version__ = "0.1.0.dev0"
 
 _EXPORTS = {
     "CausalLM": "lightning_recipes.modules.causal_lm",
+    "DataSpec": "lightning_recipes.handshake",
     "DigitsDataModule": "lightning_recipes.data.digits",
     "ImageClassifier": "lightning_recipes.modules.image",
     "ImageDataModule": "lightning_recipes.data.image",
+    "InputSpec": "lightning_recipes.handshake",
     "LightningRecipesCLI": "lightning_recipes.cli",
     "TextClassifier": "lightning_recipes.modules.text",
     "TextCorpusDataModule": "lightning_recipes.data.corpus",
     "TextDataModule": "lightning_recipes.data.text",
     "TransferModule": "lightning_recipes.modules._base",
     "WarmupDecay": "lightning_recipes.schedulers",
+    "connect": "lightning_recipes.handshake",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,39 +1,126 @@
-"""Clear errors for pretrained weights that cannot be fetched (no network, unknown id)."""
+"""The one place where a pretrained model, tokenizer or dataset that cannot be fetched becomes a clear error.
+
+Every loader of this package (timm backbones, transformers models and tokenizers, ``datasets``) calls
+:func:`hub_call`. Failures are recognised by ``huggingface_hub``'s error types (offline mode, no cached
+copy, unknown repository or revision, gated repository) and by connection errors anywhere in the
+exception chain, and turned into a :class:`PretrainedLoadError` whose hint fits the family: the timm
+repository (``timm/<name>``) and ``local-dir:``, a ``--local-dir`` folder for transformers, local files
+for datasets.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+Family = Literal["timm", "transformers", "datasets"]
+T = TypeVar("T")
 
 
 class PretrainedLoadError(RuntimeError):
     """A model name, Hub id or local path could not be loaded; the message says how to fix it."""
 
 
-def offline_hint(name: str) -> str:
-    """The fix for a Hub id that cannot be reached, naming the id."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    reason = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub could not be reached"
-    return (
-        f"{reason}, and {name!r} is neither in the local cache nor a local folder. "
-        f"On a machine with network access run `hf download {name} --local-dir ./{name.split('/')[-1]}` "
-        f"and pass that folder instead (for timm: `local-dir:./{name.split('/')[-1]}`), "
-        "or set pretrained=False to start from random weights."
-    )
+def looks_like_local_path(name: str) -> bool:
+    """A local path rather than a Hub id (``org/name`` or ``name``).
+
+    Example::
+
+        >>> [looks_like_local_path(n) for n in ("gpt2", "org/model", "./model", "/abs/model", "a/b/c")]
+        [False, False, True, True, True]
+    """
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
 
 
-def is_network_error(exc: BaseException) -> bool:
-    """Whether ``exc`` (or its cause chain) comes from an unreachable or offline Hub."""
-    markers = (
-        "offline",
-        "connection",
-        "resolve",
-        "network",
-        "localentrynotfound",
-        "cannot find the requested",
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    from huggingface_hub import errors
+
+    names = (
+        "OfflineModeIsEnabled",
+        "LocalEntryNotFoundError",
+        "RepositoryNotFoundError",
+        "RevisionNotFoundError",
+        "GatedRepoError",
     )
-    while exc is not None:
-        text = f"{type(exc).__name__} {exc}".lower()
-        if any(m in text for m in markers):
+    return (ConnectionError, TimeoutError, *(getattr(errors, n) for n in names if hasattr(errors, n)))
+
+
+def is_unreachable(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception in its cause chain) says the Hub or the network was not reachable,
+    or that the id does not exist there.
+
+    Example::
+
+        >>> from huggingface_hub.errors import OfflineModeIsEnabled
+        >>> try:
+        ...     raise OSError("cannot load") from OfflineModeIsEnabled("offline")
+        ... except OSError as e:
+        ...     is_unreachable(e), is_unreachable(ValueError("bad value"))
+        (True, False)
+    """
+    kinds = _hub_errors()
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, kinds) or type(exc).__name__ in ("ConnectError", "ConnectTimeout"):  # httpx
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def hint(name: str, family: Family) -> str:
+    """How to get ``name`` onto a machine without the Hub, in the words of its family.
+
+    Example::
+
+        >>> "hf download timm/resnet50.a1_in1k" in hint("resnet50.a1_in1k", "timm")
+        True
+        >>> "--local-dir ./gpt2" in hint("gpt2", "transformers")
+        True
+    """
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    reason = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub could not be reached"
+    repo = name.split(":", 1)[1] if name.startswith(("hf-hub:", "hf_hub:")) else name
+    short = repo.split("/")[-1]
+    if family == "timm":
+        repo = repo if "/" in repo else f"timm/{repo}"
+        fix = (
+            f"on a machine with network access run `hf download {repo} --local-dir ./{short}` and use "
+            f"backbone `local-dir:./{short}`, or set pretrained: false to start from random weights"
+        )
+    elif family == "datasets":
+        fix = (
+            f"on a machine with network access run `hf download {repo} --repo-type dataset --local-dir "
+            f"./{short}`, or give local files (train_file/val_file/test_file, or train_files)"
+        )
+    else:
+        fix = (
+            f"on a machine with network access run `hf download {repo} --local-dir ./{short}` and pass "
+            f"the folder `./{short}` instead of {name!r}"
+        )
+    return f"{reason}, and {name!r} is neither in the local cache nor a local folder: {fix}."
+
+
+def hub_call(name: str, family: Family, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call a loader (``from_pretrained``, ``timm.create_model``, ``load_dataset``) for ``name``.
+
+    A local path that does not exist is a ``FileNotFoundError`` naming it; an unreachable or unknown
+    Hub id a :class:`PretrainedLoadError` with :func:`hint`; anything else propagates unchanged.
+
+    Example::
+
+        >>> hub_call("./no-such-model", "transformers", "model", print)
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: model folder './no-such-model' not found
+    """
+    if looks_like_local_path(name) and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"{what} folder {name!r} not found")
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        if Path(name).expanduser().exists() or not is_unreachable(exc):
+            raise
+        raise PretrainedLoadError(f"Could not load {what} {name!r}: {hint(name, family)}") from exc

@@ -23,6 +23,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from lightning_recipes.handshake import connect
 from lightning_recipes.loggers.wandb import LoggerSaveConfigCallback, apply_resume_id
 from lightning_recipes.recipes import list_recipes, resolve_recipe
 
@@ -74,7 +75,8 @@ class CrashCheckpoint(Callback):
 class LightningRecipesCLI(LightningCLI):
     """LightningCLI for recipes: any LightningModule/DataModule by ``class_path``, a ``stages`` key,
     crash checkpoints, and optimizers configured on the module (``model.init_args.optimizer``) so that
-    each module builds its own backbone/head parameter groups.
+    each module builds its own backbone/head parameter groups. Once model and data are built, it calls
+    :func:`~lightning_recipes.connect` on them (the handshake), before any stage runs.
     """
 
     def __init__(self, *args: Any, recipe_mode: bool = False, **kwargs: Any) -> None:
@@ -107,6 +109,13 @@ class LightningRecipesCLI(LightningCLI):
         """Resuming from a checkpoint continues the W&B run whose id the checkpoint stores."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         apply_resume_id(config.get("trainer", {}).get("logger"), config.get("ckpt_path"))
+
+    @override
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer, then hand over what model and data must agree on (``connect``)."""
+        super().instantiate_classes()
+        if self.datamodule is not None:
+            connect(self.model, self.datamodule)
 
     @override
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning_recipes.data.digits import default_cache_dir
+from lightning_recipes.cache import default_cache_dir
 
 
 @dataclass(frozen=True)

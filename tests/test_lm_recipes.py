@@ -83,7 +83,7 @@ def test_finetune_recipe_on_a_local_model_folder(tmp_path, text_file, tiny_pretr
     metrics = run(
         "gpt2_finetune.yaml",
         tmp_path,
-        f"--model.init_args.pretrained_model_name_or_path={tiny_pretrained}",
+        f"--model.init_args.model_name_or_path={tiny_pretrained}",
         f"--data.init_args.train_files={text_file.parent / '*.txt'}",
         f"--data.init_args.tokenizer={tiny_pretrained}",
         "--data.init_args.block_size=32",
@@ -100,7 +100,7 @@ def test_evaluate_recipe_reports_the_perplexity_of_the_model_as_is(
     metrics = run(
         "gpt2_evaluate.yaml",
         tmp_path,
-        f"--model.init_args.pretrained_model_name_or_path={tiny_pretrained}",
+        f"--model.init_args.model_name_or_path={tiny_pretrained}",
         f"--data.init_args.val_files={text_file}",
         f"--data.init_args.tokenizer={tiny_pretrained}",
         "--data.init_args.block_size=64",
@@ -108,7 +108,7 @@ def test_evaluate_recipe_reports_the_perplexity_of_the_model_as_is(
     )
     assert set(metrics) == {"val/loss", "val/ppl"}
     # the same number as evaluating the exported model by hand, block by block
-    lm = CausalLM(pretrained_model_name_or_path=str(tiny_pretrained)).eval()
+    lm = CausalLM(model_name_or_path=str(tiny_pretrained)).eval()
     ids = lm.tokenizer(text_file.read_text())["input_ids"] + [0]
     blocks = torch.tensor(ids[: 2 * 4 * 64]).view(8, 64)  # limit_val_batches=2 x batch_size 4
     with torch.no_grad():

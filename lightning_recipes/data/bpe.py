@@ -1,46 +1,14 @@
-"""Tokenizers for language models: byte-level BPE training (GPT-2's scheme) and loading with clear errors."""
+"""Byte-level BPE tokenizer training (GPT-2's scheme) on a corpus, and the corpus readers it uses."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 #: The one special token of GPT-2: document separator, and beginning/end of text.
 ENDOFTEXT = "<|endoftext|>"
-
-
-def looks_like_local_path(name: str) -> bool:
-    """A local path rather than a Hub id (``org/name`` or ``name``)."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
-
-
-def load_tokenizer(name: str, revision: str | None = None) -> Any:
-    """``AutoTokenizer.from_pretrained`` of a Hub id or folder; clear errors for a missing folder, no network.
-
-    Example::
-
-        >>> load_tokenizer("./no-such-tokenizer")
-        Traceback (most recent call last):
-        ...
-        FileNotFoundError: Tokenizer folder './no-such-tokenizer' not found (expected tokenizer files)
-    """
-    from transformers import AutoTokenizer
-
-    from lightning_recipes._hub import PretrainedLoadError, is_network_error, offline_hint
-
-    if looks_like_local_path(name) and not Path(name).expanduser().is_dir():
-        raise FileNotFoundError(f"Tokenizer folder {name!r} not found (expected tokenizer files)")
-    try:
-        return AutoTokenizer.from_pretrained(
-            str(Path(name).expanduser()) if looks_like_local_path(name) else name, revision=revision
-        )
-    except Exception as exc:
-        if is_network_error(exc):
-            raise PretrainedLoadError(f"Could not load tokenizer {name!r}: " + offline_hint(name)) from exc
-        raise
 
 
 def files_fingerprint(paths: Sequence[str | Path]) -> str:

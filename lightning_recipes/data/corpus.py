@@ -8,7 +8,6 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import lightning as L
@@ -16,9 +15,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_recipes._compat import dataset_fingerprint
+from lightning_recipes._deprecation import renamed
+from lightning_recipes._hub import hub_call
+from lightning_recipes.cache import default_cache_dir
 from lightning_recipes.data._loader import split_loader
-from lightning_recipes.data.bpe import _read_lines, files_fingerprint, load_tokenizer, train_bpe_tokenizer
-from lightning_recipes.data.digits import default_cache_dir
+from lightning_recipes.data.bpe import _read_lines, files_fingerprint, train_bpe_tokenizer
+from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
+from lightning_recipes.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 SPLITS = ("train", "val", "test")
 #: Names a ``datasets`` DatasetDict may use for each of our splits, in order of preference.
@@ -71,13 +75,6 @@ def chunk_blocks(tokens: Tensor, block_size: int) -> Tensor:
     return tokens[: n * block_size].reshape(n, block_size)
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A hash of a tokenizer's full definition (vocabulary, merges, normalisation), for cache keys."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 class TokenBlocks(Dataset):
     """Rows of a ``(num_blocks, block_size)`` token tensor as ``{"input_ids": LongTensor[block_size]}``."""
 
@@ -102,10 +99,12 @@ class TextCorpusDataModule(L.LightningDataModule):
     ``val_files``/``test_files`` (or dataset splits), a seeded random ``val_fraction``/``test_fraction``
     of the training blocks is held out. Batches are ``{"input_ids": LongTensor[batch, block_size]}``.
 
-    The tokenizer is either given (Hub id or folder) or, with ``bpe_vocab_size``, a byte-level BPE
-    trained on the training text (see :func:`~lightning_recipes.data.bpe.train_bpe_tokenizer`) and
-    saved to ``tokenizer_dir``; :class:`~lightning_recipes.CausalLM` adopts the data module's
-    tokenizer when it has none, and stores it in its checkpoints.
+    The tokenizer is the model's, handed over by the handshake (:func:`~lightning_recipes.connect`); a
+    model from scratch has none, and then the data module's is used: ``tokenizer`` (Hub id or folder)
+    or, with ``bpe_vocab_size``, a byte-level BPE trained on the training text (see
+    :func:`~lightning_recipes.data.bpe.train_bpe_tokenizer`) and saved to ``tokenizer_dir``. The
+    handshake gives it to :class:`~lightning_recipes.CausalLM`, which stores it in its checkpoints.
+    :meth:`prepare_tokenizer` makes it (loads, trains or reuses the trained one) explicitly.
 
     Args:
         train_files: text file(s) or glob(s) (UTF-8), e.g. ``data/*.txt``.
@@ -113,9 +112,10 @@ class TextCorpusDataModule(L.LightningDataModule):
             Without ``train_files`` they serve ``validate``/``test`` only (evaluating a model as-is).
         dataset: instead of files, a ``datasets`` dataset: a folder written by ``save_to_disk`` or a
             name for ``datasets.load_dataset`` (e.g. ``wikitext``); splits ``train``/``validation``/``test``.
-        dataset_config_name: the dataset's configuration (e.g. ``wikitext-2-raw-v1``).
+        dataset_config: the dataset's configuration (e.g. ``wikitext-2-raw-v1``).
         text_column: column of the dataset holding the text.
-        tokenizer: Hugging Face tokenizer id or folder (e.g. ``gpt2``, ``./my-model``).
+        tokenizer: Hugging Face tokenizer id or folder (e.g. ``gpt2``, ``./my-model``), where the model has
+            none; connected to a model that has one, a different one here is an error.
         bpe_vocab_size: train a byte-level BPE tokenizer of this size on the training text instead.
         tokenizer_dir: where the trained tokenizer is saved (default: under ``cache_dir``); it is
             reused while the training text and ``bpe_vocab_size`` are unchanged.
@@ -125,6 +125,7 @@ class TextCorpusDataModule(L.LightningDataModule):
         cache_dir: cache of token tensors and trained tokenizers (default ``$LIGHTNING_RECIPES_CACHE``
             or ``~/.cache/lightning_recipes``).
         add_eos: append the tokenizer's EOS token after every document (file or dataset row).
+        dataset_config_name: deprecated name of ``dataset_config``.
 
     Example::
 
@@ -146,7 +147,7 @@ class TextCorpusDataModule(L.LightningDataModule):
         val_files: str | list[str] | None = None,
         test_files: str | list[str] | None = None,
         dataset: str | None = None,
-        dataset_config_name: str | None = None,
+        dataset_config: str | None = None,
         text_column: str = "text",
         tokenizer: str | None = None,
         bpe_vocab_size: int | None = None,
@@ -159,8 +160,16 @@ class TextCorpusDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
         add_eos: bool = True,
+        dataset_config_name: str | None = None,
     ) -> None:
         super().__init__()
+        dataset_config = renamed(
+            "TextCorpusDataModule",
+            "dataset_config_name",
+            dataset_config_name,
+            "dataset_config",
+            dataset_config,
+        )
         files = (train_files, val_files, test_files)
         if dataset is not None and any(f is not None for f in files):
             raise ValueError("Give text files (train_files/val_files/test_files) or a dataset, not both")
@@ -171,10 +180,10 @@ class TextCorpusDataModule(L.LightningDataModule):
             )
         if bpe_vocab_size is not None and dataset is None and train_files is None:
             raise ValueError("bpe_vocab_size trains a tokenizer on the training text: give train_files too")
-        if (tokenizer is None) == (bpe_vocab_size is None):
+        if tokenizer is not None and bpe_vocab_size is not None:
             raise ValueError(
-                "Give exactly one of tokenizer (a Hugging Face id or folder) or bpe_vocab_size "
-                "(train a byte-level BPE tokenizer on the corpus)"
+                "Give at most one of tokenizer (a Hugging Face id or folder) or bpe_vocab_size "
+                "(train a byte-level BPE tokenizer on the corpus); with neither, the model's is used"
             )
         if block_size < 2:
             raise ValueError(f"block_size must be >= 2, got {block_size}")
@@ -186,45 +195,41 @@ class TextCorpusDataModule(L.LightningDataModule):
             )
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
-        # Options live in ``self.opts`` (as in ImageDataModule): under LightningCLI ``self.hparams`` may hold
-        # a subclass's arguments instead.
-        self.opts = SimpleNamespace(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
-        self.save_hyperparameters()
-        self.block_size = block_size
-        self._tokenizer: Any = None
+        self.save_hyperparameters()  # Lightning's record of the call; the code reads the attributes below
+        self.train_files, self.val_files, self.test_files = train_files, val_files, test_files
+        self.dataset, self.dataset_config, self.text_column = dataset, dataset_config, text_column
+        self.tokenizer_name, self.bpe_vocab_size, self.tokenizer_dir = (
+            tokenizer,
+            bpe_vocab_size,
+            tokenizer_dir,
+        )
+        self.block_size, self.add_eos = block_size, add_eos
+        self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.tokenizer: Any = None  # see prepare_tokenizer
         self._dataset: Any = None
         self.train_set: TokenBlocks | None = None
         self.val_set: TokenBlocks | None = None
         self.test_set: TokenBlocks | None = None
 
     # -- sources ---------------------------------------------------------------------------------
-    @property
-    def cache_dir(self) -> Path:
-        return Path(self.opts.cache_dir) if self.opts.cache_dir else default_cache_dir()
-
     def _split_files(self, split: str) -> list[Path]:
-        return expand_files(getattr(self.opts, f"{split}_files"))
+        return expand_files(getattr(self, f"{split}_files"))
 
     def _load_dataset(self) -> Any:
         if self._dataset is None:
             import datasets
 
-            from lightning_recipes._hub import PretrainedLoadError, is_network_error, offline_hint
-
-            name = self.opts.dataset
-            try:
-                if Path(name).is_dir() and any(
-                    (Path(name) / f).is_file() for f in ("dataset_dict.json", "state.json")
-                ):
-                    self._dataset = datasets.load_from_disk(name)
-                else:
-                    self._dataset = datasets.load_dataset(name, self.opts.dataset_config_name)
-            except Exception as exc:
-                if is_network_error(exc):
-                    raise PretrainedLoadError(
-                        f"Could not load dataset {name!r}: " + offline_hint(name)
-                    ) from exc
-                raise
+            name = self.dataset
+            if Path(name).is_dir() and any(
+                (Path(name) / f).is_file() for f in ("dataset_dict.json", "state.json")
+            ):
+                self._dataset = datasets.load_from_disk(name)
+            else:
+                self._dataset = hub_call(
+                    name, "datasets", "dataset", datasets.load_dataset, name, self.dataset_config
+                )
         return self._dataset
 
     def _dataset_split(self, split: str) -> Any:
@@ -237,60 +242,82 @@ class TextCorpusDataModule(L.LightningDataModule):
         for name in DATASET_SPLITS[split]:
             if name in data:
                 ds = data[name]
-                if self.opts.text_column not in ds.column_names:
+                if self.text_column not in ds.column_names:
                     raise ValueError(
-                        f"Column {self.opts.text_column!r} not in dataset {self.opts.dataset!r} "
+                        f"Column {self.text_column!r} not in dataset {self.dataset!r} "
                         f"split {name!r}; it has {ds.column_names}. Set text_column."
                     )
                 return ds
         if split == "train":
-            raise ValueError(f"Dataset {self.opts.dataset!r} has no train split; it has {list(data)}")
+            raise ValueError(f"Dataset {self.dataset!r} has no train split; it has {list(data)}")
         return None
 
     def _has_source(self, split: str) -> bool:
-        if self.opts.dataset is not None:
+        if self.dataset is not None:
             return self._dataset_split(split) is not None
-        return getattr(self.opts, f"{split}_files") is not None
+        return getattr(self, f"{split}_files") is not None
 
     def _documents(self, split: str) -> Iterator[list[str]]:
         """The split's text as lists of pieces, one list per document."""
-        if self.opts.dataset is None:
+        if self.dataset is None:
             for path in self._split_files(split):
                 yield list(_read_lines([path]))
         else:
-            for text in self._dataset_split(split)[self.opts.text_column]:
+            for text in self._dataset_split(split)[self.text_column]:
                 yield [text]
 
     def _source_key(self, split: str) -> str:
-        if self.opts.dataset is None:
+        if self.dataset is None:
             return "files:" + files_fingerprint(self._split_files(split))
         ds = self._dataset_split(split)
-        return f"dataset:{self.opts.dataset}:{self.opts.dataset_config_name}:{split}:{ds._fingerprint}"
+        return f"dataset:{self.dataset}:{self.dataset_config}:{split}:{dataset_fingerprint(ds)}"
 
-    # -- tokenizer ---------------------------------------------------------------------------------
-    @property
-    def tokenizer(self) -> Any:
-        """The Hugging Face tokenizer: loaded from ``tokenizer`` or trained once with ``bpe_vocab_size``."""
-        if self._tokenizer is None:
-            self._tokenizer = self._train_tokenizer() if self.opts.bpe_vocab_size else self._load_tokenizer()
-        return self._tokenizer
+    # -- the handshake and the tokenizer ---------------------------------------------------------
+    def accept_input_spec(self, spec: InputSpec) -> None:
+        """Use the model's tokenizer, if it has one (then ``bpe_vocab_size`` is an error)."""
+        if spec.tokenizer is None:
+            return
+        if self.bpe_vocab_size is not None:
+            raise ValueError(
+                f"The model brings its own tokenizer ({getattr(spec.tokenizer, 'name_or_path', '?')!r}) and "
+                f"the data module would train another (bpe_vocab_size={self.bpe_vocab_size}): remove "
+                "bpe_vocab_size"
+            )
+        own = load_tokenizer(self.tokenizer_name) if self.tokenizer_name else None
+        self.tokenizer = agree_tokenizer(spec.tokenizer, own, f"tokenizer={self.tokenizer_name!r}")
 
-    def _load_tokenizer(self) -> Any:
-        return load_tokenizer(self.opts.tokenizer)
+    def data_spec(self) -> DataSpec:
+        """The block size and the tokenizer (the model's, or the one this data module made)."""
+        return DataSpec(block_size=self.block_size, tokenizer=self.prepare_tokenizer())
+
+    def prepare_tokenizer(self) -> Any:
+        """The tokenizer: the model's (handshake), else ``tokenizer`` loaded, else the BPE trained once."""
+        if self.tokenizer is None:
+            if self.bpe_vocab_size:
+                self.tokenizer = self._train_tokenizer()
+            elif self.tokenizer_name:
+                self.tokenizer = load_tokenizer(self.tokenizer_name)
+            else:
+                raise ValueError(
+                    "TextCorpusDataModule needs a tokenizer: pass tokenizer=<id or folder> or "
+                    "bpe_vocab_size, or connect it to a model that has one (lightning_recipes.connect; the "
+                    "CLI does this)"
+                )
+        return self.tokenizer
 
     def _train_tokenizer(self) -> Any:
         from transformers import AutoTokenizer
 
-        vocab = self.opts.bpe_vocab_size
+        vocab = self.bpe_vocab_size
         key = f"bpe:{vocab}:{self._source_key('train')}"
         folder = Path(
-            self.opts.tokenizer_dir
+            self.tokenizer_dir
             or self.cache_dir / "tokenizers" / hashlib.sha256(key.encode()).hexdigest()[:16]
         )
         stamp = folder / "lightning_recipes_bpe.json"
         if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
             return AutoTokenizer.from_pretrained(str(folder))
-        if self.opts.dataset is None:
+        if self.dataset is None:
             tokenizer = train_bpe_tokenizer(self._split_files("train"), vocab_size=vocab, output_dir=folder)
         else:
             texts = (text for doc in self._documents("train") for text in doc)
@@ -301,15 +328,15 @@ class TextCorpusDataModule(L.LightningDataModule):
     # -- tokens ----------------------------------------------------------------------------------
     def tokenize(self, split: str) -> Tensor:
         """All tokens of ``split``'s text as one 1-D ``int32`` tensor (documents joined by EOS), cached."""
-        tokenizer = self.tokenizer
-        key = f"{tokenizer_fingerprint(tokenizer)}|{self._source_key(split)}|eos={self.opts.add_eos}"
+        tokenizer = self.prepare_tokenizer()
+        key = f"{tokenizer_fingerprint(tokenizer)}|{self._source_key(split)}|eos={self.add_eos}"
         path = self.cache_dir / "corpus" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
         if path.is_file():
             return torch.load(path, weights_only=True)
-        eos = tokenizer.eos_token_id if self.opts.add_eos else None
-        if self.opts.add_eos and eos is None:
+        eos = tokenizer.eos_token_id if self.add_eos else None
+        if self.add_eos and eos is None:
             raise ValueError(
-                f"add_eos=True but tokenizer {self.opts.tokenizer!r} has no EOS token; set add_eos=False"
+                f"add_eos=True but tokenizer {self.tokenizer_name!r} has no EOS token; set add_eos=False"
             )
         ids: list[int] = []
         batch: list[str] = []
@@ -349,15 +376,15 @@ class TextCorpusDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        opts = self.opts
+
         blocks = {
-            s: chunk_blocks(self.tokenize(s), opts.block_size) if self._has_source(s) else None
+            s: chunk_blocks(self.tokenize(s), self.block_size) if self._has_source(s) else None
             for s in SPLITS
         }
         train = blocks["train"]
         if train is not None and train.shape[0] == 0:
             raise ValueError(
-                f"The training text has fewer tokens than block_size={opts.block_size}: "
+                f"The training text has fewer tokens than block_size={self.block_size}: "
                 "add text or lower block_size"
             )
         wanted = (
@@ -365,7 +392,7 @@ class TextCorpusDataModule(L.LightningDataModule):
             if train is None
             else {
                 s: f
-                for s, f in (("test", opts.test_fraction), ("val", opts.val_fraction))
+                for s, f in (("test", self.test_fraction), ("val", self.val_fraction))
                 if blocks[s] is None and f > 0
             }
         )
@@ -374,10 +401,10 @@ class TextCorpusDataModule(L.LightningDataModule):
             counts = {s: max(1, round(n * f)) for s, f in wanted.items()}
             if sum(counts.values()) >= n:
                 raise ValueError(
-                    f"{n} block(s) of {opts.block_size} tokens are too few to hold out {counts}: "
+                    f"{n} block(s) of {self.block_size} tokens are too few to hold out {counts}: "
                     "add text, lower block_size or give val_files"
                 )
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(opts.seed))
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
             start = 0
             for split, count in counts.items():
                 blocks[split] = train[order[start : start + count].sort().values]
@@ -389,9 +416,7 @@ class TextCorpusDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: TokenBlocks | None, split: str, shuffle: bool = False) -> DataLoader:
         hint = f"give {split}_files (or a dataset with that split) or set {split}_fraction > 0"
-        return split_loader(
-            dataset, split, hint, self.opts.batch_size, self.opts.num_workers, shuffle=shuffle
-        )
+        return split_loader(dataset, split, hint, self.batch_size, self.num_workers, shuffle=shuffle)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, "train", shuffle=True)

@@ -109,8 +109,8 @@ class DigitsDataModule(ImageDataModule):
         )
 
     def prepare_data(self) -> None:
-        export_digits(self.cache, self.digits, self.train_per_class, self.opts.seed)
+        export_digits(self.cache, self.digits, self.train_per_class, self.seed)
 
-    def setup(self, stage: str | None = None) -> None:
-        self.opts.root = str(export_digits(self.cache, self.digits, self.train_per_class, self.opts.seed))
-        super().setup(stage)
+    def _rows(self) -> dict[str, list[tuple[Path, list[str]]] | None]:
+        self.root = str(export_digits(self.cache, self.digits, self.train_per_class, self.seed))
+        return super()._rows()

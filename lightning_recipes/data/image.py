@@ -5,15 +5,16 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_recipes.data._loader import split_loader
+from lightning_recipes.handshake import DataSpec, InputSpec
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 Sample = tuple[Path, Any]
@@ -92,9 +93,11 @@ class ImageDataModule(L.LightningDataModule):
       relative to the CSV. With ``label_separator`` (e.g. ``"|"``) labels are multi-hot (multi-label task).
 
     Transforms come from timm (``create_transform``): input size, interpolation, mean and std follow
-    ``data_config``, or the attached model's ``data_config`` (``ImageClassifier`` has one), or timm's
-    defaults. ``train_transform`` passes augmentation options to timm for training (``hflip``,
-    ``scale``, ``auto_augment``, ``re_prob``...); ``augment=False`` trains on eval transforms.
+    ``data_config``, or the model's ``data_config`` handed over by the handshake
+    (:func:`~lightning_recipes.connect`: ``ImageClassifier`` gives its backbone's), or timm's ImageNet
+    defaults (with a warning). The class names go the other way (:meth:`data_spec`).
+    ``train_transform`` passes augmentation options to timm for training (``hflip``, ``scale``,
+    ``auto_augment``, ``re_prob``...); ``augment=False`` trains on eval transforms.
 
     Args:
         root: image folder (see layouts above).
@@ -139,7 +142,7 @@ class ImageDataModule(L.LightningDataModule):
         test_fraction: float = 0.0,
         seed: int = 42,
         batch_size: int = 32,
-        num_workers: int = 2,
+        num_workers: int = 0,
         data_config: dict[str, Any] | None = None,
         image_size: int | None = None,
         augment: bool = True,
@@ -155,22 +158,37 @@ class ImageDataModule(L.LightningDataModule):
             raise ValueError(
                 f"val_fraction={val_fraction} and test_fraction={test_fraction} must sum below 1"
             )
-        # Options live in ``self.opts``: under LightningCLI ``self.hparams`` holds the CLI's config of a
-        # subclass (e.g. DigitsDataModule's own arguments), not these.
-        self.opts = SimpleNamespace(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
-        self.save_hyperparameters()
+        self.save_hyperparameters()  # Lightning's record of the call; the code reads the attributes below
+        self.root, self.predict_root = root, predict_root
+        self.csvs = {"train": train_csv, "val": val_csv, "test": test_csv}
+        self.label_separator = label_separator
+        self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.data_config, self.image_size, self.mode = data_config, image_size, mode
+        self.augment, self.train_transform = augment, train_transform
         self.classes = list(classes) if classes else None
+        self.model_data_config: dict[str, Any] | None = None  # from the handshake
         self.train_set = self.val_set = self.test_set = self.predict_set = None
+        self._split_rows: dict[str, list[tuple[Path, list[str]]] | None] | None = None
 
     @property
     def multilabel(self) -> bool:
-        return self.opts.label_separator is not None
+        return self.label_separator is not None
 
     @property
-    def num_classes(self) -> int:
-        if self.classes is None:
-            self.setup("fit")
-        return len(self.classes)
+    def num_classes(self) -> int | None:
+        """The number of classes; ``None`` until known (given, or read by ``data_spec``/``setup``)."""
+        return None if self.classes is None else len(self.classes)
+
+    # -- the handshake ---------------------------------------------------------------------------
+    def accept_input_spec(self, spec: InputSpec) -> None:
+        """Take the model's data config (used where ``data_config`` is not given)."""
+        self.model_data_config = spec.data_config
+
+    def data_spec(self) -> DataSpec:
+        """The class names: ``classes``, else the sorted class names found in the training data."""
+        self._rows()
+        return DataSpec(label_names=list(self.classes))
 
     # -- samples ---------------------------------------------------------------------------------
     def _encode(self, labels: list[str], source: Path) -> Any:
@@ -186,11 +204,10 @@ class ImageDataModule(L.LightningDataModule):
 
     def _labelled(self, split: str) -> list[tuple[Path, list[str]]] | None:
         """``(path, [labels])`` of one split as given on disk, or ``None`` where the split is absent."""
-        hp = self.opts
-        if hp.root is None:
-            path = {"train": hp.train_csv, "val": hp.val_csv, "test": hp.test_csv}[split]
-            return None if path is None else _csv_samples(Path(path), hp.label_separator)
-        root = Path(hp.root)
+        if self.root is None:
+            path = self.csvs[split]
+            return None if path is None else _csv_samples(Path(path), self.label_separator)
+        root = Path(self.root)
         if not root.is_dir():
             raise FileNotFoundError(f"Image root {root} does not exist")
         folder = root / split
@@ -207,35 +224,36 @@ class ImageDataModule(L.LightningDataModule):
         stratify = strata if min(strata.count(s) for s in set(strata)) >= 2 else None
         return train_test_split(rows, test_size=fraction, random_state=seed, stratify=stratify)
 
-    def _rows(self) -> dict[str, list[tuple[Path, list[str]]]]:
-        hp = self.opts
-        rows = {split: self._labelled(split) for split in ("train", "val", "test")}
-        for split, fraction in (("test", hp.test_fraction), ("val", hp.val_fraction)):
-            if rows[split] is None and fraction > 0:
-                share = fraction / (1.0 - (hp.test_fraction if split == "val" else 0.0))
-                rows["train"], rows[split] = self._split(rows["train"], share, hp.seed)
-        return rows
+    def _rows(self) -> dict[str, list[tuple[Path, list[str]]] | None]:
+        """The rows of each split (read and split once); sets ``classes`` when they were not given."""
+        if self._split_rows is None:
+            rows = {split: self._labelled(split) for split in ("train", "val", "test")}
+            for split, fraction in (("test", self.test_fraction), ("val", self.val_fraction)):
+                if rows[split] is None and fraction > 0:
+                    share = fraction / (1.0 - (self.test_fraction if split == "val" else 0.0))
+                    rows["train"], rows[split] = self._split(rows["train"], share, self.seed)
+            if self.classes is None:
+                self.classes = sorted({label for _, labels in rows["train"] for label in labels})
+            self._split_rows = rows
+        return self._split_rows
 
     # -- transforms ------------------------------------------------------------------------------
     def resolved_data_config(self) -> dict[str, Any]:
-        """The timm data config used: explicit, else the attached model's, else timm's defaults."""
+        """The timm data config: explicit, else the model's (handshake), else timm's ImageNet defaults."""
         from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-        config = self.opts.data_config
+        config = self.data_config or self.model_data_config
         if config is None:
-            model = getattr(self.trainer, "lightning_module", None) if self.trainer else None
-            config = getattr(model, "data_config", None) or {
-                "input_size": (3, 224, 224),
-                "mean": IMAGENET_DEFAULT_MEAN,
-                "std": IMAGENET_DEFAULT_STD,
-            }
+            config = {"input_size": (3, 224, 224), "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD}
+            if not self.image_size:
+                rank_zero_warn(
+                    f"{type(self).__name__}: no data_config and no model connected: using timm's ImageNet "
+                    "defaults (224 px). Give data_config=model.data_config or call "
+                    "lightning_recipes.connect(model, datamodule) (the CLI does this)."
+                )
         config = dict(config)
-        if self.opts.image_size:
-            config["input_size"] = (
-                config.get("input_size", (3,))[0],
-                self.opts.image_size,
-                self.opts.image_size,
-            )
+        if self.image_size:
+            config["input_size"] = (config.get("input_size", (3,))[0], self.image_size, self.image_size)
             config["crop_pct"] = 1.0
         return config
 
@@ -248,10 +266,10 @@ class ImageDataModule(L.LightningDataModule):
             for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
             if k in config
         }
-        if self.opts.mode == "L":
+        if self.mode == "L":
             kwargs["mean"], kwargs["std"] = kwargs.get("mean", (0.5,))[:1], kwargs.get("std", (0.5,))[:1]
-        if training and self.opts.augment:
-            return create_transform(**kwargs, is_training=True, **(self.opts.train_transform or {}))
+        if training and self.augment:
+            return create_transform(**kwargs, is_training=True, **(self.train_transform or {}))
         return create_transform(**kwargs, is_training=False)
 
     # -- LightningDataModule -----------------------------------------------------------------------
@@ -259,9 +277,7 @@ class ImageDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         rows = self._rows()
-        if self.classes is None:
-            self.classes = sorted({label for _, labels in rows["train"] for label in labels})
-        mode = self.opts.mode
+        mode = self.mode
         datasets = {}
         for split, split_rows in rows.items():
             if split_rows is None:
@@ -270,19 +286,17 @@ class ImageDataModule(L.LightningDataModule):
             samples = [(path, self._encode(labels, path)) for path, labels in split_rows]
             datasets[split] = ImageDataset(samples, self.transforms(training=split == "train"), mode)
         self.train_set, self.val_set, self.test_set = datasets["train"], datasets["val"], datasets["test"]
-        if self.opts.predict_root:
+        if self.predict_root:
             paths = sorted(
-                p for p in Path(self.opts.predict_root).rglob("*") if p.suffix.lower() in IMG_EXTENSIONS
+                p for p in Path(self.predict_root).rglob("*") if p.suffix.lower() in IMG_EXTENSIONS
             )
             if not paths:
-                raise ValueError(f"No images in predict_root {self.opts.predict_root}")
+                raise ValueError(f"No images in predict_root {self.predict_root}")
             self.predict_set = ImageDataset([(p, -1) for p in paths], self.transforms(training=False), mode)
 
     def _loader(self, dataset: Dataset | None, split: str, shuffle: bool = False) -> DataLoader:
         hint = f"add a {split}/ folder or {split}_csv, or set {split}_fraction > 0"
-        return split_loader(
-            dataset, split, hint, self.opts.batch_size, self.opts.num_workers, shuffle=shuffle
-        )
+        return split_loader(dataset, split, hint, self.batch_size, self.num_workers, shuffle=shuffle)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, "train", shuffle=True)

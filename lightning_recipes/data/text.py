@@ -5,16 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_recipes._hub import PretrainedLoadError, is_network_error, offline_hint
+from lightning_recipes._compat import dataset_fingerprint
+from lightning_recipes._hub import hub_call
+from lightning_recipes.cache import default_cache_dir
+from lightning_recipes.data._labels import LabelEncoder
 from lightning_recipes.data._loader import split_loader
-from lightning_recipes.data.digits import default_cache_dir
+from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
+from lightning_recipes.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 SPLITS = ("train", "val", "test", "predict")
 _BUILDERS = {
@@ -42,12 +45,6 @@ def _load_file(path: str, split: str, cache_dir: str) -> Any:
     return load_dataset(
         builder, data_files={split: str(file.resolve())}, split=split, cache_dir=cache_dir, **kwargs
     )
-
-
-def _tokenizer_hash(tokenizer: Any) -> str:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else f"{type(tokenizer).__name__}:{tokenizer.name_or_path}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _length_grouped_sampler(batch_size: int, lengths: list[int], seed: int) -> Any:
@@ -79,8 +76,8 @@ class TextDataModule(L.LightningDataModule):
 
     Labels: class ids come from a ``ClassLabel`` column, or from ``labels`` (names in id order; string
     or integer values map to them), else from the sorted distinct values of the training split. They
-    are exposed as ``label_names`` and adopted by :class:`~lightning_recipes.TextClassifier` at setup,
-    so predictions come back as names. Multi-label columns hold lists or ``label_separator``-joined
+    are exposed as ``label_names`` and handed to the model by the handshake (:meth:`data_spec`), so
+    predictions come back as names. Multi-label columns hold lists or ``label_separator``-joined
     strings; regression labels are floats.
 
     Tokenisation runs once (``prepare_data``) and is cached by ``datasets`` under ``cache_dir``, keyed
@@ -101,7 +98,9 @@ class TextDataModule(L.LightningDataModule):
             tests on the dev set when the test labels are hidden, as in GLUE).
         train_size: keep a seeded random subset of this many training examples.
         val_fraction: share of training data held out when there is no validation split.
-        tokenizer: tokenizer id or folder; default: the attached model's ``tokenizer``.
+        tokenizer: tokenizer id or folder, for using the data module on its own; connected to a model
+            (:func:`~lightning_recipes.connect`), the model's tokenizer is used, and a different one here
+            is an error.
         max_length: truncation length in tokens.
         batch_size: training batch size; ``eval_batch_size``: validation/test/predict (default: same).
         group_by_length: length-grouped training batches and length-sorted evaluation.
@@ -171,185 +170,150 @@ class TextDataModule(L.LightningDataModule):
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if train_size is not None and train_size < 1:
             raise ValueError(f"train_size must be >= 1 (or None for all), got {train_size}")
-        self.opts = SimpleNamespace(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
-        self.save_hyperparameters()
-        self.label_names: list[str] | None = list(labels) if labels else None
+        self.save_hyperparameters()  # Lightning's record of the call; the code reads the attributes below
+        self.dataset, self.dataset_config, self.dataset_revision = dataset, dataset_config, dataset_revision
+        self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file}
+        self.text_column, self.text_pair_column = text_column, text_pair_column
+        self.task = task
+        self.splits = {"train": train_split, "val": val_split, "test": test_split}
+        self.train_size, self.val_fraction, self.seed = train_size, val_fraction, seed
+        self.tokenizer_name, self.max_length = tokenizer, max_length
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.group_by_length, self.pad_to_multiple_of = group_by_length, pad_to_multiple_of
+        self.cache_dir = cache_dir
+        self.labels = LabelEncoder(label_column, task, labels, label_separator)
+        self.tokenizer: Any = None  # the model's (handshake) or ``tokenizer``'s, see accept_input_spec
         self.train_set = self.val_set = self.test_set = self.predict_set = None
         self.lengths: dict[str, list[int]] = {}
-        self._tokenizer: Any = None
+        self._raw_splits: dict[str, Any] | None = None
         self._absent: dict[str, str] = {}
 
-    # -- tokenizer and labels --------------------------------------------------------------------
-    @property
-    def tokenizer(self) -> Any:
-        """``tokenizer`` if given, else the attached model's ``tokenizer``."""
-        if self._tokenizer is None:
-            if self.opts.tokenizer is not None:
-                from lightning_recipes.modules.text import load_tokenizer
+    # -- the handshake ---------------------------------------------------------------------------
+    def accept_input_spec(self, spec: InputSpec) -> None:
+        """Tokenise with the model's tokenizer (the same as ``tokenizer``, if that is given too)."""
+        own = load_tokenizer(self.tokenizer_name) if self.tokenizer_name else None
+        self.tokenizer = agree_tokenizer(spec.tokenizer, own, f"tokenizer={self.tokenizer_name!r}")
 
-                self._tokenizer = load_tokenizer(self.opts.tokenizer)
-            else:
-                model = getattr(self.trainer, "lightning_module", None) if self.trainer else None
-                if getattr(model, "tokenizer", None) is None:
-                    raise ValueError(
-                        "TextDataModule needs a tokenizer: pass tokenizer=<id or folder> or attach a "
-                        "model with a `tokenizer` (TextClassifier) through a Trainer"
-                    )
-                self._tokenizer = model.tokenizer
-        return self._tokenizer
+    def data_spec(self) -> DataSpec:
+        """Class names (read from the training labels unless given), ``max_length`` and the tokenizer."""
+        self._fit_labels()
+        return DataSpec(label_names=self.label_names, max_length=self.max_length, tokenizer=self.tokenizer)
 
     @property
-    def num_classes(self) -> int:
-        if self.opts.task == "regression":
-            return 1
-        if self.label_names is None:
-            self.setup("fit")
-        return len(self.label_names)
+    def label_names(self) -> list[str] | None:
+        """Class names in id order; ``None`` before the labels are read (``data_spec``/``setup``)."""
+        return self.labels.names
+
+    @property
+    def num_classes(self) -> int | None:
+        """1 for regression, else the number of classes; ``None`` before the labels are read."""
+        return (
+            1 if self.task == "regression" else (None if self.label_names is None else len(self.label_names))
+        )
+
+    def prepare_tokenizer(self) -> Any:
+        """The tokenizer: the model's (handshake), else ``tokenizer`` loaded."""
+        if self.tokenizer is None:
+            if self.tokenizer_name is None:
+                raise ValueError(
+                    "TextDataModule needs a tokenizer: pass tokenizer=<id or folder>, or connect it to a "
+                    "model that has one (lightning_recipes.connect(model, datamodule); the CLI does this)"
+                )
+            self.tokenizer = load_tokenizer(self.tokenizer_name)
+        return self.tokenizer
 
     # -- loading ---------------------------------------------------------------------------------
     def _raw(self) -> dict[str, Any]:
-        """``{split: datasets.Dataset | None}`` for train/val/test/predict, as stored."""
-        o = self.opts
-        cache = o.cache_dir or str(default_cache_dir() / "datasets")
-        if o.dataset is not None:
+        """``{split: datasets.Dataset | None}`` for train/val/test/predict, as stored (read once)."""
+        if self._raw_splits is None:
+            self._raw_splits = self._read()
+            for split, ds in self._raw_splits.items():
+                if ds is not None:
+                    self._check_columns(split, ds)
+        return self._raw_splits
+
+    def _read(self) -> dict[str, Any]:
+        cache = self.cache_dir or str(default_cache_dir() / "datasets")
+        if self.dataset is not None:
             from datasets import load_dataset
 
-            try:
-                loaded = load_dataset(
-                    o.dataset, o.dataset_config, revision=o.dataset_revision, cache_dir=cache
-                )
-            except Exception as exc:
-                if is_network_error(exc):
-                    raise PretrainedLoadError(
-                        f"Could not load dataset {o.dataset!r}: "
-                        + offline_hint(o.dataset)
-                        + " Or pass local files as train_file/val_file/test_file."
-                    ) from exc
-                raise
-            names = {"train": o.train_split, "val": o.val_split, "test": o.test_split}
-            for split, name in names.items():
+            loaded = hub_call(
+                self.dataset,
+                "datasets",
+                "dataset",
+                load_dataset,
+                self.dataset,
+                self.dataset_config,
+                revision=self.dataset_revision,
+                cache_dir=cache,
+            )
+            for split, name in self.splits.items():
                 if name is not None and name not in loaded:
-                    message = f"{split}_split={name!r} is not a split of {o.dataset!r}; it has {list(loaded)}"
+                    message = (
+                        f"{split}_split={name!r} is not a split of {self.dataset!r}; it has {list(loaded)}"
+                    )
                     if split == "train":
                         raise ValueError(message)
                     self._absent[split] = message  # raised if that split is ever asked for
-            raw = {split: loaded.get(name) if name else None for split, name in names.items()}
+            raw = {split: loaded.get(name) if name else None for split, name in self.splits.items()}
         else:
-            files = {"train": o.train_file, "val": o.val_file, "test": o.test_file}
-            raw = {split: (_load_file(f, split, cache) if f else None) for split, f in files.items()}
-        raw["predict"] = _load_file(o.predict_file, "predict", cache) if o.predict_file else None
+            raw = {
+                s: (_load_file(f, s, cache) if f else None) for s, f in self.files.items() if s != "predict"
+            }
+        predict_file = self.files["predict"]
+        raw["predict"] = _load_file(predict_file, "predict", cache) if predict_file else None
         if (
             raw["predict"] is not None
-            and Path(o.predict_file).suffix.lower() == ".txt"
-            and o.text_column != "text"
+            and Path(predict_file).suffix.lower() == ".txt"
+            and self.text_column != "text"
         ):
-            raw["predict"] = raw["predict"].rename_column("text", o.text_column)
-        if o.train_size is not None and o.train_size < len(raw["train"]):
-            raw["train"] = raw["train"].shuffle(seed=o.seed).select(range(o.train_size))
-        if raw["val"] is None and o.val_fraction > 0:
-            parts = raw["train"].train_test_split(test_size=o.val_fraction, seed=o.seed)
+            raw["predict"] = raw["predict"].rename_column("text", self.text_column)
+        if self.train_size is not None and self.train_size < len(raw["train"]):
+            raw["train"] = raw["train"].shuffle(seed=self.seed).select(range(self.train_size))
+        if raw["val"] is None and self.val_fraction > 0:
+            parts = raw["train"].train_test_split(test_size=self.val_fraction, seed=self.seed)
             raw["train"], raw["val"] = parts["train"], parts["test"]
         return raw
 
     def _check_columns(self, split: str, ds: Any) -> None:
-        o = self.opts
-        needed = [o.text_column] + ([o.text_pair_column] if o.text_pair_column else [])
+        needed = [self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
         if split != "predict":
-            needed.append(o.label_column)
+            needed.append(self.labels.column)
         for column in needed:
             if column not in ds.column_names:
                 raise ValueError(
                     f"Column {column!r} not found in the {split} data; its columns are {ds.column_names}"
                 )
 
-    def _resolve_labels(self, train: Any) -> None:
-        """Set ``label_names`` (and the value -> id map) from the labels, a ClassLabel or the values."""
-        o = self.opts
-        if o.task == "regression":
-            self._label_ids: dict[Any, int] = {}
-            return
-        feature = train.features[o.label_column]
-        names = getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None)
-        if self.label_names is None and names:
-            self.label_names = list(names)
-        if self.label_names is None:
-            values = self._values(train)
-            if all(isinstance(v, int) for v in values):
-                self.label_names = [str(v) for v in sorted(values)]
-                self._label_ids = {v: i for i, v in enumerate(sorted(values))}
-                return
-            self.label_names = sorted(str(v) for v in values)
-        ids = {n: i for i, n in enumerate(self.label_names)}
-        if names and list(names) == self.label_names:
-            ids.update({i: i for i in range(len(names))})
-        elif names or all(isinstance(v, int) for v in self._values(train)):
-            ids.update({i: i for i in range(len(self.label_names))})  # integer ids index the names
-        self._label_ids = ids
-
-    def _values(self, ds: Any) -> set[Any]:
-        o = self.opts
-        values: set[Any] = set()
-        for value in ds.unique(o.label_column) if o.task != "multilabel" else ds[o.label_column]:
-            if o.task == "multilabel":
-                values.update(value.split(o.label_separator) if isinstance(value, str) else value)
-            else:
-                values.add(value)
-        return values
-
-    def _check_labels(self, split: str, ds: Any) -> None:
-        if self.opts.task == "regression":
-            return
-        unknown = sorted(str(v) for v in self._values(ds) if v not in self._label_ids)
-        if unknown:
-            hint = (
-                " (-1 marks hidden test labels, as in GLUE: test on the validation split)"
-                if "-1" in unknown
-                else ""
-            )
-            raise ValueError(
-                f"Unknown label value(s) {unknown[:10]} in the {split} data (column "
-                f"{self.opts.label_column!r}); known labels: {self.label_names}{hint}"
-            )
-
-    def _encode_labels(self, values: list[Any]) -> list[Any]:
-        o = self.opts
-        if o.task == "regression":
-            return [float(v) for v in values]
-        if o.task == "multiclass":
-            return [self._label_ids[v] for v in values]
-        out = []
-        for value in values:
-            hot = [0.0] * len(self.label_names)
-            for label in value.split(o.label_separator) if isinstance(value, str) else value:
-                hot[self._label_ids[label]] = 1.0
-            out.append(hot)
-        return out
+    def _fit_labels(self) -> None:
+        if not self.labels.ids and self.task != "regression":
+            self.labels.fit(self._raw()["train"])
 
     def _tokenize(self, split: str, ds: Any) -> Any:
-        o = self.opts
-        tokenizer = self.tokenizer
-        labelled = split != "predict" and o.label_column in ds.column_names
+        tokenizer = self.prepare_tokenizer()
+        labelled = split != "predict" and self.labels.column in ds.column_names
+        text, pair, labels, max_length = self.text_column, self.text_pair_column, self.labels, self.max_length
 
         def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
-            args = [batch[o.text_column]] + ([batch[o.text_pair_column]] if o.text_pair_column else [])
-            out = dict(tokenizer(*args, truncation=True, max_length=o.max_length))
+            args = [batch[text]] + ([batch[pair]] if pair else [])
+            out = dict(tokenizer(*args, truncation=True, max_length=max_length))
             out = {k: v for k, v in out.items() if k in _MODEL_INPUTS}
             out["length"] = [len(ids) for ids in out["input_ids"]]
             if labelled:
-                out["labels"] = self._encode_labels(batch[o.label_column])
+                out["labels"] = labels.encode(batch[labels.column])
             return out
 
         key = json.dumps(
             [
-                ds._fingerprint,
-                _tokenizer_hash(tokenizer),
-                o.text_column,
-                o.text_pair_column,
-                o.label_column,
-                o.max_length,
-                o.task,
-                o.label_separator,
-                sorted(map(str, self._label_ids.items())),
+                dataset_fingerprint(ds),
+                tokenizer_fingerprint(tokenizer),
+                text,
+                pair,
+                labels.column,
+                max_length,
+                self.task,
+                labels.separator,
+                labels.key(),
             ],
         )
         fingerprint = hashlib.sha256(key.encode()).hexdigest()[:32]
@@ -363,17 +327,14 @@ class TextDataModule(L.LightningDataModule):
 
     def _build(self) -> dict[str, Any]:
         raw = self._raw()
-        for split, ds in raw.items():
-            if ds is not None:
-                self._check_columns(split, ds)
-        self._resolve_labels(raw["train"])
+        self._fit_labels()
         out = {}
         for split, ds in raw.items():
             if ds is None:
                 out[split] = None
                 continue
             if split != "predict":
-                self._check_labels(split, ds)
+                self.labels.check(split, ds)
             out[split] = self._tokenize(split, ds)
         return out
 
@@ -399,25 +360,25 @@ class TextDataModule(L.LightningDataModule):
             from transformers import DataCollatorWithPadding
 
             self._collator = DataCollatorWithPadding(
-                self.tokenizer, pad_to_multiple_of=self.opts.pad_to_multiple_of
+                self.prepare_tokenizer(), pad_to_multiple_of=self.pad_to_multiple_of
             )
         batch = self._collator(features)
-        if self.opts.task != "multiclass" and "labels" in batch:
+        if self.task != "multiclass" and "labels" in batch:
             batch["labels"] = batch["labels"].float()
         return dict(batch)
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
-        ds, o = getattr(self, f"{split}_set"), self.opts
-        source = "train_file" if o.dataset is None else "dataset"
+        ds = getattr(self, f"{split}_set")
+        source = "train_file" if self.dataset is None else "dataset"
         hint = self._absent.get(split) or (
             f"give {split}_file (or a {split} split of the {source})"
             + ("; or set val_fraction > 0" if split == "val" else "")
         )
-        batch_size = o.batch_size if train else (o.eval_batch_size or o.batch_size)
+        batch_size = self.batch_size if train else (self.eval_batch_size or self.batch_size)
         sampler: Any = None
-        if ds is not None and o.group_by_length and train:
-            sampler = _length_grouped_sampler(batch_size, self.lengths[split], o.seed)
-        elif ds is not None and o.group_by_length and split != "predict":
+        if ds is not None and self.group_by_length and train:
+            sampler = _length_grouped_sampler(batch_size, self.lengths[split], self.seed)
+        elif ds is not None and self.group_by_length and split != "predict":
             sampler = sorted(range(len(ds)), key=self.lengths[split].__getitem__)
         shuffle = train and sampler is None
         return split_loader(
@@ -425,7 +386,7 @@ class TextDataModule(L.LightningDataModule):
             split,
             hint,
             batch_size,
-            o.num_workers,
+            self.num_workers,
             shuffle=shuffle,
             sampler=sampler,
             collate_fn=self.collate,

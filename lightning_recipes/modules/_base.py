@@ -11,6 +11,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from lightning_recipes.handshake import DataSpec, InputSpec
 from lightning_recipes.schedulers import WarmupDecay
 
 # The types LightningCLI knows as OptimizerCallable / LRSchedulerCallable: jsonargparse turns a
@@ -30,6 +31,12 @@ class TransferModule(L.LightningModule):
     Subclasses build ``self.backbone`` and ``self.head``. The optimizer sees two named groups,
     ``"head"`` at ``lr`` and ``"backbone"`` at ``backbone_lr`` (``lr`` when unset); parameters with
     ``requires_grad=False`` are left out, so a frozen backbone costs no optimizer state.
+
+    The handshake with the data module (:mod:`lightning_recipes.handshake`) is :meth:`input_spec`
+    (nothing here) and :meth:`accept_data_spec` (nothing to check here); subclasses extend both.
+
+    Subclasses take their own arguments and pass ``**kwargs`` on to this constructor, so these options
+    are declared once; jsonargparse follows the ``**kwargs``, so recipes and ``--help`` still see them.
 
     Args:
         lr: learning rate of the head (and of the backbone unless ``backbone_lr`` is set).
@@ -71,6 +78,13 @@ class TransferModule(L.LightningModule):
         if agc_clip_factor is not None and agc_clip_factor <= 0:
             raise ValueError(f"agc_clip_factor must be > 0 (or None to disable), got {agc_clip_factor}")
         self.agc_clip_factor = agc_clip_factor
+
+    def input_spec(self) -> InputSpec:
+        """What the data module must know about this model's inputs (see ``lightning_recipes.connect``)."""
+        return InputSpec()
+
+    def accept_data_spec(self, spec: DataSpec) -> None:
+        """Check and adopt what the data module says about the data; subclasses extend it."""
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Named parameter groups (head first) holding only trainable parameters; empty groups are dropped."""

@@ -11,7 +11,8 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import Accuracy, F1Score, MatthewsCorrCoef, Precision, Recall
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 
-from lightning_recipes.modules._base import OptimizerFactory, SchedulerFactory, TransferModule
+from lightning_recipes.handshake import DataSpec
+from lightning_recipes.modules._base import TransferModule
 
 Task = Literal["multiclass", "multilabel", "regression"]
 TASKS = ("multiclass", "multilabel", "regression")
@@ -45,33 +46,39 @@ class ClassificationModule(TransferModule):
     ``validation_step``/``test_step`` return ``{"preds", "target"}`` (probabilities and labels) for
     callbacks such as :class:`~lightning_recipes.callbacks.CurveLogger`.
 
+    Class names (``label_names``) are given, or adopted from the data module by the handshake
+    (:meth:`accept_data_spec`), which also checks that the data has ``num_classes`` classes; they are
+    saved with the model, so predictions and curves use them.
+
     Args:
-        num_classes: number of classes (labels for multi-label, targets for regression).
+        num_classes: number of classes (labels for multi-label, targets for regression); the handshake
+            checks it against the data.
         task: ``multiclass`` (softmax + cross-entropy), ``multilabel`` (sigmoid + BCE) or
             ``regression`` (MSE, or Huber with ``huber_delta``).
+        label_names: class names in id order; default: the data module's, through the handshake.
         label_smoothing: cross-entropy label smoothing (multiclass).
         class_weights: per-class loss weights (multiclass) or positive weights (multilabel).
         huber_delta: use the Huber loss with this delta for regression instead of MSE.
+        **kwargs: the :class:`~lightning_recipes.TransferModule` options (``lr``, ``backbone_lr``,
+            ``optimizer``, ``lr_scheduler``, ``scheduler_interval``, ``scheduler_monitor``,
+            ``agc_clip_factor``).
     """
 
     def __init__(
         self,
-        num_classes: int,
+        num_classes: int = 2,
         task: Task = "multiclass",
+        label_names: list[str] | None = None,
         label_smoothing: float = 0.0,
         class_weights: list[float] | None = None,
         huber_delta: float | None = None,
-        lr: float = 1e-3,
-        backbone_lr: float | None = None,
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-        scheduler_interval: str = "epoch",
-        scheduler_monitor: str = "val/loss",
-        agc_clip_factor: float | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            lr, backbone_lr, optimizer, lr_scheduler, scheduler_interval, scheduler_monitor, agc_clip_factor
-        )
+        super().__init__(**kwargs)
+        if label_names is not None and len(label_names) != num_classes:
+            raise ValueError(
+                f"label_names has {len(label_names)} names {label_names} but num_classes={num_classes}"
+            )
         if task not in TASKS:
             raise ValueError(f"task={task!r} is not one of {TASKS}")
         if num_classes < 1 or (task == "multiclass" and num_classes < 2):
@@ -82,6 +89,7 @@ class ClassificationModule(TransferModule):
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.task = task
         self.num_classes = num_classes
+        self.labels = list(label_names) if label_names is not None else None
         self.label_smoothing = label_smoothing
         self.huber_delta = huber_delta
         weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float)
@@ -89,6 +97,34 @@ class ClassificationModule(TransferModule):
         self.train_metrics = build_metrics(task, num_classes).clone(prefix="train/")
         self.val_metrics = build_metrics(task, num_classes).clone(prefix="val/")
         self.test_metrics = build_metrics(task, num_classes).clone(prefix="test/")
+
+    @property
+    def label_names(self) -> list[str]:
+        """Class names in id order (``LABEL_<i>`` where none are known)."""
+        return self.labels or [f"LABEL_{i}" for i in range(self.num_classes)]
+
+    def accept_data_spec(self, spec: DataSpec) -> None:
+        """Check that the data has ``num_classes`` classes and adopt its class names."""
+        super().accept_data_spec(spec)
+        names = spec.label_names
+        if names is None or self.task == "regression":
+            return
+        if len(names) != self.num_classes:
+            raise ValueError(
+                f"The data has {len(names)} classes {list(names)[:20]} but the model was built with "
+                f"num_classes={self.num_classes}: set model num_classes: {len(names)} "
+                "(model.init_args.num_classes in a recipe)"
+            )
+        if self.labels is None:
+            self.labels = list(names)
+        elif list(names) != self.labels:
+            raise ValueError(f"The data's class names {list(names)} differ from the model's {self.labels}")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Class names adopted from the data travel with the weights (where the constructor takes them).
+        hparams = checkpoint.get("hyper_parameters")
+        if hparams is not None and "label_names" in hparams:
+            hparams["label_names"] = self.labels
 
     def logits_and_target(self, batch: Any) -> tuple[Tensor, Tensor]:
         """Return ``(logits, target)`` for a batch; implemented by subclasses."""

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import difflib
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,32 +11,13 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
-from lightning_recipes._hub import PretrainedLoadError, is_network_error, offline_hint
-from lightning_recipes.data.bpe import load_tokenizer, looks_like_local_path
-from lightning_recipes.modules._base import OptimizerFactory, SchedulerFactory, TransferModule
-
-#: Checkpoint key holding the tokenizer's files (``{file name: bytes}``), so a reload needs no download.
-TOKENIZER_KEY = "lightning_recipes_tokenizer"
-
-
-def build_config(config: dict[str, Any]) -> Any:
-    """A ``transformers`` config from a dict of its arguments; ``model_type`` defaults to ``"gpt2"``.
-
-    Example::
-
-        >>> build_config({"n_layer": 2, "n_embd": 32, "n_head": 2}).n_layer
-        2
-    """
-    from transformers import AutoConfig
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    kwargs = dict(config)
-    model_type = kwargs.pop("model_type", "gpt2")
-    if model_type not in CONFIG_MAPPING:
-        close = difflib.get_close_matches(model_type, list(CONFIG_MAPPING.keys()), n=5, cutoff=0.6)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(f"Unknown model_type {model_type!r} in config.{hint} (e.g. gpt2, llama, gpt_neox)")
-    return AutoConfig.for_model(model_type, **kwargs)
+from lightning_recipes._deprecation import renamed
+from lightning_recipes._hub import hub_call, looks_like_local_path
+from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
+from lightning_recipes.modules._base import TransferModule
+from lightning_recipes.modules._hf import HFParts, build_config, enable_gradient_checkpointing, find_tokenizer
+from lightning_recipes.modules._layers import transformer_layer_groups
+from lightning_recipes.tokenizer import restore_tokenizer, store_tokenizer
 
 
 def load_pretrained_causal_lm(name: str, revision: str | None = None, **overrides: Any) -> nn.Module:
@@ -52,27 +30,25 @@ def load_pretrained_causal_lm(name: str, revision: str | None = None, **override
     """
     from transformers import AutoModelForCausalLM
 
-    if looks_like_local_path(name) and not Path(name).expanduser().is_dir():
-        raise FileNotFoundError(f"Model folder {name!r} not found (expected config.json + model weights)")
-    try:
-        return AutoModelForCausalLM.from_pretrained(
-            str(Path(name).expanduser()) if looks_like_local_path(name) else name,
-            revision=revision,
-            **overrides,
-        )
-    except Exception as exc:
-        if is_network_error(exc):
-            raise PretrainedLoadError(f"Could not load causal LM {name!r}: " + offline_hint(name)) from exc
-        raise
+    path = str(Path(name).expanduser()) if looks_like_local_path(name) else name
+    return hub_call(
+        name,
+        "transformers",
+        "causal LM",
+        AutoModelForCausalLM.from_pretrained,
+        path,
+        revision=revision,
+        **overrides,
+    )
 
 
-class CausalLM(TransferModule):
+class CausalLM(HFParts, TransferModule):
     """A causal (decoder-only) language model from ``transformers``: GPT-2, Pythia, Llama, ...
 
     Three transfer scenarios, picked by the arguments:
 
-    * **fine-tune**: ``pretrained_model_name_or_path`` (Hub id or local folder, at ``revision``);
-      ``config`` entries, if any, override the pretrained config (e.g. ``{resid_pdrop: 0.0}``;
+    * **fine-tune**: ``model_name_or_path`` (Hub id or local folder, at ``revision``); ``config``
+      entries, if any, override the pretrained config (e.g. ``{resid_pdrop: 0.0}``;
       ``{tie_word_embeddings: false}`` gives ``lm_head`` its own copy of the pretrained embeddings);
     * **from scratch**: ``config`` only, the arguments of the model's config class (``model_type``
       defaults to ``gpt2``: ``{n_layer: 6, n_embd: 384, n_head: 6, vocab_size: 8192}``);
@@ -81,11 +57,12 @@ class CausalLM(TransferModule):
 
     ``self.model`` is the ``AutoModelForCausalLM``; ``self.backbone`` is its transformer body
     (``model.base_model``, e.g. GPT-2's ``transformer``) and ``self.head`` its output projection
-    (``lm_head``). Models that tie ``lm_head`` to the input embeddings (GPT-2 does) have one matrix
-    for both: :meth:`param_groups` lists it once, in the **backbone** group (where the embedding
-    lives), so freezing the backbone freezes the output projection too, and the head group is
-    empty (and dropped) unless the head has weights of its own. :meth:`layer_groups` lists the
-    backbone from the embeddings to the last block (with the final norm), for gradual unfreezing.
+    (``lm_head``); both are registered, the whole model is not (each weight is stored once). Models
+    that tie ``lm_head`` to the input embeddings (GPT-2 does) have one matrix for both:
+    :meth:`param_groups` lists it once, in the **backbone** group (where the embedding lives), so
+    freezing the backbone freezes the output projection too, and the head group is empty (and dropped)
+    unless the head has weights of its own. :meth:`layer_groups` lists the backbone from the embeddings
+    to the last block (with the final norm), for gradual unfreezing.
 
     Batches are ``{"input_ids": LongTensor[batch, seq]}`` (optionally ``attention_mask`` and
     ``labels``, with ``-100`` for positions to ignore), as :class:`~lightning_recipes.TextCorpusDataModule`
@@ -93,18 +70,22 @@ class CausalLM(TransferModule):
     (``exp`` of the mean loss over every predicted token of the epoch, summed across batches and
     devices, not an average of per-batch perplexities), ``test/loss`` and ``test/ppl``.
 
-    The tokenizer comes from ``tokenizer``, else from the pretrained folder/id, else from the data
-    module at ``setup`` (e.g. a BPE tokenizer it trained). Checkpoints store the model config and the
-    tokenizer files, so ``CausalLM.load_from_checkpoint(path)`` rebuilds offline, without the Hub.
+    The tokenizer comes from ``tokenizer``, else from the pretrained folder/id; a model from scratch
+    without one takes the data module's (e.g. a BPE tokenizer it trained) through the handshake
+    (:func:`~lightning_recipes.connect`), which also checks the data's block size against the context
+    length. Checkpoints store the model config and the tokenizer files, so
+    ``CausalLM.load_from_checkpoint(path)`` rebuilds offline, without the Hub.
 
     Args:
-        pretrained_model_name_or_path: Hugging Face Hub id or local folder of a causal LM.
+        model_name_or_path: Hugging Face Hub id or local folder of a causal LM.
         config: config arguments: the whole config from scratch, or overrides of the pretrained one.
         tokenizer: Hub id or folder of the tokenizer (default: that of the pretrained model).
         revision: branch, tag or commit of the Hub id (model and tokenizer).
         gradient_checkpointing: recompute activations in the backward pass (less memory, ~30 % slower).
-        lr, backbone_lr, optimizer, lr_scheduler, scheduler_interval, scheduler_monitor, agc_clip_factor:
-            see :class:`~lightning_recipes.TransferModule`.
+        lr: learning rate (a fine-tuning default for pretrained LMs).
+        pretrained_model_name_or_path: deprecated name of ``model_name_or_path``.
+        **kwargs: ``backbone_lr``, ``optimizer``, ``lr_scheduler``... (see
+            :class:`~lightning_recipes.TransferModule`).
 
     Example::
 
@@ -118,71 +99,61 @@ class CausalLM(TransferModule):
 
     def __init__(
         self,
-        pretrained_model_name_or_path: str | None = None,
+        model_name_or_path: str | None = None,
         config: dict[str, Any] | None = None,
         tokenizer: str | None = None,
         revision: str | None = None,
         gradient_checkpointing: bool = False,
         lr: float = 5e-5,
-        backbone_lr: float | None = None,
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-        scheduler_interval: str = "epoch",
-        scheduler_monitor: str = "val/loss",
-        agc_clip_factor: float | None = None,
+        pretrained_model_name_or_path: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            lr, backbone_lr, optimizer, lr_scheduler, scheduler_interval, scheduler_monitor, agc_clip_factor
+        super().__init__(lr=lr, **kwargs)
+        model_name_or_path = renamed(
+            "CausalLM",
+            "pretrained_model_name_or_path",
+            pretrained_model_name_or_path,
+            "model_name_or_path",
+            model_name_or_path,
         )
         self.save_hyperparameters()
-        if pretrained_model_name_or_path is None and config is None:
+        self.hparams.model_name_or_path = model_name_or_path
+        self.hparams.pop("pretrained_model_name_or_path", None)
+        if model_name_or_path is None and config is None:
             raise ValueError(
-                "CausalLM needs pretrained_model_name_or_path (a Hub id such as 'gpt2' or a local folder) "
+                "CausalLM needs model_name_or_path (a Hub id such as 'gpt2' or a local folder) "
                 "or config (e.g. {'n_layer': 6, 'n_embd': 384, 'n_head': 6, 'vocab_size': 8192}) "
                 "to train from scratch"
             )
         from transformers import AutoModelForCausalLM
 
-        self.from_scratch = pretrained_model_name_or_path is None
+        self.from_scratch = model_name_or_path is None
         if self.from_scratch:
-            self.model = AutoModelForCausalLM.from_config(build_config(config))
+            model = AutoModelForCausalLM.from_config(build_config(config, default_type="gpt2"))
         else:
             overrides = dict(config or {})
             untie = overrides.get("tie_word_embeddings") is False
             if untie:  # load tied, then copy: from_pretrained would initialise an untied lm_head at random
                 del overrides["tie_word_embeddings"]
-            self.model = load_pretrained_causal_lm(pretrained_model_name_or_path, revision, **overrides)
-            self.model.train()  # from_pretrained returns eval mode, and Lightning keeps modules modes
+            model = load_pretrained_causal_lm(model_name_or_path, revision, **overrides)
+            model.train()  # from_pretrained returns eval mode, and Lightning keeps modules modes
             if untie:
-                self._untie_output_embeddings()
-        if gradient_checkpointing:  # renamed activation checkpointing in transformers 5.x
-            enable = getattr(self.model, "activation_checkpointing_enable", None)
-            (enable or self.model.gradient_checkpointing_enable)()
+                _untie_output_embeddings(model)
+        self.set_parts(model, model.base_model, model.get_output_embeddings())
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
         self.tokenizer: Any = None
-        if tokenizer is not None:
-            same_repo = tokenizer == pretrained_model_name_or_path
-            self.set_tokenizer(load_tokenizer(tokenizer, revision if same_repo else None))
-        elif not self.from_scratch:
-            found = None
-            # A model folder without tokenizer files: the data module's tokenizer is adopted at setup.
-            with contextlib.suppress(OSError, ValueError, PretrainedLoadError):
-                found = load_tokenizer(pretrained_model_name_or_path, revision)
-            if found is not None:
-                self.set_tokenizer(found)
+        found = (
+            None
+            if self.from_scratch and tokenizer is None
+            else find_tokenizer(model_name_or_path or tokenizer, tokenizer, revision)
+        )
+        if found is not None:
+            self.set_tokenizer(found)
         self.val_nll = MeanMetric()
         self.test_nll = MeanMetric()
 
     # -- the freezing contract -------------------------------------------------------------------
-    @property
-    def backbone(self) -> nn.Module:  # type: ignore[override]
-        """The transformer body: embeddings, blocks and final norm (``model.base_model``)."""
-        return self.model.base_model
-
-    @property
-    def head(self) -> nn.Module:  # type: ignore[override]
-        """The output projection to the vocabulary (``lm_head``), tied to the embeddings in GPT-2."""
-        return self.model.get_output_embeddings()
-
     @override
     def param_groups(self) -> list[dict[str, Any]]:
         """``head`` and ``backbone`` groups, each parameter once: a tied ``lm_head`` belongs to the backbone.
@@ -199,19 +170,10 @@ class CausalLM(TransferModule):
         ]
         return [g for g in groups if g["params"]]
 
-    def _untie_output_embeddings(self) -> None:
-        """Give ``lm_head`` its own copy of the tied embedding matrix (pretrained values, not random)."""
-        out, inp = self.model.get_output_embeddings(), self.model.get_input_embeddings()
-        if out is not None and out.weight is inp.weight:
-            out.weight = nn.Parameter(inp.weight.detach().clone())
-        self.model.config.tie_word_embeddings = False
-
     @override
     def configure_optimizers(self) -> Any:
         if not self.param_groups():
-            tied = self.head is not None and any(
-                p is q for p in self.head.parameters() for q in self.backbone.parameters()
-            )
+            tied = any(p is q for p in self.head.parameters() for q in self.backbone.parameters())
             raise ValueError(
                 "CausalLM has no trainable parameter: the backbone is frozen"
                 + (
@@ -225,31 +187,8 @@ class CausalLM(TransferModule):
         return super().configure_optimizers()
 
     def layer_groups(self) -> list[nn.Module]:
-        """The backbone bottom to top: ``[embeddings, block 0, ..., last block + final norm]``.
-
-        The blocks are the longest ``nn.ModuleList`` in the backbone (GPT-2 ``h``, Llama ``layers``);
-        modules before it (token/position embeddings, dropout) form the first group and modules after
-        it (the final layer norm) join the last block. Several modules in one group come as an
-        ``nn.ModuleList`` (a view: it holds the same modules, registers nothing).
-        """
-        lists = [(name, m) for name, m in self.backbone.named_modules() if isinstance(m, nn.ModuleList)]
-        if not lists:
-            return [self.backbone]
-        blocks_name, blocks = max(lists, key=lambda item: len(item[1]))
-        before: list[nn.Module] = []
-        after: list[nn.Module] = []
-        parent = self.backbone
-        for part in blocks_name.split("."):
-            names = list(parent._modules)
-            i = names.index(part)
-            before += [parent._modules[n] for n in names[:i] if parent._modules[n] is not None]
-            after = [parent._modules[n] for n in names[i + 1 :] if parent._modules[n] is not None] + after
-            parent = parent._modules[part]
-        groups: list[nn.Module] = [nn.ModuleList(before)] if before else []
-        groups += list(blocks)
-        if after:
-            groups[-1] = nn.ModuleList([groups[-1], *after])
-        return groups
+        """The backbone bottom to top: ``[embeddings, block 0, ..., last block + final norm]``."""
+        return transformer_layer_groups(self.backbone)
 
     # -- tokenizer -------------------------------------------------------------------------------
     @property
@@ -281,9 +220,28 @@ class CausalLM(TransferModule):
         if self.tokenizer is None:
             raise ValueError(
                 "This CausalLM has no tokenizer: pass tokenizer=<Hub id or folder>, call set_tokenizer(), "
-                "or train it with a TextCorpusDataModule (its tokenizer is adopted at setup)"
+                "or connect it to a TextCorpusDataModule that has one (lightning_recipes.connect)"
             )
         return self.tokenizer
+
+    # -- the handshake ---------------------------------------------------------------------------
+    @override
+    def input_spec(self) -> InputSpec:
+        """The model's tokenizer (``None`` for a model from scratch without one)."""
+        return InputSpec(tokenizer=self.tokenizer)
+
+    @override
+    def accept_data_spec(self, spec: DataSpec) -> None:
+        """Adopt the data's tokenizer when the model has none; check the block size against the context."""
+        tokenizer = agree_tokenizer(self.tokenizer, spec.tokenizer, "data.init_args.tokenizer/bpe_vocab_size")
+        if tokenizer is not None and tokenizer is not self.tokenizer:
+            self.set_tokenizer(tokenizer)
+        block, context = spec.block_size, self.context_length
+        if block is not None and context is not None and block > context:
+            raise ValueError(
+                f"block_size={block} of the data exceeds the model's context length {context}: lower "
+                "data.init_args.block_size (or raise n_positions when training from scratch)"
+            )
 
     # -- steps -----------------------------------------------------------------------------------
     @override
@@ -347,22 +305,6 @@ class CausalLM(TransferModule):
     @override
     def on_test_epoch_end(self) -> None:
         self._log_eval("test", self.test_nll)
-
-    @override
-    def setup(self, stage: str) -> None:
-        """Adopt the data module's tokenizer when the model has none; check block size against context."""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is None:
-            return
-        if self.tokenizer is None and getattr(datamodule, "tokenizer", None) is not None:
-            self.set_tokenizer(datamodule.tokenizer)
-        block_size = getattr(datamodule, "block_size", None)
-        if block_size is not None and self.context_length is not None and block_size > self.context_length:
-            raise ValueError(
-                f"block_size={block_size} of the data exceeds the model's context length "
-                f"{self.context_length}: lower data.init_args.block_size "
-                "(or raise n_positions when training from scratch)"
-            )
 
     # -- generation and export -------------------------------------------------------------------
     @torch.no_grad()
@@ -480,25 +422,23 @@ class CausalLM(TransferModule):
         if hparams is not None:
             checkpoint["hyper_parameters"] = {
                 **hparams,
-                "pretrained_model_name_or_path": None,
+                "model_name_or_path": None,
                 "config": self.model.config.to_diff_dict(),
                 "tokenizer": None,
                 "revision": None,
             }
-        if self.tokenizer is not None:
-            with tempfile.TemporaryDirectory() as tmp:
-                self.tokenizer.save_pretrained(tmp)
-                checkpoint[TOKENIZER_KEY] = {
-                    p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()
-                }
+        store_tokenizer(checkpoint, self.tokenizer)
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        files = checkpoint.get(TOKENIZER_KEY)
-        if files and self.tokenizer is None:
-            from transformers import AutoTokenizer
+        tokenizer = restore_tokenizer(checkpoint)
+        if tokenizer is not None and self.tokenizer is None:
+            self.set_tokenizer(tokenizer)
 
-            with tempfile.TemporaryDirectory() as tmp:
-                for name, data in files.items():
-                    (Path(tmp) / name).write_bytes(data)
-                self.set_tokenizer(AutoTokenizer.from_pretrained(tmp))
+
+def _untie_output_embeddings(model: nn.Module) -> None:
+    """Give ``lm_head`` its own copy of the tied embedding matrix (pretrained values, not random)."""
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    if out is not None and out.weight is inp.weight:
+        out.weight = nn.Parameter(inp.weight.detach().clone())
+    model.config.tie_word_embeddings = False

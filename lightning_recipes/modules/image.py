@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_recipes._hub import PretrainedLoadError, is_network_error, offline_hint
-from lightning_recipes.modules._base import OptimizerFactory, SchedulerFactory
-from lightning_recipes.modules._classification import ClassificationModule, Task
+from lightning_recipes._hub import hub_call
+from lightning_recipes.handshake import InputSpec
+from lightning_recipes.modules._classification import ClassificationModule
 from lightning_recipes.modules._heads import ClassificationHead
 
 
@@ -53,21 +53,18 @@ def create_backbone(
         raise FileNotFoundError(
             f"backbone {name!r}: folder not found (expected config.json + model.safetensors)"
         )
-    try:
-        return timm.create_model(
-            name,
-            pretrained=bool(pretrained) and (not overlay or "file" in overlay),
-            num_classes=0,
-            in_chans=in_chans,
-            pretrained_cfg_overlay=overlay or None,
-            **kwargs,
-        )
-    except Exception as exc:
-        if pretrained and is_network_error(exc):
-            raise PretrainedLoadError(
-                f"Could not fetch pretrained weights for backbone {name!r}: " + offline_hint(name)
-            ) from exc
-        raise
+    return hub_call(
+        name,
+        "timm",
+        "pretrained weights of backbone",
+        timm.create_model,
+        name,
+        pretrained=bool(pretrained) and (not overlay or "file" in overlay),
+        num_classes=0,
+        in_chans=in_chans,
+        pretrained_cfg_overlay=overlay or None,
+        **kwargs,
+    )
 
 
 class ImageClassifier(ClassificationModule):
@@ -76,19 +73,17 @@ class ImageClassifier(ClassificationModule):
     ``self.backbone`` is the timm model with its classifier removed (pooled features out);
     ``self.head`` is a :class:`~lightning_recipes.modules._heads.ClassificationHead`. Batches are
     ``(images, targets)``; ``predict`` returns class probabilities. ``data_config`` gives the input
-    size and normalisation the backbone expects, which :class:`~lightning_recipes.ImageDataModule` uses.
+    size and normalisation the backbone expects; :meth:`input_spec` hands it to the data module
+    (see :func:`~lightning_recipes.connect`).
 
     Args:
         backbone: timm model name or ``local-dir:/folder`` (see :func:`create_backbone`).
-        num_classes: classes (or labels, for ``task="multilabel"``).
         pretrained: load pretrained weights (``True``), random init (``False``) or a local weights file.
-        task: ``multiclass``, ``multilabel`` or ``regression``.
         hidden_dim, dropout, activation: the head (see ``ClassificationHead``).
-        label_smoothing, class_weights: loss options (see ``ClassificationModule``).
         in_chans: input channels of the images.
         drop_path_rate: stochastic depth in the backbone, where timm supports it.
-        lr, backbone_lr, optimizer, lr_scheduler, scheduler_interval, scheduler_monitor, agc_clip_factor:
-            see ``TransferModule``.
+        **kwargs: ``num_classes``, ``task``, ``label_names``, the loss options (see
+            ``ClassificationModule``) and ``lr``, ``backbone_lr``, ``optimizer``... (see ``TransferModule``).
 
     Example::
 
@@ -103,42 +98,20 @@ class ImageClassifier(ClassificationModule):
     def __init__(
         self,
         backbone: str = "resnet18",
-        num_classes: int = 10,
         pretrained: bool | str = True,
-        task: Task = "multiclass",
         hidden_dim: int | None = None,
         dropout: float = 0.0,
         activation: str = "gelu",
-        label_smoothing: float = 0.0,
-        class_weights: list[float] | None = None,
         in_chans: int = 3,
         drop_path_rate: float | None = None,
-        lr: float = 1e-3,
-        backbone_lr: float | None = None,
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-        scheduler_interval: str = "epoch",
-        scheduler_monitor: str = "val/loss",
-        agc_clip_factor: float | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            num_classes=num_classes,
-            task=task,
-            label_smoothing=label_smoothing,
-            class_weights=class_weights,
-            lr=lr,
-            backbone_lr=backbone_lr,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            scheduler_interval=scheduler_interval,
-            scheduler_monitor=scheduler_monitor,
-            agc_clip_factor=agc_clip_factor,
-        )
+        super().__init__(**kwargs)
         self.save_hyperparameters()
         extra = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
         self.backbone = create_backbone(backbone, pretrained=pretrained, in_chans=in_chans, **extra)
         self.head = ClassificationHead(
-            self.backbone.num_features, num_classes, hidden_dim, dropout, activation
+            self.backbone.num_features, self.num_classes, hidden_dim, dropout, activation
         )
 
     @property
@@ -148,6 +121,10 @@ class ImageClassifier(ClassificationModule):
 
         return resolve_data_config({}, model=self.backbone)
 
+    def input_spec(self) -> InputSpec:
+        """The backbone's :attr:`data_config`, for the data module's transforms."""
+        return InputSpec(data_config=self.data_config)
+
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.backbone(images))
 
@@ -156,7 +133,6 @@ class ImageClassifier(ClassificationModule):
         return self(images), target
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         # The state dict holds every weight: reloading must not fetch (or re-train) pretrained ones.
-        hparams = checkpoint.get("hyper_parameters", {})
-        if "pretrained" in hparams:
-            hparams["pretrained"] = False
+        checkpoint.setdefault("hyper_parameters", {})["pretrained"] = False

@@ -17,6 +17,7 @@ from sklearn.preprocessing import label_binarize
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from lightning_recipes import DataSpec, connect
 from lightning_recipes.callbacks import CurveLogger
 from lightning_recipes.callbacks.curve_logger import CurveMetrics, downsample, format_summary
 from lightning_recipes.modules._classification import ClassificationModule
@@ -229,6 +230,12 @@ class NamedData(L.LightningDataModule):
             sampler,
         )
 
+    def accept_input_spec(self, spec):
+        pass
+
+    def data_spec(self):  # the handshake gives the model these class names
+        return DataSpec(label_names=self.classes)
+
     def train_dataloader(self):
         return DataLoader(self.data, batch_size=self.batch_size)
 
@@ -236,6 +243,12 @@ class NamedData(L.LightningDataModule):
         return DataLoader(self.data, batch_size=self.batch_size, sampler=self.sampler)
 
     test_dataloader = val_dataloader
+
+
+def connected(model, data):
+    """``model`` after the handshake with ``data`` (as the CLI does)."""
+    connect(model, data)
+    return model
 
 
 def toy_data(n=37, c=3, seed=0):
@@ -267,8 +280,8 @@ def test_trainer_files_summary_and_sklearn(tmp_path, capsys):
     dm = NamedData(x, y, ["ant", "bee", "cow"])
     curves = CurveLogger(thresholds=None)
     t = trainer(tmp_path, [curves])
-    t.fit(ScoreModel(), dm)
-    t.test(ScoreModel(), dm)
+    t.fit(connected(ScoreModel(), dm), dm)
+    t.test(connected(ScoreModel(), dm), dm)
 
     probs = x.softmax(-1).numpy()
     for stage in ("val", "test"):
@@ -318,8 +331,9 @@ def test_tensorboard_figures(tmp_path):
 
     x, y = toy_data(n=20)
     logger = TensorBoardLogger(str(tmp_path), name="tb")
+    dm = NamedData(x, y, ["a", "b", "c"])
     trainer(tmp_path, [CurveLogger(thresholds=11)], logger=logger, limit_train_batches=1).fit(
-        ScoreModel(), NamedData(x, y, ["a", "b", "c"])
+        connected(ScoreModel(), dm), dm
     )
     assert (Path(logger.log_dir) / "curves" / "val_epoch000" / "roc.png").is_file()  # run dir = log_dir
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
@@ -331,9 +345,8 @@ def test_multilabel_and_regression_modules(tmp_path):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(25, 4, generator=g), (torch.rand(25, 4, generator=g) > 0.5).long()
     curves = CurveLogger(thresholds=21, save_png=False)
-    trainer(tmp_path, [curves], limit_train_batches=1).fit(
-        ScoreModel(4, "multilabel"), NamedData(x, y.float(), ["w", "x", "y", "z"])
-    )
+    dm = NamedData(x, y.float(), ["w", "x", "y", "z"])
+    trainer(tmp_path, [curves], limit_train_batches=1).fit(connected(ScoreModel(4, "multilabel"), dm), dm)
     res = curves.last_results["val"]
     assert res.confusion.shape == (4, 2, 2) and int(res.confusion.sum()) == 25 * 4
     assert {r["class"] for r in res.summary} >= {"w", "z", "macro avg"}
@@ -368,7 +381,7 @@ DDP_SCRIPT = textwrap.dedent(
     import lightning as L
     import torch
     sys.path.insert(0, {tests!r})
-    from test_curve_logger import CurveLogger, NamedData, ScoreModel, toy_data
+    from test_curve_logger import CurveLogger, NamedData, ScoreModel, connect, toy_data
 
     devices = int(sys.argv[1])
     x, y = toy_data(n=37, c=4)
@@ -377,7 +390,10 @@ DDP_SCRIPT = textwrap.dedent(
                         max_epochs=1, limit_train_batches=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         callbacks=[curves])
-    trainer.fit(ScoreModel(4), NamedData(x, y, ["a", "b", "c", "d"], batch_size=4))
+    dm = NamedData(x, y, ["a", "b", "c", "d"], batch_size=4)
+    model = ScoreModel(4)
+    connect(model, dm)
+    trainer.fit(model, dm)
     res = curves.last_results["val"]
     out = {{"rank": trainer.global_rank, "auroc": res.auroc, "ap": res.ap,
             "confusion": res.confusion.tolist(), "summary": res.summary}}

@@ -47,7 +47,7 @@ def test_chunk_blocks_loses_and_duplicates_nothing() -> None:
 
 def test_tokens_are_the_files_text_joined_by_eos(corpus: dict[str, Path]) -> None:
     dm = make(corpus)
-    tok = dm.tokenizer
+    tok = dm.prepare_tokenizer()
     expected: list[int] = []
     for path in sorted(corpus["root"].glob("*.txt")):
         expected += tok(path.read_text(), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -140,9 +140,9 @@ def test_bpe_vocab_size_trains_and_reuses_a_tokenizer(
 
     monkeypatch.setattr(corpus_module, "train_bpe_tokenizer", fail)
     again = make(corpus, tokenizer=None, bpe_vocab_size=290, tokenizer_dir=str(out))
-    assert again.tokenizer.get_vocab() == dm.tokenizer.get_vocab()
+    assert again.prepare_tokenizer().get_vocab() == dm.tokenizer.get_vocab()
     with pytest.raises(AssertionError, match="reused"):  # another vocab size retrains
-        _ = make(corpus, tokenizer=None, bpe_vocab_size=280, tokenizer_dir=str(out)).tokenizer
+        make(corpus, tokenizer=None, bpe_vocab_size=280, tokenizer_dir=str(out)).prepare_tokenizer()
 
 
 def test_datasets_dataset_with_validation_split(corpus: dict[str, Path], tmp_path: Path) -> None:
@@ -164,7 +164,7 @@ def test_datasets_dataset_with_validation_split(corpus: dict[str, Path], tmp_pat
         cache_dir=str(corpus["cache"]),
     )
     dm.setup("fit")
-    tok = dm.tokenizer
+    tok = dm.prepare_tokenizer()
     expected = [i for line in lines[40:] for i in tok(line)["input_ids"] + [tok.eos_token_id]]
     assert dm.tokenize("val").tolist() == expected  # one row = one document, each followed by EOS
     assert torch.equal(dm.val_set.blocks, chunk_blocks(torch.tensor(expected, dtype=torch.int32), 8))
@@ -182,8 +182,10 @@ def test_dataloader_settings(corpus: dict[str, Path]) -> None:
 def test_bad_input_names_the_problem(corpus: dict[str, Path], tmp_path: Path, write_corpus) -> None:
     with pytest.raises(FileNotFoundError, match="nothing-here"):
         expand_files(str(tmp_path / "nothing-here" / "*.txt"))
-    with pytest.raises(ValueError, match="exactly one of tokenizer"):
+    with pytest.raises(ValueError, match="at most one of tokenizer"):
         make(corpus, bpe_vocab_size=300)
+    with pytest.raises(ValueError, match="needs a tokenizer.*connect"):  # neither, and no model connected
+        make(corpus, tokenizer=None).prepare_tokenizer()
     with pytest.raises(ValueError, match="Give train_files"):
         TextCorpusDataModule(tokenizer="x")
     with pytest.raises(ValueError, match="not both"):
@@ -207,7 +209,7 @@ def test_dataset_from_a_local_folder_of_json_files(corpus: dict[str, Path], tmp_
         dataset=str(folder), tokenizer=str(corpus["tokenizer"]), block_size=8, cache_dir=str(corpus["cache"])
     )
     dm.setup("fit")
-    tok = dm.tokenizer
+    tok = dm.prepare_tokenizer()
     expected = [i for line in lines[:45] for i in tok(line)["input_ids"] + [tok.eos_token_id]]
     assert dm.tokenize("train").tolist() == expected
     assert dm.val_set is not None and dm.test_set is None

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_recipes import DataSpec, connect
 from lightning_recipes.callbacks import CurveLogger
 from lightning_recipes.loggers import (
     LoggerSaveConfigCallback,
@@ -125,6 +126,12 @@ class TinyData(L.LightningDataModule):
         self.x = torch.randn(n, 4, generator=g) + torch.nn.functional.one_hot(self.y, 4) * 2
         self.batch_size = batch_size
 
+    def accept_input_spec(self, spec):
+        pass
+
+    def data_spec(self):  # the handshake hands these class names to the model
+        return DataSpec(label_names=self.classes)
+
     def train_dataloader(self):
         return DataLoader(TensorDataset(self.x, self.y), batch_size=self.batch_size, shuffle=True)
 
@@ -204,7 +211,9 @@ def test_offline_run_records_config_history_curves_and_checkpoints(tmp_path):
         model_ttl_days=7,
     )
     trainer = make_trainer(tmp_path, logger)
-    trainer.fit(Tiny(), TinyData())
+    model, data = Tiny(), TinyData()
+    connect(model, data)
+    trainer.fit(model, data)
     run_id = logger.experiment.id
     logger.experiment.finish()
 

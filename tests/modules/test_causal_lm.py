@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from lightning_recipes import CausalLM, TextCorpusDataModule
+from lightning_recipes import CausalLM, TextCorpusDataModule, connect
 from lightning_recipes._hub import PretrainedLoadError
 from lightning_recipes.data.bpe import train_bpe_tokenizer
 
@@ -73,7 +73,9 @@ def test_layer_groups_run_from_embeddings_to_last_block(assets) -> None:
     assert [m for m in groups[2]] == [body.h[1], body.ln_f]
     params = [id(p) for g in groups for p in g.parameters()]
     assert sorted(params) == sorted(id(p) for p in body.parameters())  # all of them, each once
-    assert not any(k.startswith(("backbone", "head")) for k in lm.state_dict())  # views, not new modules
+    # backbone and head are the registered parts; the whole model is not registered a second time
+    assert {k.split(".")[0] for k in lm.state_dict()} == {"backbone", "head"}
+    assert lm.state_dict()["head.weight"].data_ptr() == lm.state_dict()["backbone.wte.weight"].data_ptr()
 
 
 def test_val_perplexity_is_exp_of_the_token_weighted_mean_loss(assets, tiny_trainer_kwargs) -> None:
@@ -120,13 +122,14 @@ def test_fit_from_scratch_adopts_the_data_tokenizer_and_reloads_identically(
     assert lm.tokenizer is None
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer = L.Trainer(**{**tiny_trainer_kwargs, "enable_checkpointing": True, "callbacks": [checkpoint]})
+    connect(lm, dm)  # the handshake: the data module's BPE tokenizer goes to the model
     trainer.fit(lm, dm)
     assert {"train/loss", "val/loss", "val/ppl"} <= set(trainer.callback_metrics)
     assert lm.tokenizer is dm.tokenizer and len(lm.tokenizer) == 280
     assert lm.model.generation_config.eos_token_id == lm.tokenizer.eos_token_id == 0
 
     reloaded = CausalLM.load_from_checkpoint(checkpoint.last_model_path)
-    assert reloaded.hparams.pretrained_model_name_or_path is None and reloaded.hparams.tokenizer is None
+    assert reloaded.hparams.model_name_or_path is None and reloaded.hparams.tokenizer is None
     text = "the queen said to her lord"
     assert reloaded.tokenizer(text)["input_ids"] == lm.tokenizer(text)["input_ids"]
     ids = torch.tensor([lm.tokenizer(text)["input_ids"]])
@@ -141,7 +144,7 @@ def test_save_pretrained_round_trip_and_offline_checkpoint_of_a_pretrained_model
     lm = tiny_lm(assets)
     folder = lm.save_pretrained(tmp_path / "export")
     assert (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
-    finetuned = CausalLM(pretrained_model_name_or_path=str(folder), config={"resid_pdrop": 0.0})
+    finetuned = CausalLM(model_name_or_path=str(folder), config={"resid_pdrop": 0.0})
     assert finetuned.model.config.resid_pdrop == 0.0
     assert all(m.training for m in finetuned.modules())  # dropout on, unlike from_pretrained
     assert finetuned.tokenizer is not None and len(finetuned.tokenizer) == 300
@@ -165,7 +168,7 @@ def test_untying_a_pretrained_model_copies_the_embeddings(
 ) -> None:
     tied = tiny_lm(assets)
     folder = tied.save_pretrained(tmp_path / "tied")
-    untied = CausalLM(pretrained_model_name_or_path=str(folder), config={"tie_word_embeddings": False})
+    untied = CausalLM(model_name_or_path=str(folder), config={"tie_word_embeddings": False})
     head, wte = untied.model.lm_head.weight, untied.backbone.wte.weight
     assert head is not wte and torch.equal(head, wte)  # pretrained values, not a random init
     assert [g["name"] for g in untied.param_groups()] == ["head", "backbone"]
@@ -229,14 +232,14 @@ def test_sampling_is_seeded_and_returns_one_string_per_sequence(assets) -> None:
 
 
 def test_bad_input_names_the_problem(assets, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="needs pretrained_model_name_or_path"):
+    with pytest.raises(ValueError, match="needs model_name_or_path"):
         CausalLM()
     with pytest.raises(ValueError, match="Unknown model_type 'gtp2'.*gpt2"):
         CausalLM(config={"model_type": "gtp2"})
     with pytest.raises(FileNotFoundError, match="no-such-folder"):
-        CausalLM(pretrained_model_name_or_path=str(tmp_path / "no-such-folder"))
+        CausalLM(model_name_or_path=str(tmp_path / "no-such-folder"))
     with pytest.raises(PretrainedLoadError, match="'lightning-recipes-test/no-such-model'.*hf download"):
-        CausalLM(pretrained_model_name_or_path="lightning-recipes-test/no-such-model")
+        CausalLM(model_name_or_path="lightning-recipes-test/no-such-model")
     with pytest.raises(ValueError, match="vocab_size is 100.*>= 300"):
         CausalLM(config={**TINY, "vocab_size": 100}, tokenizer=str(assets["tokenizer"]))
     with pytest.raises(ValueError, match="has no tokenizer"):
@@ -267,7 +270,7 @@ def test_other_architectures_split_the_same_way(assets) -> None:
     lm = CausalLM(config=config, tokenizer=str(assets["tokenizer"]))
     body = lm.backbone
     groups = lm.layer_groups()
-    assert [m for m in groups[0]] == [body.embed_tokens]
+    assert groups[0] is body.embed_tokens  # a group of one module is that module
     assert [groups[1], groups[2]] == [body.layers[0], body.layers[1]]
     assert groups[3][0] is body.layers[2] and body.norm in list(groups[3])
     assert sorted(id(p) for g in groups for p in g.parameters()) == sorted(id(p) for p in body.parameters())
@@ -282,7 +285,7 @@ def test_block_size_beyond_the_context_fails_at_setup(assets, tmp_path: Path, ti
         str(assets["text"]), tokenizer=str(assets["tokenizer"]), block_size=128, cache_dir=str(tmp_path)
     )
     with pytest.raises(ValueError, match="block_size=128 of the data exceeds the model's context length 64"):
-        L.Trainer(**tiny_trainer_kwargs).fit(tiny_lm(assets), dm)
+        connect(tiny_lm(assets), dm)
 
 
 def test_freeze_unfreeze_unfreezes_an_untied_model_layer_group_by_group(assets, tiny_trainer_kwargs) -> None:

@@ -9,7 +9,7 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_recipes import TextClassifier, TextDataModule
+from lightning_recipes import TextClassifier, TextDataModule, connect
 from lightning_recipes._hub import PretrainedLoadError
 
 WORDS = [
@@ -219,8 +219,10 @@ def test_fit_reload_from_checkpoint_alone_and_predict_texts(
     L.seed_everything(0)
     model = TextClassifier(str(tiny_bert), num_classes=2, lr=1e-3)
     trainer = L.Trainer(**tiny_trainer_kwargs)
-    trainer.fit(model, datamodule=datamodule(sentiment_csv))
-    assert model.labels == ["neg", "pos"]  # adopted from the datamodule
+    dm = datamodule(sentiment_csv)
+    connect(model, dm)
+    assert model.labels == ["neg", "pos"]  # adopted from the datamodule by the handshake
+    trainer.fit(model, datamodule=dm)
     assert {"train/loss", "val/loss", "val/acc", "val/f1", "val/mcc"} <= set(trainer.callback_metrics)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
@@ -242,7 +244,9 @@ def test_learns_toy_sentiment(tiny_bert: Path, sentiment_csv: Path, tiny_trainer
     model = TextClassifier(str(tiny_bert), num_classes=2, lr=3e-3, pooling="mean")
     kwargs = {**tiny_trainer_kwargs, "max_epochs": 15, "limit_train_batches": None, "limit_val_batches": None}
     trainer = L.Trainer(**kwargs)
-    trainer.fit(model, datamodule=datamodule(sentiment_csv))
+    dm = datamodule(sentiment_csv)
+    connect(model, dm)
+    trainer.fit(model, datamodule=dm)
     assert trainer.callback_metrics["val/acc"] >= 0.9
     labels = [r["label"] for r in model.predict_texts(["great fun movie", "awful boring plot"])]
     assert labels == ["pos", "neg"]
@@ -253,7 +257,7 @@ def test_num_classes_mismatch_is_reported(
 ) -> None:
     model = TextClassifier(str(tiny_bert), num_classes=3)
     with pytest.raises(ValueError, match=r"2 classes \['neg', 'pos'\].*num_classes=3"):
-        L.Trainer(**tiny_trainer_kwargs).fit(model, datamodule=datamodule(sentiment_csv))
+        connect(model, datamodule(sentiment_csv))
 
 
 def test_predict_file_returns_label_names(
@@ -262,6 +266,7 @@ def test_predict_file_returns_label_names(
     (tmp_path / "texts.txt").write_text("good film\nawful movie\nthe plot\n")
     model = TextClassifier(str(tiny_bert), num_classes=2, label_names=["neg", "pos"])
     dm = datamodule(sentiment_csv, predict_file=str(tmp_path / "texts.txt"))
+    connect(model, dm)
     out = L.Trainer(**tiny_trainer_kwargs).predict(model, datamodule=dm)
     assert sum(len(b["labels"]) for b in out) == 3
     assert all(label in ("neg", "pos") for b in out for label in b["labels"])
@@ -288,6 +293,7 @@ def test_multilabel_and_regression_metrics(
         str(tiny_bert), num_classes=3 if task == "multilabel" else 1, task=task, huber_delta=1.0
     )
     trainer = L.Trainer(**tiny_trainer_kwargs)
+    connect(model, dm)
     trainer.fit(model, datamodule=dm)
     assert expected <= set(trainer.callback_metrics)
     assert model.labels == names
@@ -363,6 +369,7 @@ def test_minilm_finetunes_on_sst2_slice(shared_dir: Path, tmp_path: Path) -> Non
         enable_model_summary=False,
         default_root_dir=str(tmp_path),
     )
+    connect(model, dm)
     trainer.fit(model, datamodule=dm)
     assert trainer.callback_metrics["val/acc"] > 0.75
     assert [r["label"] for r in model.predict_texts(["a gorgeous, moving film", "dull and lifeless"])] == [
@@ -417,6 +424,7 @@ def test_ddp_two_cpu_ranks_split_length_grouped_batches(tiny_bert: Path, tmp_pat
         callbacks=[_SeenRows(tmp_path / "seen.json")],
         default_root_dir=str(tmp_path),
     )
+    connect(model, dm)
     trainer.fit(model, datamodule=dm)
     assert "val/acc" in trainer.callback_metrics
     rank0, rank1 = json.loads((tmp_path / "seen.json").read_text())

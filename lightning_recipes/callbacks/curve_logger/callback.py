@@ -42,7 +42,7 @@ class CurveLogger(Callback):
     The module's ``validation_step``/``test_step`` must return ``{"preds", "target"}`` with ``preds``
     probabilities (as :class:`~lightning_recipes.modules._classification.ClassificationModule` does) and
     the module must have ``task`` and ``num_classes``; regression modules are skipped. Class names come
-    from ``trainer.datamodule.classes`` (or ``.label_names``). Under DDP the samples a
+    from the module's ``labels`` (which the handshake fills from the data). Under DDP the samples a
     ``DistributedSampler`` repeats to even out the ranks are dropped, so the results equal those of one
     process. The curve folder is ``dirpath``, else ``curves/`` in the TensorBoard/CSV logger's
     ``log_dir``, beside ``ModelCheckpoint``'s ``checkpoints/`` for other loggers (W&B:
@@ -144,12 +144,12 @@ class CurveLogger(Callback):
             self._warned = True
         return False
 
-    def _class_names(self, trainer: L.Trainer, num_classes: int) -> list[str]:
-        dm = trainer.datamodule
-        for attr in ("classes", "label_names"):
-            names = getattr(dm, attr, None) if dm is not None else None
-            if names is not None and len(names) == num_classes:
-                return [str(n) for n in names]
+    @staticmethod
+    def _class_names(pl_module: L.LightningModule, num_classes: int) -> list[str]:
+        """The module's ``labels`` (its class names, from the handshake), else ``"0"``, ``"1"``..."""
+        names = getattr(pl_module, "labels", None)
+        if names is not None and len(names) == num_classes:
+            return [str(n) for n in names]
         return [str(i) for i in range(num_classes)]
 
     def _start(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -165,7 +165,7 @@ class CurveLogger(Callback):
         )
         if not self._active:
             return
-        names = self._class_names(trainer, pl_module.num_classes)
+        names = self._class_names(pl_module, pl_module.num_classes)
         loaders = evaluation_dataloaders(trainer, stage)
         self._metrics, self._seen, self._real = {}, {}, {}
         for idx, loader in enumerate(loaders):

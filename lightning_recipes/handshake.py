@@ -1,0 +1,126 @@
+"""The handshake: what a model and its data module must agree on, declared once and handed over in one place.
+
+Data flows one way: recipe YAML -> CLI -> DataModule + LightningModule + callbacks -> Trainer. A
+model never reads its data module (nor ``trainer.datamodule``), and a data module never reads the
+model (nor ``trainer.lightning_module``). What they must agree on is handed over by :func:`connect`,
+which the CLI calls once both are built, before any stage runs, and which Python users call
+themselves before ``Trainer.fit``:
+
+=================  =============================================  ========================================
+direction          what                                           who uses it
+=================  =============================================  ========================================
+model -> data      :class:`InputSpec`: ``data_config`` (timm      image transforms; the text/corpus data
+                   input size, mean, std, crop) and ``tokenizer``  modules tokenise with the model's tokenizer
+                   (loaded with the pretrained model)
+data -> model      :class:`DataSpec`: ``label_names`` (and so     the model checks ``num_classes`` and
+                   ``num_classes``), ``max_length``, ``block_size`` stores the names, the length and a
+                   and ``tokenizer`` (one the data trained, e.g.  tokenizer in its checkpoints; block size
+                   BPE on the corpus)                              is checked against the context length
+=================  =============================================  ========================================
+
+A tokenizer is made by one side: loaded with the pretrained model, or given to / trained by the data
+module when the model has none (from scratch). Both sides with different tokenizers is an error
+(:func:`agree_tokenizer`).
+
+Example::
+
+    >>> from lightning_recipes import DigitsDataModule, ImageClassifier, connect
+    >>> model = ImageClassifier("test_resnet", num_classes=2, pretrained=False)
+    >>> data = DigitsDataModule(digits=[0, 1], root=__import__("tempfile").mkdtemp())
+    >>> connect(model, data)
+    >>> model.label_names, data.resolved_data_config()["input_size"]
+    (['0', '1'], (3, 160, 160))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from lightning_recipes.tokenizer import tokenizer_fingerprint
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model tells its data module about the inputs it takes.
+
+    Args:
+        data_config: timm data config of an image backbone (``input_size``, ``mean``, ``std``...).
+        tokenizer: the tokenizer that came with the pretrained model.
+    """
+
+    data_config: dict[str, Any] | None = None
+    tokenizer: Any = None
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a data module tells its model about the data.
+
+    Args:
+        label_names: class (or label) names in id order; ``None`` for regression and language modelling.
+        max_length: truncation length of text inputs, in tokens.
+        block_size: tokens per sequence of a language-modelling corpus.
+        tokenizer: a tokenizer the data module made or loaded itself (``None`` when it uses the model's).
+    """
+
+    label_names: list[str] | None = None
+    max_length: int | None = None
+    block_size: int | None = None
+    tokenizer: Any = None
+
+    @property
+    def num_classes(self) -> int | None:
+        return None if self.label_names is None else len(self.label_names)
+
+
+@runtime_checkable
+class ModelSide(Protocol):
+    """A LightningModule that takes part: ``input_spec()`` before the data is read, ``accept_data_spec()``."""
+
+    def input_spec(self) -> InputSpec: ...
+
+    def accept_data_spec(self, spec: DataSpec) -> None: ...
+
+
+@runtime_checkable
+class DataSide(Protocol):
+    """A LightningDataModule that takes part: ``accept_input_spec()``, then ``data_spec()``."""
+
+    def accept_input_spec(self, spec: InputSpec) -> None: ...
+
+    def data_spec(self) -> DataSpec: ...
+
+
+def connect(model: Any, datamodule: Any) -> None:
+    """Hand the model's :class:`InputSpec` to the data module, then the data's :class:`DataSpec` to the model.
+
+    Either side may be a plain LightningModule / DataModule that does not take part (then nothing is
+    exchanged in that direction). ``data_spec()`` may read the data's labels (a folder listing, the
+    label column) or train a tokenizer; both are cached, so a later ``setup`` does not repeat them.
+    """
+    if isinstance(datamodule, DataSide):
+        datamodule.accept_input_spec(model.input_spec() if isinstance(model, ModelSide) else InputSpec())
+        if isinstance(model, ModelSide):
+            model.accept_data_spec(datamodule.data_spec())
+
+
+def agree_tokenizer(model_side: Any, data_side: Any, data_name: str) -> Any:
+    """The one tokenizer of a model/data pair: whichever side has one; the same on both sides is fine.
+
+    Raises ``ValueError`` when both have one and they differ, naming ``data_name`` (the data's setting).
+
+    Example::
+
+        >>> agree_tokenizer(None, None, "tokenizer") is None
+        True
+    """
+    if model_side is None or data_side is None or model_side is data_side:
+        return data_side if model_side is None else model_side
+    if tokenizer_fingerprint(model_side) != tokenizer_fingerprint(data_side):
+        raise ValueError(
+            f"The model brings its own tokenizer ({getattr(model_side, 'name_or_path', '?')!r}) and the data "
+            f"module another ({data_name}); they differ. Remove {data_name} from the data module so the "
+            "model's tokenizer is used, or give the model the data's tokenizer."
+        )
+    return model_side

@@ -1,0 +1,86 @@
+"""What the Hugging Face modules share: a full model split into registered ``backbone``/``head`` parts,
+config building and finding the tokenizer that comes with a model."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch import nn
+
+from lightning_recipes._hub import looks_like_local_path
+from lightning_recipes.tokenizer import load_tokenizer
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model")
+
+
+def find_tokenizer(model_name_or_path: str, tokenizer: str | None, revision: str | None) -> Any:
+    """The tokenizer of a model: ``tokenizer`` if given, else the one beside the model's weights.
+
+    A local model folder without tokenizer files gives ``None`` (the data module then provides one,
+    through the handshake); a Hub id is loaded at ``revision``, with a clear error when unreachable.
+    """
+    if tokenizer is not None:
+        return load_tokenizer(tokenizer, revision if tokenizer == model_name_or_path else None)
+    folder = Path(model_name_or_path).expanduser()
+    local = looks_like_local_path(model_name_or_path) or folder.is_dir()
+    if local and not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        return None
+    return load_tokenizer(model_name_or_path, revision)
+
+
+def build_config(config: dict[str, Any], default_type: str | None = None) -> Any:
+    """A transformers config from a dict of its arguments (``model_type`` picks the class).
+
+    Example::
+
+        >>> build_config({"n_layer": 2, "n_embd": 32, "n_head": 2}, default_type="gpt2").n_layer
+        2
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    kwargs = dict(config)
+    model_type = kwargs.pop("model_type", default_type)
+    if model_type is None:
+        raise ValueError(
+            "config must be a transformers config dict with a 'model_type' key (e.g. bert, gpt2)"
+        )
+    if model_type not in CONFIG_MAPPING:
+        close = difflib.get_close_matches(model_type, list(CONFIG_MAPPING.keys()), n=5, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(f"Unknown model_type {model_type!r} in config.{hint} (e.g. bert, gpt2, llama)")
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+class HFParts(L.LightningModule):
+    """Mixin: a whole transformers model used through its registered parts ``backbone`` and ``head``.
+
+    :meth:`set_parts` registers the base model as ``self.backbone`` and the rest as ``self.head``; the
+    whole model (``self.model``, which shares those modules) stays unregistered, so each weight is
+    in the state dict once. ``train()``/``eval()`` also set the whole model's own flag.
+    """
+
+    model: nn.Module | None
+
+    def set_parts(self, model: nn.Module | None, backbone: nn.Module, head: nn.Module) -> None:
+        self.backbone = backbone
+        self.head = head
+        object.__setattr__(self, "model", model)
+
+    def train(self, mode: bool = True) -> HFParts:
+        super().train(mode)
+        if getattr(self, "model", None) is not None:  # its own flag; its submodules are ours, set above
+            self.model.training = mode
+        return self
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in the backward pass (renamed activation checkpointing in transformers 5)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # transformers < 5
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
