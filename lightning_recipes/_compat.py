@@ -1,10 +1,349 @@
-"""MERGE-PLACEHOLDER: replaced by the compat branch."""
+"""Every use of another library's private API, in one place: named, dated, tested.
+
+The callbacks, schedulers and loggers of ``lightning_recipes`` reach into Lightning, torch and timm
+where no public API does what they need (a mid-fit LR sweep, a re-wrapped DDP model, a scheduler
+resized to new parameter groups...). Each such use is a small function or constant here, with the
+versions it was checked against, and one test in ``tests/test_compat.py`` that fails with a message
+naming the library and version when an upgrade breaks it. Where a private method of a parent class
+is *overridden* (the override has to stay in the subclass), a constant here lists the names relied
+upon and the test checks that the parent still has them with the expected signature.
+
+"Checked" means: this module's tests pass against the installed versions, **lightning 2.6.6,
+torch 2.15, timm 1.0.31**. The lower bounds in ``pyproject.toml`` are ``lightning>=2.4``,
+``torch>=2.4``, ``timm>=1.0.15``; where an entry notes an older release it is from reading that
+release's source (the 2.4.0, 2.5.5 and 2.6.0 wheels of lightning, timm 1.0.15), not from running
+the tests on it.
+
+Sections: Lightning (loops and the LR finder, callback order, ``EarlyStopping``, ``WandbLogger``,
+DDP), torch (LR schedulers, BatchNorm), timm (parameter groups), datasets (fingerprints).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from copy import deepcopy
+from typing import TYPE_CHECKING, Any
+
+from lightning.pytorch.callbacks import BatchSizeFinder, Callback, LearningRateFinder
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import WandbLogger
+    from lightning.pytorch.tuner.lr_finder import _LRFinder
+
+# ================================================================================================
+# Lightning
+# ================================================================================================
+
+# -- loops and the LR range test (used by callbacks/lr_finder.py) --------------------------------
+
+
+def lr_range_test(
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    *,
+    min_lr: float,
+    max_lr: float,
+    num_training: int,
+    mode: str,
+    early_stop_threshold: float | None,
+) -> _LRFinder | None:
+    """Run Lightning's LR range test (``lightning.pytorch.tuner.lr_finder._lr_find``) inside a fit.
+
+    The sweep ``LearningRateFinder`` runs: a checkpoint of the trainer, ``num_training`` steps of the
+    real fit loop with an exponential/linear LR ramp, the checkpoint restored. Returns Lightning's
+    ``_LRFinder`` (``.results`` holds ``{"lr": [...], "loss": [...]}``) or ``None`` (``fast_dev_run``).
+    The module's LR attribute is never touched (``update_attr=False``); the caller applies the result.
+
+    Checked: lightning 2.6.6. Same signature in the 2.4.0, 2.5.5 and 2.6.0 sources.
+    """
+    from lightning.pytorch.tuner.lr_finder import _lr_find
+
+    return _lr_find(
+        trainer,
+        pl_module,
+        min_lr=min_lr,
+        max_lr=max_lr,
+        num_training=num_training,
+        mode=mode,
+        early_stop_threshold=early_stop_threshold,
+        update_attr=False,
+    )
+
+
+def all_loops(loop: Any) -> list[Any]:
+    """``loop`` and its child loops (fit -> training epoch -> validation ...), found as attributes that
+    are instances of Lightning's private loop base class ``lightning.pytorch.loops.loop._Loop``.
+
+    Checked: lightning 2.6.6 (``_Loop`` is the base of every loop since 2.0; same in the 2.4.0 source).
+    """
+    from lightning.pytorch.loops.loop import _Loop
+
+    found = [loop]
+    for value in vars(loop).values():
+        if isinstance(value, _Loop):
+            found.extend(all_loops(value))
+    return found
+
+
+# Loop attributes that ``_Loop.load_state_dict`` (called when Lightning restores its checkpoint after
+# a sweep) sets, and that a mid-fit sweep must put back so the interrupted epoch carries on as if no
+# checkpoint had been loaded. Checked: lightning 2.6.6 (``_restarting``, ``_loaded_from_state_dict``,
+# ``_resuming_from_checkpoint`` on every loop, ``_restart_stage`` on the fit and evaluation loops).
+# The 2.4.0 source has only ``_restarting``; absent names are skipped (``hasattr``).
+LOOP_RESTART_FLAGS = ("_restarting", "_loaded_from_state_dict", "_resuming_from_checkpoint", "_restart_stage")
+
+
+@contextmanager
+def fresh_fit_loop(trainer: pl.Trainer) -> Iterator[None]:
+    """Give a nested run of ``trainer.fit_loop`` (a mid-fit LR sweep) a fresh epoch; put it back after.
+
+    Inside: the training epoch loop's batch progress and the optimizer step progress (automatic and
+    manual optimization) are reset, and ``fit_loop._combined_loader`` is dropped so the nested run
+    builds a new data iterator. On exit: the fit loop's ``state_dict`` (all progress counters) and
+    the :data:`LOOP_RESTART_FLAGS` of every loop are restored, so the interrupted epoch then trains
+    exactly as it would have.
+
+    Private names used: ``fit_loop._combined_loader``, ``epoch_loop.batch_progress.reset_on_run()``,
+    ``epoch_loop.automatic_optimization.optim_progress.reset()``,
+    ``epoch_loop.manual_optimization.optim_step_progress.reset()`` (attributes of private loop classes)
+    and the flags above. Checked: lightning 2.6.6.
+    """
+    loops = all_loops(trainer.fit_loop)
+    saved_state = deepcopy(trainer.fit_loop.state_dict())
+    saved_flags = [{k: getattr(loop, k) for k in LOOP_RESTART_FLAGS if hasattr(loop, k)} for loop in loops]
+    epoch_loop = trainer.fit_loop.epoch_loop
+    epoch_loop.batch_progress.reset_on_run()
+    epoch_loop.automatic_optimization.optim_progress.reset()
+    epoch_loop.manual_optimization.optim_step_progress.reset()
+    trainer.fit_loop._combined_loader = None
+    try:
+        yield
+    finally:
+        trainer.fit_loop.load_state_dict(saved_state)
+        for loop, flags in zip(loops, saved_flags, strict=True):
+            for key, value in flags.items():
+                setattr(loop, key, value)
+
+
+def evaluation_dataloaders(trainer: pl.Trainer) -> list[Any] | None:
+    """The DataLoaders of the evaluation loop running now, or ``None`` when there is none.
+
+    ``trainer._evaluation_loop`` is the loop of the current stage (fit's validation loop, the validate
+    or the test loop; it raises ``RuntimeError`` outside them) and its ``_combined_loader`` the loaders
+    it iterates (``None`` before its data is set up). Unlike ``trainer.val_dataloaders``, which prefers
+    fit's loaders also under ``validate()``, these are the loaders being evaluated.
+
+    Checked: lightning 2.6.6 (for ``CurveLogger``).
+    """
+    try:
+        return list(trainer._evaluation_loop._combined_loader.flattened)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+# -- callback order (used by callbacks/freeze_unfreeze.py) ----------------------------------------
+
+# Callbacks that Lightning moves to the front of ``trainer.callbacks`` (its
+# ``_CallbackConnector._reorder_callbacks``, at ``Trainer`` creation and when the module's
+# ``configure_callbacks`` adds callbacks), so that their hooks run before every other callback's.
+# Checked: lightning 2.6.6 (same rule in the 2.4.0 source).
+TUNER_CALLBACK_TYPES: tuple[type[Callback], ...] = (BatchSizeFinder, LearningRateFinder)
+
+
+def run_before_tuner_callbacks(trainer: pl.Trainer, callback: Callback) -> None:
+    """Move ``callback`` just ahead of the first tuner callback in ``trainer.callbacks``.
+
+    Lightning calls every callback hook in ``trainer.callbacks`` order; this undoes, for one callback,
+    the tuners-first rule above. The list is replaced, not mutated, so a hook loop iterating the old
+    list (this is called from ``setup``) is not disturbed. No-op when there is no tuner callback or
+    ``callback`` already comes first. Call it in ``setup``: Lightning re-sorts the list earlier in
+    ``Trainer.fit`` when the module has ``configure_callbacks``.
+
+    Checked: lightning 2.6.6.
+    """
+    callbacks = list(trainer.callbacks)
+    first_tuner = next((i for i, cb in enumerate(callbacks) if isinstance(cb, TUNER_CALLBACK_TYPES)), None)
+    if first_tuner is None or callbacks.index(callback) < first_tuner:
+        return
+    callbacks.remove(callback)
+    callbacks.insert(first_tuner, callback)
+    trainer.callbacks = callbacks
+
+
+# -- EarlyStopping (used by callbacks/early_stopping.py) ------------------------------------------
+
+try:
+    from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+except ImportError:  # lightning < 2.6.0
+    EarlyStoppingReason = None  # type: ignore[assignment,misc]
+"""Lightning's enum of why ``EarlyStopping`` stopped (``EarlyStopping.stopping_reason``), or ``None``.
+
+Added in lightning 2.6.0 (Lightning-AI/pytorch-lightning#21188): absent from the 2.4.0 and 2.5.5
+sources, present in 2.6.0. Checked: lightning 2.6.6. With ``None`` the reason is simply not recorded.
+"""
+
+
+def set_patience_exhausted(callback: Any) -> None:
+    """Record ``EarlyStoppingReason.PATIENCE_EXHAUSTED`` as ``callback.stopping_reason`` (lightning >= 2.6;
+    a no-op before, where the attribute does not exist). Checked: lightning 2.6.6."""
+    if EarlyStoppingReason is not None:
+        callback.stopping_reason = EarlyStoppingReason.PATIENCE_EXHAUSTED
+
+
+def checks_on_train_epoch_end(callback: Any) -> bool | None:
+    """Whether an ``EarlyStopping`` checks its monitor at train epoch end (``_check_on_train_epoch_end``).
+
+    The ``check_on_train_epoch_end`` argument as given, resolved in ``setup`` when ``None`` (``True``
+    when validation runs once per epoch). Checked: lightning 2.6.6 (same in the 2.4.0 source).
+    """
+    return callback._check_on_train_epoch_end
+
+
+# Private methods of ``lightning.pytorch.callbacks.EarlyStopping`` that
+# ``lightning_recipes.callbacks.EarlyStopping`` overrides, with their parameters. The override
+# must keep Lightning's contract: ``(current: Tensor) -> (should_stop: bool, reason: str | None)``,
+# called by ``_run_early_stopping_check`` with the monitored value; it also sets ``best_score``,
+# ``wait_count`` and (2.6+) ``stopping_reason``. Checked: lightning 2.6.6 (same signature in 2.4.0).
+EARLY_STOPPING_OVERRIDES: dict[str, tuple[str, ...]] = {"_evaluate_stopping_criteria": ("self", "current")}
+
+
+# -- WandbLogger (used by loggers/wandb.py) -------------------------------------------------------
+# Lightning's ``WandbLogger`` keeps the ``wandb.init`` arguments, the run, the attach id of a run
+# created in a parent process, and the bookkeeping of uploaded checkpoints in private attributes.
+# Checked: lightning 2.6.6 with wandb 0.31 (same attribute names in the 2.4.0 source).
+
+
+def wandb_init_kwargs(logger: WandbLogger) -> dict[str, Any]:
+    """The (mutable) dict of ``wandb.init`` arguments the logger will start its run with (``_wandb_init``)."""
+    return logger._wandb_init
+
+
+def wandb_run_pending(logger: WandbLogger) -> bool:
+    """Whether reading ``logger.experiment`` would start a new run: none yet (``_experiment``) and no run
+    of a parent process to attach to (``_attach_id``, set when the logger was pickled to a child)."""
+    return logger._experiment is None and getattr(logger, "_attach_id", None) is None
+
+
+def lightning_wandb_experiment(logger: WandbLogger) -> Any:
+    """Lightning's own ``WandbLogger.experiment`` getter (rank-zero wrapped), for a subclass that
+    overrides the property and delegates to it (``WandbLogger.experiment.fget``)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    return WandbLogger.experiment.fget(logger)  # type: ignore[attr-defined]
+
+
+def wandb_logged_model_times(logger: WandbLogger) -> dict[str, float]:
+    """Path -> modification time of each checkpoint already uploaded (``_logged_model_time``, mutable)."""
+    return logger._logged_model_time
+
+
+def wandb_checkpoint_artifact_name(logger: WandbLogger) -> str:
+    """The artifact name of uploaded checkpoints (``_checkpoint_name``); like Lightning, it defaults to
+    ``model-<run id>`` the first time and is then kept."""
+    if not logger._checkpoint_name:
+        logger._checkpoint_name = f"model-{logger.experiment.id}"
+    return logger._checkpoint_name
+
+
+# Private methods of ``lightning.pytorch.loggers.WandbLogger`` that
+# ``lightning_recipes.loggers.WandbLogger`` overrides, with their parameters.
+# ``_scan_and_log_checkpoints(checkpoint_callback)`` is what Lightning's ``after_save_checkpoint``
+# (``log_model="all"``) and ``finalize`` (``log_model=True``) call to upload checkpoints.
+# Checked: lightning 2.6.6 (same in 2.4.0, where ``finalize`` handles one checkpoint callback only).
+WANDB_LOGGER_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "_scan_and_log_checkpoints": ("self", "checkpoint_callback")
+}
+
+
+# -- DDP (used by callbacks/freeze_unfreeze.py) ---------------------------------------------------
+
+
+def rewrap_ddp(strategy: Any) -> bool:
+    """Wrap the LightningModule in a new ``DistributedDataParallel``; return whether it did.
+
+    Only for a ``DDPStrategy`` whose model is already wrapped (i.e. after ``Trainer`` set up the
+    strategy). DDP's reducer only covers parameters that required grad when the wrapper was built; a
+    new wrapper (built by the strategy's own ``configure_ddp``, with its ``ddp_kwargs`` and comm hooks)
+    covers exactly the parameters trainable now, and broadcasts rank 0's state.
+
+    Relies on ``strategy.model`` being settable to the bare LightningModule and ``configure_ddp()``
+    wrapping ``strategy.model`` (public names, but not documented for calling mid-fit).
+    Checked: lightning 2.6.6, torch 2.15.
+    """
+    from lightning.pytorch.strategies import DDPStrategy
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not (isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel)):
+        return False
+    strategy.model = strategy.lightning_module
+    strategy.configure_ddp()
+    return True
+
+
+# ================================================================================================
+# torch
+# ================================================================================================
+
+# The attribute behind ``LRScheduler.get_last_lr()`` (and ``ReduceLROnPlateau``'s): one LR per
+# parameter group. It is written by a scheduler that sets LRs outside ``step()`` (``WarmupDecay``)
+# and resized/scaled with the parameter groups (``callbacks/_lr_groups.py``). Checked: torch 2.15.
+SCHEDULER_LAST_LR = "_last_lr"
+
+
+def set_last_lr(scheduler: Any, lrs: list[float]) -> None:
+    """Set what ``scheduler.get_last_lr()`` returns (``_last_lr``). Checked: torch 2.15."""
+    setattr(scheduler, SCHEDULER_LAST_LR, list(lrs))
+
+
+def sub_schedulers(scheduler: Any) -> list[Any]:
+    """The schedulers a ``SequentialLR`` or ``ChainedScheduler`` wraps (``_schedulers``); ``[]`` for others.
+
+    They share the optimizer of the wrapper and keep their own per-group lists. Checked: torch 2.15.
+    """
+    return list(getattr(scheduler, "_schedulers", None) or [])
+
+
+def is_batch_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is a BatchNorm layer: ``BatchNorm1d/2d/3d``, ``SyncBatchNorm`` (what
+    ``sync_batchnorm=True`` converts them to), the lazy variants and subclasses such as timm's
+    ``BatchNormAct2d``.
+
+    Uses torch's private base ``torch.nn.modules.batchnorm._BatchNorm``: there is no public common
+    base (``SyncBatchNorm`` and the lazy classes do not derive from ``BatchNorm2d``). Lightning's
+    ``BaseFinetuning`` tests the same class. Checked: torch 2.15.
+    """
+    return isinstance(module, _BatchNorm)
+
+
+# ================================================================================================
+# timm
+# ================================================================================================
+
+
+def timm_group_parameters(model: nn.Module) -> dict[int, list[str]]:
+    """Parameter names of a timm model in its coarse layer groups (stem, stages...), keyed by group index.
+
+    ``timm.models.group_parameters(model, model.group_matcher(coarse=True))``: public re-export of
+    ``timm.models._manipulate.group_parameters`` (also in the timm 1.0.15 source). Checked: timm 1.0.31.
+    """
+    from timm.models import group_parameters
+
+    return group_parameters(model, model.group_matcher(coarse=True))
+
+
+# ================================================================================================
+# datasets
+# ================================================================================================
 
 
 def dataset_fingerprint(ds: Any) -> str:
-    """The fingerprint ``datasets`` keeps for a ``Dataset`` (private ``_fingerprint``; datasets 4.x)."""
+    """The fingerprint ``datasets`` keeps for a ``Dataset`` (``ds._fingerprint``): a hash of its data and
+    every transform applied, which the text data modules put in their cache keys.
+
+    Checked: datasets 5.2.0 (the installed one; ``datasets>=3.0`` in pyproject.toml has it too).
+    """
     return ds._fingerprint

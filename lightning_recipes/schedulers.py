@@ -8,6 +8,8 @@ from typing import Literal
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from lightning_recipes import _compat
+
 
 class WarmupDecay(LambdaLR):
     """Linear warm-up over ``warmup_ratio`` of training, then linear or cosine decay to 0 at its end.
@@ -78,6 +80,7 @@ class WarmupDecay(LambdaLR):
                 "trainer.max_epochs or trainer.max_steps, or give total_steps"
             )
         self.total_steps = int(total_steps)
-        self._last_lr = [base * self.factor(self.last_epoch) for base in self.base_lrs]
-        for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
+        lrs = [base * self.factor(self.last_epoch) for base in self.base_lrs]
+        _compat.set_last_lr(self, lrs)
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr

@@ -8,9 +8,10 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping as _LightningEarlyStopping
-from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from torch import Tensor
 from typing_extensions import override
+
+from lightning_recipes import _compat
 
 NonFinite = Literal["stop", "ignore"]
 
@@ -104,17 +105,21 @@ class EarlyStopping(_LightningEarlyStopping):
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.fast_dev_run and (
-            trainer.sanity_checking or self.monitor.startswith("val") or not self._check_on_train_epoch_end
+            trainer.sanity_checking
+            or self.monitor.startswith("val")
+            or not _compat.checks_on_train_epoch_end(self)
         ):
             self._check_monitor_logged(trainer)
         super().on_validation_end(trainer, pl_module)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._check_on_train_epoch_end and not trainer.fast_dev_run:
+        if _compat.checks_on_train_epoch_end(self) and not trainer.fast_dev_run:
             self._check_monitor_logged(trainer)
         super().on_train_epoch_end(trainer, pl_module)
 
+    # Overrides a private method of Lightning's EarlyStopping: the name and signature relied upon are
+    # `_compat.EARLY_STOPPING_OVERRIDES`, checked by tests/test_compat.py.
     @override
     def _evaluate_stopping_criteria(self, current: Tensor) -> tuple[bool, str | None]:
         if torch.isfinite(current):
@@ -125,7 +130,7 @@ class EarlyStopping(_LightningEarlyStopping):
         self.wait_count += 1
         reason = f"Monitored metric {self.monitor} = {current} is not finite; counted as no improvement."
         if self.wait_count >= self.patience:
-            self.stopping_reason = EarlyStoppingReason.PATIENCE_EXHAUSTED
+            _compat.set_patience_exhausted(self)
             return True, (
                 f"Monitored metric {self.monitor} did not improve in the last {self.wait_count} records"
                 f" (the last one not finite). Best score: {self.best_score:.3f}. Signaling Trainer to stop."

@@ -14,25 +14,15 @@ from collections.abc import Iterable
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 from typing_extensions import override
 
-# Per-parameter-group lists kept by torch's LR schedulers; entries whose name contains "lr" are scaled.
-_SCHEDULER_GROUP_LISTS = (
-    "base_lrs",
-    "_last_lr",
-    "max_lrs",
-    "min_lrs",
-    "lr_lambdas",
-    "base_momentums",
-    "max_momentums",
-)
+from lightning_recipes import _compat
+from lightning_recipes.callbacks._lr_groups import add_scaled_group, schedulers_of
 
 
 def _keep_eval(module: nn.Module, args: Any) -> None:
@@ -61,10 +51,8 @@ def layer_groups(pl_module: pl.LightningModule) -> list[list[nn.Parameter]]:
     if callable(getattr(pl_module, "layer_groups", None)):
         groups = [list(block.parameters()) for block in pl_module.layer_groups()]
     elif callable(getattr(backbone, "group_matcher", None)):
-        from timm.models._manipulate import group_parameters
-
         named = dict(backbone.named_parameters())
-        grouped = group_parameters(backbone, backbone.group_matcher(coarse=True))
+        grouped = _compat.timm_group_parameters(backbone)
         groups = [[named[name] for name in names] for _, names in sorted(grouped.items())]
     else:
         groups = [list(child.parameters()) for child in backbone.children()]
@@ -122,6 +110,16 @@ class FreezeUnfreeze(BaseFinetuning):
     Resume: the stage is in the checkpoint (``state_dict``); on resume the callback unfreezes the same
     groups and adds the same optimizer groups in ``on_fit_start``, before Lightning loads the optimizer
     and scheduler state into them, so LRs, optimizer moments and scheduler state continue exactly.
+
+    Order with tuner callbacks: Lightning runs the hooks of tuner callbacks (``LearningRateFinder`` and
+    so :class:`~lightning_recipes.callbacks.LRFinder`, ``BatchSizeFinder``) before all others. In
+    ``setup`` this callback moves itself just ahead of them in ``trainer.callbacks``, so that at an
+    unfreeze epoch the new groups exist before a sweep at the start of that epoch (``LRFinder``'s
+    ``milestones``) tunes the learning rates: the sweep covers them and they keep their ratio to the
+    head. No other callback's order changes, and without tuner callbacks nothing moves. (The unfreeze
+    for epoch ``N`` cannot move to an earlier hook instead: the last ones before ``N``'s
+    ``on_train_epoch_start`` are epoch ``N - 1``'s ``on_train_epoch_end``/``on_validation_end``, which
+    come before that epoch's scheduler step and checkpoint, and before an early stop.)
 
     Args:
         unfreeze_at_epoch: epoch at which unfreezing starts; ``None`` keeps the backbone frozen.
@@ -231,7 +229,7 @@ class FreezeUnfreeze(BaseFinetuning):
             p.requires_grad = False
         if self.train_bn:
             for m in pl_module.backbone.modules():
-                if isinstance(m, _BatchNorm):
+                if _compat.is_batch_norm(m):
                     m.requires_grad_(True)
         self.stage = 0
         self._refresh_bn(pl_module)
@@ -254,6 +252,8 @@ class FreezeUnfreeze(BaseFinetuning):
                 "FreezeUnfreeze supports single-device and DDP strategies, not "
                 f"{type(trainer.strategy).__name__}"
             )
+        # Unfreeze before an LR sweep of the same epoch (see "Order with tuner callbacks").
+        _compat.run_before_tuner_callbacks(trainer, self)
         self.freeze_before_training(pl_module)
 
     @override
@@ -296,12 +296,13 @@ class FreezeUnfreeze(BaseFinetuning):
             blocks = [("backbone", [p for i in newly for p in self._groups[i]], self.backbone_lr_ratio)]
         if trainer.optimizers:  # the first optimizer (the only one of lightning_recipes modules) gets them
             optimizer = trainer.optimizers[0]
-            added = self._add_groups(optimizer, blocks)
-            if added:
-                self._extend_schedulers(trainer, optimizer, added)
+            schedulers = schedulers_of(trainer, optimizer)
+            for name, params, ratio in blocks:
+                add_scaled_group(optimizer, schedulers, params, name, ratio)
         self.stage = target
         self._refresh_bn(pl_module)
-        self._rewrap_ddp(trainer)
+        # DDP's reducer covers the parameters trainable when the model was wrapped: wrap it anew.
+        _compat.rewrap_ddp(trainer.strategy)
         if self.verbose and trainer.optimizers:
             lrs = {g.get("name", i): g["lr"] for i, g in enumerate(trainer.optimizers[0].param_groups)}
             rank_zero_info(
@@ -311,57 +312,10 @@ class FreezeUnfreeze(BaseFinetuning):
     def _ratio(self, depth: int) -> float:
         return self.backbone_lr_ratio * (self.layer_decay or 1.0) ** depth
 
-    @staticmethod
-    def _reference_index(optimizer: Optimizer) -> int:
-        names = [g.get("name") for g in optimizer.param_groups]
-        return names.index("head") if "head" in names else 0
-
-    def _add_groups(
-        self, optimizer: Optimizer, blocks: list[tuple[str, list[nn.Parameter], float]]
-    ) -> list[float]:
-        """Add one optimizer group per block (params not yet in the optimizer); return the ratios added."""
-        present = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        ref = optimizer.param_groups[self._reference_index(optimizer)]
-        ratios = []
-        for name, params, ratio in blocks:
-            params = [p for p in params if id(p) not in present]
-            if not params:
-                continue
-            group = {
-                k: (v * ratio if "lr" in k else v) for k, v in ref.items() if k not in ("params", "name")
-            }
-            group.update(name=name, params=params)
-            optimizer.add_param_group(group)
-            ratios.append(ratio)
-        return ratios
-
-    def _extend_schedulers(self, trainer: pl.Trainer, optimizer: Optimizer, ratios: list[float]) -> None:
-        n_old = len(optimizer.param_groups) - len(ratios)
-        ref = self._reference_index(optimizer)
-
-        def extend(scheduler: Any) -> None:
-            for sub in getattr(scheduler, "_schedulers", None) or []:
-                extend(sub)
-            for key in _SCHEDULER_GROUP_LISTS:
-                values = getattr(scheduler, key, None)
-                if isinstance(values, list) and len(values) == n_old:
-                    for ratio in ratios:
-                        value = values[ref]
-                        scaled = (
-                            "lr" in key
-                            and isinstance(value, (float, int, torch.Tensor))
-                            and key != "lr_lambdas"
-                        )
-                        values.append(value * ratio if scaled else value)
-
-        for config in trainer.lr_scheduler_configs:
-            if getattr(config.scheduler, "optimizer", None) is optimizer:
-                extend(config.scheduler)
-
     def _refresh_bn(self, pl_module: pl.LightningModule) -> None:
         fully_unfrozen = self.stage >= len(self._groups)
         for m in pl_module.backbone.modules():
-            if not isinstance(m, _BatchNorm):
+            if not _compat.is_batch_norm(m):
                 continue
             params = list(m.parameters(recurse=False))
             frozen = not self.train_bn and (
@@ -373,16 +327,6 @@ class FreezeUnfreeze(BaseFinetuning):
             elif not frozen and m in self._bn_hooks:
                 self._bn_hooks.pop(m).remove()
                 m.train(pl_module.training)
-
-    @staticmethod
-    def _rewrap_ddp(trainer: pl.Trainer) -> None:
-        """Wrap the module in a new DDP so that its reducer covers exactly the trainable parameters."""
-        from torch.nn.parallel import DistributedDataParallel
-
-        strategy = trainer.strategy
-        if isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel):
-            strategy.model = strategy.lightning_module
-            strategy.configure_ddp()
 
     @staticmethod
     def trainable_parameters(modules: Iterable[nn.Module]) -> int:

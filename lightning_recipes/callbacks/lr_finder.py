@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import csv
 import math
-from copy import deepcopy
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import LearningRateFinder
-from lightning.pytorch.tuner.lr_finder import _lr_find
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.parsing import lightning_hasattr, lightning_setattr
 from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
+from lightning_recipes import _compat
+from lightning_recipes.callbacks._lr_groups import reference_index, scale_group_lrs, schedulers_of
+
 Rule = Literal["steepest", "min_div_10", "valley"]
 RULES = ("steepest", "min_div_10", "valley")
-# Loop attributes that ``load_state_dict`` changes and that a mid-fit sweep must put back.
-_LOOP_FLAGS = ("_restarting", "_loaded_from_state_dict", "_resuming_from_checkpoint", "_restart_stage")
-# Per-parameter-group lists of torch's LR schedulers that hold learning rates.
-_SCHEDULER_LR_LISTS = ("base_lrs", "_last_lr", "max_lrs", "min_lrs")
 
 
 def suggest_lr(
@@ -103,17 +101,6 @@ def suggest_lr(
     return pairs[best][0], f"steepest descent {slopes[best]:.4g} loss per decade at lr {pairs[best][0]:.3g}"
 
 
-def _all_loops(loop: Any) -> list[Any]:
-    """``loop`` and its child loops (fit -> epoch -> validation ...)."""
-    from lightning.pytorch.loops.loop import _Loop
-
-    found = [loop]
-    for value in vars(loop).values():
-        if isinstance(value, _Loop):
-            found.extend(_all_loops(value))
-    return found
-
-
 class LRFinder(LearningRateFinder):
     """Learning-rate range test before training (and optionally at given epochs), with a choice of rule.
 
@@ -126,16 +113,19 @@ class LRFinder(LearningRateFinder):
     * a suggestion rule (see :func:`suggest_lr`), non-finite losses dropped; when no sensible value
       exists the reason is logged (``reason``) and the learning rates are left unchanged;
     * the suggestion is applied to the reference group (``"head"`` when groups are named, else the
-      first) and every other group keeps its ratio to it: each LR-valued entry of each group and the
-      schedulers' ``base_lrs`` are scaled by the same factor. During the sweep all groups take the
-      same LR (Lightning's behaviour); with a frozen backbone that is the head alone;
+      first) and every other group keeps its ratio to it: each LR-valued entry of each group and of
+      the schedulers' per-group lists (``base_lrs``, ``min_lrs``..., also in the schedulers of a
+      ``SequentialLR``) is scaled by the same factor (``callbacks/_lr_groups.py``). During the sweep
+      all groups take the same LR (Lightning's behaviour); with a frozen backbone that is the head alone;
     * under DDP rank 0's suggestion is broadcast, so all ranks apply the same value;
     * ``lr_find.csv`` (``lr,loss``) and ``lr_find.png`` (suggestion marked) in the run directory
       (``trainer.log_dir``, else ``default_root_dir``; later sweeps ``lr_find_epoch<N>.*``), and
       ``lr_finder/suggested_lr`` plus the figure (TensorBoard, W&B) to the active loggers;
-    * ``milestones``: sweep again at the start of these epochs, e.g. the unfreeze epoch of
-      :class:`~lightning_recipes.callbacks.FreezeUnfreeze` (whose unfreezing is applied first, so the
-      sweep covers the new backbone groups, which keep their ratio to the head). Lightning's own
+    * ``milestones``: sweep again at the start of these epochs (``on_train_epoch_start``), e.g. the
+      unfreeze epoch of :class:`~lightning_recipes.callbacks.FreezeUnfreeze`. That callback places
+      itself ahead of tuner callbacks such as this one (which Lightning otherwise runs first), so its
+      unfreezing is applied first and the sweep covers the new backbone groups, which keep their ratio
+      to the head; this callback knows nothing of it. Lightning's own
       mid-fit sweep (its ``FineTuneLearningRateFinder`` example) runs zero or one step in Lightning 2.6:
       its restored loop state ends the epoch at once and its divergence check assumes
       ``global_step == 0``. This callback gives the sweep a fresh epoch, step counter and data
@@ -204,6 +194,14 @@ class LRFinder(LearningRateFinder):
         super().__init__(
             min_lr, max_lr, num_training_steps, mode, early_stop_threshold, update_attr, attr_name
         )
+        # Own copies of the settings (Lightning keeps them in private attributes of the parent).
+        self.min_lr = min_lr
+        self.max_lr = max_lr
+        self.num_training_steps = num_training_steps
+        self.mode = mode
+        self.early_stop_threshold = early_stop_threshold
+        self.update_attr = update_attr
+        self.attr_name = attr_name
         self.rule = rule
         self.skip_begin = skip_begin
         self.skip_end = skip_end
@@ -223,12 +221,6 @@ class LRFinder(LearningRateFinder):
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch in self.milestones and trainer.current_epoch not in self._swept_epochs:
-            # Lightning runs tuner callbacks first; unfreeze this epoch's groups before sweeping.
-            from lightning_recipes.callbacks.freeze_unfreeze import FreezeUnfreeze
-
-            for callback in trainer.callbacks:
-                if isinstance(callback, FreezeUnfreeze):
-                    callback.on_train_epoch_start(trainer, pl_module)
             self.lr_find(trainer, pl_module)
 
     @property
@@ -239,33 +231,20 @@ class LRFinder(LearningRateFinder):
     def lr_find(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
         mid_fit = trainer.global_step > 0 or epoch > 0
-        loops = _all_loops(trainer.fit_loop)
-        if mid_fit:  # give Lightning's sweep a fresh epoch, step counter and data iterator (see docstring)
-            saved_state = deepcopy(trainer.fit_loop.state_dict())
-            saved_flags = [{k: getattr(loop, k) for k in _LOOP_FLAGS if hasattr(loop, k)} for loop in loops]
-            epoch_loop = trainer.fit_loop.epoch_loop
-            epoch_loop.batch_progress.reset_on_run()
-            epoch_loop.automatic_optimization.optim_progress.reset()
-            epoch_loop.manual_optimization.optim_step_progress.reset()
-            trainer.fit_loop._combined_loader = None
-        try:
-            with isolate_rng(include_cuda=trainer.strategy.root_device.type == "cuda"):
-                finder = _lr_find(
-                    trainer,
-                    pl_module,
-                    min_lr=self._min_lr,
-                    max_lr=self._max_lr,
-                    num_training=self._num_training_steps,
-                    mode=self._mode,
-                    early_stop_threshold=self._early_stop_threshold,
-                    update_attr=False,
-                )
-        finally:
-            if mid_fit:
-                trainer.fit_loop.load_state_dict(saved_state)
-                for loop, flags in zip(loops, saved_flags, strict=True):
-                    for key, value in flags.items():
-                        setattr(loop, key, value)
+        # Mid-fit: give Lightning's sweep a fresh epoch, step counter and data iterator (see docstring).
+        with (
+            _compat.fresh_fit_loop(trainer) if mid_fit else nullcontext(),
+            isolate_rng(include_cuda=trainer.strategy.root_device.type == "cuda"),
+        ):
+            finder = _compat.lr_range_test(
+                trainer,
+                pl_module,
+                min_lr=self.min_lr,
+                max_lr=self.max_lr,
+                num_training=self.num_training_steps,
+                mode=self.mode,
+                early_stop_threshold=self.early_stop_threshold,
+            )
         self.optimal_lr = finder
         if finder is None:  # fast_dev_run
             return
@@ -287,24 +266,18 @@ class LRFinder(LearningRateFinder):
             self._write(trainer, epoch, lrs, losses, lr)
 
     def apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule, lr: float) -> None:
-        """Set the reference group's LR to ``lr`` and scale every other LR entry by the same factor."""
+        """Set the reference group's LR to ``lr`` and scale every other LR entry by the same factor.
+
+        The reference group is ``"head"`` when groups are named, else the first; the scaling (groups and
+        the schedulers' per-group lists) is :func:`~lightning_recipes.callbacks._lr_groups.scale_group_lrs`.
+        """
         for optimizer in trainer.optimizers:
-            names = [g.get("name") for g in optimizer.param_groups]
-            ref = optimizer.param_groups[names.index("head") if "head" in names else 0]
-            factor = lr / float(ref["lr"])
-            for group in optimizer.param_groups:
-                for key in [k for k in group if "lr" in k]:
-                    group[key] = group[key] * factor
-            for config in trainer.lr_scheduler_configs:
-                if getattr(config.scheduler, "optimizer", None) is optimizer:
-                    for key in _SCHEDULER_LR_LISTS:
-                        values = getattr(config.scheduler, key, None)
-                        if isinstance(values, list):
-                            setattr(config.scheduler, key, [v * factor for v in values])
-        attr = self._attr_name or next(
+            factor = lr / float(optimizer.param_groups[reference_index(optimizer)]["lr"])
+            scale_group_lrs(optimizer, schedulers_of(trainer, optimizer), factor)
+        attr = self.attr_name or next(
             (a for a in ("lr", "learning_rate") if lightning_hasattr(pl_module, a)), ""
         )
-        if self._update_attr and attr:
+        if self.update_attr and attr:
             lightning_setattr(pl_module, attr, lr)
 
     def run_dir(self, trainer: pl.Trainer) -> Path:
@@ -332,7 +305,7 @@ class LRFinder(LearningRateFinder):
             writer.writerows(zip(lrs, losses, strict=True))
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(lrs, losses)
-        if self._mode == "exponential":
+        if self.mode == "exponential":
             ax.set_xscale("log")
         ax.set_xlabel("learning rate")
         ax.set_ylabel("loss (smoothed)")

@@ -19,6 +19,8 @@ from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from typing_extensions import override
 
+from lightning_recipes import _compat
+
 RUN_ID_KEY = "wandb_run_id"
 OFFLINE_MODES = ("offline", "dryrun")
 
@@ -105,7 +107,7 @@ class WandbLogger(_LightningWandbLogger):
     Example::
 
         >>> logger = WandbLogger(project="demo", tags=["resnet", "digits"], offline=True)
-        >>> logger.name, logger._wandb_init["tags"]
+        >>> logger.name, _compat.wandb_init_kwargs(logger)["tags"]
         ('demo', ['resnet', 'digits'])
     """
 
@@ -156,8 +158,9 @@ class WandbLogger(_LightningWandbLogger):
             add_file_policy=add_file_policy,
             **kwargs,
         )
-        if self._wandb_init.get("anonymous") is None:
-            self._wandb_init.pop("anonymous", None)  # wandb warns about the setting even when None
+        init_kwargs = _compat.wandb_init_kwargs(self)
+        if init_kwargs.get("anonymous") is None:
+            init_kwargs.pop("anonymous", None)  # wandb warns about the setting even when None
         if save_dir is not None:
             Path(save_dir).mkdir(parents=True, exist_ok=True)
         self.model_ttl_days = model_ttl_days
@@ -168,14 +171,15 @@ class WandbLogger(_LightningWandbLogger):
     @rank_zero_experiment
     def experiment(self) -> Any:
         """The ``wandb`` run, started on first use (rank zero only; other ranks get a no-op object)."""
-        if self._experiment is None and getattr(self, "_attach_id", None) is None:
+        if _compat.wandb_run_pending(self):
             import wandb
 
             if wandb.run is None:
-                self.offline_reason = offline_reason(self._wandb_init.get("mode"), self.connect_timeout)
+                init_kwargs = _compat.wandb_init_kwargs(self)
+                self.offline_reason = offline_reason(init_kwargs.get("mode"), self.connect_timeout)
                 if self.offline_reason is not None:
-                    self._wandb_init["mode"] = "offline"
-                run = _LightningWandbLogger.experiment.fget(self)
+                    init_kwargs["mode"] = "offline"
+                run = _compat.lightning_wandb_experiment(self)
                 if self.offline_reason is not None and getattr(run, "dir", None):
                     run_dir = Path(run.dir).parent
                     print(
@@ -185,13 +189,15 @@ class WandbLogger(_LightningWandbLogger):
                         flush=True,
                     )
                 return run
-        return _LightningWandbLogger.experiment.fget(self)
+        return _compat.lightning_wandb_experiment(self)
 
     @property
     def offline(self) -> bool:
         """Whether the run is (or will be) recorded offline."""
-        return self._wandb_init.get("mode") in OFFLINE_MODES
+        return _compat.wandb_init_kwargs(self).get("mode") in OFFLINE_MODES
 
+    # Overrides a private method of Lightning's WandbLogger: the name and signature relied upon are
+    # `_compat.WANDB_LOGGER_OVERRIDES`, checked by tests/test_compat.py.
     def _scan_and_log_checkpoints(self, checkpoint_callback: ModelCheckpoint) -> None:
         """Upload the best and the last checkpoint when they are new or changed (bounded: two files)."""
         import wandb
@@ -203,12 +209,13 @@ class WandbLogger(_LightningWandbLogger):
             candidates[last] = ["last"]
         if best:
             candidates.setdefault(best, []).insert(0, "best")
+        logged = _compat.wandb_logged_model_times(self)
         todo = []
         for path, aliases in candidates.items():
             if not Path(path).is_file():
                 continue
             mtime = Path(path).stat().st_mtime
-            if self._logged_model_time.get(path, -1.0) < mtime:
+            if logged.get(path, -1.0) < mtime:
                 todo.append((mtime, path, aliases))
         for i, (mtime, path, aliases) in enumerate(sorted(todo)):
             score = (
@@ -222,15 +229,15 @@ class WandbLogger(_LightningWandbLogger):
                 "monitor": checkpoint_callback.monitor,
                 "mode": checkpoint_callback.mode,
             }
-            if not self._checkpoint_name:
-                self._checkpoint_name = f"model-{self.experiment.id}"
-            artifact = wandb.Artifact(name=self._checkpoint_name, type="model", metadata=metadata)
+            artifact = wandb.Artifact(
+                name=_compat.wandb_checkpoint_artifact_name(self), type="model", metadata=metadata
+            )
             artifact.add_file(path, name="model.ckpt", policy=self.add_file_policy)
             if self.model_ttl_days is not None:
                 artifact.ttl = timedelta(days=self.model_ttl_days)
             latest = ["latest"] if i == len(todo) - 1 else []
             self.experiment.log_artifact(artifact, aliases=aliases + latest)
-            self._logged_model_time[path] = mtime
+            logged[path] = mtime
 
 
 def _wandb_loggers(trainer: L.Trainer) -> list[_LightningWandbLogger]:

@@ -221,11 +221,24 @@ def test_sweep_again_at_the_unfreeze_epoch(tmp_path):
 
     unfreeze = FreezeUnfreeze(unfreeze_at_epoch=1, backbone_lr_ratio=0.1)
     finder = LRFinder(num_training_steps=20, skip_begin=2, milestones=[1])
+    swept = {}  # what each sweep trains: optimizer groups, trainable backbone
+    sweep = finder.lr_find
+
+    def lr_find(trainer, pl_module):
+        swept[trainer.current_epoch] = (
+            [g["name"] for g in trainer.optimizers[0].param_groups],
+            all(p.requires_grad for p in pl_module.backbone.parameters()),
+        )
+        sweep(trainer, pl_module)
+
+    finder.lr_find = lr_find
     model = Noisy()
-    trainer(tmp_path, [unfreeze, finder, Groups()], max_epochs=2, limit_train_batches=25).fit(
-        model, noisy_data()
-    )
+    t = trainer(tmp_path, [unfreeze, finder, Groups()], max_epochs=2, limit_train_batches=25)
+    t.fit(model, noisy_data())
     assert [h["epoch"] for h in finder.history] == [0, 1]
+    # FreezeUnfreeze runs ahead of the tuner callback: the epoch-1 sweep covers the unfrozen backbone
+    assert swept == {0: (["head"], False), 1: (["head", "backbone"], True)}
+    assert t.callbacks.index(unfreeze) < t.callbacks.index(finder)
     assert all(h["lr"] is not None for h in finder.history), finder.history
     assert set(seen[0]) == {"head"} and seen[0]["head"] == pytest.approx(finder.history[0]["lr"])
     assert seen[1]["head"] == pytest.approx(finder.history[1]["lr"])

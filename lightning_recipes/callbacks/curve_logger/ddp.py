@@ -13,6 +13,8 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DistributedSampler
 
+from lightning_recipes import _compat
+
 
 def real_samples_on_rank(dataloader: Any) -> int | None:
     """How many samples of this rank's share of ``dataloader`` are real (not a DistributedSampler's padding).
@@ -40,14 +42,8 @@ def real_samples_on_rank(dataloader: Any) -> int | None:
 
 def evaluation_dataloaders(trainer: L.Trainer, stage: str) -> list[Any]:
     """The dataloaders of the evaluation loop running now, for :func:`real_samples_on_rank` to read."""
-    try:  # the loop running now (trainer.val_dataloaders prefers fit's loader even under validate())
-        return _running_evaluation_dataloaders(trainer)
-    except (AttributeError, RuntimeError):
-        loaders = trainer.test_dataloaders if stage == "test" else trainer.val_dataloaders
-        return list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
-
-
-def _running_evaluation_dataloaders(trainer: L.Trainer) -> list[Any]:
-    """The flattened loaders of the evaluation loop's combined loader (raises if there is none)."""
-    # Lightning private API (checked with lightning 2.6.6); moved to lightning_recipes/_compat.py on merge
-    return list(trainer._evaluation_loop._combined_loader.flattened)
+    running = _compat.evaluation_dataloaders(trainer)  # trainer.val_dataloaders prefers fit's loaders
+    if running is not None:
+        return running
+    loaders = trainer.test_dataloaders if stage == "test" else trainer.val_dataloaders
+    return list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
