@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_recipes.cache import default_cache_dir
 from lightning_recipes.data._loader import split_loader
 from lightning_recipes.data.bpe import _read_lines, files_fingerprint, load_tokenizer, train_bpe_tokenizer
-from lightning_recipes.data.digits import default_cache_dir
 
 SPLITS = ("train", "val", "test")
 #: Names a ``datasets`` DatasetDict may use for each of our splits, in order of preference.

@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_recipes._hub import PretrainedLoadError, is_network_error, offline_hint
+from lightning_recipes.cache import default_cache_dir
 from lightning_recipes.data._loader import split_loader
-from lightning_recipes.data.digits import default_cache_dir
 
 SPLITS = ("train", "val", "test", "predict")
 _BUILDERS = {
