@@ -155,7 +155,7 @@ def run_hf_trainer(args: argparse.Namespace, dm: TextDataModule, group_by_length
 
 def padded_tokens(dm: TextDataModule) -> dict[str, int]:
     """Tokens the model sees in one epoch (batch size x longest row, summed) for random vs grouped batches."""
-    lengths, size = dm.lengths["train"], dm.opts.batch_size
+    lengths, size = dm.lengths["train"], dm.batch_size
     generator = torch.Generator().manual_seed(0)
     orders = {
         "random": torch.randperm(len(lengths), generator=generator).tolist(),

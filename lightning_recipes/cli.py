@@ -3,8 +3,9 @@
 ``lightning run RECIPE.yaml [--trainer.max_epochs=3 ...]`` runs a recipe's stages (default: fit, then
 test with the best checkpoint) and prints where checkpoints, metrics and plots went.
 ``lightning-recipes fit|validate|test|predict --config RECIPE.yaml`` are plain LightningCLI subcommands.
-``lightning-recipes list`` shows the shipped recipes. Errors print one short message; set
-``LIGHTNING_RECIPES_DEBUG=1`` for the full traceback.
+``lightning-recipes list`` shows the shipped recipes; ``lightning-recipes zoo list|build NAME`` shows and
+builds the zoo's offline-pretrained weights (:mod:`lightning_recipes.zoo`). Errors print one short
+message; set ``LIGHTNING_RECIPES_DEBUG=1`` for the full traceback.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from lightning_recipes import zoo
 from lightning_recipes.handshake import connect
 from lightning_recipes.loggers.wandb import LoggerSaveConfigCallback, apply_resume_id
 from lightning_recipes.recipes import list_recipes, resolve_recipe
@@ -33,6 +35,7 @@ USAGE = """usage:
   lightning run RECIPE.yaml [--trainer.max_epochs=3 --model.init_args.lr=1e-4 ...]
   lightning-recipes fit|validate|test|predict --config RECIPE.yaml [overrides]
   lightning-recipes list
+  lightning-recipes zoo list | zoo build NAME [NAME...]   (offline-pretrained weights; built on first use)
   lightning run RECIPE.yaml --print_config > resolved.yaml   (runs again unchanged)
 """
 
@@ -227,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             run_recipe(argv[1], argv[2:])
         elif command == "list":
             _list()
+        elif command == "zoo":
+            return zoo.main(argv[1:])
         elif command in SUBCOMMANDS:
             LightningRecipesCLI(args=argv)
         elif command in ("-h", "--help", ""):

@@ -1,18 +1,88 @@
-"""Pretrained weights that lightning_recipes builds itself, offline, the first time they are asked for.
+"""Pretrained weights that lightning_recipes builds itself, offline: ahead of time or on first use.
 
 A zoo name is used like a timm name (``ImageClassifier(backbone="resnet10t.digits04")``). Where timm
 would download weights, the zoo trains them once on data an installed package ships and caches
 them under ``$LIGHTNING_RECIPES_CACHE/weights`` (default ``~/.cache/lightning_recipes``), so the
 quickstart shows real transfer learning on a machine with no network.
+
+``lightning-recipes zoo list`` shows the zoo and what is cached; ``lightning-recipes zoo build NAME``
+builds weights ahead of time. A build on first use (inside a run) leaves the run's random state as it
+found it, so a run gives the same result on a cold and on a warm cache.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from lightning_recipes.cache import default_cache_dir
+from lightning_recipes.modules._classification import ClassificationModule
+from lightning_recipes.modules._heads import ClassificationHead
+
+#: The environment variables ``seed_everything`` sets; a build puts them back as they were.
+SEED_ENV_VARS = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+
+
+@contextmanager
+def random_state_untouched() -> Iterator[None]:
+    """Run a block without changing the caller's random state.
+
+    The torch (CPU and CUDA), numpy and Python ``random`` generators (Lightning's ``isolate_rng``) and
+    the ``PL_GLOBAL_SEED`` / ``PL_SEED_WORKERS`` variables ``seed_everything`` sets are put back on exit.
+
+    Example::
+
+        >>> import torch
+        >>> _ = torch.manual_seed(1)
+        >>> with random_state_untouched():
+        ...     _ = torch.manual_seed(2), torch.rand(3)
+        >>> torch.rand(1)  # the first draw after manual_seed(1)
+        tensor([0.7576])
+    """
+    from lightning.pytorch.utilities.seed import isolate_rng
+
+    env = {name: os.environ.get(name) for name in SEED_ENV_VARS}
+    try:
+        with isolate_rng():
+            yield
+    finally:
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+class _SourceClassifier(ClassificationModule):
+    """The model a zoo entry trains on its source task: a timm backbone and a linear head.
+
+    Built like ``ImageClassifier(arch, num_classes, pretrained=False, lr=lr)`` (backbone, then head,
+    with the same arguments), so it draws the same random numbers and trains to the same weights.
+    """
+
+    def __init__(self, arch: str, num_classes: int, lr: float) -> None:
+        super().__init__(num_classes=num_classes, lr=lr)
+        import timm
+
+        self.backbone = timm.create_model(
+            arch, pretrained=False, num_classes=0, in_chans=3, pretrained_cfg_overlay=None
+        )
+        self.head = ClassificationHead(self.backbone.num_features, num_classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.backbone(images))
+
+    def logits_and_target(self, batch: Any) -> tuple[Tensor, Tensor]:
+        images, target = batch
+        return self(images), target
 
 
 @dataclass(frozen=True)
@@ -46,7 +116,10 @@ class DigitsWeights:
         return self.arch, overlay
 
     def build(self) -> Path:
-        """Train the backbone on the source digits once and cache its weights; return their path."""
+        """Train the backbone on the source digits once and cache its weights; return their path.
+
+        The caller's random state (generators and seed variables) is the same afterwards.
+        """
         path = self.path()
         if path.exists():
             return path
@@ -55,26 +128,27 @@ class DigitsWeights:
         from safetensors.torch import save_file
 
         from lightning_recipes.data.digits import DigitsDataModule
-        from lightning_recipes.modules.image import ImageClassifier
 
         rank_zero_info(
             f"lightning_recipes: training {self.arch} on digits {list(self.digits)} once for its pretrained "
-            f"weights (cached at {path}; about 30 s on 2 CPU cores)"
+            f"weights (cached at {path}; about 30 s on 2 CPU cores; your random state is left untouched; "
+            "`lightning-recipes zoo build` does this ahead of time)"
         )
-        L.seed_everything(self.seed, verbose=False)
-        model = ImageClassifier(self.arch, num_classes=len(self.digits), pretrained=False, lr=2e-3)
-        data = DigitsDataModule(digits=list(self.digits), data_config=self.data_cfg)
-        trainer = L.Trainer(
-            max_epochs=self.epochs,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-        )
-        trainer.fit(model, datamodule=data)
+        with random_state_untouched():
+            L.seed_everything(self.seed, verbose=False)
+            model = _SourceClassifier(self.arch, num_classes=len(self.digits), lr=2e-3)
+            data = DigitsDataModule(digits=list(self.digits), data_config=self.data_cfg)
+            trainer = L.Trainer(
+                max_epochs=self.epochs,
+                accelerator="cpu",
+                devices=1,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                limit_val_batches=0,
+            )
+            trainer.fit(model, datamodule=data)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, str(tmp))
@@ -85,3 +159,42 @@ class DigitsWeights:
 ZOO: dict[str, DigitsWeights] = {
     "resnet10t.digits04": DigitsWeights("resnet10t", (0, 1, 2, 3, 4)),
 }
+
+USAGE = """usage:
+  lightning-recipes zoo list                  names, architecture, source digits, cached or not, path
+  lightning-recipes zoo build NAME [NAME...]  train and cache these weights now (not on first use)
+"""
+
+
+def main(argv: list[str]) -> int:
+    """``lightning-recipes zoo list|build NAME [NAME...]``; returns the exit code (2: bad usage or name)."""
+    command, names = (argv[0], argv[1:]) if argv else ("", [])
+    if command == "list" and not names:
+        rows = [("name", "arch", "digits", "cached", "path")] + [
+            (name, w.arch, ",".join(map(str, w.digits)), "yes" if w.path().exists() else "no", str(w.path()))
+            for name, w in ZOO.items()
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        for *cells, path in rows:
+            print("  ".join([*(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)), path]))
+        return 0
+    if command == "build" and names:
+        unknown = [name for name in names if name not in ZOO]
+        for name in unknown:
+            close = difflib.get_close_matches(name, list(ZOO), n=3, cutoff=0.5)
+            hint = f"did you mean: {', '.join(close)}?" if close else f"known: {', '.join(ZOO)}"
+            print(f"error: unknown zoo name {name!r}; {hint} (`lightning-recipes zoo list`)", file=sys.stderr)
+        if unknown:
+            return 2
+        for name in dict.fromkeys(names):
+            weights = ZOO[name]
+            if weights.path().exists():
+                print(f"{name}: already cached at {weights.path()}")
+            else:
+                print(f"{name}: built {weights.build()}")
+        return 0
+    if command in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    print(f"error: unknown zoo command {' '.join(['zoo', *argv])!r}\n{USAGE}", file=sys.stderr)
+    return 2

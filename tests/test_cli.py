@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from lightning_recipes import ImageClassifier
+from lightning_recipes import ImageClassifier, zoo
 from lightning_recipes.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,6 +126,50 @@ def test_malformed_and_missing_recipe(tmp_path, capsys):
     assert main(["run", str(tmp_path / "nope.yaml")]) != 0
     assert "not found" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2
+
+
+@pytest.fixture
+def tiny_zoo(tmp_path, monkeypatch) -> zoo.DigitsWeights:
+    """A cold cache and a zoo entry that builds in seconds (test_resnet, digits 0 and 1, one epoch)."""
+    monkeypatch.setenv("LIGHTNING_RECIPES_CACHE", str(tmp_path / "cache"))
+    weights = zoo.DigitsWeights("test_resnet", (0, 1), epochs=1)
+    monkeypatch.setitem(zoo.ZOO, "test_resnet.digits01", weights)
+    for name in zoo.SEED_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return weights
+
+
+def test_zoo_list_and_build(tiny_zoo, capsys):
+    def listed() -> dict[str, list[str]]:
+        assert main(["zoo", "list"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].split() == ["name", "arch", "digits", "cached", "path"]
+        return {line.split()[0]: line.split()[1:] for line in lines[1:]}
+
+    path = tiny_zoo.path()
+    rows = listed()
+    assert rows["test_resnet.digits01"] == ["test_resnet", "0,1", "no", str(path)]
+    assert rows["resnet10t.digits04"][:2] == ["resnet10t", "0,1,2,3,4"]
+    assert main(["zoo", "build", "test_resnet.digits01"]) == 0
+    assert capsys.readouterr().out.strip() == f"test_resnet.digits01: built {path}"
+    assert path.is_file()
+    assert listed()["test_resnet.digits01"] == ["test_resnet", "0,1", "yes", str(path)]
+    assert main(["zoo", "build", "test_resnet.digits01", "test_resnet.digits01"]) == 0
+    assert capsys.readouterr().out.strip() == f"test_resnet.digits01: already cached at {path}"
+
+
+def test_zoo_build_of_an_unknown_name_builds_nothing(tiny_zoo, capsys):
+    assert main(["zoo", "build", "test_resnet.digits01", "resnet10t.digit04"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown zoo name 'resnet10t.digit04'; did you mean: resnet10t.digits04" in err
+    assert not tiny_zoo.path().exists()
+    assert main(["zoo", "build", "zzz"]) == 2
+    assert "known: resnet10t.digits04" in capsys.readouterr().err
+    for argv in (["zoo"], ["zoo", "build"], ["zoo", "frobnicate"], ["zoo", "list", "extra"]):
+        assert main(argv) == 2
+        assert "lightning-recipes zoo build NAME" in capsys.readouterr().err
+    assert main(["zoo", "--help"]) == 0
+    assert "zoo list" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -582,7 +582,8 @@ def test_dataset_fingerprint_names_the_data_and_its_transforms():
     ds = datasets.Dataset.from_dict({"text": ["a", "b"]})
     fingerprint = _compat.dataset_fingerprint(ds)
     assert isinstance(fingerprint, str) and fingerprint, (
-        f"datasets {datasets.__version__}: Dataset._fingerprint is gone or empty (checked with datasets 5.2.0)"
+        f"datasets {datasets.__version__}: Dataset._fingerprint is gone or empty "
+        "(checked with datasets 5.2.0)"
     )
     mapped = ds.map(lambda row: {"text": row["text"] * 2})
     assert _compat.dataset_fingerprint(mapped) != fingerprint, (

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lightning_recipes.cache import default_cache_dir
 from lightning_recipes.data.image import ImageDataModule
-
-
-def default_cache_dir() -> Path:
-    """``$LIGHTNING_RECIPES_CACHE`` or ``~/.cache/lightning_recipes``."""
-    return Path(os.environ.get("LIGHTNING_RECIPES_CACHE", Path.home() / ".cache" / "lightning_recipes"))
 
 
 def export_digits(

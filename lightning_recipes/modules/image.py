@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_recipes import zoo
 from lightning_recipes._hub import hub_call
 from lightning_recipes.handshake import InputSpec
 from lightning_recipes.modules._classification import ClassificationModule
@@ -33,8 +34,6 @@ def create_backbone(
         96
     """
     import timm
-
-    from lightning_recipes import zoo
 
     overlay: dict[str, Any] = {}
     if name in zoo.ZOO:
