@@ -16,6 +16,8 @@ from lightning_recipes.modules._base import TransferModule
 
 Task = Literal["multiclass", "multilabel", "regression"]
 TASKS = ("multiclass", "multilabel", "regression")
+#: Checkpoint key holding the class names in id order.
+LABEL_NAMES_KEY = "lightning_recipes_label_names"
 
 
 def build_metrics(task: str, num_classes: int) -> MetricCollection:
@@ -121,10 +123,11 @@ class ClassificationModule(TransferModule):
             raise ValueError(f"The data's class names {list(names)} differ from the model's {self.labels}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Class names adopted from the data travel with the weights (where the constructor takes them).
-        hparams = checkpoint.get("hyper_parameters")
-        if hparams is not None and "label_names" in hparams:
-            hparams["label_names"] = self.labels
+        # Class names adopted from the data travel with the weights, and come back on load.
+        checkpoint[LABEL_NAMES_KEY] = self.labels
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.labels = checkpoint.get(LABEL_NAMES_KEY, self.labels)
 
     def logits_and_target(self, batch: Any) -> tuple[Tensor, Tensor]:
         """Return ``(logits, target)`` for a batch; implemented by subclasses."""

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
-
-if TYPE_CHECKING:
-    from lightning_recipes.modules.text import TextClassifier
 
 # The new-head settings that equal an architecture's own sequence-classification head:
 # model_type -> (activation, {our head layer index: HF parameter prefix}).
@@ -31,8 +28,8 @@ def label_config(config: Any, names: list[str], task: str) -> Any:
     return config
 
 
-def export_new_head(model: TextClassifier) -> nn.Module:
-    """An ``AutoModelForSequenceClassification`` holding the backbone and the new head's weights.
+def export_new_head(model: Any) -> nn.Module:
+    """An ``AutoModelForSequenceClassification`` holding a ``TextClassifier``'s backbone and new head.
 
     Works when the head equals the architecture's own: ``pooling="cls"``, ``hidden_dim`` = hidden size
     and ``activation`` ``tanh`` (BERT) or ``relu`` (DistilBERT); other heads raise a ``ValueError``.

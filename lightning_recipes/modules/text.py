@@ -316,6 +316,7 @@ class TextClassifier(HFParts, ClassificationModule):
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.tokenizer = restore_tokenizer(checkpoint) or self.tokenizer
         self.max_length = checkpoint.get("text_max_length", self.max_length)
 
