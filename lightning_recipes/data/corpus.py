@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from lightning_recipes._compat import dataset_fingerprint
 from lightning_recipes._deprecation import renamed
 from lightning_recipes._hub import hub_call
 from lightning_recipes.cache import default_cache_dir
+from lightning_recipes.data._blocks import TokenBlocks, chunk_blocks, expand_files
 from lightning_recipes.data._loader import split_loader
 from lightning_recipes.data.bpe import _read_lines, files_fingerprint, train_bpe_tokenizer
 from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
@@ -27,65 +27,6 @@ from lightning_recipes.tokenizer import load_tokenizer, tokenizer_fingerprint
 SPLITS = ("train", "val", "test")
 #: Names a ``datasets`` DatasetDict may use for each of our splits, in order of preference.
 DATASET_SPLITS = {"train": ("train",), "val": ("validation", "valid", "val", "dev"), "test": ("test",)}
-
-
-def expand_files(patterns: str | Sequence[str] | None) -> list[Path]:
-    """Paths matching ``patterns`` (paths or globs, ``**`` allowed), in the order given, each sorted.
-
-    A pattern that matches nothing raises ``FileNotFoundError`` naming it.
-
-    Example::
-
-        >>> import tempfile
-        >>> root = Path(tempfile.mkdtemp())
-        >>> for name in ("b.txt", "a.txt"):
-        ...     _ = (root / name).write_text("x")
-        >>> [p.name for p in expand_files(str(root / "*.txt"))]
-        ['a.txt', 'b.txt']
-    """
-    if patterns is None:
-        return []
-    found: list[Path] = []
-    for pattern in [patterns] if isinstance(patterns, str) else patterns:
-        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-        matches = [m for m in matches if Path(m).is_file()]
-        if not matches:
-            raise FileNotFoundError(
-                f"No text file matches {pattern!r} (relative paths start at {Path.cwd()})"
-            )
-        found.extend(Path(m) for m in matches)
-    return found
-
-
-def chunk_blocks(tokens: Tensor, block_size: int) -> Tensor:
-    """Cut a 1-D token tensor into ``(len(tokens) // block_size, block_size)`` consecutive blocks.
-
-    Block ``i`` is ``tokens[i * block_size:(i + 1) * block_size]``: every token lands in exactly one
-    block, except the final remainder of fewer than ``block_size`` tokens, which is dropped.
-
-    Example::
-
-        >>> chunk_blocks(torch.arange(7), 3)
-        tensor([[0, 1, 2],
-                [3, 4, 5]])
-    """
-    if block_size < 2:
-        raise ValueError(f"block_size must be >= 2 (an input and a next token), got {block_size}")
-    n = tokens.numel() // block_size
-    return tokens[: n * block_size].reshape(n, block_size)
-
-
-class TokenBlocks(Dataset):
-    """Rows of a ``(num_blocks, block_size)`` token tensor as ``{"input_ids": LongTensor[block_size]}``."""
-
-    def __init__(self, blocks: Tensor) -> None:
-        self.blocks = blocks
-
-    def __len__(self) -> int:
-        return self.blocks.shape[0]
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {"input_ids": self.blocks[index].long()}
 
 
 class TextCorpusDataModule(L.LightningDataModule):

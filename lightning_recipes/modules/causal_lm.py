@@ -15,6 +15,7 @@ from lightning_recipes._deprecation import renamed
 from lightning_recipes._hub import hub_call, looks_like_local_path
 from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
 from lightning_recipes.modules._base import TransferModule
+from lightning_recipes.modules._generation import generate_texts
 from lightning_recipes.modules._hf import HFParts, build_config, enable_gradient_checkpointing, find_tokenizer
 from lightning_recipes.modules._layers import transformer_layer_groups
 from lightning_recipes.tokenizer import restore_tokenizer, store_tokenizer
@@ -341,67 +342,21 @@ class CausalLM(HFParts, TransferModule):
         Returns:
             ``len(prompts) * num_return_sequences`` strings, grouped by prompt.
         """
-        tokenizer = self._require_tokenizer()
-        if max_new_tokens < 1 or num_return_sequences < 1:
-            raise ValueError(
-                f"max_new_tokens and num_return_sequences must be >= 1, got {max_new_tokens}, "
-                f"{num_return_sequences}"
-            )
-        if (
-            temperature <= 0
-            or (top_p is not None and not 0 < top_p <= 1)
-            or (top_k is not None and top_k < 0)
-        ):
-            raise ValueError(
-                f"Need temperature > 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, {top_p}, {top_k}"
-            )
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        eos = eos_token_id if eos_token_id is not None else self.model.generation_config.eos_token_id
-        eos = tokenizer.eos_token_id if eos is None else eos
-        eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
-        pad = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(eos_ids) if eos_ids else 0)
+        return generate_texts(
+            self,
+            self._require_tokenizer(),
+            [prompt] if isinstance(prompt, str) else list(prompt),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            do_sample=do_sample,
+            num_return_sequences=num_return_sequences,
+            return_full_text=return_full_text,
+            seed=seed,
+            eos_token_id=eos_token_id,
+            **generate_kwargs,
         )
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else pad
-        encoded = [tokenizer(p)["input_ids"] or [start] for p in prompts]  # an empty prompt starts at BOS
-        width = max(len(ids) for ids in encoded)
-        if self.context_length is not None and width + max_new_tokens > self.context_length:
-            raise ValueError(
-                f"Prompt ({width} tokens) + max_new_tokens={max_new_tokens} exceeds the model's "
-                f"context length {self.context_length}"
-            )
-        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, ids in enumerate(encoded):  # left padding: every prompt ends where generation starts
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[row, width - len(ids) :] = 1
-        options: dict[str, Any] = {"do_sample": do_sample}
-        if do_sample:
-            options.update(temperature=temperature, top_k=top_k or 0, top_p=1.0 if top_p is None else top_p)
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                if seed is not None:
-                    torch.manual_seed(seed)
-                output = self.model.generate(
-                    input_ids=input_ids.to(self.device),
-                    attention_mask=attention_mask.to(self.device),
-                    max_new_tokens=max_new_tokens,
-                    num_return_sequences=num_return_sequences,
-                    pad_token_id=pad,
-                    eos_token_id=sorted(eos_ids) or None,
-                    **options,
-                    **generate_kwargs,
-                )
-        finally:
-            self.train(was_training)
-        texts = []
-        for row, ids in enumerate(output[:, width:].tolist()):
-            stop = next((i for i, token in enumerate(ids) if token in eos_ids), len(ids))
-            text = tokenizer.decode(ids[:stop], skip_special_tokens=True)
-            texts.append(prompts[row // num_return_sequences] + text if return_full_text else text)
-        return texts
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Export model and tokenizer in Hugging Face format; ``CausalLM(folder)`` or

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lightning_recipes import TextCorpusDataModule
+from lightning_recipes.data._blocks import chunk_blocks, expand_files
 from lightning_recipes.data.bpe import train_bpe_tokenizer
-from lightning_recipes.data.corpus import chunk_blocks, expand_files
 
 
 @pytest.fixture
