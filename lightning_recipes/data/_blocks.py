@@ -47,6 +47,7 @@ def chunk_blocks(tokens: Tensor, block_size: int) -> Tensor:
 
     Example::
 
+        >>> import torch
         >>> chunk_blocks(torch.arange(7), 3)
         tensor([[0, 1, 2],
                 [3, 4, 5]])
