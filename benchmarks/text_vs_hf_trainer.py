@@ -37,7 +37,7 @@ import lightning as L  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lightning_recipes import TextClassifier, TextDataModule  # noqa: E402
+from lightning_recipes import TextClassifier, TextDataModule, connect  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LIGHTNING_RECIPES_SHARED", REPO / ".." / "shared")).resolve()
@@ -87,6 +87,7 @@ def run_lightning(args: argparse.Namespace, dm: TextDataModule, head: str, pooli
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.0, total_iters=steps),
         scheduler_interval="step",
     )
+    connect(model, dm)  # the same tokenizer on both sides; the class names go to the model
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=1,

@@ -30,7 +30,11 @@ def looks_like_local_path(name: str) -> bool:
 
         >>> [looks_like_local_path(n) for n in ("gpt2", "org/model", "./model", "/abs/model", "a/b/c")]
         [False, False, True, True, True]
+        >>> looks_like_local_path("local-dir:/abs/folder")  # a timm name: timm checks the folder
+        False
     """
+    if name.startswith(("local-dir:", "hf-hub:", "hf_hub:")):  # timm's prefixes; timm resolves them
+        return False
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
 
 

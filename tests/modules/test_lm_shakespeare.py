@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_recipes import CausalLM, TextCorpusDataModule
+from lightning_recipes import CausalLM, TextCorpusDataModule, connect
 
 
 @pytest.mark.slow
@@ -45,6 +45,7 @@ def test_small_gpt2_from_scratch_on_tinyshakespeare(shared_dir: Path, tmp_path: 
         num_sanity_val_steps=0,
         default_root_dir=str(tmp_path),
     )
+    connect(lm, data)  # the corpus's BPE tokenizer goes to the model from scratch
     (untrained,) = trainer.validate(lm, datamodule=data, verbose=False)
     trainer.fit(lm, datamodule=data)
     (trained,) = trainer.validate(lm, datamodule=data, verbose=False)

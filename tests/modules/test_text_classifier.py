@@ -359,6 +359,7 @@ def test_minilm_finetunes_on_sst2_slice(shared_dir: Path, tmp_path: Path) -> Non
         lr=1e-3,
         backbone_lr=5e-5,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.0, total_iters=63),
+        scheduler_interval="step",  # the schedule above counts optimizer steps
     )
     trainer = L.Trainer(
         accelerator="cpu",
