@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 import torch
@@ -36,6 +37,12 @@ def build_metrics(task: str, num_classes: int) -> MetricCollection:
             "mcc": MatthewsCorrCoef(**kwargs),
         }
     )
+
+
+def _accepts(cls: type, name: str) -> bool:
+    """Whether ``cls(...)`` takes the keyword ``name``: declared, or forwarded through ``**kwargs``."""
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 class ClassificationModule(TransferModule):
@@ -121,9 +128,10 @@ class ClassificationModule(TransferModule):
             raise ValueError(f"The data's class names {list(names)} differ from the model's {self.labels}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Class names adopted from the data travel with the weights (where the constructor takes them).
+        # Class names adopted from the data travel with the weights, where the constructor takes them:
+        # as its own argument, or through ``**kwargs`` (then ``hparams`` has them only if they were given).
         hparams = checkpoint.get("hyper_parameters")
-        if hparams is not None and "label_names" in hparams:
+        if hparams is not None and ("label_names" in hparams or _accepts(type(self), "label_names")):
             hparams["label_names"] = self.labels
 
     def logits_and_target(self, batch: Any) -> tuple[Tensor, Tensor]:
