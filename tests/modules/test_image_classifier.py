@@ -140,6 +140,18 @@ def test_checkpoint_reload_gives_identical_logits(tmp_path, tiny_trainer_kwargs,
     assert reloaded.hparams.pretrained is False and reloaded.hparams.hidden_dim == 4
 
 
+def test_class_names_from_connect_survive_the_checkpoint(tmp_path, image_folder):
+    """Plain Python: label_names not given (so not in hparams) but adopted by connect() are saved."""
+    from lightning_recipes import connect
+
+    model = tiny()
+    connect(model, ImageDataModule(root=str(image_folder(splits=("",))), val_fraction=0.0))
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    assert ImageClassifier.load_from_checkpoint(tmp_path / "model.ckpt").label_names == ["a", "b", "c"]
+
+
 def test_zoo_backbone_is_pretrained_on_the_source_task():
     """resnet10t.digits04 is built once (trained on digits 0-4) and cached; pretrained=False: random."""
     pretrained = ImageClassifier("resnet10t.digits04", num_classes=5, pretrained=True)
