@@ -20,6 +20,7 @@ DDP), torch (LR schedulers, BatchNorm), timm (parameter groups), datasets (finge
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from copy import deepcopy
@@ -347,3 +348,41 @@ def dataset_fingerprint(ds: Any) -> str:
     Checked: datasets 5.2.0 (the installed one; ``datasets>=3.0`` in pyproject.toml has it too).
     """
     return ds._fingerprint
+
+
+# ================================================================================================
+# huggingface_hub and datasets: offline mode for one call
+# ================================================================================================
+
+
+@contextmanager
+def hub_offline() -> Iterator[None]:
+    """Make ``huggingface_hub`` (and so transformers and timm) and ``datasets`` offline inside the block.
+
+    Both read ``HF_HUB_OFFLINE`` once, at import, into module constants (``huggingface_hub.constants
+    .HF_HUB_OFFLINE``, which ``huggingface_hub.is_offline_mode()`` returns; ``datasets.config
+    .HF_HUB_OFFLINE``), so setting the variable later changes nothing: the constants are set here and
+    put back on exit. Offline, a cached copy still loads and a missing one fails at once instead of
+    retrying the network.
+
+    Checked: huggingface_hub 2.4.0, datasets 5.2.0, transformers 5.23, timm 1.0.31.
+    """
+    import sys
+
+    from huggingface_hub import constants
+
+    modules = [constants] + ([sys.modules["datasets"].config] if "datasets" in sys.modules else [])
+    saved = [m.HF_HUB_OFFLINE for m in modules]
+    env = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    for module in modules:
+        module.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        for module, value in zip(modules, saved, strict=True):
+            module.HF_HUB_OFFLINE = value
+        if env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = env

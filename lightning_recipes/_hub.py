@@ -5,15 +5,21 @@ Every loader of this package (timm backbones, transformers models and tokenizers
 copy, unknown repository or revision, gated repository) and by connection errors anywhere in the
 exception chain, and turned into a :class:`PretrainedLoadError` whose hint fits the family: the timm
 repository (``timm/<name>``) and ``local-dir:``, a ``--local-dir`` folder for transformers, local files
-for datasets.
+for datasets. When the Hub does not answer a 3-second connection attempt (and offline mode is not
+set), the loader runs in offline mode: a cached copy still loads, a missing one fails at once, with no
+retry storm.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import socket
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlparse
 
 Family = Literal["timm", "transformers", "datasets"]
 T = TypeVar("T")
@@ -74,7 +80,31 @@ def is_unreachable(exc: BaseException | None) -> bool:
     return False
 
 
-def hint(name: str, family: Family) -> str:
+def offline_requested() -> bool:
+    """Whether the user asked for offline mode (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``)."""
+    from huggingface_hub import is_offline_mode
+
+    return is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+@functools.lru_cache(maxsize=4)
+def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub (``HF_ENDPOINT``, default huggingface.co) opens within
+    ``timeout`` seconds; asked once per process and endpoint."""
+    if endpoint is None:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    url = urlparse(endpoint)
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def hint(name: str, family: Family, reason: str | None = None) -> str:
     """How to get ``name`` onto a machine without the Hub, in the words of its family.
 
     Example::
@@ -84,8 +114,10 @@ def hint(name: str, family: Family) -> str:
         >>> "--local-dir ./gpt2" in hint("gpt2", "transformers")
         True
     """
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    reason = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub could not be reached"
+    if reason is None:
+        reason = (
+            "HF_HUB_OFFLINE is set" if offline_requested() else "the Hugging Face Hub could not be reached"
+        )
     repo = name.split(":", 1)[1] if name.startswith(("hf-hub:", "hf_hub:")) else name
     short = repo.split("/")[-1]
     if family == "timm":
@@ -107,11 +139,22 @@ def hint(name: str, family: Family) -> str:
     return f"{reason}, and {name!r} is neither in the local cache nor a local folder: {fix}."
 
 
-def hub_call(name: str, family: Family, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+def hub_call(
+    name: str,
+    family: Family,
+    what: str,
+    fn: Callable[..., T],
+    *args: Any,
+    remote: bool | None = None,
+    **kwargs: Any,
+) -> T:
     """Call a loader (``from_pretrained``, ``timm.create_model``, ``load_dataset``) for ``name``.
 
     A local path that does not exist is a ``FileNotFoundError`` naming it; an unreachable or unknown
     Hub id a :class:`PretrainedLoadError` with :func:`hint`; anything else propagates unchanged.
+    ``remote`` says whether the call may need the Hub (default: ``name`` is not an existing local
+    path); then, unless offline mode is set, the Hub is asked once (:func:`hub_reachable`) and, if it
+    does not answer, the loader runs offline (a cached copy loads, a missing one fails at once).
 
     Example::
 
@@ -122,9 +165,16 @@ def hub_call(name: str, family: Family, what: str, fn: Callable[..., T], *args: 
     """
     if looks_like_local_path(name) and not Path(name).expanduser().exists():
         raise FileNotFoundError(f"{what} folder {name!r} not found")
+    if remote is None:
+        remote = not (looks_like_local_path(name) or Path(name).expanduser().exists())
+    unanswered = remote and not offline_requested() and not hub_reachable()
+    from lightning_recipes._compat import hub_offline
+
     try:
-        return fn(*args, **kwargs)
+        with hub_offline() if unanswered else nullcontext():
+            return fn(*args, **kwargs)
     except Exception as exc:
         if Path(name).expanduser().exists() or not is_unreachable(exc):
             raise
-        raise PretrainedLoadError(f"Could not load {what} {name!r}: {hint(name, family)}") from exc
+        reason = "the Hugging Face Hub could not be reached (no answer within 3 s)" if unanswered else None
+        raise PretrainedLoadError(f"Could not load {what} {name!r}: {hint(name, family, reason)}") from exc

@@ -589,3 +589,22 @@ def test_dataset_fingerprint_names_the_data_and_its_transforms():
     assert _compat.dataset_fingerprint(mapped) != fingerprint, (
         f"datasets {datasets.__version__}: Dataset._fingerprint no longer changes with a transform"
     )
+
+
+# -- huggingface_hub / datasets offline constants ------------------------------------------------------
+
+
+def test_hub_offline_sets_and_restores_the_libraries_offline_constants(monkeypatch):
+    import datasets
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    with _compat.hub_offline():
+        assert huggingface_hub.is_offline_mode(), (
+            f"huggingface_hub {huggingface_hub.__version__}: is_offline_mode() no longer reads "
+            "constants.HF_HUB_OFFLINE (checked with 2.4.0)"
+        )
+        assert datasets.config.HF_HUB_OFFLINE is True
+    assert not huggingface_hub.is_offline_mode() and datasets.config.HF_HUB_OFFLINE is False

@@ -35,6 +35,9 @@ def expand_files(patterns: str | Sequence[str] | None) -> list[Path]:
             raise FileNotFoundError(
                 f"No text file matches {pattern!r} (relative paths start at {Path.cwd()})"
             )
+        empty = [m for m in matches if Path(m).stat().st_size == 0]
+        if empty:
+            raise ValueError(f"Text file(s) {empty} are empty (matched by {pattern!r})")
         found.extend(Path(m) for m in matches)
     return found
 

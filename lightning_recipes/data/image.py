@@ -47,11 +47,22 @@ def _folder_samples(folder: Path) -> dict[str, list[Path]]:
     """``{class name: [image paths]}`` from ``folder/<class>/*.<image extension>``."""
     if not folder.is_dir():
         raise FileNotFoundError(f"Image folder {folder} does not exist")
-    found = {
-        d.name: sorted(p for p in d.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
-        for d in sorted(folder.iterdir())
-        if d.is_dir()
-    }
+    found: dict[str, list[Path]] = {}
+    skipped: list[Path] = []
+    for d in sorted(folder.iterdir()):
+        if d.is_dir():
+            files = sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith("."))
+            found[d.name] = [p for p in files if p.suffix.lower() in IMG_EXTENSIONS]
+            skipped += [p for p in files if p.suffix.lower() not in IMG_EXTENSIONS]
+    empty = [name for name, paths in found.items() if not paths]
+    if empty:
+        rank_zero_warn(f"Class folder(s) {empty} in {folder} hold no images and are left out of the classes")
+    if skipped:
+        kinds = sorted({p.suffix.lower() or "(none)" for p in skipped})
+        rank_zero_warn(
+            f"{len(skipped)} file(s) in {folder} skipped: extensions {kinds} are not images this data "
+            f"module reads ({', '.join(IMG_EXTENSIONS)}); e.g. {skipped[0]}"
+        )
     found = {name: paths for name, paths in found.items() if paths}
     if not found:
         raise ValueError(

@@ -41,10 +41,18 @@ def _load_file(path: str, split: str, cache_dir: str) -> Any:
     builder = _BUILDERS.get(file.suffix.lower())
     if builder is None:
         raise ValueError(f"{split} file {path!r}: unsupported extension; use one of {sorted(_BUILDERS)}")
+    if file.stat().st_size == 0:
+        raise ValueError(f"{split} file {path!r} is empty")
     kwargs: dict[str, Any] = {"delimiter": "\t", "quoting": 3} if file.suffix.lower() == ".tsv" else {}
-    return load_dataset(
-        builder, data_files={split: str(file.resolve())}, split=split, cache_dir=cache_dir, **kwargs
-    )
+    try:
+        ds = load_dataset(
+            builder, data_files={split: str(file.resolve())}, split=split, cache_dir=cache_dir, **kwargs
+        )
+    except ValueError as exc:  # datasets: 'Instruction "train" corresponds to no data!'
+        raise ValueError(f"{split} file {path!r} has no rows (a header only?)") from exc
+    if len(ds) == 0:
+        raise ValueError(f"{split} file {path!r} has no rows (a header only?)")
+    return ds
 
 
 def _length_grouped_sampler(batch_size: int, lengths: list[int], seed: int) -> Any:

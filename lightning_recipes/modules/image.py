@@ -52,12 +52,14 @@ def create_backbone(
         raise FileNotFoundError(
             f"backbone {name!r}: folder not found (expected config.json + model.safetensors)"
         )
+    download = bool(pretrained) and not overlay and not name.startswith("local-dir:")
     return hub_call(
         name,
         "timm",
         "pretrained weights of backbone",
         timm.create_model,
         name,
+        remote=download,
         pretrained=bool(pretrained) and (not overlay or "file" in overlay),
         num_classes=0,
         in_chans=in_chans,

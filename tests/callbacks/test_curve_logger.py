@@ -47,9 +47,13 @@ def test_binary_matches_sklearn():
         metrics.update(torch.tensor(probs[chunk], dtype=torch.float32), torch.tensor(y[chunk]))
     res = metrics.compute()
 
-    assert list(res.roc) == ["pos"]  # binary: the positive-class column only
+    assert sorted(res.roc) == ["neg", "pos"]  # binary: each class's own curve (score column, positives)
     assert res.auroc["pos"] == pytest.approx(skm.roc_auc_score(y, p1), abs=1e-6)
     assert res.ap["pos"] == pytest.approx(skm.average_precision_score(y, p1), abs=1e-6)
+    assert res.auroc["neg"] == pytest.approx(skm.roc_auc_score(1 - y, 1 - p1), abs=1e-6)
+    assert res.ap["neg"] == pytest.approx(skm.average_precision_score(1 - y, 1 - p1), abs=1e-6)
+    first = res.summary[0]  # the per-class table has no blank for the first class of a two-class task
+    assert first["class"] == "neg" and first["auroc"] == res.auroc["neg"] and first["ap"] == res.ap["neg"]
     fpr, tpr, _ = skm.roc_curve(y, p1, drop_intermediate=False)
     ours = torch.stack(res.roc["pos"][:2], 1).double().numpy()
     exact = np.stack([fpr, tpr], 1)[1:]  # sklearn starts at (0, 0) with threshold inf

@@ -213,3 +213,9 @@ def test_dataset_from_a_local_folder_of_json_files(corpus: dict[str, Path], tmp_
     expected = [i for line in lines[:45] for i in tok(line)["input_ids"] + [tok.eos_token_id]]
     assert dm.tokenize("train").tolist() == expected
     assert dm.val_set is not None and dm.test_set is None
+
+
+def test_an_empty_text_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match=r"empty\.txt'\] are empty"):
+        expand_files(str(tmp_path / "*.txt"))

@@ -94,3 +94,22 @@ def test_digits_subset_and_few_shot_cap(tmp_path):
     assert len(data.test_set) > 80
     with pytest.raises(ValueError, match="digits must be distinct"):
         DigitsDataModule(digits=[1, 1])
+
+
+def test_empty_class_folders_and_skipped_files_are_reported_in_one_line_each(image_folder):
+    root = image_folder(splits=("",), classes=("cat", "dog"), per_class=3)
+    (root / "bird").mkdir()  # an empty class folder
+    (root / "cat" / "anim.gif").write_bytes(b"GIF89a")  # not an extension the module reads
+    (root / "dog" / "notes.txt").write_text("x")
+    dm = ImageDataModule(root=str(root), val_fraction=0.0, data_config={"input_size": (3, 16, 16)})
+    with pytest.warns(UserWarning) as record:
+        spec = dm.data_spec()
+    messages = [str(w.message) for w in record]
+    assert spec.label_names == ["cat", "dog"]
+    assert [m for m in messages if "hold no images" in m] == [
+        f"Class folder(s) ['bird'] in {root} hold no images and are left out of the classes"
+    ]
+    skipped = [m for m in messages if "skipped" in m]
+    assert len(skipped) == 1 and skipped[0].startswith(
+        f"2 file(s) in {root} skipped: extensions ['.gif', '.txt']"
+    )

@@ -335,11 +335,14 @@ def test_binary_curves_to_wandb(tmp_path):
     logger.experiment.finish()
     run = read_offline_run(offline_runs(tmp_path)[0])
     roc = next(t for name, t in run["tables"].items() if name.startswith("test/roc_curve"))
-    assert {row[0] for row in roc["data"]} == {"spam"} and len(roc["data"]) == 10  # positive class only
-    assert roc["data"][0][1:3] == [0.0, 0.0] and roc["data"][0][3] is None  # the inf threshold
+    per_class = [row[0] for row in roc["data"]]
+    assert sorted(set(per_class)) == ["ham", "spam"]  # each class has its own curve, also for binary
+    assert per_class.count("spam") == per_class.count("ham") == 5  # max_points=10 shared by the curves
+    spam = [row for row in roc["data"] if row[0] == "spam"]
+    assert spam[0][1:3] == [0.0, 0.0] and spam[0][3] is None  # the inf threshold
     table = next(t for name, t in run["tables"].items() if name.startswith("test/class_metrics"))
     rows = {row[0]: dict(zip(table["columns"], row, strict=True)) for row in table["data"]}
-    assert rows["spam"]["auroc"] == 1.0 and rows["ham"]["auroc"] is None  # one curve for binary
+    assert rows["spam"]["auroc"] == 1.0 and rows["ham"]["auroc"] == pytest.approx(1.0)  # no blank for class 0
     assert rows["macro avg"]["support"] == 30
     assert any(row.get("trainer/global_step") == 5 for row in run["history"])
 

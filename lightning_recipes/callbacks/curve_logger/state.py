@@ -173,6 +173,21 @@ class CurveMetrics:
             }
         # Metrics with equal states share one copy (torchmetrics compute groups).
         self.curves = MetricCollection(curves, compute_groups=True)
+        # Two classes: the first class's own curves (its score is preds[:, 0], its positives target 0),
+        # so the per-class table has AUROC/AP for both.
+        self.negative = (
+            MetricCollection(
+                {
+                    "roc": binary["ROC"](thresholds=t),
+                    "pr": binary["PrecisionRecallCurve"](thresholds=t),
+                    "auroc": binary["AUROC"](thresholds=t),
+                    "ap": binary["AveragePrecision"](thresholds=t),
+                },
+                compute_groups=True,
+            )
+            if self.binary
+            else None
+        )
         # Micro averages: one binary problem over the flattened (one-hot) targets.
         self.micro = (
             None
@@ -213,7 +228,7 @@ class CurveMetrics:
         self.stats = MetricCollection(stats, compute_groups=True)
 
     def collections(self) -> list[MetricCollection]:
-        return [m for m in (self.curves, self.micro, self.stats) if m is not None]
+        return [m for m in (self.curves, self.negative, self.micro, self.stats) if m is not None]
 
     def to(self, device: torch.device | str) -> CurveMetrics:
         for collection in self.collections():
@@ -240,6 +255,7 @@ class CurveMetrics:
         target = target.detach().long()
         if self.binary:
             self.curves.update(preds[:, 1], target)
+            self.negative.update(preds[:, 0], 1 - target)
         else:
             self.curves.update(preds, target)
             onehot = (
@@ -265,6 +281,11 @@ class CurveMetrics:
             pr[pos] = (recall, precision, pthr)
             auroc[pos] = auroc["macro"] = auroc["micro"] = float(curves["auroc"])
             ap[pos] = ap["macro"] = ap["micro"] = float(curves["ap"])
+            neg = {k: _to_cpu(v) for k, v in self.negative.compute().items()}
+            precision, recall, pthr = neg["pr"]
+            roc[names[0]] = neg["roc"]
+            pr[names[0]] = (recall, precision, pthr)
+            auroc[names[0]], ap[names[0]] = float(neg["auroc"]), float(neg["ap"])
         else:
             micro = {k: _to_cpu(v) for k, v in self.micro.compute().items()}
             fpr, tpr, thr = curves["roc"]
