@@ -59,18 +59,25 @@ def _length_grouped_sampler(batch_size: int, lengths: list[int], seed: int) -> A
     """transformers' ``LengthGroupedSampler`` drawing a new, seeded order each epoch.
 
     Seeding by ``seed + epoch`` (not the global RNG) gives every DDP rank the same order, which
-    Lightning's ``DistributedSamplerWrapper`` then shards.
+    Lightning's ``DistributedSamplerWrapper`` then shards. The epoch is the Trainer's: Lightning calls
+    ``set_epoch`` before each epoch (and forwards it through its DDP wrapper), so a run resumed at
+    epoch N draws epoch N's order; used without Lightning, each iteration moves to the next epoch.
     """
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch, self.epoch_given = epoch, True
+
         def __iter__(self) -> Any:
             self.generator = torch.Generator().manual_seed(seed + self.epoch)
-            self.epoch += 1
+            if not self.epoch_given:
+                self.epoch += 1
+            self.epoch_given = False
             return super().__iter__()
 
     sampler = EpochSeededLengthGroupedSampler(batch_size, lengths=lengths)
-    sampler.epoch = 0
+    sampler.epoch, sampler.epoch_given = 0, False
     return sampler
 
 

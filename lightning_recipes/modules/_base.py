@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import lightning as L
@@ -85,6 +85,27 @@ class TransferModule(L.LightningModule):
 
     def accept_data_spec(self, spec: DataSpec) -> None:
         """Check and adopt what the data module says about the data; subclasses extend it."""
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """``nn.Module.load_state_dict``; weights whose shapes do not fit this model are one short error
+        (how many, the first few with both shapes, and the likely cause) instead of a line per tensor."""
+        own = self.state_dict()
+        wrong = [
+            (k, tuple(v.shape), tuple(own[k].shape))
+            for k, v in state_dict.items()
+            if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
+        ]
+        if wrong:
+            shown = "; ".join(f"{k}: checkpoint {a} vs model {b}" for k, a, b in wrong[:3])
+            raise ValueError(
+                f"The checkpoint does not fit this {type(self).__name__}: {len(wrong)} weight(s) have other "
+                f"shapes ({shown}{'; ...' if len(wrong) > 3 else ''}). It was saved from another backbone or "
+                "num_classes: build the model with the checkpoint's settings (load_from_checkpoint(path) "
+                "without overrides does that)."
+            )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Named parameter groups (head first) holding only trainable parameters; empty groups are dropped."""

@@ -284,3 +284,21 @@ def test_an_empty_or_header_only_file_is_named(tmp_path: Path) -> None:
         _load_file(str(tmp_path / "empty.csv"), "train", str(tmp_path / "cache"))
     with pytest.raises(ValueError, match=r"val file '.*header.csv' has no rows"):
         _load_file(str(tmp_path / "header.csv"), "val", str(tmp_path / "cache"))
+
+
+def test_length_grouped_order_follows_the_trainer_epoch_on_resume(
+    tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    """Lightning calls set_epoch(N) before epoch N: a run resumed at epoch 2 draws epoch 2's order."""
+    rows = [(" ".join(["good"] * (1 + i % 30)), "ab"[i % 2]) for i in range(200)]
+    train = write_csv(tmp_path / "train.csv", rows)
+    uninterrupted = (
+        make_dm(tokenizer_dir, train, batch_size=8, group_by_length=True).train_dataloader().sampler
+    )
+    orders = []
+    for epoch in range(3):
+        uninterrupted.set_epoch(epoch)
+        orders.append(list(uninterrupted))
+    resumed = make_dm(tokenizer_dir, train, batch_size=8, group_by_length=True).train_dataloader().sampler
+    resumed.set_epoch(2)
+    assert list(resumed) == orders[2] and orders[2] != orders[0]

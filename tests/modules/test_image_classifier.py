@@ -270,3 +270,20 @@ def test_finetune_real_efficientnet_lite0(shared_dir, tmp_path, tiny_trainer_kwa
     trainer.fit(model, datamodule=data)
     assert not torch.equal(model.backbone.conv_stem.weight, stored["conv_stem.weight"])
     assert trainer.callback_metrics["val/acc"] > 0.8
+
+
+def test_a_checkpoint_that_does_not_fit_is_one_short_error(tmp_path: Path) -> None:
+    model = ImageClassifier("test_resnet", num_classes=3, pretrained=False)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu")
+    trainer.strategy.connect(model)
+    path = tmp_path / "three.ckpt"
+    trainer.save_checkpoint(path)
+    with pytest.raises(ValueError) as info:
+        ImageClassifier.load_from_checkpoint(path, num_classes=5)
+    message = str(info.value)
+    assert "2 weight(s) have other shapes" in message
+    assert (
+        "head.1.weight: checkpoint (3, 96) vs model (5, 96)" in message
+        and "another backbone or num_classes" in message
+    )
+    assert len(message.splitlines()) == 1  # one line, not one per tensor
