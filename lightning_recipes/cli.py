@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lightning_recipes import zoo
+from lightning_recipes.callbacks.non_finite_guard import NonFiniteGuard
 from lightning_recipes.handshake import connect
 from lightning_recipes.loggers.wandb import LoggerSaveConfigCallback, apply_resume_id
 from lightning_recipes.recipes import list_recipes, resolve_recipe
@@ -124,6 +125,7 @@ class LightningRecipesCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(CrashCheckpoint())
+        NonFiniteGuard.attach(trainer)  # a NaN/inf loss or monitored metric fails the run: TrainingDiverged
         return trainer
 
     def run_stages(self) -> dict[str, Any]:

@@ -199,3 +199,25 @@ def test_predict_stage_writes_probabilities(tiny_recipe, tmp_path, capsys):
     (path,) = (tmp_path / "run").rglob("predictions.pt")
     probs = torch.load(path)
     assert probs.shape == (12, 3) and torch.allclose(probs.sum(-1), torch.ones(12), atol=1e-5)
+
+
+def test_a_diverged_run_fails_with_one_message_and_no_summary(tiny_recipe, tmp_path, capsys):
+    huge = ["--model.init_args.lr=1e6", "--model.init_args.backbone_lr=1e6", "--trainer.max_epochs=3"]
+    assert main(["run", str(tiny_recipe), *huge]) == 1
+    out, err = capsys.readouterr()
+    assert "Run directory:" not in out and "Best checkpoint:" not in out
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert line.startswith(
+        "error: TrainingDiverged: Training diverged at epoch 1, global step 2: the training loss"
+    )
+    assert "Learning rates: head=1e+06, backbone=1e+06." in line
+    last = Path(line.split("Last checkpoint with finite monitored values: ")[1].split(". Lower")[0])
+    assert last.name == "last.ckpt" and last.is_file()  # saved at epoch 0, when val/acc was finite
+    states = torch.load(last, weights_only=False)["callbacks"]
+    (score,) = [s["current_score"] for key, s in states.items() if key.startswith("ModelCheckpoint")]
+    assert torch.isfinite(score)
+    (metrics,) = (tmp_path / "run").rglob("metrics.csv")
+    assert "val/acc" in metrics.read_text() and "test/" not in metrics.read_text()  # no test stage ran
+    # the same recipe at its own learning rate runs as before
+    assert main(["run", str(tiny_recipe), "--trainer.max_epochs=1"]) == 0
+    assert "Best checkpoint:" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Callbacks for fine-tuning: freezing, LR finding, early stopping, gradient monitoring, curves.
+"""Callbacks for fine-tuning: freezing, LR finding, early stopping, gradient monitoring, curves, NaN guard.
 
 One callback per module, named after the class in snake_case (a file, or a package for the larger
 ``curve_logger``). Imports are lazy so that ``import lightning_recipes.callbacks`` stays light.
@@ -15,6 +15,8 @@ _EXPORTS = {
     "FreezeUnfreeze": "lightning_recipes.callbacks.freeze_unfreeze",
     "GradientMonitor": "lightning_recipes.callbacks.gradient_monitor",
     "LRFinder": "lightning_recipes.callbacks.lr_finder",
+    "NonFiniteGuard": "lightning_recipes.callbacks.non_finite_guard",
+    "TrainingDiverged": "lightning_recipes.callbacks.non_finite_guard",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,5 @@
-"""EarlyStopping: Lightning's, failing fast on a monitor key that is never logged, with a NaN/inf policy."""
+"""EarlyStopping: Lightning's, failing fast on a monitor key that is never logged, with a NaN/inf policy,
+saying in one line why it stopped."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping as _LightningEarlyStopping
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from typing_extensions import override
 
@@ -30,6 +32,10 @@ class EarlyStopping(_LightningEarlyStopping):
       ``non_finite="ignore"`` counts the value as no improvement (it may still exhaust ``patience``),
       so a single bad validation does not end the run and ``-inf`` can never become the best score.
       ``non_finite_count`` counts such values.
+    * **Every stop says why**, in one line (rank zero, logged by Lightning's ``lightning.pytorch``
+      logger): ``EarlyStopping: stopped training at epoch 3: val/loss = 2.6 did not improve on 2 for
+      2 checks (patience 2).``, or ``... val/loss = nan is not finite (non_finite='stop').``, or the
+      threshold reached. Lightning's own messages still need ``verbose=True``.
     * State (``wait_count``, ``best_score``, ``stopped_epoch``, ``patience``, ``non_finite_count``) is
       saved in checkpoints and restored on resume (Lightning's ``state_dict`` plus the count).
 
@@ -80,6 +86,7 @@ class EarlyStopping(_LightningEarlyStopping):
         self.non_finite = non_finite
         self.non_finite_count = 0
         self._monitor_seen = False
+        self._decision: tuple[bool, Tensor] | None = None
 
     def _missing_monitor_error(self, logs: dict[str, Any]) -> ValueError:
         keys = sorted(logs)
@@ -87,7 +94,7 @@ class EarlyStopping(_LightningEarlyStopping):
         hint = f" Did you mean {', '.join(repr(k) for k in close)}?" if close else ""
         return ValueError(
             f"EarlyStopping monitors {self.monitor!r}, which was not logged by the validation run. "
-            f"Logged keys: {keys}.{hint} Set `monitor` to one of them (e.g. model `val/loss`, `val/acc`)."
+            f"Logged keys: {keys}.{hint} Set `monitor` to one of them (e.g. `val/loss`, `val/acc`)."
         )
 
     def _check_monitor_logged(self, trainer: pl.Trainer) -> None:
@@ -110,18 +117,59 @@ class EarlyStopping(_LightningEarlyStopping):
             or not _compat.checks_on_train_epoch_end(self)
         ):
             self._check_monitor_logged(trainer)
+        stopping = self._before_check(trainer)
         super().on_validation_end(trainer, pl_module)
+        self._say_why(trainer, stopping)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if _compat.checks_on_train_epoch_end(self) and not trainer.fast_dev_run:
             self._check_monitor_logged(trainer)
+        stopping = self._before_check(trainer)
         super().on_train_epoch_end(trainer, pl_module)
+        self._say_why(trainer, stopping)
+
+    def _before_check(self, trainer: pl.Trainer) -> bool:
+        self._decision = None
+        return trainer.should_stop
+
+    def _say_why(self, trainer: pl.Trainer, stopping: bool) -> None:
+        """After Lightning's hook: if its stopping check stopped the run, say why in one line (rank zero)."""
+        if self._decision is None:  # no check ran (metric absent, fast_dev_run, the other hook's turn)
+            return
+        should_stop, current = self._decision
+        if should_stop or (trainer.should_stop and not stopping):  # here, or on another process (DDP)
+            rank_zero_info(self.stop_message(trainer.current_epoch, current, here=should_stop))
+
+    def stop_message(self, epoch: int, current: Tensor, here: bool = True) -> str:
+        """The line logged when this callback stops training at ``epoch`` with the monitored ``current``."""
+        value = f"{self.monitor} = {float(current):.4g}"
+        best = float(self.best_score)
+        if not here:
+            why = f"another process met the stopping criteria ({value} here)"
+        elif not torch.isfinite(current) and self.non_finite == "stop":
+            why = f"{value} is not finite (non_finite='stop')"
+        elif self.stopping_threshold is not None and self.monitor_op(current, self.stopping_threshold):
+            why = f"{value} reached stopping_threshold {self.stopping_threshold}"
+        elif self.divergence_threshold is not None and self.monitor_op(-current, -self.divergence_threshold):
+            why = f"{value} crossed divergence_threshold {self.divergence_threshold}"
+        else:
+            last = " (the last one not finite)" if not torch.isfinite(current) else ""
+            why = (
+                f"{value} did not improve on {best:.4g} for {self.wait_count} checks{last} "
+                f"(patience {self.patience})"
+            )
+        return f"EarlyStopping: stopped training at epoch {epoch}: {why}."
 
     # Overrides a private method of Lightning's EarlyStopping: the name and signature relied upon are
     # `_compat.EARLY_STOPPING_OVERRIDES`, checked by tests/test_compat.py.
     @override
     def _evaluate_stopping_criteria(self, current: Tensor) -> tuple[bool, str | None]:
+        should_stop, reason = self._criteria(current)
+        self._decision = (should_stop, current)
+        return should_stop, reason
+
+    def _criteria(self, current: Tensor) -> tuple[bool, str | None]:
         if torch.isfinite(current):
             return super()._evaluate_stopping_criteria(current)
         self.non_finite_count += 1

@@ -8,6 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
 from torch.optim import Optimizer
 from typing_extensions import override
 
@@ -29,6 +30,8 @@ class GradientMonitor(Callback):
     * ``grad/skipped_steps`` with ``skip_non_finite=True``: steps skipped so far because a gradient was
       NaN/inf. A skipped step drops the gradients (``grad = None``), so the optimizer leaves the weights
       and its state as they were. Under DDP gradients are already all-reduced, so all ranks skip together.
+      The first skip of a run is logged in one line (rank zero), and each training epoch with skips ends
+      with one line counting them (``GradientMonitor: epoch 0: skipped 2 of 8 optimizer steps ...``).
 
     Args:
         per_group: also log one norm per optimizer parameter group.
@@ -66,6 +69,9 @@ class GradientMonitor(Callback):
         self.skipped_steps = 0
         self.last_norm: float | None = None
         self.last_group_norms: dict[str, float] = {}
+        self.epoch_steps = 0
+        self.epoch_skipped_steps = 0
+        self._skip_announced = False
 
     @staticmethod
     def grad_norms(optimizer: Optimizer, norm_type: float = 2.0) -> tuple[float, dict[str, float]]:
@@ -111,11 +117,20 @@ class GradientMonitor(Callback):
         self.steps += 1
         self.last_norm, self.last_group_norms = norm, groups
         metrics: dict[str, Any] = {f"{self.prefix}norm": norm}
+        self.epoch_steps += 1
         if not math.isfinite(norm) and self.skip_non_finite:
             self.skipped_steps += 1
+            self.epoch_skipped_steps += 1
             for group in optimizer.param_groups:
                 for p in group["params"]:
                     p.grad = None
+            if not self._skip_announced:
+                self._skip_announced = True
+                rank_zero_info(
+                    f"GradientMonitor: skipped the optimizer step at epoch {trainer.current_epoch},"
+                    f" global step {trainer.global_step}: gradient norm {norm} is not finite;"
+                    " weights left unchanged (skip_non_finite=True; each epoch with skips ends with a count)."
+                )
         elif self._is_clipped(trainer, optimizer, norm):
             self.clipped_steps += 1
         metrics[f"{self.prefix}clipped_fraction"] = self.clipped_steps / self.steps
@@ -125,6 +140,19 @@ class GradientMonitor(Callback):
             metrics.update({f"{self.prefix}norm/{name}": value for name, value in groups.items()})
         for key, value in metrics.items():
             pl_module.log(key, value, on_step=True, on_epoch=False)
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epoch_steps = self.epoch_skipped_steps = 0
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.epoch_skipped_steps:
+            rank_zero_info(
+                f"GradientMonitor: epoch {trainer.current_epoch}: skipped {self.epoch_skipped_steps} of"
+                f" {self.epoch_steps} optimizer steps with non-finite gradients"
+                f" ({self.skipped_steps} in total)."
+            )
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import pytest
 import torch
@@ -83,25 +85,68 @@ def test_train_key_is_accepted(tmp_path):
     assert trainer.current_epoch == 2
 
 
-def test_patience_stops_training(tmp_path):
+def stop_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("EarlyStopping:")]
+
+
+def test_patience_stops_training(tmp_path, caplog):
     es = EarlyStopping(monitor="val/loss", patience=2)
-    trainer = fit(tmp_path, Scripted([3.0, 2.0, 2.5, 2.6, 1.0]), es)
+    with caplog.at_level(logging.INFO):
+        trainer = fit(tmp_path, Scripted([3.0, 2.0, 2.5, 2.6, 1.0]), es)
     assert es.stopped_epoch == 3 and trainer.current_epoch == 4
     assert es.best_score.item() == 2.0
+    assert stop_lines(caplog) == [
+        "EarlyStopping: stopped training at epoch 3: "
+        "val/loss = 2.6 did not improve on 2 for 2 checks (patience 2)."
+    ]
 
 
-def test_non_finite_stop_policy(tmp_path):
+def test_non_finite_stop_policy(tmp_path, caplog):
     es = EarlyStopping(monitor="val/loss", patience=5, non_finite="stop")
-    fit(tmp_path, Scripted([3.0, float("nan"), 1.0]), es)
+    with caplog.at_level(logging.INFO):
+        fit(tmp_path, Scripted([3.0, float("nan"), 1.0]), es)
     assert es.stopped_epoch == 1 and es.non_finite_count == 1
+    assert stop_lines(caplog) == [
+        "EarlyStopping: stopped training at epoch 1: val/loss = nan is not finite (non_finite='stop')."
+    ]
 
 
-def test_non_finite_ignore_policy_counts_as_no_improvement(tmp_path):
+def test_non_finite_ignore_policy_counts_as_no_improvement(tmp_path, caplog):
     es = EarlyStopping(monitor="val/loss", patience=3, non_finite="ignore")
-    trainer = fit(tmp_path, Scripted([3.0, float("nan"), float("-inf"), 1.0, 2.0, 2.0, 2.0]), es)
+    with caplog.at_level(logging.INFO):
+        trainer = fit(tmp_path, Scripted([3.0, float("nan"), float("-inf"), 1.0, 2.0, 2.0, 2.0]), es)
     assert es.non_finite_count == 2
     assert es.best_score.item() == 1.0  # -inf never became the best score; 1.0 at epoch 3 reset the wait
     assert es.stopped_epoch == 6 and trainer.current_epoch == 7
+    assert stop_lines(caplog) == [
+        "EarlyStopping: stopped training at epoch 6: "
+        "val/loss = 2 did not improve on 1 for 3 checks (patience 3)."
+    ]
+
+
+def test_thresholds_and_no_stop_say_it(tmp_path, caplog):
+    es = EarlyStopping(monitor="val/loss", stopping_threshold=1.5)
+    with caplog.at_level(logging.INFO):
+        fit(tmp_path, Scripted([3.0, 1.0]), es)
+    assert stop_lines(caplog) == [
+        "EarlyStopping: stopped training at epoch 1: val/loss = 1 reached stopping_threshold 1.5."
+    ]
+    caplog.clear()
+    es = EarlyStopping(monitor="val/loss", patience=0, divergence_threshold=5.0)
+    with caplog.at_level(logging.INFO):
+        fit(tmp_path, Scripted([3.0, 2.0, 9.0]), es)
+    assert stop_lines(caplog) == [
+        "EarlyStopping: stopped training at epoch 2: val/loss = 9 crossed divergence_threshold 5.0."
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        fit(tmp_path, Scripted([3.0, 2.0]), EarlyStopping(monitor="val/loss"), max_epochs=2)
+    assert stop_lines(caplog) == []  # ran to max_epochs: nothing to explain
+
+
+def test_missing_monitor_hint_reads_naturally():
+    err = EarlyStopping(monitor="val/los")._missing_monitor_error({"val/loss": 1.0})
+    assert str(err).endswith("Set `monitor` to one of them (e.g. `val/loss`, `val/acc`).")
 
 
 def test_state_is_in_checkpoint_and_restored(tmp_path):

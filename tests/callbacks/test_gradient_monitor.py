@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 import lightning as L
@@ -180,7 +181,7 @@ def test_agc_clips_backbone_unitwise_and_leaves_head(tmp_path):
     assert (unitwise_norm(head_grad) > unitwise_norm(weights["head.weight"]) * factor).any()
 
 
-def test_skip_non_finite_steps(tmp_path):
+def test_skip_non_finite_steps(tmp_path, caplog):
     torch.manual_seed(0)
     model = Toy(lr=0.05, nan_at_step=1)
     snapshots = []
@@ -190,13 +191,49 @@ def test_skip_non_finite_steps(tmp_path):
             snapshots.append({n: p.detach().clone() for n, p in pl_module.named_parameters()})
 
     monitor = GradientMonitor(skip_non_finite=True)
-    trainer = fit(tmp_path, model, [monitor, Snap()], limit_train_batches=3)
+    with caplog.at_level(logging.INFO):
+        trainer = fit(tmp_path, model, [monitor, Snap()], limit_train_batches=3)
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("GradientMonitor:")] == [
+        "GradientMonitor: skipped the optimizer step at epoch 0, global step 1: "
+        "gradient norm nan is not finite; weights left unchanged "
+        "(skip_non_finite=True; each epoch with skips ends with a count).",
+        "GradientMonitor: epoch 0: skipped 1 of 3 optimizer steps with non-finite gradients (1 in total).",
+    ]
     assert monitor.skipped_steps == 1
     assert trainer.callback_metrics["grad/skipped_steps"].item() == 1.0
     for name, value in snapshots[0].items():  # step 1 (NaN) left the weights as they were
         assert torch.equal(value, snapshots[1][name]), name
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert any(not torch.equal(snapshots[1][n], snapshots[2][n]) for n in snapshots[1])  # step 2 trained
+
+
+class NaNEveryOtherStep(Toy):
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("nan") if batch_idx % 2 == 0 else loss
+
+
+def test_skips_are_announced_once_then_counted_per_epoch(tmp_path, caplog):
+    from lightning_recipes.callbacks import NonFiniteGuard
+
+    monitor = GradientMonitor(skip_non_finite=True)
+    with caplog.at_level(logging.INFO):
+        fit(
+            tmp_path,
+            NaNEveryOtherStep(lr=0.05),
+            [monitor, NonFiniteGuard()],
+            limit_train_batches=4,
+            max_epochs=2,
+        )
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("GradientMonitor:")]
+    assert len(lines) == 3 and lines[0].startswith(
+        "GradientMonitor: skipped the optimizer step at epoch 0, global"
+    )
+    assert lines[1:] == [
+        f"GradientMonitor: epoch {e}: skipped 2 of 4 optimizer steps with non-finite gradients"
+        f" ({2 * e + 2} in total)."
+        for e in (0, 1)
+    ]
 
 
 def test_state_dict_roundtrip():
