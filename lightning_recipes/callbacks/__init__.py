@@ -1,4 +1,4 @@
-"""Callbacks for fine-tuning: freezing, LR finding, early stopping, gradient monitoring, curves.
+"""Callbacks for fine-tuning: freezing, LR finding, early stopping, gradient monitoring, curves, predictions.
 
 One callback per module, named after the class in snake_case (a file, or a package for the larger
 ``curve_logger``). Imports are lazy so that ``import lightning_recipes.callbacks`` stays light.
@@ -15,6 +15,7 @@ _EXPORTS = {
     "FreezeUnfreeze": "lightning_recipes.callbacks.freeze_unfreeze",
     "GradientMonitor": "lightning_recipes.callbacks.gradient_monitor",
     "LRFinder": "lightning_recipes.callbacks.lr_finder",
+    "PredictionWriter": "lightning_recipes.callbacks.prediction_writer",
 }
 
 __all__ = sorted(_EXPORTS)
