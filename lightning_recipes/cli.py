@@ -2,8 +2,8 @@
 
 ``lightning run RECIPE.yaml [--trainer.max_epochs=3 ...]`` runs a recipe's stages (default: fit, then
 test with the best checkpoint) in a new directory of its own and prints where checkpoints, config,
-metrics and plots went. ``lightning run --help`` shows its usage. A run stopped by SIGTERM or Ctrl-C
-saves ``on_exception.ckpt`` and exits 143 or 130 (never 0).
+metrics, plots and predictions went. ``lightning run --help`` shows its usage. A run stopped by
+SIGTERM or Ctrl-C saves ``on_exception.ckpt`` and exits 143 or 130 (never 0).
 ``lightning-recipes fit|validate|test|predict --config RECIPE.yaml`` are plain LightningCLI subcommands.
 ``lightning-recipes list`` shows the shipped recipes; ``lightning-recipes zoo list|build NAME`` shows and
 builds the zoo's offline-pretrained weights (:mod:`lightning_recipes.zoo`). Errors print one short
@@ -23,17 +23,17 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lightning_recipes import zoo
 from lightning_recipes.callbacks import CurveLogger
 from lightning_recipes.callbacks.non_finite_guard import NonFiniteGuard
+from lightning_recipes.callbacks.prediction_writer import PredictionWriter
 from lightning_recipes.handshake import connect
 from lightning_recipes.loggers.wandb import LoggerSaveConfigCallback, apply_resume_id
 from lightning_recipes.recipes import list_recipes, resolve_recipe
@@ -289,6 +289,13 @@ class LightningRecipesCLI(LightningCLI):
         """Build model, data and trainer, then hand over what model and data must agree on (``connect``)."""
         super().instantiate_classes()
         if self.datamodule is not None:
+            ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
+            if ckpt_path and Path(ckpt_path).is_file():
+                # The subcommands build the model from the checkpoint's hyperparameters, which leave out
+                # what the model keeps beside them (tokenizer, class names): restore those before the
+                # handshake, so the data module tokenises with the checkpoint's tokenizer.
+                checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+                self.model.on_load_checkpoint(checkpoint)
             connect(self.model, self.datamodule)
 
     @override
@@ -298,10 +305,13 @@ class LightningRecipesCLI(LightningCLI):
             trainer.callbacks.insert(0, RunDirectory())  # before the callbacks whose folders it sets
         trainer.callbacks.append(CrashCheckpoint())
         NonFiniteGuard.attach(trainer)  # a NaN/inf loss or monitored metric fails the run: TrainingDiverged
+        # Predictions are written by a PredictionWriter, unless the recipe configures a writer of its own.
+        if not any(isinstance(cb, BasePredictionWriter) for cb in trainer.callbacks):
+            trainer.callbacks.append(PredictionWriter())
         return trainer
 
     def run_stages(self) -> dict[str, Any]:
-        """Run the recipe's ``stages``; return a summary (run dir, checkpoints, final metrics)."""
+        """Run the recipe's ``stages``; return a summary (run dir, checkpoints, metrics, predictions)."""
         trainer, model, data = self.trainer, self.model, self.datamodule
         ckpt_path, metrics = self.config.get("ckpt_path"), {}
         best = last = None
@@ -312,38 +322,21 @@ class LightningRecipesCLI(LightningCLI):
                 best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
                 last = getattr(trainer.checkpoint_callback, "last_model_path", "") or None
                 ckpt_path = best or last
+            elif stage == "predict":  # the PredictionWriter writes the predictions
+                trainer.predict(model, datamodule=data, ckpt_path=ckpt_path, return_predictions=False)
             else:
-                result = getattr(trainer, stage)(model, datamodule=data, ckpt_path=ckpt_path)
-                if stage == "predict":
-                    _save_predictions(result, Path(trainer.log_dir or trainer.default_root_dir))
+                getattr(trainer, stage)(model, datamodule=data, ckpt_path=ckpt_path)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
         run_dir = trainer.log_dir or trainer.default_root_dir
+        writers = [cb for cb in trainer.callbacks if isinstance(cb, PredictionWriter) and cb.path]
         return {
             "run_dir": run_dir,
             "best_checkpoint": best,
             "last_checkpoint": last,
             "plots": sorted(str(p) for p in Path(run_dir).rglob("*.png")) if Path(run_dir).is_dir() else [],
             "metrics": dict(sorted(metrics.items())),
+            "predictions": str(writers[0].path) if writers else None,
         }
-
-
-def _collate(batches: list[Any]) -> Any:
-    """Join per-batch predictions: tensors are concatenated, dicts joined per key, lists chained."""
-    first = batches[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat(batches)
-    if isinstance(first, dict):
-        return {key: _collate([b[key] for b in batches]) for key in first}
-    if isinstance(first, (list, tuple)):
-        return [item for batch in batches for item in batch]
-    return batches
-
-
-def _save_predictions(batches: list[Any] | None, run_dir: Path) -> None:
-    if batches:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(_collate(batches), run_dir / "predictions.pt")
-        rank_zero_info(f"Predictions: {run_dir / 'predictions.pt'}")
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -355,6 +348,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"Config:          {config if config.is_file() else '(not saved)'}")
     if summary["plots"]:
         print(f"Plots:           {len(summary['plots'])} PNG files under {summary['run_dir']}")
+    if summary.get("predictions"):
+        print(f"Predictions:     {summary['predictions']}")
     if summary["metrics"]:
         print("Final metrics:   " + ", ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items()))
 

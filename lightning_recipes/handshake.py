@@ -22,6 +22,12 @@ A tokenizer is made by one side: loaded with the pretrained model, or given to /
 module when the model has none (from scratch). Both sides with different tokenizers is an error
 (:func:`agree_tokenizer`).
 
+Predictions carry the inputs' identity the same one way: a data module puts it in each predict batch
+under :data:`META_KEY` (``{column: [one value per row]}``: the image path, the text, the prompt), the
+model's ``predict_step`` passes it on in its output beside what it predicted, and the
+:class:`~lightning_recipes.callbacks.PredictionWriter` writes it next to the predictions
+(:func:`split_meta` separates it from the model's inputs).
+
 Example::
 
     >>> from lightning_recipes import DigitsDataModule, ImageClassifier, connect
@@ -34,6 +40,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -72,6 +79,35 @@ class DataSpec:
     @property
     def num_classes(self) -> int | None:
         return None if self.label_names is None else len(self.label_names)
+
+
+#: Key of a predict batch's identity columns ``{column: [value per row]}``, passed on by ``predict_step``.
+META_KEY = "meta"
+#: Keys of a ``predict_step`` output dict that hold one value for the batch, not one per row.
+PREDICTION_CONSTANTS = ("label_names", "task")
+
+
+def split_meta(batch: Any) -> tuple[Any, dict[str, list[Any]]]:
+    """``(model inputs, identity columns)`` of a batch.
+
+    A dict batch loses its :data:`META_KEY` entry; a tuple/list batch ``(inputs, ..., meta)`` gives its
+    first element (and a dict last element as the identity); anything else is all input.
+
+    Example::
+
+        >>> split_meta({"input_ids": [[1, 2]], "meta": {"text": ["hi"]}})
+        ({'input_ids': [[1, 2]]}, {'text': ['hi']})
+        >>> split_meta(("images", "targets", {"path": ["a.png"]}))
+        ('images', {'path': ['a.png']})
+        >>> split_meta("images")
+        ('images', {})
+    """
+    if isinstance(batch, Mapping):
+        return {k: v for k, v in batch.items() if k != META_KEY}, dict(batch.get(META_KEY) or {})
+    if isinstance(batch, (list, tuple)) and batch:
+        meta = batch[-1] if len(batch) > 1 and isinstance(batch[-1], Mapping) else {}
+        return batch[0], dict(meta)
+    return batch, {}
 
 
 @runtime_checkable

@@ -199,11 +199,41 @@ def test_lightning_run_under_ddp_on_two_cpu_processes(tiny_recipe, tmp_path):
     assert out.stdout.count("Best checkpoint:") == 1 and "test/acc=" in out.stdout
 
 
-def test_predict_stage_writes_probabilities(tiny_recipe, tmp_path, capsys):
-    assert main(["run", str(tiny_recipe), "--trainer.max_epochs=1", "--stages=[fit, predict]"]) == 0
-    (path,) = (tmp_path / "run").rglob("predictions.pt")
-    probs = torch.load(path)
-    assert probs.shape == (12, 3) and torch.allclose(probs.sum(-1), torch.ones(12), atol=1e-5)
+def test_predict_stage_writes_paths_class_names_and_probabilities(
+    tiny_recipe, tmp_path, image_folder, capsys
+):
+    unlabelled = image_folder(splits=("",), classes=("p", "q"), per_class=3, root=tmp_path / "unlabelled")
+    args = ["run", str(tiny_recipe), "--trainer.max_epochs=1", f"--data.init_args.predict_root={unlabelled}"]
+    assert main([*args, "--stages=[fit, predict]"]) == 0
+    out = capsys.readouterr().out
+    path = Path(
+        next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Predictions:"))
+    )
+    run_dir = next(
+        line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Run directory:")
+    )
+    assert path == Path(run_dir) / "predictions.csv"
+    rows = list(csv.DictReader(path.open()))
+    assert list(rows[0]) == ["index", "path", "label", "prob_a", "prob_b", "prob_c"]  # the data's class names
+    assert [r["path"] for r in rows] == [str(p) for p in sorted(unlabelled.rglob("*.png"))]
+    probs = torch.tensor([[float(r[f"prob_{c}"]) for c in "abc"] for r in rows])
+    assert torch.allclose(probs.sum(-1), torch.ones(6), atol=1e-5)
+    assert [r["label"] for r in rows] == ["abc"[i] for i in probs.argmax(-1)]
+    saved = torch.load(path.with_suffix(".pt"))
+    assert torch.allclose(saved["probabilities"], probs, atol=1e-6) and saved["index"].tolist() == list(
+        range(6)
+    )
+    assert saved["label_names"] == ["a", "b", "c"] and saved["meta"]["path"] == [r["path"] for r in rows]
+
+    # Without predict_root the test split is predicted, its paths in the rows.
+    assert main(["run", str(tiny_recipe), "--stages=[predict]"]) == 0
+    out = capsys.readouterr().out
+    path = Path(
+        next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Predictions:"))
+    )
+    rows = list(csv.DictReader(path.open()))
+    test_root = Path(yaml.safe_load(tiny_recipe.read_text())["data"]["init_args"]["root"]) / "test"
+    assert [r["path"] for r in rows] == [str(p) for c in "abc" for p in sorted((test_root / c).glob("*.png"))]
 
 
 def test_a_diverged_run_fails_with_one_message_and_no_summary(tiny_recipe, tmp_path, capsys):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lightning_recipes import TextClassifier
@@ -28,7 +30,6 @@ FAST = [
 @pytest.fixture
 def tiny_bert_and_tsv(tmp_path: Path) -> tuple[Path, Path]:
     """A 2-layer BERT + WordPiece tokenizer folder and ``sentence<TAB>label`` train/dev files."""
-    import torch
     from tokenizers import BertWordPieceTokenizer
     from transformers import AutoModel, BertConfig, BertTokenizerFast
 
@@ -104,17 +105,42 @@ def test_text_recipe_runs_and_checkpoint_reloads(
     assert sum(prediction["probabilities"].values()) == pytest.approx(1.0)
 
 
-def test_cli_predict_on_a_text_file(tiny_bert_and_tsv, tmp_path: Path, capsys) -> None:
+def test_cli_predictions_of_a_text_file_name_texts_labels_and_probabilities(
+    tiny_bert_and_tsv, tmp_path: Path, capsys
+) -> None:
+    """`lightning-recipes predict --config ... --ckpt_path` and `lightning run --stages=[predict]` write
+    predictions.csv: the texts in file order, the data's class names, predict_texts' probabilities."""
     model_dir, data_dir = tiny_bert_and_tsv
-    (tmp_path / "texts.txt").write_text("good film\nawful plot\n")
+    texts = ["good film", "the plot was dull", "great fun, bad movie"]  # a comma: a quoted CSV cell
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
     recipe = REPO / "recipes" / "text" / "sst2_minilm_local.yaml"
-    args = [
-        "predict",
-        "--config",
-        str(recipe),
-        *FAST,
-        f"--trainer.default_root_dir={tmp_path / 'run'}",
-        *overrides(model_dir, data_dir),
-        f"--data.init_args.predict_file={tmp_path / 'texts.txt'}",
-    ]
-    assert main(args) == 0, capsys.readouterr().err[-3000:]
+    common = [*FAST, *overrides(model_dir, data_dir)]
+    fit = ["run", str(recipe), "--stages=[fit]", f"--trainer.default_root_dir={tmp_path / 'fit'}"]
+    assert main([*fit, *common]) == 0, capsys.readouterr().err[-3000:]
+    best = capsys.readouterr().out.split("Best checkpoint:")[1].split()[0]
+    expected = TextClassifier.load_from_checkpoint(best).predict_texts(texts)
+
+    predict = [f"--ckpt_path={best}", f"--data.init_args.predict_file={tmp_path / 'texts.txt'}"]
+    commands = {
+        "predict": ["predict", "--config", str(recipe), *common, *predict],
+        "run": ["run", str(recipe), "--stages=[predict]", *common, *predict],
+    }
+    for name, args in commands.items():
+        logs = tmp_path / f"logs_{name}"
+        args = [*args, f"--trainer.logger.init_args.save_dir={logs}", f"--trainer.default_root_dir={logs}"]
+        assert main(args) == 0, capsys.readouterr().err[-3000:]
+        (path,) = logs.rglob("predictions.csv")
+        if name == "run":
+            assert f"Predictions:     {path}" in capsys.readouterr().out  # in the run's summary
+        rows = list(csv.DictReader(path.open()))
+        assert list(rows[0]) == ["index", "sentence", "label", "prob_negative", "prob_positive"]
+        assert [r["sentence"] for r in rows] == texts
+        assert [int(r["index"]) for r in rows] == [0, 1, 2]
+        assert [r["label"] for r in rows] == [e["label"] for e in expected]
+        for row, want in zip(rows, expected, strict=True):
+            probs = {name: float(row[f"prob_{name}"]) for name in ("negative", "positive")}
+            assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+            assert probs == pytest.approx(want["probabilities"], abs=1e-5)
+        saved = torch.load(path.with_suffix(".pt"))
+        assert saved["probabilities"].shape == (3, 2) and saved["meta"]["sentence"] == texts
+        assert saved["label_names"] == ["negative", "positive"]

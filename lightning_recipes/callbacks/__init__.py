@@ -1,4 +1,5 @@
-"""Callbacks for fine-tuning: freezing, LR finding, early stopping, gradient monitoring, curves, NaN guard.
+"""Callbacks for fine-tuning: freezing, LR finding, early stopping, gradient monitoring, curves,
+NaN guard, predictions.
 
 One callback per module, named after the class in snake_case (a file, or a package for the larger
 ``curve_logger``). Imports are lazy so that ``import lightning_recipes.callbacks`` stays light.
@@ -17,6 +18,7 @@ _EXPORTS = {
     "LRFinder": "lightning_recipes.callbacks.lr_finder",
     "NonFiniteGuard": "lightning_recipes.callbacks.non_finite_guard",
     "TrainingDiverged": "lightning_recipes.callbacks.non_finite_guard",
+    "PredictionWriter": "lightning_recipes.callbacks.prediction_writer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from lightning_recipes._compat import dataset_fingerprint
 from lightning_recipes._deprecation import renamed
@@ -21,7 +21,7 @@ from lightning_recipes.cache import default_cache_dir
 from lightning_recipes.data._blocks import TokenBlocks, chunk_blocks, expand_files
 from lightning_recipes.data._loader import split_loader
 from lightning_recipes.data.bpe import _read_lines, files_fingerprint, train_bpe_tokenizer
-from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
+from lightning_recipes.handshake import META_KEY, DataSpec, InputSpec, agree_tokenizer
 from lightning_recipes.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 SPLITS = ("train", "val", "test")
@@ -66,6 +66,8 @@ class TextCorpusDataModule(L.LightningDataModule):
         cache_dir: cache of token tensors and trained tokenizers (default ``$LIGHTNING_RECIPES_CACHE``
             or ``~/.cache/lightning_recipes``).
         add_eos: append the tokenizer's EOS token after every document (file or dataset row).
+        predict_file: prompts for ``predict`` (a UTF-8 text file, one prompt per line), which
+            :class:`~lightning_recipes.CausalLM` continues; batches are ``{"meta": {"prompt": [...]}}``.
         dataset_config_name: deprecated name of ``dataset_config``.
 
     Example::
@@ -101,6 +103,7 @@ class TextCorpusDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
         add_eos: bool = True,
+        predict_file: str | None = None,
         dataset_config_name: str | None = None,
     ) -> None:
         super().__init__()
@@ -114,10 +117,10 @@ class TextCorpusDataModule(L.LightningDataModule):
         files = (train_files, val_files, test_files)
         if dataset is not None and any(f is not None for f in files):
             raise ValueError("Give text files (train_files/val_files/test_files) or a dataset, not both")
-        if dataset is None and all(f is None for f in files):
+        if dataset is None and all(f is None for f in files) and predict_file is None:
             raise ValueError(
-                "Give train_files (text files/globs; val_files/test_files alone to only evaluate) "
-                "or dataset (a datasets dataset)"
+                "Give train_files (text files/globs; val_files/test_files alone to only evaluate, "
+                "predict_file alone to only generate) or dataset (a datasets dataset)"
             )
         if bpe_vocab_size is not None and dataset is None and train_files is None:
             raise ValueError("bpe_vocab_size trains a tokenizer on the training text: give train_files too")
@@ -153,6 +156,8 @@ class TextCorpusDataModule(L.LightningDataModule):
         self.train_set: TokenBlocks | None = None
         self.val_set: TokenBlocks | None = None
         self.test_set: TokenBlocks | None = None
+        self.predict_file = predict_file
+        self.predict_set: Prompts | None = None
 
     # -- sources ---------------------------------------------------------------------------------
     def _split_files(self, split: str) -> list[Path]:
@@ -228,8 +233,12 @@ class TextCorpusDataModule(L.LightningDataModule):
         self.tokenizer = agree_tokenizer(spec.tokenizer, own, f"tokenizer={self.tokenizer_name!r}")
 
     def data_spec(self) -> DataSpec:
-        """The block size and the tokenizer (the model's, or the one this data module made)."""
-        return DataSpec(block_size=self.block_size, tokenizer=self.prepare_tokenizer())
+        """The block size (none with only prompts to predict) and the tokenizer (the model's, or the one
+        this data module made)."""
+        texts = self.dataset is not None or any(
+            f is not None for f in (self.train_files, self.val_files, self.test_files)
+        )
+        return DataSpec(block_size=self.block_size if texts else None, tokenizer=self.prepare_tokenizer())
 
     def prepare_tokenizer(self) -> Any:
         """The tokenizer: the model's (handshake), else ``tokenizer`` loaded, else the BPE trained once."""
@@ -315,6 +324,8 @@ class TextCorpusDataModule(L.LightningDataModule):
                 self.tokenize(split)
 
     def setup(self, stage: str | None = None) -> None:
+        if self.predict_file is not None and self.predict_set is None:
+            self.predict_set = Prompts(self.predict_file)
         if self.train_set is not None:
             return
 
@@ -367,3 +378,24 @@ class TextCorpusDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """The prompts of ``predict_file`` in file order, as ``{"meta": {"prompt": [...]}}`` batches."""
+        hint = "give predict_file (a text file, one prompt per line)"
+        return split_loader(self.predict_set, "predict", hint, self.batch_size, self.num_workers)
+
+
+class Prompts(Dataset):
+    """The lines of a UTF-8 text file (one prompt each, empty ones too) as ``{"meta": {"prompt": line}}``."""
+
+    def __init__(self, path: str) -> None:
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"predict_file {path!r} does not exist")
+        self.prompts = file.read_text(encoding="utf-8").splitlines()
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, index: int) -> dict[str, dict[str, str]]:
+        return {META_KEY: {"prompt": self.prompts[index]}}

@@ -16,19 +16,32 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_recipes.data._loader import split_loader
 from lightning_recipes.handshake import DataSpec, InputSpec
 
+#: Identity column of predicted images.
+META_PATH = "path"
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 Sample = tuple[Path, Any]
 
 
 class ImageDataset(Dataset):
-    """``(image, target)`` pairs read from disk; an unreadable file raises an error that names it."""
+    """``(image, target)`` pairs read from disk; an unreadable file raises an error that names it.
+
+    With ``with_path`` (prediction), items are ``(image, target, {"path": "<file>"})``: the file path
+    travels with the batch (``meta``, see :func:`~lightning_recipes.handshake.split_meta`) to the
+    prediction writer.
+    """
 
     def __init__(
-        self, samples: Sequence[Sample], transform: Callable | None = None, mode: str = "RGB"
+        self,
+        samples: Sequence[Sample],
+        transform: Callable | None = None,
+        mode: str = "RGB",
+        with_path: bool = False,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.mode = mode
+        self.with_path = with_path
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -40,7 +53,8 @@ class ImageDataset(Dataset):
                 image = img.convert(self.mode)
         except (OSError, UnidentifiedImageError) as exc:
             raise ValueError(f"Cannot read image {path}: {exc}. Remove or replace the file.") from exc
-        return (self.transform(image) if self.transform else image), target
+        image = self.transform(image) if self.transform else image
+        return (image, target, {META_PATH: str(path)}) if self.with_path else (image, target)
 
 
 def _folder_samples(folder: Path) -> dict[str, list[Path]]:
@@ -113,7 +127,8 @@ class ImageDataModule(L.LightningDataModule):
     Args:
         root: image folder (see layouts above).
         train_csv, val_csv, test_csv: ``path,label`` CSV files.
-        predict_root: folder of unlabelled images for ``predict`` (default: the test split).
+        predict_root: folder of images (any depth, sorted by path) for ``predict``; default: the test
+            split. Predict batches are ``(images, targets, {"path": [...]})``.
         classes: class names in id order; default: sorted names found in the training data.
         label_separator: separator of several labels in a CSV cell, for multi-label data.
         val_fraction, test_fraction, seed: the stratified split used when ``val``/``test`` are absent.
@@ -297,16 +312,23 @@ class ImageDataModule(L.LightningDataModule):
             samples = [(path, self._encode(labels, path)) for path, labels in split_rows]
             datasets[split] = ImageDataset(samples, self.transforms(training=split == "train"), mode)
         self.train_set, self.val_set, self.test_set = datasets["train"], datasets["val"], datasets["test"]
+        # Predict batches carry each file's path, for the prediction writer.
         if self.predict_root:
             paths = sorted(
                 p for p in Path(self.predict_root).rglob("*") if p.suffix.lower() in IMG_EXTENSIONS
             )
             if not paths:
                 raise ValueError(f"No images in predict_root {self.predict_root}")
-            self.predict_set = ImageDataset([(p, -1) for p in paths], self.transforms(training=False), mode)
+            samples = [(p, -1) for p in paths]
+        else:
+            samples = self.test_set.samples if self.test_set is not None else None
+        if samples is not None:
+            self.predict_set = ImageDataset(samples, self.transforms(training=False), mode, with_path=True)
 
     def _loader(self, dataset: Dataset | None, split: str, shuffle: bool = False) -> DataLoader:
         hint = f"add a {split}/ folder or {split}_csv, or set {split}_fraction > 0"
+        if split == "predict":
+            hint = "set predict_root (a folder of images), or give a test split (predicted without one)"
         return split_loader(dataset, split, hint, self.batch_size, self.num_workers, shuffle=shuffle)
 
     def train_dataloader(self) -> DataLoader:
@@ -319,4 +341,5 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.test_set, "test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_set or self.test_set, "predict")
+        """``predict_root``'s images (sorted by path), else the test split; batches end with ``{"path"}``."""
+        return self._loader(self.predict_set, "predict")

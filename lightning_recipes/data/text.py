@@ -16,7 +16,7 @@ from lightning_recipes._hub import hub_call
 from lightning_recipes.cache import default_cache_dir
 from lightning_recipes.data._labels import LabelEncoder
 from lightning_recipes.data._loader import split_loader
-from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
+from lightning_recipes.handshake import META_KEY, DataSpec, InputSpec, agree_tokenizer
 from lightning_recipes.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 SPLITS = ("train", "val", "test", "predict")
@@ -29,6 +29,8 @@ _BUILDERS = {
     ".txt": "text",
 }
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+#: Prefix of the tokenised predict split's columns that keep the raw text (moved to ``batch["meta"]``).
+_META_PREFIX = "meta/"
 
 
 def _load_file(path: str, split: str, cache_dir: str) -> Any:
@@ -103,7 +105,8 @@ class TextDataModule(L.LightningDataModule):
     Args:
         dataset, dataset_config, dataset_revision: a Hub dataset (e.g. ``nyu-mll/glue``, ``sst2``), revision.
         train_file, val_file, test_file: local ``.csv``/``.tsv``/``.json``/``.jsonl``/``.parquet`` files.
-        predict_file: texts to predict: one of those formats, or ``.txt`` with one text per line.
+        predict_file: texts to predict: one of those formats, or ``.txt`` with one text per line; default:
+            the test split. Predict batches also hold ``"meta"`` (the texts, for the prediction writer).
         text_column: column of the text; ``text_pair_column``: second text of sentence-pair tasks.
         label_column: column of the label.
         labels: class names in id order.
@@ -309,6 +312,8 @@ class TextDataModule(L.LightningDataModule):
         labelled = split != "predict" and self.labels.column in ds.column_names
         text, pair, labels, max_length = self.text_column, self.text_pair_column, self.labels, self.max_length
 
+        keep_text = split == "predict"  # the texts travel with predict batches, for the prediction writer
+
         def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
             args = [batch[text]] + ([batch[pair]] if pair else [])
             out = dict(tokenizer(*args, truncation=True, max_length=max_length))
@@ -316,6 +321,8 @@ class TextDataModule(L.LightningDataModule):
             out["length"] = [len(ids) for ids in out["input_ids"]]
             if labelled:
                 out["labels"] = labels.encode(batch[labels.column])
+            if keep_text:
+                out.update({_META_PREFIX + c: batch[c] for c in (text, pair) if c})
             return out
 
         key = json.dumps(
@@ -329,6 +336,7 @@ class TextDataModule(L.LightningDataModule):
                 self.task,
                 labels.separator,
                 labels.key(),
+                keep_text,
             ],
         )
         fingerprint = hashlib.sha256(key.encode()).hexdigest()[:32]
@@ -359,28 +367,41 @@ class TextDataModule(L.LightningDataModule):
         self._built = self._build()
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        built = getattr(self, "_built", None) or self._build()
-        self._built = None
-        for split, ds in built.items():
-            if ds is not None:
-                self.lengths[split] = ds["length"]
-                ds = ds.remove_columns("length")
-            setattr(self, f"{split}_set", ds)
+        if self.train_set is None:
+            built = getattr(self, "_built", None) or self._build()
+            self._built = None
+            for split, ds in built.items():
+                if ds is not None:
+                    self.lengths[split] = ds["length"]
+                    ds = ds.remove_columns("length")
+                setattr(self, f"{split}_set", ds)
+        if stage == "predict" and self.predict_set is None and self._raw().get("test") is not None:
+            # No predict_file: predict the test split, tokenised (once, cached) with its texts kept.
+            ds = self._tokenize("predict", self._raw()["test"])
+            self.lengths["predict"] = ds["length"]
+            self.predict_set = ds.remove_columns("length")
 
-    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Pad a list of examples to the longest one (transformers' ``DataCollatorWithPadding``)."""
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        """Pad a list of examples to the longest one (transformers' ``DataCollatorWithPadding``).
+
+        Predict batches also hold ``"meta"``: ``{text column: [texts]}`` (and the pair column's texts).
+        """
         if not hasattr(self, "_collator"):
             from transformers import DataCollatorWithPadding
 
             self._collator = DataCollatorWithPadding(
                 self.prepare_tokenizer(), pad_to_multiple_of=self.pad_to_multiple_of
             )
-        batch = self._collator(features)
+        columns = [k for k in features[0] if k.startswith(_META_PREFIX)] if features else []
+        meta = {k.removeprefix(_META_PREFIX): [f[k] for f in features] for k in columns}
+        if columns:
+            features = [{k: v for k, v in f.items() if k not in columns} for f in features]
+        batch = dict(self._collator(features))
         if self.task != "multiclass" and "labels" in batch:
             batch["labels"] = batch["labels"].float()
-        return dict(batch)
+        if meta:
+            batch[META_KEY] = meta
+        return batch
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         ds = getattr(self, f"{split}_set")
@@ -389,6 +410,8 @@ class TextDataModule(L.LightningDataModule):
             f"give {split}_file (or a {split} split of the {source})"
             + ("; or set val_fraction > 0" if split == "val" else "")
         )
+        if split == "predict":
+            hint = "give predict_file, or a test split (predicted when there is no predict_file)"
         batch_size = self.batch_size if train else (self.eval_batch_size or self.batch_size)
         sampler: Any = None
         if ds is not None and self.group_by_length and train:
@@ -417,4 +440,5 @@ class TextDataModule(L.LightningDataModule):
         return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict" if self.predict_set is not None else "test")
+        """``predict_file`` in file order (else the test split); batches carry the texts in ``"meta"``."""
+        return self._loader("predict")

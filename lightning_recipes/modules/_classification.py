@@ -11,7 +11,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import Accuracy, F1Score, MatthewsCorrCoef, Precision, Recall
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 
-from lightning_recipes.handshake import DataSpec
+from lightning_recipes.handshake import META_KEY, DataSpec, split_meta
 from lightning_recipes.modules._base import TransferModule
 
 Task = Literal["multiclass", "multilabel", "regression"]
@@ -46,7 +46,9 @@ class ClassificationModule(TransferModule):
     Subclasses implement :meth:`logits_and_target` (and ``forward``). The module logs
     ``{stage}/loss`` and the metrics of :func:`build_metrics` as ``{stage}/acc``, ``{stage}/f1``, ...;
     ``validation_step``/``test_step`` return ``{"preds", "target"}`` (probabilities and labels) for
-    callbacks such as :class:`~lightning_recipes.callbacks.CurveLogger`.
+    callbacks such as :class:`~lightning_recipes.callbacks.CurveLogger`; ``predict_step`` returns
+    probabilities, label names and the inputs' identity for the
+    :class:`~lightning_recipes.callbacks.PredictionWriter`.
 
     Class names (``label_names``) are given, or adopted from the data module by the handshake
     (:meth:`accept_data_spec`), which also checks that the data has ``num_classes`` classes; they are
@@ -172,7 +174,37 @@ class ClassificationModule(TransferModule):
     def test_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         return self._step(batch, "test", self.test_metrics)
 
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        """Class probabilities (multiclass/multilabel) or predicted values (regression)."""
-        inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return self.probabilities(self(inputs).float())
+    def decode(self, probs: Tensor) -> list[dict[str, Any]]:
+        """Turn a batch of :meth:`probabilities` into ``{"label", "probabilities"}`` dicts (``{"value"}``
+        for regression; ``label`` is the list of names above 0.5 for multi-label)."""
+        if self.task == "regression":
+            return [{"value": v} for v in probs.tolist()]
+        names = self.label_names
+        out = []
+        for row in probs.tolist():
+            scores = dict(zip(names, row, strict=True))
+            if self.task == "multilabel":
+                label: Any = [n for n, p in scores.items() if p > 0.5]
+            else:
+                label = names[max(range(len(row)), key=row.__getitem__)]
+            out.append({"label": label, "probabilities": scores})
+        return out
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """What :class:`~lightning_recipes.callbacks.PredictionWriter` writes, for one batch.
+
+        ``{"probabilities": Tensor, "labels": [...], "label_names": [...], "task": str, "meta": {...}}``:
+        probabilities (multiclass/multilabel; the predicted values for regression), each row's label
+        (a class name; the list of names above 0.5 for multi-label; the value for regression), the
+        class names in id order, the task, and the batch's identity columns (file path, text...) as
+        the data module gave them (:func:`~lightning_recipes.handshake.split_meta`).
+        """
+        inputs, meta = split_meta(batch)
+        probs = self.probabilities(self(inputs).float())
+        return {
+            "probabilities": probs,
+            "labels": [d.get("label", d.get("value")) for d in self.decode(probs)],
+            "label_names": None if self.task == "regression" else self.label_names,
+            "task": self.task,
+            META_KEY: meta,
+        }

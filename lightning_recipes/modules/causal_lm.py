@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from lightning_recipes._deprecation import renamed
 from lightning_recipes._hub import hub_call, looks_like_local_path
-from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
+from lightning_recipes.handshake import META_KEY, DataSpec, InputSpec, agree_tokenizer, split_meta
 from lightning_recipes.modules._base import TransferModule
 from lightning_recipes.modules._generation import generate_texts
 from lightning_recipes.modules._hf import HFParts, build_config, enable_gradient_checkpointing, find_tokenizer
@@ -84,6 +84,9 @@ class CausalLM(HFParts, TransferModule):
         revision: branch, tag or commit of the Hub id (model and tokenizer).
         gradient_checkpointing: recompute activations in the backward pass (less memory, ~30 % slower).
         lr: learning rate (a fine-tuning default for pretrained LMs).
+        generation: :meth:`generate` options of the ``predict`` stage (``max_new_tokens``, default 50;
+            ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``seed``, ``num_return_sequences``...);
+            greedy by default.
         pretrained_model_name_or_path: deprecated name of ``model_name_or_path``.
         **kwargs: ``backbone_lr``, ``optimizer``, ``lr_scheduler``... (see
             :class:`~lightning_recipes.TransferModule`).
@@ -106,6 +109,7 @@ class CausalLM(HFParts, TransferModule):
         revision: str | None = None,
         gradient_checkpointing: bool = False,
         lr: float = 5e-5,
+        generation: dict[str, Any] | None = None,
         pretrained_model_name_or_path: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -153,6 +157,7 @@ class CausalLM(HFParts, TransferModule):
             self.set_tokenizer(found)
         self.val_nll = MeanMetric()
         self.test_nll = MeanMetric()
+        self.generation = dict(generation or {})
 
     # -- the freezing contract -------------------------------------------------------------------
     @override
@@ -357,6 +362,25 @@ class CausalLM(HFParts, TransferModule):
             eos_token_id=eos_token_id,
             **generate_kwargs,
         )
+
+    @override
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Continue each prompt of the batch (``batch["meta"]["prompt"]``, as
+        :class:`~lightning_recipes.TextCorpusDataModule` gives its ``predict_file``) with the
+        ``generation`` options: ``{"continuation": [text per prompt], "meta": {"prompt": [...]}}``
+        (a list of texts per prompt with ``num_return_sequences`` > 1)."""
+        _, meta = split_meta(batch)
+        prompts = meta.get("prompt")
+        if prompts is None:
+            raise ValueError(
+                "CausalLM predicts continuations of prompts: give the data module a predict_file "
+                f"(one prompt per line); this batch has no meta['prompt'] (meta: {sorted(meta)})"
+            )
+        options = {"max_new_tokens": 50, **self.generation, "return_full_text": False}
+        texts = self.generate(list(prompts), **options)
+        n = int(options.get("num_return_sequences", 1))
+        continuation = texts if n == 1 else [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+        return {"continuation": continuation, META_KEY: meta}
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Export model and tokenizer in Hugging Face format; ``CausalLM(folder)`` or

@@ -73,9 +73,10 @@ class ImageClassifier(ClassificationModule):
 
     ``self.backbone`` is the timm model with its classifier removed (pooled features out);
     ``self.head`` is a :class:`~lightning_recipes.modules._heads.ClassificationHead`. Batches are
-    ``(images, targets)``; ``predict`` returns class probabilities. ``data_config`` gives the input
-    size and normalisation the backbone expects; :meth:`input_spec` hands it to the data module
-    (see :func:`~lightning_recipes.connect`).
+    ``(images, targets)`` (predict batches add ``{"path": [...]}``); ``predict_step`` returns class
+    probabilities, class names and the paths (see ``ClassificationModule.predict_step``).
+    ``data_config`` gives the input size and normalisation the backbone expects; :meth:`input_spec`
+    hands it to the data module (see :func:`~lightning_recipes.connect`).
 
     Args:
         backbone: timm model name or ``local-dir:/folder`` (see :func:`create_backbone`).

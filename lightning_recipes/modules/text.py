@@ -237,32 +237,7 @@ class TextClassifier(HFParts, ClassificationModule):
         self.max_length = spec.max_length if spec.max_length is not None else self.max_length
         self.tokenizer = agree_tokenizer(self.tokenizer, spec.tokenizer, "data.init_args.tokenizer")
 
-    # -- prediction ------------------------------------------------------------------------------
-    def decode(self, probs: Tensor) -> list[dict[str, Any]]:
-        """Turn a batch of :meth:`probabilities` into ``{"label", "probabilities"}`` dicts (``{"value"}``
-        for regression; ``label`` is the list of names above 0.5 for multi-label)."""
-        if self.task == "regression":
-            return [{"value": v} for v in probs.tolist()]
-        names = self.label_names
-        out = []
-        for row in probs.tolist():
-            scores = dict(zip(names, row, strict=True))
-            if self.task == "multilabel":
-                label: Any = [n for n, p in scores.items() if p > 0.5]
-            else:
-                label = names[max(range(len(row)), key=row.__getitem__)]
-            out.append({"label": label, "probabilities": scores})
-        return out
-
-    @override
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """``{"probabilities": Tensor, "labels": [...]}``: each row's label (names) and probabilities."""
-        probs = self.probabilities(self(batch).float())
-        return {
-            "probabilities": probs,
-            "labels": [d.get("label", d.get("value")) for d in self.decode(probs)],
-        }
-
+    # -- prediction (predict_step and decode: ClassificationModule) ------------------------------
     @torch.no_grad()
     def predict_texts(
         self, texts: Sequence[str] | Sequence[tuple[str, str]], batch_size: int = 32

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from lightning_recipes import CausalLM, TextCorpusDataModule, connect
 from lightning_recipes._hub import PretrainedLoadError
+from lightning_recipes.callbacks import PredictionWriter
 from lightning_recipes.data.bpe import train_bpe_tokenizer
 
 TINY = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 300}
@@ -304,3 +306,22 @@ def test_freeze_unfreeze_unfreezes_an_untied_model_layer_group_by_group(assets, 
         ("backbone.1", 5e-4, 12),
         ("backbone.0", 2.5e-4, 2),
     ]
+
+
+def test_predict_continues_each_prompt_of_the_predict_file(
+    assets, tmp_path: Path, tiny_trainer_kwargs
+) -> None:
+    prompts = ["the king said", "", "to my good lord, and her queen"]  # an empty line, a comma
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    lm = tiny_lm(assets, generation={"max_new_tokens": 4, "eos_token_id": []})
+    dm = TextCorpusDataModule(
+        predict_file=str(tmp_path / "prompts.txt"), batch_size=2, cache_dir=str(tmp_path)
+    )
+    connect(lm, dm)
+    writer = PredictionWriter(output_dir=str(tmp_path / "out"))
+    L.Trainer(**tiny_trainer_kwargs, callbacks=[writer]).predict(lm, datamodule=dm, return_predictions=False)
+    rows = list(csv.DictReader(writer.path.open()))
+    assert list(rows[0]) == ["index", "prompt", "continuation"]
+    assert [r["prompt"] for r in rows] == prompts
+    expected = lm.generate(prompts, max_new_tokens=4, eos_token_id=[], return_full_text=False)
+    assert [r["continuation"] for r in rows] == expected

@@ -117,7 +117,9 @@ def test_fit_logs_metrics_and_learns(image_folder, tiny_trainer_kwargs):
     ):
         assert key in metrics, key
     assert metrics["val/acc"] >= 0.9  # three colours: a trivially separable task
-    probs = torch.cat(trainer.predict(model, dataloaders=data.val_dataloader()))
+    probs = torch.cat(
+        [out["probabilities"] for out in trainer.predict(model, dataloaders=data.val_dataloader())]
+    )
     assert probs.shape == (24, 3) and torch.allclose(probs.sum(-1), torch.ones(24), atol=1e-5)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 
 from lightning_recipes import TextClassifier, TextDataModule, connect
 from lightning_recipes._hub import PretrainedLoadError
+from lightning_recipes.callbacks import PredictionWriter
 
 WORDS = [
     "good",
@@ -433,3 +435,49 @@ def test_ddp_two_cpu_ranks_split_length_grouped_batches(tiny_bert: Path, tmp_pat
     expected = datamodule(tmp_path, tokenizer=str(tiny_bert))  # the spawned ranks set up their own copies
     expected.setup("fit")
     assert sorted(map(tuple, rank0 + rank1)) == sorted(map(tuple, expected.train_set["input_ids"]))
+
+
+def test_prediction_rows_carry_text_pairs_and_the_test_split_is_predicted_without_a_file(
+    tiny_bert: Path, sentiment_csv: Path, tiny_trainer_kwargs: dict, tmp_path: Path
+) -> None:
+    pairs = [("good film", "great movie"), ("awful movie", "a boring film"), ("the plot", "was fun")]
+    rows = "\n".join(f"{a},{b}" for a, b in pairs)
+    (tmp_path / "pairs.csv").write_text(f"text,second\n{rows}\n")
+    for name in ("train", "dev"):  # the same sentences as pairs
+        lines = (sentiment_csv / f"{name}.csv").read_text().splitlines()
+        (tmp_path / f"{name}_pairs.csv").write_text(
+            "text,second,label\n" + "\n".join(f"{t},{t},{y}" for t, y in (r.split(",") for r in lines[1:]))
+        )
+    dm = TextDataModule(
+        train_file=str(tmp_path / "train_pairs.csv"),
+        test_file=str(tmp_path / "dev_pairs.csv"),
+        predict_file=str(tmp_path / "pairs.csv"),
+        text_column="text",
+        text_pair_column="second",
+        batch_size=2,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    model = TextClassifier(str(tiny_bert), num_classes=2)
+    connect(model, dm)
+    writer = PredictionWriter(output_dir=str(tmp_path / "out"))
+    L.Trainer(**tiny_trainer_kwargs, callbacks=[writer]).predict(
+        model, datamodule=dm, return_predictions=False
+    )
+    table = list(csv.DictReader(writer.path.open()))
+    assert [(r["text"], r["second"]) for r in table] == pairs
+    expected = model.predict_texts(pairs)
+    assert [r["label"] for r in table] == [e["label"] for e in expected]
+    for row, want in zip(table, expected, strict=True):
+        assert {n: float(row[f"prob_{n}"]) for n in ("neg", "pos")} == pytest.approx(
+            want["probabilities"], abs=1e-5
+        )
+
+    # Without predict_file, the test split is predicted, its texts in the rows.
+    dm = TextDataModule(**{**dict(dm.hparams), "predict_file": None})
+    connect(model, dm)
+    L.Trainer(**tiny_trainer_kwargs, callbacks=[writer]).predict(
+        model, datamodule=dm, return_predictions=False
+    )
+    table = list(csv.DictReader(writer.path.open()))
+    test_texts = [line.split(",")[0] for line in (tmp_path / "dev_pairs.csv").read_text().splitlines()[1:]]
+    assert [r["text"] for r in table] == test_texts and len(table) == 12

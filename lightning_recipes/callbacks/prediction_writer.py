@@ -1,0 +1,265 @@
+"""PredictionWriter: one table per ``predict`` run, each input once, with its identity and label names."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_recipes.handshake import META_KEY, PREDICTION_CONSTANTS
+
+#: ``(dataloader index, dataset indices or None, predict_step output on the CPU)`` of one batch; the
+#: output is a dict (see :class:`PredictionWriter`) or a tensor of probabilities.
+Chunk = tuple[int, list[int] | None, "dict[str, Any] | Tensor"]
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes what ``predict`` returns to the run's directory, one row per input, on global rank zero.
+
+    Files (``filename`` is ``predictions`` by default):
+
+    * ``predictions.csv``, or ``predictions.jsonl`` where a cell holds a list (multi-label: the
+      predicted names; several regression targets): one row per input in dataset order, with
+      ``index`` (the input's position in the predict data: the row of a text file, the image in
+      sorted path order), the identity columns the batch carried (``path`` of an image; the text,
+      and the pair text, under their column names; ``prompt``), ``label`` (the predicted class name;
+      ``value`` for regression), and one ``prob_<class name>`` column per class.
+    * ``predictions.pt``: the ``predict_step`` outputs joined in the same order: ``index``
+      (LongTensor), ``probabilities`` (Tensor), ``labels``, ``meta`` (identity lists),
+      ``label_names`` and ``task``.
+
+    It reads only what each ``predict_step`` returns (see
+    :meth:`~lightning_recipes.modules._classification.ClassificationModule.predict_step`): a dict
+    with per-row tensors or lists, the batch's identity under ``"meta"``, and ``label_names``/``task``;
+    a bare tensor is taken as probabilities. Under DDP every rank's rows are gathered with their
+    dataset indices (Lightning's ``batch_indices``); an input predicted twice (a sampler that pads
+    the last batch by repeating inputs) is written once, and only rank zero writes.
+    ``lightning run`` and ``lightning-recipes predict`` add one to every trainer whose recipe does not
+    configure a ``BasePredictionWriter`` itself.
+
+    Args:
+        output_dir: where to write; default: the run directory (``trainer.log_dir``, else
+            ``default_root_dir``).
+        filename: file name without extension.
+
+    After ``predict``, :attr:`path` is the table written (``None`` on other ranks) and
+    :attr:`num_rows` its number of rows.
+    """
+
+    def __init__(self, output_dir: str | None = None, filename: str = "predictions") -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+        self.filename = filename
+        self.path: Path | None = None
+        self.num_rows = 0
+        self._chunks: list[Chunk] = []
+        self._warned = False
+
+    @override
+    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._chunks, self.path, self.num_rows = [], None, 0
+
+    @override
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        if not isinstance(prediction, (Mapping, Tensor)):
+            self._warn(
+                f"predict_step returned a {type(prediction).__name__}, not a dict or tensor: not written"
+            )
+            return
+        if not batch_indices:
+            self._warn("the predict DataLoader's batch indices are unknown: rows are written in rank order")
+        indices = list(batch_indices) if batch_indices else None
+        self._chunks.append((dataloader_idx, indices, _to_cpu(prediction)))
+
+    @override
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        folder = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)  # on every rank
+        chunks = _gather(self._chunks)
+        self._chunks = []
+        if not trainer.is_global_zero or not chunks:
+            return
+        constants, rows = merge(chunks)
+        self.path = write(folder, self.filename, rows, constants)
+        self.num_rows = len(rows)
+        rank_zero_info(f"Predictions: {self.num_rows} rows -> {self.path}")
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:
+            rank_zero_warn(f"PredictionWriter: {message}")
+            self._warned = True
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, Mapping):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_cpu(v) for v in value]
+    return value
+
+
+def _gather(chunks: list[Chunk]) -> list[Chunk]:
+    """Every rank's chunks, rank by rank (on every rank); the chunks themselves outside DDP."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return chunks
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, chunks)
+    return [chunk for part in parts for chunk in part]
+
+
+def _rows_of(output: dict[str, Any], size: int) -> list[dict[str, Any]]:
+    """Split one batch output into ``size`` row dicts (``meta`` columns under ``"meta"``)."""
+    meta = output.get(META_KEY) or {}
+    fields = {k: v for k, v in output.items() if k not in PREDICTION_CONSTANTS and k != META_KEY}
+
+    def per_row(value: Any) -> bool:
+        if isinstance(value, Tensor):
+            return value.ndim > 0 and value.shape[0] == size
+        return isinstance(value, (list, tuple)) and len(value) == size
+
+    fields = {k: v for k, v in fields.items() if per_row(v)}
+    meta = {k: v for k, v in meta.items() if per_row(v)}
+    rows = []
+    for i in range(size):
+        row = {k: v[i].clone() if isinstance(v, Tensor) else v[i] for k, v in fields.items()}
+        row[META_KEY] = {k: v[i].clone() if isinstance(v, Tensor) else v[i] for k, v in meta.items()}
+        rows.append(row)
+    return rows
+
+
+def _batch_size(output: dict[str, Any]) -> int:
+    for key, value in [*output.items(), *(output.get(META_KEY) or {}).items()]:
+        if key in PREDICTION_CONSTANTS or key == META_KEY:
+            continue
+        if isinstance(value, Tensor) and value.ndim > 0:
+            return value.shape[0]
+        if isinstance(value, (list, tuple)):
+            return len(value)
+    return 0
+
+
+def merge(chunks: list[Chunk]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``(constants, rows)``: each input once (first seen), in (dataloader, dataset index) order.
+
+    A row is a ``predict_step`` row (``{"probabilities": Tensor, "labels": ..., "meta": {...}}``) plus
+    ``"index"`` (and ``"dataloader"``). Rows without dataset indices keep their order and are numbered.
+
+    Example::
+
+        >>> import torch
+        >>> out = lambda i: {"probabilities": torch.rand(1, 2), "meta": {"text": [f"t{i}"]}}
+        >>> chunks = [(0, [0], out(0)), (0, [2], out(2)), (0, [1], out(1)), (0, [0], out(0))]  # 0 twice
+        >>> _, rows = merge(chunks)
+        >>> [(r["index"], r["meta"]["text"]) for r in rows]
+        [(0, 't0'), (1, 't1'), (2, 't2')]
+    """
+    constants: dict[str, Any] = {}
+    keyed: dict[tuple[int, int], dict[str, Any]] = {}
+    unkeyed: list[dict[str, Any]] = []
+    for dataloader_idx, indices, output in chunks:
+        if isinstance(output, Tensor):
+            output = {"probabilities": output}
+        for key in PREDICTION_CONSTANTS:
+            if output.get(key) is not None:
+                constants.setdefault(key, output[key])
+        rows = _rows_of(output, len(indices) if indices is not None else _batch_size(output))
+        for position, row in enumerate(rows):
+            row["dataloader"] = dataloader_idx
+            if indices is None:
+                unkeyed.append(row)
+            else:
+                row["index"] = int(indices[position])
+                keyed.setdefault((dataloader_idx, row["index"]), row)
+    rows = [keyed[key] for key in sorted(keyed)]
+    for number, row in enumerate(unkeyed, start=len(rows)):
+        row["index"] = number
+    return constants, rows + unkeyed
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.item() if value.ndim == 0 else value.tolist()
+    return value
+
+
+def table(constants: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The file's rows: ``index``, identity columns, ``label``/``value``, ``prob_<name>`` per class."""
+    names, task = constants.get("label_names"), constants.get("task")
+    several = len({row["dataloader"] for row in rows}) > 1
+    out = []
+    for row in rows:
+        cells: dict[str, Any] = {"dataloader": row["dataloader"]} if several else {}
+        cells["index"] = row["index"]
+        predicted: dict[str, Any] = {}
+        for key, value in sorted(row.items(), key=lambda item: item[0] != "labels"):  # the label first
+            if key in ("index", "dataloader", META_KEY):
+                continue
+            if key == "labels":
+                predicted["value" if task == "regression" else "label"] = _cell(value)
+            elif key == "probabilities" and task != "regression":
+                probs = _cell(value)
+                if isinstance(probs, list):
+                    columns = names if names and len(names) == len(probs) else range(len(probs))
+                    predicted.update({f"prob_{n}": p for n, p in zip(columns, probs, strict=True)})
+                else:
+                    predicted["probability"] = probs
+            elif key != "probabilities" or "labels" not in row:
+                predicted[key] = _cell(value)
+        for key, value in row[META_KEY].items():
+            cells[f"input_{key}" if key in predicted or key in cells else key] = _cell(value)
+        out.append({**cells, **predicted})
+    return out
+
+
+def _joined(values: list[Any]) -> Any:
+    if values and all(isinstance(v, Tensor) for v in values) and len({v.shape for v in values}) == 1:
+        return torch.stack(values)
+    return values
+
+
+def write(folder: Path, filename: str, rows: list[dict[str, Any]], constants: dict[str, Any]) -> Path:
+    """Write ``filename.csv`` (``.jsonl`` where a cell holds a list) and ``filename.pt``; return the table."""
+    folder.mkdir(parents=True, exist_ok=True)
+    records = table(constants, rows)
+    columns = list(dict.fromkeys(key for record in records for key in record))
+    nested = any(isinstance(v, (list, dict)) for record in records for v in record.values())
+    path = folder / f"{filename}.{'jsonl' if nested else 'csv'}"
+    (folder / f"{filename}.{'csv' if nested else 'jsonl'}").unlink(missing_ok=True)  # one table per run
+    with path.open("w", newline="", encoding="utf-8") as f:
+        if nested:
+            f.writelines(json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in records)
+        else:
+            writer = csv.DictWriter(f, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(records)
+
+    keys = list(dict.fromkeys(k for row in rows for k in row if k not in ("index", "dataloader", META_KEY)))
+    tensors: dict[str, Any] = {"index": torch.tensor([row["index"] for row in rows], dtype=torch.long)}
+    if len({row["dataloader"] for row in rows}) > 1:
+        tensors["dataloader"] = torch.tensor([row["dataloader"] for row in rows], dtype=torch.long)
+    tensors.update({key: _joined([row.get(key) for row in rows]) for key in keys})
+    meta_keys = dict.fromkeys(k for row in rows for k in row[META_KEY])
+    tensors[META_KEY] = {key: [row[META_KEY].get(key) for row in rows] for key in meta_keys}
+    tensors.update(constants)
+    torch.save(tensors, folder / f"{filename}.pt")
+    return path
