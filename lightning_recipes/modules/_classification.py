@@ -11,6 +11,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import Accuracy, F1Score, MatthewsCorrCoef, Precision, Recall
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 
+from lightning_recipes.eval_samples import RealSamples
 from lightning_recipes.handshake import META_KEY, DataSpec, split_meta
 from lightning_recipes.modules._base import TransferModule
 
@@ -101,6 +102,7 @@ class ClassificationModule(TransferModule):
         self.train_metrics = build_metrics(task, num_classes).clone(prefix="train/")
         self.val_metrics = build_metrics(task, num_classes).clone(prefix="val/")
         self.test_metrics = build_metrics(task, num_classes).clone(prefix="test/")
+        self._eval_samples = RealSamples()
 
     @property
     def label_names(self) -> list[str]:
@@ -155,24 +157,37 @@ class ClassificationModule(TransferModule):
             return logits.sigmoid()
         return logits.squeeze(-1) if logits.shape[-1] == 1 else logits
 
-    def _step(self, batch: Any, stage: str, metrics: MetricCollection) -> dict[str, Tensor]:
+    def _step(
+        self, batch: Any, stage: str, metrics: MetricCollection, dataloader_idx: int = 0
+    ) -> dict[str, Any]:
         logits, target = self.logits_and_target(batch)
         loss = self.loss(logits, target)
         preds = self.probabilities(logits.detach().float())
-        metrics.update(preds, target.int() if self.task == "multilabel" else target)
-        batch_size = target.shape[0]
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=stage != "train")
-        self.log_dict(metrics, prog_bar=stage != "train", batch_size=batch_size, on_epoch=True, on_step=False)
+        n = target.shape[0]
+        # Under DDP, Lightning's evaluation sampler repeats samples at the end of a rank's share so the
+        # ranks are even: they are left out of the loss and metrics, which then equal one process's.
+        keep = n if stage == "train" else self._eval_samples.keep(n, dataloader_idx)
+        if keep:
+            metrics.update(preds[:keep], (target.int() if self.task == "multilabel" else target)[:keep])
+        logged = loss if keep in (0, n) else self.loss(logits[:keep], target[:keep])
+        self.log(f"{stage}/loss", logged, prog_bar=True, batch_size=keep, sync_dist=stage != "train")
+        self.log_dict(metrics, prog_bar=stage != "train", batch_size=keep, on_epoch=True, on_step=False)
         return {"loss": loss, "preds": preds, "target": target}
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_samples.start(self.trainer, "validate")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_samples.start(self.trainer, "test")
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._step(batch, "train", self.train_metrics)["loss"]
 
-    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
-        return self._step(batch, "val", self.val_metrics)
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        return self._step(batch, "val", self.val_metrics, dataloader_idx)
 
-    def test_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
-        return self._step(batch, "test", self.test_metrics)
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        return self._step(batch, "test", self.test_metrics, dataloader_idx)
 
     def decode(self, probs: Tensor) -> list[dict[str, Any]]:
         """Turn a batch of :meth:`probabilities` into ``{"label", "probabilities"}`` dicts (``{"value"}``

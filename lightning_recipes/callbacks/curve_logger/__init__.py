@@ -4,10 +4,9 @@ The package, one concern a file:
 
 * :mod:`~lightning_recipes.callbacks.curve_logger.state`: the metric state (torchmetrics with binned
   thresholds, constant memory), :class:`CurveMetrics` and its :class:`CurveResults`;
-* :mod:`~lightning_recipes.callbacks.curve_logger.ddp`: dropping the samples a ``DistributedSampler``
-  repeats to even out the ranks;
 * :mod:`~lightning_recipes.callbacks.curve_logger.writers`: CSV, PNG, W&B output and the summary table;
-* :mod:`~lightning_recipes.callbacks.curve_logger.callback`: the :class:`CurveLogger` callback.
+* :mod:`~lightning_recipes.callbacks.curve_logger.callback`: the :class:`CurveLogger` callback (under
+  DDP it drops the samples a ``DistributedSampler`` repeats, with :mod:`lightning_recipes.eval_samples`).
 """
 
 from __future__ import annotations

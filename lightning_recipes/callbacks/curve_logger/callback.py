@@ -11,7 +11,6 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lightning_recipes.callbacks.curve_logger.ddp import evaluation_dataloaders, real_samples_on_rank
 from lightning_recipes.callbacks.curve_logger.state import CurveMetrics, CurveResults
 from lightning_recipes.callbacks.curve_logger.writers import (
     format_summary,
@@ -19,6 +18,7 @@ from lightning_recipes.callbacks.curve_logger.writers import (
     make_figures,
     write_csvs,
 )
+from lightning_recipes.eval_samples import RealSamples, evaluation_dataloaders
 
 Stage = Literal["validate", "test"]
 
@@ -111,8 +111,7 @@ class CurveLogger(Callback):
         self.root: Path | None = None
         self.last_results: dict[str, CurveResults] = {}
         self._metrics: dict[int, CurveMetrics] = {}
-        self._seen: dict[int, int] = {}
-        self._real: dict[int, int | None] = {}
+        self._samples = RealSamples()  # drops the samples DDP's sampler repeats
         self._active = False
         self._warned = False
 
@@ -167,13 +166,13 @@ class CurveLogger(Callback):
             return
         names = self._class_names(pl_module, pl_module.num_classes)
         loaders = evaluation_dataloaders(trainer, stage)
-        self._metrics, self._seen, self._real = {}, {}, {}
-        for idx, loader in enumerate(loaders):
-            self._metrics[idx] = CurveMetrics(
-                pl_module.task, pl_module.num_classes, self.thresholds, names
-            ).to(pl_module.device)
-            self._seen[idx] = 0
-            self._real[idx] = real_samples_on_rank(loader)
+        self._samples.start_with(loaders)
+        self._metrics = {
+            idx: CurveMetrics(pl_module.task, pl_module.num_classes, self.thresholds, names).to(
+                pl_module.device
+            )
+            for idx in range(len(loaders))
+        }
 
     def _update(self, outputs: Any, dataloader_idx: int) -> None:
         if not self._active:
@@ -187,9 +186,7 @@ class CurveLogger(Callback):
             self._active = False
             return
         preds, target = outputs["preds"], outputs["target"]
-        real = self._real.get(dataloader_idx)
-        keep = len(target) if real is None else max(0, min(len(target), real - self._seen[dataloader_idx]))
-        self._seen[dataloader_idx] += len(target)
+        keep = self._samples.keep(len(target), dataloader_idx)
         if keep:
             self._metrics[dataloader_idx].update(preds[:keep], target[:keep])
 
