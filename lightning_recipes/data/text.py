@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader
 
 from lightning_recipes._compat import dataset_fingerprint
@@ -16,71 +15,14 @@ from lightning_recipes._hub import hub_call
 from lightning_recipes.cache import default_cache_dir
 from lightning_recipes.data._labels import LabelEncoder
 from lightning_recipes.data._loader import split_loader
+from lightning_recipes.data._text_files import length_grouped_sampler, load_split_file
 from lightning_recipes.handshake import META_KEY, DataSpec, InputSpec, agree_tokenizer
 from lightning_recipes.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 SPLITS = ("train", "val", "test", "predict")
-_BUILDERS = {
-    ".csv": "csv",
-    ".tsv": "csv",
-    ".json": "json",
-    ".jsonl": "json",
-    ".parquet": "parquet",
-    ".txt": "text",
-}
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 #: Prefix of the tokenised predict split's columns that keep the raw text (moved to ``batch["meta"]``).
 _META_PREFIX = "meta/"
-
-
-def _load_file(path: str, split: str, cache_dir: str) -> Any:
-    """One split from a local file; the loader follows the extension."""
-    from datasets import load_dataset
-
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"{split} file {path!r} does not exist")
-    builder = _BUILDERS.get(file.suffix.lower())
-    if builder is None:
-        raise ValueError(f"{split} file {path!r}: unsupported extension; use one of {sorted(_BUILDERS)}")
-    if file.stat().st_size == 0:
-        raise ValueError(f"{split} file {path!r} is empty")
-    kwargs: dict[str, Any] = {"delimiter": "\t", "quoting": 3} if file.suffix.lower() == ".tsv" else {}
-    try:
-        ds = load_dataset(
-            builder, data_files={split: str(file.resolve())}, split=split, cache_dir=cache_dir, **kwargs
-        )
-    except ValueError as exc:  # datasets: 'Instruction "train" corresponds to no data!'
-        raise ValueError(f"{split} file {path!r} has no rows (a header only?)") from exc
-    if len(ds) == 0:
-        raise ValueError(f"{split} file {path!r} has no rows (a header only?)")
-    return ds
-
-
-def _length_grouped_sampler(batch_size: int, lengths: list[int], seed: int) -> Any:
-    """transformers' ``LengthGroupedSampler`` drawing a new, seeded order each epoch.
-
-    Seeding by ``seed + epoch`` (not the global RNG) gives every DDP rank the same order, which
-    Lightning's ``DistributedSamplerWrapper`` then shards. The epoch is the Trainer's: Lightning calls
-    ``set_epoch`` before each epoch (and forwards it through its DDP wrapper), so a run resumed at
-    epoch N draws epoch N's order; used without Lightning, each iteration moves to the next epoch.
-    """
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-
-    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-        def set_epoch(self, epoch: int) -> None:
-            self.epoch, self.epoch_given = epoch, True
-
-        def __iter__(self) -> Any:
-            self.generator = torch.Generator().manual_seed(seed + self.epoch)
-            if not self.epoch_given:
-                self.epoch += 1
-            self.epoch_given = False
-            return super().__iter__()
-
-    sampler = EpochSeededLengthGroupedSampler(batch_size, lengths=lengths)
-    sampler.epoch, sampler.epoch_given = 0, False
-    return sampler
 
 
 class TextDataModule(L.LightningDataModule):
@@ -276,10 +218,12 @@ class TextDataModule(L.LightningDataModule):
             raw = {split: loaded.get(name) if name else None for split, name in self.splits.items()}
         else:
             raw = {
-                s: (_load_file(f, s, cache) if f else None) for s, f in self.files.items() if s != "predict"
+                s: (load_split_file(f, s, cache) if f else None)
+                for s, f in self.files.items()
+                if s != "predict"
             }
         predict_file = self.files["predict"]
-        raw["predict"] = _load_file(predict_file, "predict", cache) if predict_file else None
+        raw["predict"] = load_split_file(predict_file, "predict", cache) if predict_file else None
         if (
             raw["predict"] is not None
             and Path(predict_file).suffix.lower() == ".txt"
@@ -415,7 +359,7 @@ class TextDataModule(L.LightningDataModule):
         batch_size = self.batch_size if train else (self.eval_batch_size or self.batch_size)
         sampler: Any = None
         if ds is not None and self.group_by_length and train:
-            sampler = _length_grouped_sampler(batch_size, self.lengths[split], self.seed)
+            sampler = length_grouped_sampler(batch_size, self.lengths[split], self.seed)
         elif ds is not None and self.group_by_length and split != "predict":
             sampler = sorted(range(len(ds)), key=self.lengths[split].__getitem__)
         shuffle = train and sampler is None

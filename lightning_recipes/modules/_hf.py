@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 from torch import nn
 
-from lightning_recipes._hub import looks_like_local_path
+from lightning_recipes._hub import hub_call, looks_like_local_path
 from lightning_recipes.tokenizer import load_tokenizer
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model")
@@ -84,3 +84,33 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
         enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:  # transformers < 5
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def load_pretrained_causal_lm(name: str, revision: str | None = None, **overrides: Any) -> nn.Module:
+    """``AutoModelForCausalLM.from_pretrained`` with clear errors for a missing folder or no network.
+
+    Args:
+        name: Hugging Face Hub id (``gpt2``, ``EleutherAI/pythia-70m``) or local folder.
+        revision: branch, tag or commit of a Hub id.
+        **overrides: config values to change (e.g. ``resid_pdrop=0.0``).
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = str(Path(name).expanduser()) if looks_like_local_path(name) else name
+    return hub_call(
+        name,
+        "transformers",
+        "causal LM",
+        AutoModelForCausalLM.from_pretrained,
+        path,
+        revision=revision,
+        **overrides,
+    )
+
+
+def untie_output_embeddings(model: nn.Module) -> None:
+    """Give ``lm_head`` its own copy of the tied embedding matrix (pretrained values, not random)."""
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    if out is not None and out.weight is inp.weight:
+        out.weight = nn.Parameter(inp.weight.detach().clone())
+    model.config.tie_word_embeddings = False

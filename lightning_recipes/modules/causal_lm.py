@@ -12,35 +12,19 @@ from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from lightning_recipes._deprecation import renamed
-from lightning_recipes._hub import hub_call, looks_like_local_path
 from lightning_recipes.handshake import META_KEY, DataSpec, InputSpec, agree_tokenizer, split_meta
 from lightning_recipes.modules._base import TransferModule
 from lightning_recipes.modules._generation import generate_texts
-from lightning_recipes.modules._hf import HFParts, build_config, enable_gradient_checkpointing, find_tokenizer
+from lightning_recipes.modules._hf import (
+    HFParts,
+    build_config,
+    enable_gradient_checkpointing,
+    find_tokenizer,
+    load_pretrained_causal_lm,
+    untie_output_embeddings,
+)
 from lightning_recipes.modules._layers import transformer_layer_groups
 from lightning_recipes.tokenizer import restore_tokenizer, store_tokenizer
-
-
-def load_pretrained_causal_lm(name: str, revision: str | None = None, **overrides: Any) -> nn.Module:
-    """``AutoModelForCausalLM.from_pretrained`` with clear errors for a missing folder or no network.
-
-    Args:
-        name: Hugging Face Hub id (``gpt2``, ``EleutherAI/pythia-70m``) or local folder.
-        revision: branch, tag or commit of a Hub id.
-        **overrides: config values to change (e.g. ``resid_pdrop=0.0``).
-    """
-    from transformers import AutoModelForCausalLM
-
-    path = str(Path(name).expanduser()) if looks_like_local_path(name) else name
-    return hub_call(
-        name,
-        "transformers",
-        "causal LM",
-        AutoModelForCausalLM.from_pretrained,
-        path,
-        revision=revision,
-        **overrides,
-    )
 
 
 class CausalLM(HFParts, TransferModule):
@@ -143,7 +127,7 @@ class CausalLM(HFParts, TransferModule):
             model = load_pretrained_causal_lm(model_name_or_path, revision, **overrides)
             model.train()  # from_pretrained returns eval mode, and Lightning keeps modules modes
             if untie:
-                _untie_output_embeddings(model)
+                untie_output_embeddings(model)
         self.set_parts(model, model.base_model, model.get_output_embeddings())
         if gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
@@ -413,11 +397,3 @@ class CausalLM(HFParts, TransferModule):
         tokenizer = restore_tokenizer(checkpoint)
         if tokenizer is not None and self.tokenizer is None:
             self.set_tokenizer(tokenizer)
-
-
-def _untie_output_embeddings(model: nn.Module) -> None:
-    """Give ``lm_head`` its own copy of the tied embedding matrix (pretrained values, not random)."""
-    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
-    if out is not None and out.weight is inp.weight:
-        out.weight = nn.Parameter(inp.weight.detach().clone())
-    model.config.tie_word_embeddings = False

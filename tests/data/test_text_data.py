@@ -276,14 +276,14 @@ def test_unreachable_hub_dataset_names_it(tokenizer_dir: Path, tmp_path: Path) -
 
 
 def test_an_empty_or_header_only_file_is_named(tmp_path: Path) -> None:
-    from lightning_recipes.data.text import _load_file
+    from lightning_recipes.data._text_files import load_split_file
 
     (tmp_path / "empty.csv").write_text("")
     (tmp_path / "header.csv").write_text("text,label\n")
     with pytest.raises(ValueError, match=r"train file '.*empty.csv' is empty"):
-        _load_file(str(tmp_path / "empty.csv"), "train", str(tmp_path / "cache"))
+        load_split_file(str(tmp_path / "empty.csv"), "train", str(tmp_path / "cache"))
     with pytest.raises(ValueError, match=r"val file '.*header.csv' has no rows"):
-        _load_file(str(tmp_path / "header.csv"), "val", str(tmp_path / "cache"))
+        load_split_file(str(tmp_path / "header.csv"), "val", str(tmp_path / "cache"))
 
 
 def test_length_grouped_order_follows_the_trainer_epoch_on_resume(
