@@ -175,56 +175,19 @@ class CurveMetrics:
         self.curves = MetricCollection(curves, compute_groups=True)
         # Two classes: the first class's own curves (its score is preds[:, 0], its positives target 0),
         # so the per-class table has AUROC/AP for both.
-        self.negative = (
-            MetricCollection(
-                {
-                    "roc": binary["ROC"](thresholds=t),
-                    "pr": binary["PrecisionRecallCurve"](thresholds=t),
-                    "auroc": binary["AUROC"](thresholds=t),
-                    "ap": binary["AveragePrecision"](thresholds=t),
-                },
-                compute_groups=True,
-            )
-            if self.binary
-            else None
-        )
+        self.negative = _binary_curves(t) if self.binary else None
         # Micro averages: one binary problem over the flattened (one-hot) targets.
-        self.micro = (
-            None
-            if self.binary
-            else MetricCollection(
-                {
-                    "roc": binary["ROC"](thresholds=t),
-                    "pr": binary["PrecisionRecallCurve"](thresholds=t),
-                    "auroc": binary["AUROC"](thresholds=t),
-                    "ap": binary["AveragePrecision"](thresholds=t),
-                },
-                compute_groups=True,
-            )
-        )
-        stats: dict[str, Metric] = {}
-        if task == "multiclass":
-            stats["confusion"] = tmc.MulticlassConfusionMatrix(c)
-            kinds = {
-                "precision": tmc.MulticlassPrecision,
-                "recall": tmc.MulticlassRecall,
-                "f1": tmc.MulticlassF1Score,
-                "specificity": tmc.MulticlassSpecificity,
-            }
-            for name, cls in kinds.items():
-                for average in ("none", "macro", "micro"):
-                    stats[f"{name}_{average}"] = cls(c, average=average)
-        else:
-            stats["confusion"] = tmc.MultilabelConfusionMatrix(c)
-            kinds = {
-                "precision": tmc.MultilabelPrecision,
-                "recall": tmc.MultilabelRecall,
-                "f1": tmc.MultilabelF1Score,
-                "specificity": tmc.MultilabelSpecificity,
-            }
-            for name, cls in kinds.items():
-                for average in ("none", "macro", "micro"):
-                    stats[f"{name}_{average}"] = cls(c, average=average)
+        self.micro = None if self.binary else _binary_curves(t)
+        kind = "Multiclass" if task == "multiclass" else "Multilabel"
+        stats: dict[str, Metric] = {"confusion": getattr(tmc, f"{kind}ConfusionMatrix")(c)}
+        for name, cls in (
+            ("precision", "Precision"),
+            ("recall", "Recall"),
+            ("f1", "F1Score"),
+            ("specificity", "Specificity"),
+        ):
+            for average in ("none", "macro", "micro"):
+                stats[f"{name}_{average}"] = getattr(tmc, f"{kind}{cls}")(c, average=average)
         self.stats = MetricCollection(stats, compute_groups=True)
 
     def collections(self) -> list[MetricCollection]:
@@ -317,6 +280,20 @@ class CurveMetrics:
             row["auroc"], row["ap"] = auroc[average], ap[average]
             summary.append(row)
         return CurveResults(self.task, list(names), roc, pr, auroc, ap, confusion, summary)
+
+
+def _binary_curves(thresholds: Tensor | None) -> MetricCollection:
+    """ROC, PR curve, AUROC and AP of one binary problem, sharing one state (compute groups)."""
+    binary = _CURVES["binary"]
+    return MetricCollection(
+        {
+            "roc": binary["ROC"](thresholds=thresholds),
+            "pr": binary["PrecisionRecallCurve"](thresholds=thresholds),
+            "auroc": binary["AUROC"](thresholds=thresholds),
+            "ap": binary["AveragePrecision"](thresholds=thresholds),
+        },
+        compute_groups=True,
+    )
 
 
 def curve_thresholds(thresholds: int | list[float] | None) -> Tensor | None:
