@@ -9,10 +9,9 @@ is *overridden* (the override has to stay in the subclass), a constant here list
 upon and the test checks that the parent still has them with the expected signature.
 
 "Checked" means: this module's tests pass against the installed versions, **lightning 2.6.6,
-torch 2.15, timm 1.0.31**. The lower bounds in ``pyproject.toml`` are ``lightning>=2.4``,
-``torch>=2.4``, ``timm>=1.0.15``; where an entry notes an older release it is from reading that
-release's source (the 2.4.0, 2.5.5 and 2.6.0 wheels of lightning, timm 1.0.15), not from running
-the tests on it.
+torch 2.15, timm 1.0.31**, and also on the lower bounds in ``pyproject.toml`` (``lightning>=2.6``,
+``torch>=2.5``, ``timm>=1.0.15``; ``.ci/oldest``); where an entry notes a release older than a lower
+bound (lightning 2.4.0, 2.5.5) it is from reading that release's source, not from running the tests.
 
 Sections: Lightning (loops and the LR finder, callback order, ``EarlyStopping``, ``WandbLogger``,
 DDP), torch (LR schedulers, BatchNorm), timm (parameter groups), datasets (fingerprints).
