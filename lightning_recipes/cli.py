@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +28,7 @@ from typing_extensions import override
 from lightning_recipes import zoo
 from lightning_recipes.callbacks.non_finite_guard import NonFiniteGuard
 from lightning_recipes.callbacks.prediction_writer import PredictionWriter
+from lightning_recipes.cluster import quiet_dependency_noise, use_progress_log
 from lightning_recipes.handshake import connect
 from lightning_recipes.loggers.wandb import apply_resume_id
 from lightning_recipes.recipes import list_recipes, resolve_recipe
@@ -127,6 +127,7 @@ class LightningRecipesCLI(LightningCLI):
         # Predictions are written by a PredictionWriter, unless the recipe configures a writer of its own.
         if not any(isinstance(cb, BasePredictionWriter) for cb in trainer.callbacks):
             trainer.callbacks.append(PredictionWriter())
+        use_progress_log(trainer)  # one line per epoch instead of a live bar in SLURM/torchrun/nohup logs
         return trainer
 
     def run_stages(self) -> dict[str, Any]:
@@ -218,7 +219,7 @@ def short_error(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lightning`` and ``lightning-recipes`` console scripts; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+    quiet_dependency_noise()
     command = argv[0] if argv else ""
     try:
         if command == "run":

@@ -19,6 +19,7 @@ _EXPORTS = {
     "NonFiniteGuard": "lightning_recipes.callbacks.non_finite_guard",
     "TrainingDiverged": "lightning_recipes.callbacks.non_finite_guard",
     "PredictionWriter": "lightning_recipes.callbacks.prediction_writer",
+    "ProgressLog": "lightning_recipes.callbacks.progress_log",
 }
 
 __all__ = sorted(_EXPORTS)
