@@ -14,7 +14,7 @@ torch 2.15, timm 1.0.31**, and also on the lower bounds in ``pyproject.toml`` (`
 bound (lightning 2.4.0, 2.5.5) it is from reading that release's source, not from running the tests.
 
 Sections: Lightning (loops and the LR finder, callback order, ``EarlyStopping``, ``WandbLogger``,
-DDP), torch (LR schedulers, BatchNorm), timm (parameter groups), datasets (fingerprints).
+DDP, FSDP), torch (LR schedulers, BatchNorm), timm (parameter groups), datasets (fingerprints).
 """
 
 from __future__ import annotations
@@ -282,6 +282,24 @@ def rewrap_ddp(strategy: Any) -> bool:
     strategy.model = strategy.lightning_module
     strategy.configure_ddp()
     return True
+
+
+# -- FSDP (used by strategies.py) ----------------------------------------------------------------
+
+
+def set_fsdp_activation_checkpointing(strategy: Any, block_classes: set[type[nn.Module]]) -> None:
+    """Have Lightning's ``FSDPStrategy`` checkpoint the activations of every module of ``block_classes``.
+
+    ``FSDPStrategy(activation_checkpointing_policy=...)`` only takes the classes when it is built; the
+    block classes of a recipe's model are known once the model is (``TransformerFSDP.setup``). This
+    sets what the constructor would: ``strategy._activation_checkpointing_kwargs``, computed by
+    Lightning's ``_activation_checkpointing_kwargs(None, block_classes)`` (``{"auto_wrap_policy":
+    ModuleWrapPolicy(block_classes)}``), which ``_setup_model`` hands to torch's ``apply_activation_checkpointing`` after wrapping.
+    Checked: lightning 2.6.6, torch 2.15.
+    """
+    from lightning.fabric.strategies.fsdp import _activation_checkpointing_kwargs
+
+    strategy._activation_checkpointing_kwargs = _activation_checkpointing_kwargs(None, set(block_classes))
 
 
 # ================================================================================================

@@ -488,6 +488,23 @@ def test_rewrap_ddp_builds_a_new_wrapper_of_the_same_module(tmp_path):
         dist.destroy_process_group()
 
 
+def test_fsdp_activation_checkpointing_is_what_the_constructor_sets():
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    built = FSDPStrategy(activation_checkpointing_policy={nn.Linear})
+    assert "_activation_checkpointing_kwargs" in vars(built), broken(
+        "lightning", "FSDPStrategy._activation_checkpointing_kwargs"
+    )
+    late = FSDPStrategy()
+    _compat.set_fsdp_activation_checkpointing(late, {nn.Linear})
+    assert late._activation_checkpointing_kwargs.keys() == built._activation_checkpointing_kwargs.keys()
+    policy = late._activation_checkpointing_kwargs["auto_wrap_policy"]
+    assert policy(module=nn.Linear(1, 1), recurse=False, nonwrapped_numel=0), broken(
+        "lightning", "_activation_checkpointing_kwargs(None, classes) gives a ModuleWrapPolicy of the classes"
+    )
+    assert not policy(module=nn.ReLU(), recurse=False, nonwrapped_numel=0)
+
+
 # ================================================================================================
 # torch
 # ================================================================================================

@@ -105,7 +105,8 @@ class FreezeUnfreeze(BaseFinetuning):
     time the trainable set changes the callback wraps the LightningModule in a fresh
     ``DistributedDataParallel`` (which also broadcasts rank 0's weights), so frozen epochs pay no
     communication for the backbone and unfrozen parameters are all-reduced like any other. Single
-    device and DDP strategies are supported; others (FSDP, DeepSpeed) raise ``NotImplementedError``.
+    device and DDP strategies are supported; others (FSDP, DeepSpeed) raise ``NotImplementedError``
+    saying what to use instead (docs/multi_gpu.md).
 
     Resume: the stage is in the checkpoint (``state_dict``); on resume the callback unfreezes the same
     groups and adds the same optimizer groups in ``on_fit_start``, before Lightning loads the optimizer
@@ -250,7 +251,11 @@ class FreezeUnfreeze(BaseFinetuning):
         if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
             raise NotImplementedError(
                 "FreezeUnfreeze supports single-device and DDP strategies, not "
-                f"{type(trainer.strategy).__name__}"
+                f"{type(trainer.strategy).__name__}: FSDP and DeepSpeed flatten and shard the parameters when "
+                "they wrap the model, so parameters frozen then cannot join the optimizer later. Use "
+                "--trainer.strategy=ddp (a frozen backbone holds no gradients or optimizer state, so the "
+                "frozen phase fits where fine-tuning does not), or drop FreezeUnfreeze and fine-tune every "
+                "layer under FSDP"
             )
         # Unfreeze before an LR sweep of the same epoch (see "Order with tuner callbacks").
         _compat.run_before_tuner_callbacks(trainer, self)
