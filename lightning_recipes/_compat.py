@@ -294,7 +294,8 @@ def set_fsdp_activation_checkpointing(strategy: Any, block_classes: set[type[nn.
     block classes of a recipe's model are known once the model is (``TransformerFSDP.setup``). This
     sets what the constructor would: ``strategy._activation_checkpointing_kwargs``, computed by
     Lightning's ``_activation_checkpointing_kwargs(None, block_classes)`` (``{"auto_wrap_policy":
-    ModuleWrapPolicy(block_classes)}``), which ``_setup_model`` hands to torch's ``apply_activation_checkpointing`` after wrapping.
+    ModuleWrapPolicy(block_classes)}``), which ``_setup_model`` hands to torch's
+    ``apply_activation_checkpointing`` after wrapping.
     Checked: lightning 2.6.6, torch 2.15.
     """
     from lightning.fabric.strategies.fsdp import _activation_checkpointing_kwargs

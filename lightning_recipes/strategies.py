@@ -106,7 +106,7 @@ class TransformerFSDP(FSDPStrategy):
         if self.root_device.type != "cuda":
             raise RuntimeError(
                 f"TransformerFSDP needs CUDA GPUs, got device {self.root_device}: torch's FSDP refuses CPU "
-                "devices (\"FSDP needs a non-CPU accelerator device\"). Use --trainer.strategy=ddp on CPU"
+                'devices ("FSDP needs a non-CPU accelerator device"). Use --trainer.strategy=ddp on CPU'
             )
         super().setup_environment()
 

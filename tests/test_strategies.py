@@ -60,16 +60,19 @@ def test_a_policy_of_ones_own_is_kept() -> None:
     assert strategy.kwargs["auto_wrap_policy"] is kept
 
 
+def fsdp_trainer(tmp_path, **kwargs) -> L.Trainer:
+    strategy = TransformerFSDP()
+    return L.Trainer(accelerator="cpu", strategy=strategy, logger=False, default_root_dir=tmp_path, **kwargs)
+
+
 def test_mixed_precision_follows_the_trainer_precision(tmp_path) -> None:
-    trainer = L.Trainer(
-        accelerator="cpu", strategy=TransformerFSDP(), precision="bf16-mixed", logger=False, default_root_dir=tmp_path
-    )
+    trainer = fsdp_trainer(tmp_path, precision="bf16-mixed")
     config = trainer.strategy.mixed_precision_config
     assert (config.param_dtype, config.reduce_dtype, config.buffer_dtype) == (torch.bfloat16,) * 3
 
 
 def test_on_cpu_it_stops_at_once_saying_what_to_use(tmp_path) -> None:
-    trainer = L.Trainer(accelerator="cpu", strategy=TransformerFSDP(), logger=False, default_root_dir=tmp_path)
+    trainer = fsdp_trainer(tmp_path)
     with pytest.raises(RuntimeError, match=r"needs CUDA GPUs, got device cpu.*Use --trainer.strategy=ddp"):
         trainer.fit(tiny_bert())
 
@@ -82,7 +85,7 @@ def test_on_cpu_it_stops_at_once_saying_what_to_use(tmp_path) -> None:
     ],
 )
 def test_freezing_and_lr_sweeps_refuse_fsdp_saying_what_to_do(tmp_path, callback, message) -> None:
-    trainer = L.Trainer(accelerator="cpu", strategy=TransformerFSDP(), logger=False, default_root_dir=tmp_path)
+    trainer = fsdp_trainer(tmp_path)
     with pytest.raises(NotImplementedError, match=message):
         callback.setup(trainer, tiny_bert(), "fit")
-    callback.setup(L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path), tiny_bert(), "validate")
+    callback.setup(trainer, tiny_bert(), "validate")  # only fit is refused

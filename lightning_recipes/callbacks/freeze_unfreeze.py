@@ -251,8 +251,8 @@ class FreezeUnfreeze(BaseFinetuning):
         if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
             raise NotImplementedError(
                 "FreezeUnfreeze supports single-device and DDP strategies, not "
-                f"{type(trainer.strategy).__name__}: FSDP and DeepSpeed flatten and shard the parameters when "
-                "they wrap the model, so parameters frozen then cannot join the optimizer later. Use "
+                f"{type(trainer.strategy).__name__}: FSDP and DeepSpeed flatten and shard the parameters "
+                "when they wrap the model, so parameters frozen then cannot join the optimizer later. Use "
                 "--trainer.strategy=ddp (a frozen backbone holds no gradients or optimizer state, so the "
                 "frozen phase fits where fine-tuning does not), or drop FreezeUnfreeze and fine-tune every "
                 "layer under FSDP"

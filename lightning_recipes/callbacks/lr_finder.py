@@ -219,9 +219,9 @@ class LRFinder(LearningRateFinder):
 
         if stage == "fit" and isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy)):
             raise NotImplementedError(
-                f"LRFinder does not run under {type(trainer.strategy).__name__}: its sweep saves and restores "
-                "the whole trainer state, which is untested with sharded parameters. Sweep on one GPU or "
-                "with --trainer.strategy=ddp (stages: [fit], a few hundred steps), then set "
+                f"LRFinder does not run under {type(trainer.strategy).__name__}: its sweep saves and "
+                "restores the whole trainer state, which is untested with sharded parameters. Sweep on one "
+                "GPU or with --trainer.strategy=ddp (stages: [fit], a few hundred steps), then set "
                 "--model.init_args.lr to the suggested value and remove LRFinder from the FSDP run"
             )
 

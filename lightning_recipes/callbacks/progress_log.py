@@ -52,7 +52,8 @@ class ProgressLog(ProgressBar):
         >>> from torch.utils.data import DataLoader, TensorDataset
         >>> from lightning_recipes import ImageClassifier
         >>> model = ImageClassifier("test_resnet", num_classes=2, pretrained=False)
-        >>> data = DataLoader(TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 2, (8,))), batch_size=4)
+        >>> x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 2, (8,))
+        >>> data = DataLoader(TensorDataset(x, y), batch_size=4)
         >>> out = io.StringIO()
         >>> trainer = pl.Trainer(max_epochs=2, callbacks=[ProgressLog(stream=out)], logger=False,
         ...                      enable_checkpointing=False, enable_model_summary=False, accelerator="cpu")
@@ -64,7 +65,9 @@ class ProgressLog(ProgressBar):
     def __init__(self, every_n_steps: int | None = None, stream: TextIO | None = None) -> None:
         super().__init__()
         if every_n_steps is not None and every_n_steps < 0:
-            raise ValueError(f"every_n_steps must be >= 0 (0: only at epoch ends) or None, got {every_n_steps}")
+            raise ValueError(
+                f"every_n_steps must be >= 0 (0: only at epoch ends) or None, got {every_n_steps}"
+            )
         self.every_n_steps = every_n_steps
         self.stream = stream
         self._enabled = True

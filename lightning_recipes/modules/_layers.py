@@ -6,7 +6,9 @@ from torch import nn
 
 
 def transformer_blocks(backbone: nn.Module) -> tuple[str, nn.ModuleList] | None:
-    """The transformer blocks of ``backbone``: the name and the longest ``nn.ModuleList`` in it (``None``: none).
+    """The transformer blocks of ``backbone``: the name of the longest ``nn.ModuleList`` in it, and it.
+
+    ``None`` when ``backbone`` holds no ``nn.ModuleList``.
 
     Example::
 
