@@ -284,6 +284,22 @@ def rewrap_ddp(strategy: Any) -> bool:
     return True
 
 
+# -- loggers (used by cluster.py) -------------------------------------------------------------------
+
+
+def set_default_logger_version(logger: Any, version: str) -> bool:
+    """Give a ``CSVLogger``/``TensorBoardLogger`` built without ``version`` this one; return whether it did.
+
+    Both keep the constructor's ``version`` in ``_version`` and, while it is ``None``, pick the next
+    ``version_N`` the first time ``version`` (or ``log_dir``) is read; setting ``_version`` before
+    that is what ``version=...`` in the constructor does. Checked: lightning 2.6.6.
+    """
+    if getattr(logger, "_version", "unset") is not None:
+        return False
+    logger._version = version
+    return True
+
+
 # -- FSDP (used by strategies.py) ----------------------------------------------------------------
 
 

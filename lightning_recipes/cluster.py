@@ -1,9 +1,16 @@
-"""What ``lightning run`` does differently on a cluster: plain progress lines and no dependency noise.
+"""What ``lightning run`` does differently on a cluster: plain progress, no noise, SLURM requeue in place.
 
 :func:`use_progress_log` swaps Lightning's live progress bar (Rich or tqdm) for
 :class:`~lightning_recipes.callbacks.ProgressLog` when nobody watches the output live: stdout is not a
 terminal (a SLURM log, ``nohup``, a pipe), or the run is a SLURM job or was started by ``torchrun``.
 ``LIGHTNING_RECIPES_PROGRESS=bar`` keeps the bar, ``=log`` forces the lines.
+
+SLURM: Lightning's ``SLURMEnvironment`` saves ``hpc_ckpt_N.ckpt`` in ``trainer.default_root_dir`` on
+the requeue signal and requeues the job, which then starts ``lightning run`` again with the same job
+id; Lightning resumes fit from that checkpoint. :func:`slurm_run_name` names the run directory (and a
+TensorBoard/CSV logger's version) ``slurm-<job id>`` so the requeued job writes into the directory of
+the job it continues instead of a new ``version_N``; :func:`hpc_checkpoint` finds the checkpoint so
+``lightning run`` can also continue the W&B run stored in it.
 
 :func:`quiet_dependency_noise` hides the messages of Lightning and torch that a recipe user cannot act
 on: Lightning's advertising tips, torch's ``LeafSpec`` deprecation raised inside Lightning, the
@@ -15,12 +22,17 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
+from pathlib import Path
 
 import lightning as L
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from lightning_recipes import _compat
 from lightning_recipes.callbacks.progress_log import ProgressLog
 
 #: Environment variables that mark a run nobody watches live: a SLURM job, a ``torchrun`` worker.
@@ -78,3 +90,49 @@ def quiet_dependency_noise() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropInfo) for f in logger.filters):
             logger.addFilter(_DropInfo())
+
+
+def slurm_run_name() -> str | None:
+    """``slurm-<SLURM_JOB_ID>`` in a job that Lightning runs under ``SLURMEnvironment``, else ``None``.
+
+    A requeued job keeps its id, so it finds the directory of the job it continues. Jobs named
+    ``bash`` or ``interactive`` are not SLURM runs for Lightning (``SLURMEnvironment.detect``), nor here.
+    """
+    job = os.environ.get("SLURM_JOB_ID")
+    return f"slurm-{job}" if job and SLURMEnvironment.detect() else None
+
+
+def hpc_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The checkpoint a requeued SLURM job resumes from: the highest ``hpc_ckpt_N.ckpt`` in ``root``.
+
+    The same file Lightning picks for ``fit(ckpt_path=None)`` under SLURM (``trainer.default_root_dir``).
+
+    Example::
+
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for n in (1, 2, 10):
+        ...     _ = (root / f"hpc_ckpt_{n}.ckpt").write_bytes(b"")
+        >>> hpc_checkpoint(root).name, hpc_checkpoint(root / "none")
+        ('hpc_ckpt_10.ckpt', None)
+    """
+    folder = Path(root)
+    numbers = [
+        int(m.group(1))
+        for p in (folder.iterdir() if folder.is_dir() else ())
+        if (m := re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", p.name))
+    ]
+    return folder / f"hpc_ckpt_{max(numbers)}.ckpt" if numbers else None
+
+
+def use_slurm_run_name(trainer: L.Trainer) -> str | None:
+    """In a SLURM job, a TensorBoard/CSV first logger without a ``version`` gets ``slurm-<job id>``.
+
+    Its directory is the run directory (checkpoints, config, curves), so the requeued job continues in
+    it. Returns the version set, if any. (Other loggers: :class:`~lightning_recipes.runs.RecipeTrainer`.)
+    """
+    name = slurm_run_name()
+    logger = trainer.loggers[0] if trainer.loggers else None
+    if not (name and isinstance(logger, (CSVLogger, TensorBoardLogger))):
+        return None
+    return name if _compat.set_default_logger_version(logger, name) else None

@@ -14,6 +14,7 @@ _EXPORTS = {
     "CurveLogger": "lightning_recipes.callbacks.curve_logger",
     "EarlyStopping": "lightning_recipes.callbacks.early_stopping",
     "FreezeUnfreeze": "lightning_recipes.callbacks.freeze_unfreeze",
+    "GlobalBatch": "lightning_recipes.callbacks.global_batch",
     "GradientMonitor": "lightning_recipes.callbacks.gradient_monitor",
     "LRFinder": "lightning_recipes.callbacks.lr_finder",
     "NonFiniteGuard": "lightning_recipes.callbacks.non_finite_guard",

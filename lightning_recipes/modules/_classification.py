@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-from torchmetrics import MetricCollection
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import Accuracy, F1Score, MatthewsCorrCoef, Precision, Recall
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 
@@ -102,6 +102,9 @@ class ClassificationModule(TransferModule):
         self.train_metrics = build_metrics(task, num_classes).clone(prefix="train/")
         self.val_metrics = build_metrics(task, num_classes).clone(prefix="val/")
         self.test_metrics = build_metrics(task, num_classes).clone(prefix="test/")
+        # Evaluation losses as sums and counts, reduced across devices at the epoch's end: the mean over
+        # every real sample (Lightning's sync_dist would average the devices' means, unequal counts).
+        self.eval_losses = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
         self._eval_samples = RealSamples()
 
     @property
@@ -169,8 +172,13 @@ class ClassificationModule(TransferModule):
         keep = n if stage == "train" else self._eval_samples.keep(n, dataloader_idx)
         if keep:
             metrics.update(preds[:keep], (target.int() if self.task == "multilabel" else target)[:keep])
-        logged = loss if keep in (0, n) else self.loss(logits[:keep], target[:keep])
-        self.log(f"{stage}/loss", logged, prog_bar=True, batch_size=keep, sync_dist=stage != "train")
+        if stage == "train":
+            self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        else:
+            if keep:
+                logged = loss if keep == n else self.loss(logits[:keep], target[:keep])
+                self.eval_losses[stage].update(logged.detach().float(), weight=keep)
+            self.log(f"{stage}/loss", self.eval_losses[stage], prog_bar=True, on_step=False, on_epoch=True)
         self.log_dict(metrics, prog_bar=stage != "train", batch_size=keep, on_epoch=True, on_step=False)
         return {"loss": loss, "preds": preds, "target": target}
 
