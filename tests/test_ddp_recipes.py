@@ -151,7 +151,6 @@ def test_lm_recipe_under_torchrun(tmp_path, text_file, tiny_pretrained, capsys) 
     data = [
         f"--model.init_args.model_name_or_path={tiny_pretrained}",
         f"--data.init_args.train_files={text_file.parent / '*.txt'}",
-        f"--data.init_args.tokenizer={tiny_pretrained}",
         "--data.init_args.block_size=32",
         "--data.init_args.batch_size=2",
         "--data.init_args.num_workers=0",
