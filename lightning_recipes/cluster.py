@@ -130,9 +130,17 @@ def use_slurm_run_name(trainer: L.Trainer) -> str | None:
 
     Its directory is the run directory (checkpoints, config, curves), so the requeued job continues in
     it. Returns the version set, if any. (Other loggers: :class:`~lightning_recipes.runs.RecipeTrainer`.)
+    Lightning's ``CSVLogger`` deletes a ``metrics.csv`` it finds in its directory; in a requeued job the
+    earlier one is first renamed ``metrics.before_requeue_<N>.csv`` (``N``: ``SLURM_RESTART_COUNT``).
     """
     name = slurm_run_name()
     logger = trainer.loggers[0] if trainer.loggers else None
     if not (name and isinstance(logger, (CSVLogger, TensorBoardLogger))):
         return None
-    return name if _compat.set_default_logger_version(logger, name) else None
+    if not _compat.set_default_logger_version(logger, name):
+        return None
+    metrics = Path(logger.log_dir) / "metrics.csv"
+    if isinstance(logger, CSVLogger) and trainer.is_global_zero and metrics.is_file():
+        restart = os.environ.get("SLURM_RESTART_COUNT", "0")
+        metrics.rename(metrics.with_name(f"metrics.before_requeue_{restart}.csv"))
+    return name
