@@ -312,8 +312,9 @@ class FeatureCache:
                     features, target = pl_module.features_and_target(batch)
                     if training and view == 0 and i == 0:
                         _seed_all(self.seed + 1)  # a stochastic backbone would now give another output
-                        if not torch.equal(features, pl_module.features_and_target(batch)[0]):
-                            raise ValueError(self._dropout_message(["(functional)"]))
+                        again = pl_module.features_and_target(batch)[0]
+                        if not torch.allclose(features, again, rtol=1e-4, atol=1e-5):
+                            raise ValueError(self._dropout_message(["the first batch gave two outputs"]))
                     feats.append(features.float().cpu())
                     targets.append(target.cpu())
                 per_view.append(torch.cat(feats))

@@ -212,6 +212,15 @@ def test_modules_and_strategies_the_cache_cannot_serve(tmp_path):
     with pytest.raises(ValueError, match="train_bn=True keeps BatchNorm"):
         image_run(tmp_path / "bn", cache=True, train_bn=True)
 
+    class Stochastic(ImageClassifier):  # stochastic without a dropout module: found by running a batch twice
+        def features_and_target(self, batch):
+            features, target = super().features_and_target(batch)
+            return features + 0.1 * torch.rand_like(features), target
+
+    noisy = Stochastic("test_resnet", num_classes=2, pretrained=False)
+    with pytest.raises(ValueError, match=r"changes from one pass.*\['the first batch gave two outputs'\]"):
+        fit(tmp_path / "noisy", noisy, DataLoader(images(8), batch_size=4), cache_features=True)
+
     folder = make_model(tmp_path / "tiny-bert")
     config = {**__import__("transformers").AutoConfig.from_pretrained(folder).to_dict()}
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
