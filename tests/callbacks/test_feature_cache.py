@@ -182,6 +182,36 @@ def test_files_over_budget_are_memory_mapped_reused_and_rebuilt_on_key_change(tm
     assert len(list((tmp_path / "fc").iterdir())) == 3
 
 
+def test_data_fingerprints_follow_files_transforms_and_tokenisation(tmp_path):
+    from PIL import Image
+    from torchvision.transforms import Resize
+
+    from lightning_recipes.callbacks._feature_store import data_fingerprint
+    from lightning_recipes.data.image import ImageDataset
+
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(tmp_path / f"{i}.png")
+    samples = [(tmp_path / f"{i}.png", i % 2) for i in range(3)]
+    base = data_fingerprint(ImageDataset(samples, Resize(4)))
+    assert base == data_fingerprint(ImageDataset(samples, Resize(4)))
+    assert base != data_fingerprint(ImageDataset(samples, Resize(6)))  # another transform
+    assert base != data_fingerprint(ImageDataset(samples[:2], Resize(4)))  # other files
+    Image.new("RGB", (9, 8)).save(tmp_path / "2.png")  # a changed file
+    assert base != data_fingerprint(ImageDataset(samples, Resize(4)))
+
+    folder = make_model(tmp_path / "tiny-bert")
+    (tmp_path / "train.csv").write_text("text,label\ngood film,pos\nbad film,neg\n")
+    prints = []
+    for max_length in (8, 8, 3):
+        data = TextDataModule(
+            train_file=str(tmp_path / "train.csv"), text_column="text", tokenizer=str(folder),
+            max_length=max_length, cache_dir=str(tmp_path / "hf"),
+        )  # fmt: skip
+        data.setup("fit")
+        prints.append(data_fingerprint(data.train_set))
+    assert prints[0] == prints[1] != prints[2]
+
+
 @pytest.mark.slow
 def test_resume_in_frozen_phase_continues_exactly(tmp_path):
     def run(folder, epochs, **kwargs):
