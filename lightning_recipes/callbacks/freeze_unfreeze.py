@@ -127,7 +127,7 @@ class FreezeUnfreeze(BaseFinetuning):
     the cached features, validation included; the cache is dropped when the backbone starts training.
     Needs a module with ``features_and_target`` (``ImageClassifier``, ``TextClassifier`` with
     ``head="new"``), a backbone without active dropout and deterministic inputs, or ``cache_views``
-    augmented views per example. See ``docs/freeze_unfreeze.md``.
+    augmented views per example. See ``docs/feature_cache.md``.
 
     Args:
         unfreeze_at_epoch: epoch at which unfreezing starts; ``None`` keeps the backbone frozen.

@@ -48,8 +48,8 @@ class ClassificationModule(TransferModule):
     ``head(features)`` also implement :meth:`features_and_target`, which lets
     :class:`~lightning_recipes.callbacks.FreezeUnfreeze` cache the frozen backbone's features
     (``cache_features=True``) and step on :class:`~lightning_recipes.handshake.CachedFeatures` batches.
-    The module logs
-    ``{stage}/loss`` and the metrics of :func:`build_metrics` as ``{stage}/acc``, ``{stage}/f1``, ...;
+    The module logs ``{stage}/loss`` and the metrics of :func:`build_metrics` as ``{stage}/acc``,
+    ``{stage}/f1``, ...;
     ``validation_step``/``test_step`` return ``{"preds", "target"}`` (probabilities and labels) for
     callbacks such as :class:`~lightning_recipes.callbacks.CurveLogger`; ``predict_step`` returns
     probabilities, label names and the inputs' identity for the
