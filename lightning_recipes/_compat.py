@@ -145,6 +145,22 @@ def evaluation_dataloaders(trainer: pl.Trainer) -> list[Any] | None:
         return None
 
 
+def fit_combined_loaders(trainer: pl.Trainer) -> tuple[Any, Any]:
+    """The ``CombinedLoader`` s that ``fit``'s training and validation loops iterate (``None`` where absent).
+
+    ``trainer.fit_loop._combined_loader`` is set up before ``on_train_epoch_start``, and so is the
+    validation loop's (``fit_loop.epoch_loop.val_loop._combined_loader``) when validation runs in the
+    first epoch (else when it first runs). Setting a loader's ``flattened`` list (public
+    ``CombinedLoader`` API) in ``on_train_epoch_start`` changes what the loops iterate from the next
+    iterator they create: the validation loop's at each validation run; the training loop's at the
+    start of each epoch except the first one of a ``fit`` (and the resumed one), whose iterator was
+    created in ``setup_data``.
+
+    Checked: lightning 2.6.6 (for the feature cache of ``FreezeUnfreeze``).
+    """
+    return trainer.fit_loop._combined_loader, trainer.fit_loop.epoch_loop.val_loop._combined_loader
+
+
 # -- callback order (used by callbacks/freeze_unfreeze.py) ----------------------------------------
 
 # Callbacks that Lightning moves to the front of ``trainer.callbacks`` (its

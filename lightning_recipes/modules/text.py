@@ -210,18 +210,39 @@ class TextClassifier(HFParts, ClassificationModule):
     @override
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         """Logits from a dict of tokenizer outputs (``input_ids``, ``attention_mask``, ...)."""
-        kwargs = {k: inputs[k] for k in self._input_names if k in inputs}
         if self.model is not None:
-            return self.model(**kwargs).logits
+            return self.model(**{k: inputs[k] for k in self._input_names if k in inputs}).logits
+        return self.head(self.pooled(inputs))
+
+    def pooled(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        """The encoder's pooled output (``[CLS]`` or mean of the tokens) that the new head takes."""
+        if self.model is not None:
+            raise ValueError(
+                "TextClassifier(head='model') feeds the model's own head with the encoder's hidden "
+                "states, not pooled features: use head='new' to cache or read pooled features"
+            )
+        kwargs = {k: inputs[k] for k in self._input_names if k in inputs}
         hidden = self.backbone(**kwargs).last_hidden_state
-        pooled = hidden[:, 0] if self.pooling == "cls" else mean_pool(hidden, kwargs.get("attention_mask"))
-        return self.head(pooled)
+        return hidden[:, 0] if self.pooling == "cls" else mean_pool(hidden, kwargs.get("attention_mask"))
 
     @override
     def logits_and_target(self, batch: Any) -> tuple[Tensor, Tensor]:
+        return self(batch), self._labels(batch)
+
+    @override
+    def features_and_target(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """The pooled encoder output of a batch (``head="new"`` only), and its labels."""
+        return self.pooled(batch), self._labels(batch)
+
+    @override
+    def feature_settings(self) -> dict[str, Any]:
+        return {"pooling": self.pooling, "inputs": list(self._input_names)}
+
+    @staticmethod
+    def _labels(batch: Any) -> Tensor:
         if "labels" not in batch:
             raise ValueError(f"Batch has no 'labels' key (keys: {sorted(batch)}); is the split labelled?")
-        return self(batch), batch["labels"]
+        return batch["labels"]
 
     # -- the handshake ---------------------------------------------------------------------------
     @override
