@@ -262,3 +262,59 @@ def test_scratch_recipe_starts_from_random_weights_and_a_wordpiece_trained_on_th
         "film",
         "[SEP]",
     ]
+
+
+def shipped(tmp_path: Path) -> list[str]:
+    """Run a recipe as shipped (real ../shared weights and data), a few batches, logs in tmp_path."""
+    return [
+        *FAST,
+        "--trainer.limit_val_batches=1",
+        "--trainer.limit_test_batches=1",
+        f"--trainer.default_root_dir={tmp_path / 'run'}",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+        f"--data.init_args.cache_dir={tmp_path / 'cache'}",
+    ]
+
+
+@pytest.mark.slow
+def test_add_layers_recipe_as_shipped_unfreezes_minilm_top_down(
+    shared_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(REPO)  # the recipe's ../shared paths are relative to the repository root
+    recipe = REPO / "recipes" / "text" / "sst2_minilm_add_layers_local.yaml"
+    trainable: list[int] = []  # per epoch: how many of MiniLM's 7 layer groups are trainable
+
+    def record(self: TextClassifier) -> None:
+        trainable.append(sum(all(p.requires_grad for p in g.parameters()) for g in self.layer_groups()))
+
+    monkeypatch.setattr(TextClassifier, "on_train_epoch_start", record, raising=False)
+    args = ["run", str(recipe), *shipped(tmp_path), "--trainer.max_epochs=4"]
+    assert main(args) == 0, capsys.readouterr().err[-3000:]
+    assert trainable == [0, 1, 2, 7]  # milestones [1, 2, 3]: the last one unfreezes all
+    lrs = {}  # each group's LR as last logged (the groups keep theirs: no scheduler)
+    for row in read_metrics(tmp_path / "logs"):
+        lrs.update(
+            {k.removeprefix("lr-AdamW/"): float(v) for k, v in row.items() if k.startswith("lr-") and v}
+        )
+    assert lrs == pytest.approx({"head": 1e-3, **{f"backbone.{i}": 5e-5 * 0.8 ** (6 - i) for i in range(7)}})
+
+
+@pytest.mark.slow
+def test_scratch_recipe_as_shipped_learns_its_wordpiece_from_sst2(
+    shared_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    recipe = REPO / "recipes" / "text" / "sst2_bert_scratch_local.yaml"
+    tokenizer_dir = tmp_path / "tokenizer"
+    args = ["run", str(recipe), *shipped(tmp_path), f"--data.init_args.tokenizer_dir={tokenizer_dir}"]
+    assert main(args) == 0, capsys.readouterr().err[-3000:]
+    best = capsys.readouterr().out.split("Best checkpoint:")[1].split()[0]
+    model = TextClassifier.load_from_checkpoint(best)
+    tokenizer = model.tokenizer
+    assert (tokenizer_dir / "tokenizer.json").is_file()
+    assert 2000 < len(tokenizer) <= 8000  # 2,000 sentences: every word seen twice, and pieces
+    assert {"movie", "film", "funny", "boring"} <= set(tokenizer.get_vocab())
+    dev = [line.split("\t")[0] for line in (shared_dir / "data/sst2/dev.tsv").read_text().splitlines()[1:]]
+    ids = [i for text in dev for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    assert ids.count(tokenizer.unk_token_id) / len(ids) < 0.01  # pieces cover the unseen dev sentences
+    assert model.backbone.config.num_hidden_layers == 4 and model.backbone.config.hidden_size == 256
