@@ -262,6 +262,15 @@ def test_scratch_recipe_starts_from_random_weights_and_a_wordpiece_trained_on_th
         "film",
         "[SEP]",
     ]
+    # the checkpoint brings back the tokenizer the data module trains: predicting from it is allowed
+    logs = tmp_path / "predict"
+    predict = ["predict", "--config", str(recipe), *FAST, *overrides(None, data_dir, scratch=True)]
+    predict += [f"--ckpt_path={best}", f"--trainer.logger.init_args.save_dir={logs}"]
+    assert main(predict) == 0, capsys.readouterr().err[-3000:]
+    (path,) = logs.rglob("predictions.csv")
+    texts = ["good film", "bad movie", "great fun", "the plot was dull"] * 4  # dev.tsv, the test split
+    predicted = [r["label"] for r in csv.DictReader(path.open())]
+    assert predicted == [p["label"] for p in saved.predict_texts(texts)]
 
 
 def shipped(tmp_path: Path) -> list[str]:

@@ -165,16 +165,16 @@ class TextDataModule(L.LightningDataModule):
 
     # -- the handshake ---------------------------------------------------------------------------
     def accept_input_spec(self, spec: InputSpec) -> None:
-        """Tokenise with the model's tokenizer (the same as ``tokenizer``, if that is given too; with
-        ``wordpiece_vocab_size`` the model must have none)."""
-        if spec.tokenizer is not None and self.wordpiece_vocab_size is not None:
-            raise ValueError(
-                f"The model brings its own tokenizer ({getattr(spec.tokenizer, 'name_or_path', '?')!r}) and "
-                f"the data module would train another (wordpiece_vocab_size={self.wordpiece_vocab_size}): "
-                "remove wordpiece_vocab_size, or build the model from scratch (a config, no weights)"
-            )
-        own = load_tokenizer(self.tokenizer_name) if self.tokenizer_name else None
-        self.tokenizer = agree_tokenizer(spec.tokenizer, own, f"tokenizer={self.tokenizer_name!r}")
+        """Tokenise with the model's tokenizer, which must equal ``tokenizer`` if that is given too, or, with
+        ``wordpiece_vocab_size``, the one trained here (a model reloaded from a checkpoint of this data
+        brings it back; a pretrained model's own is an error)."""
+        if self.wordpiece_vocab_size is not None:
+            own = self._train_tokenizer() if spec.tokenizer is not None else None
+            name = f"wordpiece_vocab_size={self.wordpiece_vocab_size}"
+        else:
+            own = load_tokenizer(self.tokenizer_name) if self.tokenizer_name else None
+            name = f"tokenizer={self.tokenizer_name!r}"
+        self.tokenizer = agree_tokenizer(spec.tokenizer, own, name)
 
     def data_spec(self) -> DataSpec:
         """Class names (read from the training labels unless given), ``max_length`` and the tokenizer

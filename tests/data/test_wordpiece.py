@@ -87,10 +87,18 @@ def test_trained_tokenizer_must_fit_the_model_and_not_meet_a_pretrained_one(tmp_
     with pytest.raises(ValueError, match=r"The tokenizer has \d+ tokens but the model's vocab_size is 10"):
         connect(scratch_model(vocab_size=10), TextDataModule(**options))
     assert (tmp_path / "tok" / "tokenizer.json").is_file()
-    pretrained = scratch_model()
-    pretrained.tokenizer = TextDataModule(**options).prepare_tokenizer()
-    with pytest.raises(ValueError, match=r"would train another \(wordpiece_vocab_size=100\)"):
-        connect(pretrained, TextDataModule(**options))
+    # a model that brings the very tokenizer this data trains (reloaded from a checkpoint) keeps it; any
+    # other tokenizer (a pretrained model's) is an error
+    reloaded = scratch_model()
+    reloaded.tokenizer = TextDataModule(**options).prepare_tokenizer()
+    dm = TextDataModule(**options)
+    connect(reloaded, dm)
+    assert dm.tokenizer is reloaded.tokenizer
+    other = scratch_model()
+    smaller = {**options, "wordpiece_vocab_size": 30, "tokenizer_dir": str(tmp_path / "tok30")}
+    other.tokenizer = TextDataModule(**smaller).prepare_tokenizer()
+    with pytest.raises(ValueError, match=r"another \(wordpiece_vocab_size=100\); they differ"):
+        connect(other, TextDataModule(**options))
     with pytest.raises(ValueError, match="at most one of tokenizer .* or wordpiece_vocab_size"):
         TextDataModule(**options, tokenizer=str(tmp_path / "tok"))
 
