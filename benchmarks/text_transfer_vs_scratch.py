@@ -16,9 +16,10 @@ is scored on the 872 SST-2 dev sentences after every epoch (the last epoch's acc
 best). Training samples/s counts the training samples over the wall time of ``fit`` (validation
 included, the same 872 sentences for each); samples per CPU-second is steadier on a shared machine.
 
-Run (from the repository root; prints a markdown table)::
+Run (from the repository root; prints a markdown table; on a shared machine one torch thread gives
+repeatable timings, see docs/benchmarks.md; ``--threads 2`` on an idle one)::
 
-    nice .venv/bin/python benchmarks/text_transfer_vs_scratch.py --threads 2
+    .venv/bin/python benchmarks/text_transfer_vs_scratch.py --threads 1
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--train-size", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--arms", nargs="+", default=["fine-tune", "add-layers", "scratch"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
