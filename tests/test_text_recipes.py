@@ -203,6 +203,7 @@ def test_add_layers_recipe_trains_the_head_alone_then_unfreezes_with_decayed_lrs
     monkeypatch.setattr(TextClassifier, "on_train_epoch_start", record, raising=False)
     epochs = unfreeze["milestones"][-1] + 1
     args = [*FAST, f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={tmp_path / 'run'}"]
+    args += [f"--trainer.limit_{split}_batches=1" for split in ("train", "val", "test")]
     assert main(["run", str(recipe), *args, *overrides(model_dir, data_dir)]) == 0, capsys.readouterr().err
     # tiny BERT: 3 groups (embeddings, layer 0, layer 1); milestones [1, 2, 3]
     assert trainable == [[False, False, False], [False, False, True], [False, True, True], [True, True, True]]
@@ -210,7 +211,7 @@ def test_add_layers_recipe_trains_the_head_alone_then_unfreezes_with_decayed_lrs
     for row in read_metrics(data_dir / "logs"):
         for key, value in row.items():
             if key.startswith("lr-AdamW/") and value:
-                epoch = int(row["step"]) // 2  # limit_train_batches=2
+                epoch = int(row["step"])  # limit_train_batches=1: one step per epoch
                 lrs.setdefault(key.removeprefix("lr-AdamW/"), {})[epoch] = float(value)
     top = head_lr * unfreeze["backbone_lr_ratio"]
     decay = unfreeze["layer_decay"]
