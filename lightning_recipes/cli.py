@@ -7,8 +7,9 @@ SIGTERM or Ctrl-C saves ``on_exception.ckpt`` and exits 143 or 130 (never 0).
 ``lightning-recipes fit|validate|test|predict --config RECIPE.yaml`` are plain LightningCLI subcommands.
 ``lightning-recipes list [--matrix]`` shows the shipped recipes (family, scenario, offline or not);
 ``lightning-recipes suggest`` measures a data set against a backbone and names the recipe to run;
-``lightning-recipes zoo list|build NAME`` shows and builds the zoo's offline-pretrained weights (:mod:`lightning_recipes.zoo`). Errors print one short
-message; set ``LIGHTNING_RECIPES_DEBUG=1`` for the full traceback.
+``lightning-recipes zoo list|build NAME`` shows and builds the zoo's offline-pretrained weights
+(:mod:`lightning_recipes.zoo`). Errors print one short message; set ``LIGHTNING_RECIPES_DEBUG=1`` for
+the full traceback.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ def read_header(path: Path) -> dict[str, str]:
 
         >>> import tempfile
         >>> p = Path(tempfile.mkdtemp()) / "r.yaml"
-        >>> _ = p.write_text("# Train.\\n# Scenario: scratch -- random init,\\n#   no weights\\nseed_everything: 1\\n")
+        >>> _ = p.write_text("# Train.\\n# Scenario: scratch -- random init,\\n#   no weights\\nseed: 1\\n")
         >>> read_header(p)
         {'': 'Train.', 'Scenario': 'scratch -- random init, no weights'}
     """
