@@ -145,26 +145,28 @@ def _embed(model: torch.nn.Module, batches: list[torch.Tensor]) -> np.ndarray:
     return torch.cat([model(x) for x in batches]).float().numpy()
 
 
-def image_features(sample: Sample, backbone: str, max_image_size: int, seed: int) -> Features:
+def image_features(
+    sample: Sample, backbone: str, max_image_size: int, seed: int, pretrained: bool | str = True
+) -> Features:
     """Pooled features of the pretrained and a random-init ``backbone`` (timm name, ``local-dir:``, zoo)."""
     from timm.data import resolve_data_config
 
     from lightning_recipes.data.image import ImageDataset
     from lightning_recipes.modules.image import create_backbone
 
-    pretrained = create_backbone(backbone, pretrained=True)
+    own_weights = pretrained is True  # a weights file (or a zoo entry) brings no label names
+    model = create_backbone(backbone, pretrained=pretrained)
     with zoo.random_state_untouched():
         torch.manual_seed(seed)
         random = create_backbone(backbone, pretrained=False)
-    config = resolve_data_config({}, model=pretrained)
+    config = resolve_data_config({}, model=model)
     size = min(config["input_size"][-1], max_image_size)
     dm = sample.details["datamodule"]  # the data module's transforms, at the backbone's data config
     dm.data_config, dm.image_size = config, size if size < config["input_size"][-1] else None
     dataset = ImageDataset([(p, 0) for p in sample.items], dm.transforms(training=False))
     images = torch.stack([dataset[i][0] for i in range(len(dataset))])
     batches = list(images.split(64))
-    sample.details["image_size"] = size
-    names = _imagenet_names(pretrained) if backbone not in zoo.ZOO else None
+    names = _imagenet_names(model) if own_weights and backbone not in zoo.ZOO else None
     matched = match_labels(sample.classes, names) if names else [None] * len(sample.classes)
     logits = None
     if names and all(m is not None for m in matched):
@@ -177,7 +179,7 @@ def image_features(sample: Sample, backbone: str, max_image_size: int, seed: int
         classifier = hub_call(backbone, "timm", "head", create, backbone, pretrained=True, remote=remote)
         logits = _embed(classifier, batches)[:, matched]
     return Features(
-        pretrained=_embed(pretrained, batches),
+        pretrained=_embed(model, batches),
         random=_embed(random, batches),
         as_is_logits=logits,
         label_match=sum(m is not None for m in matched),
@@ -277,4 +279,4 @@ def detect_family(data: str) -> str:
         return "image"
     if path.is_file():
         return "text"
-    raise FileNotFoundError(f"--data {data!r} not found: give an image folder or a csv/tsv/json/parquet file")
+    raise FileNotFoundError(f"Data {data!r} not found: give an image folder or a csv/tsv/json/parquet file")

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from lightning_recipes.recipes import Recipe
+
 #: Median training examples per class at or above which a data set counts as large.
 LARGE_PER_CLASS = 1000
 #: Share of the random-init probe's errors that pretrained features remove, from which data is similar.
@@ -72,11 +74,12 @@ class Measurement:
     def similarity(self) -> float:
         """The share of the random-init probe's errors that pretrained features remove.
 
-        ``(error_random - error_pretrained) / error_random``, with ``error_random`` at least one
+        ``(error_random - error_pretrained) / error_random``, each error counted as at least one
         example's worth (``1 / probed``), so a task that random features already solve scores ``<= 0``.
         """
-        error_random = max(1.0 - self.probe_random, 1.0 / self.probed)
-        return (error_random - (1.0 - self.probe_pretrained)) / error_random
+        floor = 1.0 / self.probed
+        error_random = max(1.0 - self.probe_random, floor)
+        return (error_random - max(1.0 - self.probe_pretrained, floor)) / error_random
 
 
 def probe_accuracy(features: np.ndarray, targets: np.ndarray, seed: int = 0) -> float:
@@ -135,15 +138,18 @@ def decide(m: Measurement) -> tuple[str, str]:
     )
 
 
-def _data_class(recipe: Any) -> str:
+def _data_class(recipe: Recipe) -> str:
     import yaml
 
     return (yaml.safe_load(recipe.path.read_text()).get("data") or {}).get("class_path", "")
 
 
-def choose_recipe(family: str, scenario: str, backbone: str) -> Any:
-    """The shipped recipe of this cell that reads the family's own data module; prefer one whose model
-    is ``backbone``, then one whose model is here (no model blockers), then by name."""
+def choose_recipe(family: str, scenario: str, backbone: str) -> Recipe | None:
+    """The shipped recipe of this cell that reads the family's own data module (``None`` if there is none).
+
+    Among several, one whose model is ``backbone`` comes first, then one whose model is on this machine
+    (no model blockers, see :func:`~lightning_recipes.recipes.offline_blockers`), then by name.
+    """
     import yaml
 
     from lightning_recipes.recipes import list_recipes
@@ -152,12 +158,9 @@ def choose_recipe(family: str, scenario: str, backbone: str) -> Any:
     wanted = DATA_CLASS[family]
     usable = [r for r in cell if _data_class(r).endswith(wanted)]
     if not usable:
-        names = ", ".join(r.name for r in cell) or "none"
-        raise LookupError(
-            f"No shipped {family} {scenario} recipe reads a {wanted} (recipes of that cell: {names})"
-        )
+        return None
 
-    def rank(recipe: Any) -> tuple[bool, bool, str]:
+    def rank(recipe: Recipe) -> tuple[bool, bool, str]:
         args = (yaml.safe_load(recipe.path.read_text())["model"].get("init_args")) or {}
         same = backbone in (args.get("backbone"), args.get("model_name_or_path"))
         return (not same, any(b.startswith("model") for b in recipe.blockers), recipe.name)
@@ -165,14 +168,28 @@ def choose_recipe(family: str, scenario: str, backbone: str) -> Any:
     return min(usable, key=rank)
 
 
-def recipe_command(recipe: Any, family: str, data: str, backbone: str, classes: int, details: dict) -> str:
-    """The ``lightning run`` command of ``recipe`` with the data, backbone and class count filled in."""
+def recipe_command(
+    recipe: Recipe,
+    family: str,
+    data: str,
+    backbone: str,
+    classes: int,
+    details: dict[str, Any],
+    pretrained: str | None = None,
+) -> str:
+    """The ``lightning run`` command of ``recipe`` with the data, backbone and class count filled in.
+
+    ``details`` are the text file's columns (``text_column``, ``label_column``); ``pretrained`` a local
+    weights file of an image backbone, passed on unless the recipe trains from scratch.
+    """
     import yaml
 
     config = yaml.safe_load(recipe.path.read_text())
     data_args = config["data"].get("init_args") or {}
     if family == "image":
         overrides = {"data.init_args.root": data, "model.init_args.backbone": backbone}
+        if pretrained and recipe.scenario != "scratch":
+            overrides["model.init_args.pretrained"] = pretrained
     else:
         overrides = {
             "data.init_args.train_file": data,
@@ -198,9 +215,9 @@ class Suggestion:
     measurement: Measurement
     scenario: str
     reason: str
-    recipe: str
-    command: str
-    details: dict
+    recipe: str | None
+    command: str | None
+    details: dict[str, Any]
 
 
 def suggest(
@@ -209,6 +226,7 @@ def suggest(
     family: str | None = None,
     text_column: str | None = None,
     label_column: str = "label",
+    pretrained: str | None = None,
     max_examples: int = MAX_EXAMPLES,
     seed: int = 0,
 ) -> Suggestion:
@@ -220,6 +238,8 @@ def suggest(
         backbone: a timm name, ``local-dir:`` folder or zoo name (images); a Hugging Face id or folder (text).
         family: ``image`` or ``text``; default: ``image`` for a folder, ``text`` for a file.
         text_column, label_column: the text file's columns (default text column: ``sentence`` or ``text``).
+        pretrained: a local weights file of the image backbone's architecture (as ``ImageClassifier``'s
+            ``pretrained``), instead of the weights its name brings.
         max_examples: at most this many examples (class-balanced, seeded) are embedded and probed.
         seed: seed of the subsample, the random-init backbone and the probe's folds.
     """
@@ -230,8 +250,10 @@ def suggest(
         raise ValueError(f"--family {family!r}: suggest measures image or text classification data")
     if family == "image":
         sample = sd.load_images(data, max_examples, seed)
-        feats = sd.image_features(sample, backbone, MAX_IMAGE_SIZE, seed)
+        feats = sd.image_features(sample, backbone, MAX_IMAGE_SIZE, seed, pretrained or True)
     else:
+        if pretrained:
+            raise ValueError("pretrained=FILE is for image backbones; give a text model's folder as backbone")
         sample = sd.load_texts(data, text_column, label_column, max_examples, seed)
         feats = sd.text_features(sample, backbone, max_length=128, seed=seed)
     y = sample.targets
@@ -248,9 +270,11 @@ def suggest(
         label_match=feats.label_match,
     )
     scenario, reason = decide(m)
-    recipe = choose_recipe(family, scenario, backbone)
-    command = recipe_command(recipe, family, data, backbone, m.classes, sample.details)
     details = {k: v for k, v in sample.details.items() if k != "datamodule"}
+    recipe = choose_recipe(family, scenario, backbone)
+    if recipe is None:
+        return Suggestion(family, m, scenario, reason, None, None, details)
+    command = recipe_command(recipe, family, data, backbone, m.classes, details, pretrained)
     return Suggestion(family, m, scenario, reason, recipe.name, command, details)
 
 
@@ -276,9 +300,12 @@ def report(s: Suggestion, data: str, backbone: str) -> str:
         f"  as-is accuracy                   {as_is}",
         f"Scenario:   {s.scenario}",
         f"Reason:     {s.reason}",
-        f"Recipe:     {s.recipe}",
-        f"Run:        {s.command}",
     ]
+    if s.command is None:
+        wanted = f"{s.family} {s.scenario} recipe reads a {DATA_CLASS[s.family]}"
+        lines.append(f"Recipe:     none shipped: no {wanted} (see `lightning-recipes list --matrix`)")
+    else:
+        lines += [f"Recipe:     {s.recipe}", f"Run:        {s.command}"]
     return "\n".join(lines)
 
 
@@ -294,6 +321,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--family", choices=sorted(DATA_CLASS), help="default: image (folder), text (file)")
     parser.add_argument("--text-column", help="text column (default: sentence or text)")
     parser.add_argument("--label-column", default="label", help="label column (default: label)")
+    parser.add_argument("--pretrained", help="image backbones: a local weights file for the architecture")
     parser.add_argument("--max-examples", type=int, default=MAX_EXAMPLES, help="examples probed (300)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -305,6 +333,7 @@ def main(argv: list[str]) -> int:
         family=args.family,
         text_column=args.text_column,
         label_column=args.label_column,
+        pretrained=args.pretrained,
         max_examples=args.max_examples,
         seed=args.seed,
     )
