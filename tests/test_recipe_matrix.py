@@ -60,7 +60,7 @@ def test_header_continuation_lines_join_their_key(tmp_path):
 @pytest.mark.parametrize(
     ("header", "message"),
     [
-        ("# D.\n# Family: image -- x\n", r"no '# Scenario: <fine-tune\|add-layers\|scratch\|as-is\|adapters>"),
+        ("# D.\n# Family: image -- x\n", r"no '# Scenario: <fine-tune\|add-layers\|scratch\|as-is\|adapters"),
         ("# D.\n# Scenario: finetune -- x\n# Family: image\n", r"starts with 'finetune'.*mean 'fine-tune'"),
         ("# D.\n# Scenario: scratch -- x\n#   Family: image\n", r"has no '# Family: <image\|text\|lm>"),
         ("# D.\n# Scenario: scratch\n# Family: vision -- x\n", r"starts with 'vision', which is not one of"),
@@ -84,7 +84,8 @@ def test_offline_rule(tmp_path):
     assert blockers({"backbone": "resnet10t.digits04"}) == []  # the zoo builds offline
     assert blockers({"backbone": "local-dir:./weights"}) == []
     assert blockers({"backbone": "resnet18", "pretrained": False}) == []  # architecture only
-    assert blockers({"backbone": "resnet18"}) == ["model backbone 'resnet18': pretrained weights from the Hub"]
+    hub = "model backbone 'resnet18': pretrained weights from the Hub"
+    assert blockers({"backbone": "resnet18"}) == [hub]
     missing = "model backbone 'local-dir:./nope': folder not found"
     assert blockers({"backbone": "local-dir:./nope"}) == [missing]
     assert blockers({"model_name_or_path": "bert-base-uncased", "pretrained": False}) == [
