@@ -214,3 +214,69 @@ def test_suggest_errors_name_the_bad_input(tmp_path, capsys):
     assert "no 'sentence' or 'text' column; pass --text-column (columns: ['review', 'label'])" in (
         capsys.readouterr().err
     )
+
+
+# -- the quadrants on real data and real (zoo or ../shared) weights ------------------------------
+def textures(root: Path, per_class: int, classes: int = 4, seed: int = 0) -> Path:
+    """Smoothed noise whose class is its blur: learnable, and unlike the digits the zoo backbone knows."""
+    from PIL import Image
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        (root / f"texture{c}").mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            sigma = 0.6 + 0.25 * c
+            pixels = gaussian_filter(rng.normal(size=(24, 24, 3)), sigma=(sigma, sigma, 0))
+            pixels = np.clip(pixels / pixels.std() * 40 + 128, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"texture{c}" / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quadrant", ["similar-small", "different-small", "different-large"])
+def test_zoo_backbone_quadrants(quadrant, tmp_path, capsys):
+    """resnet10t.digits04 (trained on digits 0-4): digits 5-9 are similar; blurred-noise textures are not."""
+    from lightning_recipes.data.digits import export_digits
+
+    if quadrant == "similar-small":
+        data, expected = export_digits(tmp_path, [5, 6, 7, 8, 9], train_per_class=10), "fine-tune"
+    elif quadrant == "different-small":
+        data, expected = textures(tmp_path / "few", per_class=60), "add-layers"
+    else:
+        data, expected = textures(tmp_path / "many", per_class=sg.LARGE_PER_CLASS, classes=2), "scratch"
+    result = sg.suggest(str(data), "resnet10t.digits04")
+    m = result.measurement
+    assert result.scenario == expected, sg.report(result, str(data), "resnet10t.digits04")
+    assert (m.similarity >= sg.SIMILAR) == (expected == "fine-tune")
+    assert (m.median_per_class >= sg.LARGE_PER_CLASS) == (expected == "scratch")
+    assert m.probed <= sg.MAX_EXAMPLES and m.as_is is None
+    config = parse(result.command, capsys)
+    assert config["data"]["init_args"]["root"] == str(data)
+    assert config["model"]["init_args"]["backbone"] == "resnet10t.digits04"
+
+
+@pytest.mark.slow
+def test_minilm_finds_sst2_similar_to_its_pretraining(shared_dir, tmp_path, capsys):
+    data = tmp_path / "sst2_300.tsv"
+    data.write_text("".join((shared_dir / "data" / "sst2" / "dev.tsv").read_text().splitlines(True)[:301]))
+    model = str(shared_dir / "models" / "all-MiniLM-L6-v2")
+    result = sg.suggest(str(data), model)
+    m = result.measurement
+    assert (result.scenario, m.classes, m.min_per_class < 1000, m.as_is) == ("fine-tune", 2, True, None)
+    assert m.probe_pretrained > m.probe_random + 0.1 and m.similarity >= sg.SIMILAR
+    args = parse(result.command, capsys)["data"]["init_args"]
+    assert (args["train_file"], args["text_column"], args["label_column"]) == (str(data), "sentence", "label")
+
+
+@pytest.mark.slow
+def test_imagenet_backbone_scores_classes_named_after_its_labels(shared_dir, tmp_path):
+    backbone = f"local-dir:{shared_dir / 'models' / 'efficientnet_lite0'}"
+    data = textures(tmp_path / "fish", per_class=6, classes=2)
+    (data / "texture0").rename(data / "tench")
+    (data / "texture1").rename(data / "goldfish")
+    result = sg.suggest(str(data), backbone)
+    m = result.measurement
+    assert m.label_match == 2 and m.as_is is not None and 0.0 <= m.as_is <= 1.0
+    # Blurred noise is no fish: ImageNet's classifier does not fit these classes, so not as-is.
+    assert (result.scenario == "as-is") == (m.as_is >= sg.AS_IS_ACCURACY)
