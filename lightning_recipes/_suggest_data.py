@@ -170,6 +170,7 @@ def image_features(
     matched = match_labels(sample.classes, names) if names else [None] * len(sample.classes)
     logits = None
     if names and all(m is not None for m in matched):
+        sample.details["label_map"] = dict(zip(sample.classes, matched, strict=True))
         import timm
 
         from lightning_recipes._hub import hub_call
@@ -260,6 +261,7 @@ def text_features(sample: Sample, model_path: str, max_length: int, seed: int) -
     matched = match_labels(sample.classes, names) if names else [None] * len(sample.classes)
     logits = None
     if names and all(m is not None for m in matched):
+        sample.details["label_map"] = dict(zip(sample.classes, matched, strict=True))
         load = AutoModelForSequenceClassification.from_pretrained
         head = hub_call(model_path, "transformers", "model", load, model_path).eval()
         with torch.no_grad():

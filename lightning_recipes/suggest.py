@@ -19,6 +19,7 @@ random-init probe's errors; on data unlike the pretraining data, random features
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from dataclasses import dataclass
@@ -173,36 +174,71 @@ def recipe_command(
     family: str,
     data: str,
     backbone: str,
-    classes: int,
+    classes: list[str],
     details: dict[str, Any],
     pretrained: str | None = None,
 ) -> str:
-    """The ``lightning run`` command of ``recipe`` with the data, backbone and class count filled in.
+    """The ``lightning run`` command of ``recipe`` with the data, backbone and classes filled in.
 
-    ``details`` are the text file's columns (``text_column``, ``label_column``); ``pretrained`` a local
-    weights file of an image backbone, passed on unless the recipe trains from scratch.
+    Args:
+        recipe: the recipe (:func:`choose_recipe`).
+        family: ``image`` or ``text``.
+        data: the image folder or text file, as the user gave it.
+        backbone: the backbone, as the user gave it.
+        classes: the data's class names.
+        details: how the data was read: ``layout`` (``class folders`` for a folder without splits) for
+            images; ``text_column``, ``label_column`` for text; ``label_map`` (class name -> the
+            pretrained label id it matched) where every name matches.
+        pretrained: a local weights file of an image backbone, passed on unless the recipe trains from
+            scratch.
+
+    The data takes the place of the recipe's own, and every stage the recipe runs gets its split: a
+    folder without ``val/``/``test/`` is split by ``val_fraction``/``test_fraction`` (0.1 each unless
+    the recipe sets them); a text file is the training data with 10 % held out for validation, and a
+    training recipe's ``test`` stage becomes ``validate`` (there is no held-out test file); an as-is
+    recipe tests on the whole file (nothing is trained on it). A recipe with the model's own head
+    (``head: model``) gets no ``num_classes``; one with a ``class_map`` gets the names that matched.
     """
     import yaml
 
     config = yaml.safe_load(recipe.path.read_text())
     data_args = config["data"].get("init_args") or {}
+    model_args = config["model"].get("init_args") or {}
+    stages = list(config.get("stages") or ["fit", "test"])
+    overrides: dict[str, str] = {}
     if family == "image":
-        overrides = {"data.init_args.root": data, "model.init_args.backbone": backbone}
+        overrides["data.init_args.root"] = data
+        for key in ("train_csv", "val_csv", "test_csv", "predict_root"):
+            if data_args.get(key) is not None:
+                overrides[f"data.init_args.{key}"] = "null"
+        if details.get("layout") == "class folders":
+            for split, stage in (("val", "validate"), ("test", "test")):
+                needed = stage in stages or (split == "val" and "fit" in stages)
+                if needed and not data_args.get(f"{split}_fraction"):
+                    overrides[f"data.init_args.{split}_fraction"] = "0.1"
+        overrides["model.init_args.backbone"] = backbone
         if pretrained and recipe.scenario != "scratch":
             overrides["model.init_args.pretrained"] = pretrained
     else:
-        overrides = {
-            "data.init_args.train_file": data,
-            "data.init_args.text_column": details["text_column"],
-            "data.init_args.label_column": details["label_column"],
-            "data.init_args.val_fraction": "0.1",
-            "model.init_args.model_name_or_path": backbone,
-        }
-        # The recipe's own data source and label list give way to the file's.
-        for key in ("dataset", "dataset_config", "val_file", "test_file", "labels", "train_size"):
-            if data_args.get(key) is not None:
-                overrides[f"data.init_args.{key}"] = "null"
-    overrides["model.init_args.num_classes"] = str(classes)
+        overrides["data.init_args.train_file"] = data
+        overrides["data.init_args.text_column"] = details["text_column"]
+        overrides["data.init_args.label_column"] = details["label_column"]
+        nulls = ["dataset", "dataset_config", "val_file", "test_file", "predict_file", "labels"]
+        if "fit" in stages:
+            overrides["data.init_args.val_fraction"] = "0.1"
+            nulls.append("train_size")  # train on all of it
+            if "test" in stages:
+                stages = [s for s in stages if s != "test"] + ([] if "validate" in stages else ["validate"])
+                overrides["stages"] = "[" + ",".join(stages) + "]"
+        elif "test" in stages:
+            overrides["data.init_args.test_file"] = data
+            nulls.remove("test_file")
+        overrides.update({f"data.init_args.{k}": "null" for k in nulls if data_args.get(k) is not None})
+        overrides["model.init_args.model_name_or_path"] = backbone
+    if model_args.get("head") != "model":
+        overrides["model.init_args.num_classes"] = str(len(classes))
+    if "class_map" in model_args and details.get("label_map"):
+        overrides["model.init_args.class_map"] = json.dumps({c: [n] for c, n in details["label_map"].items()})
     path = f"recipes/{recipe.name}.yaml"
     return "lightning run " + " ".join([path, *(f"--{k}={shlex.quote(v)}" for k, v in overrides.items())])
 
@@ -270,11 +306,11 @@ def suggest(
         label_match=feats.label_match,
     )
     scenario, reason = decide(m)
-    details = {k: v for k, v in sample.details.items() if k != "datamodule"}
+    details = {k: v for k, v in sample.details.items() if k != "datamodule"}  # printable, comparable
     recipe = choose_recipe(family, scenario, backbone)
     if recipe is None:
         return Suggestion(family, m, scenario, reason, None, None, details)
-    command = recipe_command(recipe, family, data, backbone, m.classes, details, pretrained)
+    command = recipe_command(recipe, family, data, backbone, sample.classes, details, pretrained)
     return Suggestion(family, m, scenario, reason, recipe.name, command, details)
 
 

@@ -105,18 +105,26 @@ def test_every_suggested_command_parses(family, scenario, tmp_path, capsys, monk
         assert all(sg.DATA_CLASS[family] not in r.path.read_text() for r in list_recipes() if r.name in cell)
         return
     data = str(tmp_path / "my data")  # a space: the command quotes it
-    details = {"text_column": "review", "label_column": "stars"}
-    command = sg.recipe_command(recipe, family, data, "my-backbone", 7, details)
-    config = parse(command, capsys)
-    assert config["model"]["init_args"]["num_classes"] == 7
+    details = {"text_column": "review", "label_column": "stars", "layout": "class folders"}
+    classes = [f"c{i}" for i in range(7)]
+    config = parse(sg.recipe_command(recipe, family, data, "my-backbone", classes, details), capsys)
+    model, args = config["model"]["init_args"], config["data"]["init_args"]
+    if model.get("head") != "model":
+        assert model["num_classes"] == 7
+    stages = config["stages"]
     if family == "image":
-        assert config["data"]["init_args"]["root"] == data
-        assert config["model"]["init_args"]["backbone"] == "my-backbone"
+        assert args["root"] == data and model["backbone"] == "my-backbone"
+        # a folder without splits is split for every stage that needs one
+        assert ("fit" not in stages and "validate" not in stages) or args["val_fraction"] > 0
+        assert "test" not in stages or args["test_fraction"] > 0
     else:
-        args = config["data"]["init_args"]
         assert (args["train_file"], args["text_column"], args["label_column"]) == (data, "review", "stars")
-        assert args.get("dataset") is None and args.get("val_file") is None and args["val_fraction"] == 0.1
-        assert config["model"]["init_args"]["model_name_or_path"] == "my-backbone"
+        assert args.get("dataset") is None and args.get("val_file") is None and args.get("labels") is None
+        assert model["model_name_or_path"] == "my-backbone"
+        if "fit" in stages:  # validated on 10 % of the file; no test file to test on
+            assert args["val_fraction"] == 0.1 and "test" not in stages and args.get("test_file") is None
+        else:  # as-is: the whole file is scored
+            assert args["test_file"] == data
 
 
 def test_image_suggestion_end_to_end_with_a_weights_file(tmp_path, image_folder, capsys, monkeypatch):
@@ -195,7 +203,8 @@ def test_text_classifier_that_already_fits_is_used_as_is(sentiment_model, tmp_pa
     m = result.measurement
     assert (result.family, result.scenario, m.classes, m.label_match) == ("text", "as-is", 2, 2)
     assert m.as_is == 1.0 and m.min_per_class == 15
-    assert result.details == {"text_column": "text", "label_column": "label"}
+    label_map = {"negative": 0, "positive": 1}
+    assert result.details == {"text_column": "text", "label_column": "label", "label_map": label_map}
     if result.command is None:  # no shipped text as-is recipe yet: the report says so
         expected = "Recipe:     none shipped: no text as-is recipe reads a TextDataModule"
         assert expected in sg.report(result, str(data), "m")
