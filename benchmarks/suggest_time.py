@@ -1,7 +1,9 @@
 """How long `lightning-recipes suggest` takes on a few hundred examples, and what its probe costs.
 
 Each case runs ``lightning-recipes suggest`` in a fresh process (imports included, as a user runs it)
-and prints its wall time and scenario. Side by side on the features of one case, the script then fits
+and prints its wall time, its CPU time (user + system) and the scenario. On a machine shared with
+other jobs the wall time is inflated; with ``--threads 1`` the CPU time is what the command costs,
+and bounds its wall time on an idle core. Side by side on the features of one case, the script then fits
 the probe ``suggest`` uses (a ridge classifier, closed form) and the obvious alternative (a logistic
 regression, iterative), 5-fold CV each, and prints the ratio.
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -22,17 +25,21 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LIGHTNING_RECIPES_SHARED", REPO.parent / "shared")).resolve()
 
 
-def run_suggest(data: str, backbone: str, threads: int) -> tuple[float, str]:
+def run_suggest(data: str, backbone: str, threads: int) -> tuple[float, float, str]:
+    """Wall seconds, CPU seconds (user + system, of the child process) and the scenario printed."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
     code = f"import torch, sys; torch.set_num_threads({threads}); from lightning_recipes.cli import main; "
     code += f"sys.exit(main(['suggest', '--data', {data!r}, '--backbone', {backbone!r}]))"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     scenario = proc.stdout.split("Scenario:")[1].split()[0]
-    return seconds, scenario
+    return seconds, cpu, scenario
 
 
 def probe_ratio(data: str, backbone: str) -> tuple[float, float]:
@@ -74,10 +81,12 @@ def main() -> None:
         sst2 = root / "sst2_300.tsv"
         sst2.write_text("".join((SHARED / "data" / "sst2" / "dev.tsv").read_text().splitlines(True)[:301]))
         cases.append((str(sst2), str(SHARED / "models" / "all-MiniLM-L6-v2")))
-    print(f"{'data':<28} {'backbone':<36} {'seconds':>8}  scenario   (threads={args.threads})")
+    load = os.getloadavg()[0]
+    print(f"threads={args.threads}, load average at start {load:.1f} on {os.cpu_count()} cores")
+    print(f"{'data':<28} {'backbone':<24} {'wall s':>7} {'CPU s':>7}  scenario")
     for data, backbone in cases:
-        seconds, scenario = run_suggest(data, backbone, args.threads)
-        print(f"{Path(data).name:<28} {Path(backbone).name:<36} {seconds:8.1f}  {scenario}")
+        seconds, cpu, scenario = run_suggest(data, backbone, args.threads)
+        print(f"{Path(data).name:<28} {Path(backbone).name:<24} {seconds:7.1f} {cpu:7.1f}  {scenario}")
     ridge, logistic = probe_ratio(digits, "resnet10t.digits04")
     print(f"probe on 300 x 512 features, 5-fold CV: ridge {ridge:.2f} s, logistic regression "
           f"{logistic:.2f} s, ratio {logistic / ridge:.1f}x")  # fmt: skip
