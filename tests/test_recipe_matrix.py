@@ -8,6 +8,7 @@ weights and data, or the zoo) with tiny limits and asserts the moment its scenar
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -151,7 +152,6 @@ TINY = [
     "--trainer.limit_test_batches=1",
     "--trainer.limit_predict_batches=1",
     "--trainer.enable_progress_bar=false",
-    "--trainer.logger=false",
 ]
 
 
@@ -196,6 +196,9 @@ def build(recipe, tmp_path: Path, *extra: str) -> LightningRecipesCLI:
     overrides = [f"--data.init_args.{k}={v}" for k, v in small.items() if data.get(k) is not None]
     if "cache_dir" in data or recipe.family != "image":
         overrides.append(f"--data.init_args.cache_dir={tmp_path / 'cache'}")
+    # A logger of the run's own, in tmp_path (a recipe's LearningRateMonitor needs one).
+    logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path)}}
+    overrides.append(f"--trainer.logger={json.dumps(logger)}")
     args = ["--config", str(recipe.path), *TINY, f"--trainer.default_root_dir={tmp_path / 'run'}", *overrides]
     return LightningRecipesCLI(args=[*args, *extra], run=False, recipe_mode=True)
 
