@@ -5,9 +5,11 @@ test with the best checkpoint) in a new directory of its own and prints where ch
 metrics, plots and predictions went. ``lightning run --help`` shows its usage. A run stopped by
 SIGTERM or Ctrl-C saves ``on_exception.ckpt`` and exits 143 or 130 (never 0).
 ``lightning-recipes fit|validate|test|predict --config RECIPE.yaml`` are plain LightningCLI subcommands.
-``lightning-recipes list`` shows the shipped recipes; ``lightning-recipes zoo list|build NAME`` shows and
-builds the zoo's offline-pretrained weights (:mod:`lightning_recipes.zoo`). Errors print one short
-message; set ``LIGHTNING_RECIPES_DEBUG=1`` for the full traceback.
+``lightning-recipes list [--matrix]`` shows the shipped recipes (family, scenario, offline or not);
+``lightning-recipes suggest`` measures a data set against a backbone and names the recipe to run;
+``lightning-recipes zoo list|build NAME`` shows and builds the zoo's offline-pretrained weights
+(:mod:`lightning_recipes.zoo`). Errors print one short message; set ``LIGHTNING_RECIPES_DEBUG=1`` for
+the full traceback.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from lightning_recipes.cluster import (
 )
 from lightning_recipes.handshake import connect
 from lightning_recipes.loggers.wandb import apply_resume_id
-from lightning_recipes.recipes import list_recipes, resolve_recipe
+from lightning_recipes.recipes import format_list, format_matrix, list_recipes, resolve_recipe
 from lightning_recipes.runs import (
     CrashCheckpoint,
     RecipeTrainer,
@@ -51,7 +53,8 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 USAGE = """usage:
   lightning run RECIPE.yaml [--trainer.max_epochs=3 --model.init_args.lr=1e-4 ...]   (lightning run --help)
   lightning-recipes fit|validate|test|predict --config RECIPE.yaml [overrides]
-  lightning-recipes list
+  lightning-recipes list [--matrix]   (name, family, scenario, offline; --matrix: family x scenario)
+  lightning-recipes suggest --data PATH --backbone NAME [--family image|text]   (which scenario fits)
   lightning-recipes zoo list | zoo build NAME [NAME...]   (offline-pretrained weights; built on first use)
   lightning run RECIPE.yaml --print_config > resolved.yaml   (runs again unchanged)
 """
@@ -204,11 +207,12 @@ def run_recipe(recipe: str, overrides: list[str]) -> dict[str, Any]:
     return summary
 
 
-def _list() -> None:
-    recipes = list_recipes()
-    width = max(len(r.name) for r in recipes)
-    for r in recipes:
-        print(f"{r.name:<{width}}  {r.description}")
+def _list(args: list[str]) -> int:
+    if args not in ([], ["--matrix"]):
+        print(f"error: lightning-recipes list takes only --matrix, got {' '.join(args)!r}", file=sys.stderr)
+        return 2
+    print((format_matrix if args else format_list)(list_recipes()))
+    return 0
 
 
 _NOISE = (
@@ -247,7 +251,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             run_recipe(argv[1], argv[2:])
         elif command == "list":
-            _list()
+            return _list(argv[1:])
+        elif command == "suggest":
+            from lightning_recipes import suggest
+
+            return suggest.main(argv[1:])
         elif command == "zoo":
             return zoo.main(argv[1:])
         elif command in SUBCOMMANDS:
