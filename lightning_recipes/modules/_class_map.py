@@ -32,6 +32,12 @@ def unique_names(names: Sequence[str], keys: Sequence[str]) -> list[str]:
     return [f"{n} ({k})" if counts[n] > 1 else n for n, k in zip(names, keys, strict=True)]
 
 
+def _parts(name: str) -> list[str]:
+    """The comma-separated parts of a label name, lower case, without a :func:`unique_names` suffix."""
+    base = name.rsplit(" (", 1)[0] if name.endswith(")") else name
+    return [p.strip().lower() for p in base.split(",")]
+
+
 def resolve_label(ref: LabelRef, names: Sequence[str], aliases: Mapping[str, int] | None = None) -> int:
     """The output id of pretrained label ``ref``: an id, a name, an alias (e.g. an ImageNet synset), or
     one comma-separated part of a name (``"tabby cat"`` in ``"tabby, tabby cat"``) that only one name has.
@@ -53,14 +59,15 @@ def resolve_label(ref: LabelRef, names: Sequence[str], aliases: Mapping[str, int
         return list(names).index(ref)
     if aliases and ref in aliases:
         return aliases[ref]
-    parts = [i for i, name in enumerate(names) if ref.lower() in (p.strip().lower() for p in name.split(","))]
+    parts = [i for i, name in enumerate(names) if ref.lower() in _parts(name)]
     if len(parts) == 1:
         return parts[0]
     if len(parts) > 1:
         shown = ", ".join(f"{names[i]!r} (id {i})" for i in parts[:5])
         raise ValueError(f"class_map: label {ref!r} is ambiguous: it names {shown}; give the full name or id")
     candidates = list(dict.fromkeys([*names, *(p.strip() for n in names for p in n.split(","))]))
-    close = difflib.get_close_matches(ref, candidates, n=5, cutoff=0.6)
+    lowered = {c.lower(): c for c in reversed(candidates)}  # close in any case: 'positiv' -> 'POSITIVE'
+    close = [lowered[c] for c in difflib.get_close_matches(ref.lower(), list(lowered), n=5, cutoff=0.6)]
     hint = f" Close names: {', '.join(map(repr, close))}." if close else ""
     shown = ", ".join(map(repr, names[:5])) + (", ..." if len(names) > 5 else "")
     raise ValueError(
