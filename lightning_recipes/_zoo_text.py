@@ -14,8 +14,14 @@ import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
 
 from lightning_recipes.cache import default_cache_dir
+from lightning_recipes.handshake import InputSpec
+from lightning_recipes.modules._classification import ClassificationModule
+from lightning_recipes.modules._hf import HFParts
 
 
 def shared_file(relative: str) -> Path:
@@ -41,11 +47,45 @@ def shared_file(relative: str) -> Path:
     )
 
 
+class _SourceTextClassifier(HFParts, ClassificationModule):
+    """The model a text zoo entry fine-tunes: ``AutoModelForSequenceClassification`` with its own head.
+
+    Built like ``TextClassifier(encoder, head="model", num_classes=len(labels), lr=lr, ...)`` (same
+    parts, parameter groups, draws and forward), without importing ``modules.text``, which resolves
+    zoo names (the zoo must not import it back).
+    """
+
+    def __init__(self, encoder: str, labels: list[str], lr: float, **kwargs: Any) -> None:
+        super().__init__(num_classes=len(labels), label_names=labels, lr=lr, **kwargs)
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        from lightning_recipes.modules._text_export import label_config
+
+        config = label_config(AutoConfig.from_pretrained(encoder), labels, "multiclass")
+        model = AutoModelForSequenceClassification.from_pretrained(encoder, config=config)
+        model.train()
+        prefix = model.base_model_prefix
+        parts = {name: m for name, m in model.named_children() if name != prefix}
+        self.set_parts(model, getattr(model, prefix), nn.ModuleDict(parts))
+        self.tokenizer = AutoTokenizer.from_pretrained(encoder)
+
+    def input_spec(self) -> InputSpec:
+        return InputSpec(tokenizer=self.tokenizer)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        names = ("input_ids", "attention_mask", "token_type_ids")
+        return self.model(**{k: batch[k] for k in names if k in batch}).logits
+
+    def logits_and_target(self, batch: Any) -> tuple[Tensor, Tensor]:
+        return self(batch), batch["labels"]
+
+
 @dataclass(frozen=True)
 class FinetunedTextClassifier:
     """A transformers encoder fine-tuned on a labelled tsv (``sentence<TAB>label``) with its own head.
 
-    :meth:`build` fine-tunes ``TextClassifier(encoder, head="model", num_classes=len(labels))`` on a
+    :meth:`build` fine-tunes the encoder with its sequence-classification head (built like
+    ``TextClassifier(encoder, head="model", num_classes=len(labels))``) on a
     seeded ``train_size`` subset for ``epochs`` (AdamW, linear decay) and saves model and tokenizer with
     ``save_pretrained`` in :meth:`path`, whose name holds a hash of every setting.
     """
@@ -90,11 +130,10 @@ class FinetunedTextClassifier:
         import lightning as L
         from lightning.pytorch.utilities import rank_zero_info
 
+        from lightning_recipes._random_state import random_state_untouched
         from lightning_recipes.data.text import TextDataModule
         from lightning_recipes.handshake import connect
-        from lightning_recipes.modules.text import TextClassifier
         from lightning_recipes.schedulers import WarmupDecay
-        from lightning_recipes.zoo import random_state_untouched
 
         encoder, train_file = shared_file(self.encoder), shared_file(self.train_file)
         rank_zero_info(
@@ -104,10 +143,9 @@ class FinetunedTextClassifier:
         )
         with random_state_untouched():
             L.seed_everything(self.seed, verbose=False)
-            model = TextClassifier(
+            model = _SourceTextClassifier(
                 str(encoder),
-                head="model",
-                num_classes=len(self.labels),
+                list(self.labels),
                 lr=self.lr,
                 lr_scheduler=lambda opt: WarmupDecay(opt, warmup_ratio=0.1, decay="linear"),
                 scheduler_interval="step",
@@ -133,7 +171,8 @@ class FinetunedTextClassifier:
             )
             trainer.fit(model, datamodule=data)
         tmp = path.with_name(path.name + ".tmp")
-        model.save_pretrained(tmp)
+        model.model.save_pretrained(tmp)
+        model.tokenizer.save_pretrained(tmp)
         tmp.replace(path)
         return path
 
