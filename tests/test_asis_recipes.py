@@ -126,3 +126,16 @@ def test_as_is_recipe_scores_without_training(recipe, tmp_path, image_folder, mo
         assert rows and [c for c in rows[0] if c.startswith("prob_")] == [f"prob_{c}" for c in classes]
         assert {r["label"] for r in rows} <= set(classes)
         assert all(sum(float(r[f"prob_{c}"]) for c in classes) == pytest.approx(1.0, abs=1e-5) for r in rows)
+
+
+@pytest.mark.slow
+def test_digits_as_is_recipe_as_shipped_scores_the_held_out_digits(tmp_path, monkeypatch, capsys):
+    """The real zoo model (built in the test cache) with its own head: far above chance (0.2)."""
+    from lightning_recipes.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    recipe = REPO / "recipes" / "image" / "digits_asis_local.yaml"
+    assert main(["run", str(recipe), "--trainer.enable_progress_bar=false", "--trainer.logger=false"]) == 0
+    out = capsys.readouterr().out
+    metrics = dict(item.split("=") for item in out.split("Final metrics:")[1].strip().split(", "))
+    assert float(metrics["test/acc"]) > 0.95 and float(metrics["val/acc"]) > 0.95

@@ -209,3 +209,20 @@ def test_text_own_head_on_a_base_model_is_an_error(tmp_path: Path):
         TextClassifier(str(folder), head="model")
     # With num_classes the architecture's head is trained: fine, as before.
     assert TextClassifier(str(folder), head="model", num_classes=3).head["classifier"].out_features == 3
+
+
+def test_text_checkpoint_of_an_as_is_model_reloads_offline_with_its_classes(tmp_path: Path):
+    import lightning as L
+
+    folder = save_tiny_classifier(tmp_path / "sst", {0: "NEGATIVE", 1: "POSITIVE"})
+    model = TextClassifier(str(folder), head="model", class_map={"pos": "POSITIVE", "neg": "NEGATIVE"})
+    model.accept_data_spec(DataSpec(label_names=["neg", "pos"]))
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, max_steps=0)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "asis.ckpt")
+    loaded = TextClassifier.load_from_checkpoint(tmp_path / "asis.ckpt")
+    assert loaded.labels == ["neg", "pos"] and loaded.output_names == ["NEGATIVE", "POSITIVE"]
+    texts = ["good film", "bad film"]
+    for got, want in zip(loaded.predict_texts(texts), model.predict_texts(texts), strict=True):
+        assert got["label"] == want["label"]
+        assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)
