@@ -14,7 +14,7 @@ torch 2.15, timm 1.0.31**, and also on the lower bounds in ``pyproject.toml`` (`
 bound (lightning 2.4.0, 2.5.5) it is from reading that release's source, not from running the tests.
 
 Sections: Lightning (loops and the LR finder, callback order, ``EarlyStopping``, ``WandbLogger``,
-DDP), torch (LR schedulers, BatchNorm), timm (parameter groups), datasets (fingerprints).
+DDP, FSDP), torch (LR schedulers, BatchNorm), timm (parameter groups), datasets (fingerprints).
 """
 
 from __future__ import annotations
@@ -143,6 +143,22 @@ def evaluation_dataloaders(trainer: pl.Trainer) -> list[Any] | None:
         return list(trainer._evaluation_loop._combined_loader.flattened)
     except (AttributeError, RuntimeError):
         return None
+
+
+def fit_combined_loaders(trainer: pl.Trainer) -> tuple[Any, Any]:
+    """The ``CombinedLoader`` s that ``fit``'s training and validation loops iterate (``None`` where absent).
+
+    ``trainer.fit_loop._combined_loader`` is set up before ``on_train_epoch_start``, and so is the
+    validation loop's (``fit_loop.epoch_loop.val_loop._combined_loader``) when validation runs in the
+    first epoch (else when it first runs). Setting a loader's ``flattened`` list (public
+    ``CombinedLoader`` API) in ``on_train_epoch_start`` changes what the loops iterate from the next
+    iterator they create: the validation loop's at each validation run; the training loop's at the
+    start of each epoch except the first one of a ``fit`` (and the resumed one), whose iterator was
+    created in ``setup_data``.
+
+    Checked: lightning 2.6.6 (for the feature cache of ``FreezeUnfreeze``).
+    """
+    return trainer.fit_loop._combined_loader, trainer.fit_loop.epoch_loop.val_loop._combined_loader
 
 
 # -- callback order (used by callbacks/freeze_unfreeze.py) ----------------------------------------
@@ -282,6 +298,41 @@ def rewrap_ddp(strategy: Any) -> bool:
     strategy.model = strategy.lightning_module
     strategy.configure_ddp()
     return True
+
+
+# -- loggers (used by cluster.py) -------------------------------------------------------------------
+
+
+def set_default_logger_version(logger: Any, version: str) -> bool:
+    """Give a ``CSVLogger``/``TensorBoardLogger`` built without ``version`` this one; return whether it did.
+
+    Both keep the constructor's ``version`` in ``_version`` and, while it is ``None``, pick the next
+    ``version_N`` the first time ``version`` (or ``log_dir``) is read; setting ``_version`` before
+    that is what ``version=...`` in the constructor does. Checked: lightning 2.6.6.
+    """
+    if getattr(logger, "_version", "unset") is not None:
+        return False
+    logger._version = version
+    return True
+
+
+# -- FSDP (used by strategies.py) ----------------------------------------------------------------
+
+
+def set_fsdp_activation_checkpointing(strategy: Any, block_classes: set[type[nn.Module]]) -> None:
+    """Have Lightning's ``FSDPStrategy`` checkpoint the activations of every module of ``block_classes``.
+
+    ``FSDPStrategy(activation_checkpointing_policy=...)`` only takes the classes when it is built; the
+    block classes of a recipe's model are known once the model is (``TransformerFSDP.setup``). This
+    sets what the constructor would: ``strategy._activation_checkpointing_kwargs``, computed by
+    Lightning's ``_activation_checkpointing_kwargs(None, block_classes)`` (``{"auto_wrap_policy":
+    ModuleWrapPolicy(block_classes)}``), which ``_setup_model`` hands to torch's
+    ``apply_activation_checkpointing`` after wrapping.
+    Checked: lightning 2.6.6, torch 2.15.
+    """
+    from lightning.fabric.strategies.fsdp import _activation_checkpointing_kwargs
+
+    strategy._activation_checkpointing_kwargs = _activation_checkpointing_kwargs(None, set(block_classes))
 
 
 # ================================================================================================

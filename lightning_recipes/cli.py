@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +28,13 @@ from typing_extensions import override
 from lightning_recipes import zoo
 from lightning_recipes.callbacks.non_finite_guard import NonFiniteGuard
 from lightning_recipes.callbacks.prediction_writer import PredictionWriter
+from lightning_recipes.cluster import (
+    hpc_checkpoint,
+    quiet_dependency_noise,
+    slurm_run_name,
+    use_progress_log,
+    use_slurm_run_name,
+)
 from lightning_recipes.handshake import connect
 from lightning_recipes.loggers.wandb import apply_resume_id
 from lightning_recipes.recipes import list_recipes, resolve_recipe
@@ -101,7 +107,8 @@ class LightningRecipesCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Resuming from a checkpoint continues the W&B run whose id the checkpoint stores."""
         config = self.config[self.subcommand] if self.subcommand else self.config
-        apply_resume_id(config.get("trainer", {}).get("logger"), config.get("ckpt_path"))
+        trainer = config.get("trainer", {})
+        apply_resume_id(trainer.get("logger"), config.get("ckpt_path") or requeued_from(trainer))
 
     @override
     def instantiate_classes(self) -> None:
@@ -127,6 +134,8 @@ class LightningRecipesCLI(LightningCLI):
         # Predictions are written by a PredictionWriter, unless the recipe configures a writer of its own.
         if not any(isinstance(cb, BasePredictionWriter) for cb in trainer.callbacks):
             trainer.callbacks.append(PredictionWriter())
+        use_progress_log(trainer)  # one line per epoch instead of a live bar in SLURM/torchrun/nohup logs
+        use_slurm_run_name(trainer)  # a requeued SLURM job continues in its run directory
         return trainer
 
     def run_stages(self) -> dict[str, Any]:
@@ -163,6 +172,13 @@ class LightningRecipesCLI(LightningCLI):
             "metrics": dict(sorted(metrics.items())),
             "predictions": str(writers[0].path) if writers else None,
         }
+
+
+def requeued_from(trainer_config: Any) -> Path | None:
+    """In a SLURM job, the ``hpc_ckpt_N.ckpt`` that Lightning will resume fit from (a requeued job)."""
+    if slurm_run_name() is None:
+        return None
+    return hpc_checkpoint(trainer_config.get("default_root_dir") or os.getcwd())
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -225,7 +241,7 @@ def short_error(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lightning`` and ``lightning-recipes`` console scripts; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+    quiet_dependency_noise()
     command = argv[0] if argv else ""
     try:
         if command == "run":

@@ -110,6 +110,25 @@ def split_meta(batch: Any) -> tuple[Any, dict[str, list[Any]]]:
     return batch, {}
 
 
+@dataclass
+class CachedFeatures:
+    """A batch of cached backbone features, from the feature cache of
+    :class:`~lightning_recipes.callbacks.FreezeUnfreeze` (``cache_features=True``).
+
+    The contract of a module that takes such batches: ``features_and_target(batch)`` returns the
+    backbone's output for a normal batch (the features its ``head`` takes) and the batch's target, and
+    ``head(features)`` gives the logits; a :class:`CachedFeatures` batch holds those ``features`` and
+    that ``target`` precomputed, so the step runs the head only.
+
+    Args:
+        features: ``[batch, ...]`` backbone features (float32).
+        target: the batch's targets.
+    """
+
+    features: Any
+    target: Any
+
+
 @runtime_checkable
 class ModelSide(Protocol):
     """A LightningModule that takes part: ``input_spec()`` before the data is read, ``accept_data_spec()``."""

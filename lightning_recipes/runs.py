@@ -68,6 +68,19 @@ def next_version_dir(root: str | os.PathLike) -> str:
         return str(path)
 
 
+def run_dir_in(root: str | os.PathLike) -> str:
+    """This run's directory under ``root``: ``slurm-<job id>`` in a SLURM job (the same directory again
+    after a requeue, see :func:`~lightning_recipes.cluster.slurm_run_name`), else a new ``version_N``."""
+    from lightning_recipes.cluster import slurm_run_name
+
+    name = slurm_run_name()
+    if name is None:
+        return next_version_dir(root)
+    path = Path(root) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
 def _versioned_by_logger(trainer: L.Trainer) -> bool:
     """Whether Lightning's ``log_dir`` is already one folder per run (a TensorBoard/CSV first logger)."""
     return bool(trainer.loggers) and isinstance(trainer.loggers[0], (TensorBoardLogger, CSVLogger))
@@ -79,7 +92,8 @@ class RecipeTrainer(L.Trainer):
     With a TensorBoard or CSV first logger it is Lightning's (the logger's ``version_N`` folder).
     Otherwise (W&B or any other logger, or none) Lightning's ``log_dir`` is a folder all runs share
     (the logger's ``save_dir`` or ``default_root_dir``); here it is a new ``version_N`` under
-    ``<save_dir>/<logger name>`` (e.g. the W&B project), or under ``default_root_dir`` without a logger.
+    ``<save_dir>/<logger name>`` (e.g. the W&B project), or under ``default_root_dir`` without a logger
+    (``slurm-<job id>`` in a SLURM job, the same after a requeue: :func:`run_dir_in`).
     Rank zero creates it when it is first asked for (in the ``setup`` hooks, once every process has
     started) and broadcasts it. ``default_root_dir`` itself is unchanged (SLURM's ``hpc_ckpt_*.ckpt``
     stay there, so a requeued job still resumes from them).
@@ -100,7 +114,7 @@ class RecipeTrainer(L.Trainer):
                 root = os.path.join(root, str(logger.name)) if logger.name else root
             if "://" in root:  # a remote file system: Lightning's shared folder
                 return super().log_dir
-            self._run_dir = self.strategy.broadcast(next_version_dir(root) if self.is_global_zero else None)
+            self._run_dir = self.strategy.broadcast(run_dir_in(root) if self.is_global_zero else None)
         return self._run_dir
 
 
@@ -192,14 +206,20 @@ class RunConfigCallback(LoggerSaveConfigCallback):
     """Saves ``config.yaml`` in the run directory and never over an earlier run's (also logs it to W&B).
 
     Every run has a directory of its own (:class:`RecipeTrainer`), so a ``config.yaml`` already there
-    means a fixed logger ``version`` points at an earlier run: the run stops before training.
+    means a fixed logger ``version`` points at an earlier run: the run stops before training. The
+    exception is a requeued SLURM job, which continues in its own ``slurm-<job id>`` directory.
     """
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from lightning_recipes.cluster import slurm_run_name
+
         if self.save_to_log_dir and not self.overwrite and not self.already_saved:
             log_dir = trainer.log_dir  # every rank: it broadcasts
             assert log_dir is not None
+            if Path(log_dir).name == slurm_run_name():  # this job's directory, before its requeue
+                self.overwrite = True
+                return super().setup(trainer, pl_module, stage)
             path = os.path.join(log_dir, self.config_filename)
             exists = get_filesystem(log_dir).isfile(path) if trainer.is_global_zero else False
             if trainer.strategy.broadcast(exists):

@@ -39,16 +39,26 @@ def load_tokenizer(name: str, revision: str | None = None) -> Any:
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A hash of a tokenizer's full definition (vocabulary, merges, normalisation), for cache keys.
 
+    The truncation and padding a call last asked for (``tokenizer(..., truncation=True, max_length=64)``
+    leaves them in the Rust tokenizer's state) are not part of it: a tokenizer used and saved, e.g. in a
+    checkpoint, is the same tokenizer.
+
     Example::
 
         >>> from lightning_recipes.data.bpe import train_bpe_tokenizer
         >>> a = train_bpe_tokenizer(texts=["a rose is a rose"] * 20, vocab_size=270)
         >>> b = train_bpe_tokenizer(texts=["a rose is a rose"] * 20, vocab_size=270)
+        >>> _ = b("a rose", truncation=True, max_length=2)
         >>> tokenizer_fingerprint(a) == tokenizer_fingerprint(b), len(tokenizer_fingerprint(a))
         (True, 16)
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        definition = {k: v for k, v in state.items() if k not in ("truncation", "padding")}
+        text = json.dumps(definition, sort_keys=True)
+    else:
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -216,6 +216,36 @@ def test_evaluation_dataloaders_are_those_of_the_running_loop(tmp_path):
     )
 
 
+def test_fit_combined_loaders_are_the_loops_and_setting_flattened_changes_later_iterators(tmp_path):
+    """What the feature cache relies on: the loops' CombinedLoaders exist at ``on_train_epoch_start`` and a
+    new ``flattened`` list (same lengths) is what later training and validation iterators read."""
+    train, val = data(16), data(8)
+    seen, read = [], {"train": [], "val": []}
+
+    class Swap(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            loaders = _compat.fit_combined_loaders(trainer)
+            seen.append([c.flattened[0].dataset for c in loaders])
+            for combined in loaders:
+                n = len(combined.flattened[0].dataset)
+                combined.flattened = [DataLoader(TensorDataset(torch.full((n, 4), 5.0)), batch_size=8)]
+
+    class Read(Tiny):
+        def training_step(self, batch, batch_idx):
+            read["train"].append(bool((batch[0] == 5).all()))
+            return super().training_step(batch, batch_idx)
+
+        def validation_step(self, batch, batch_idx):
+            read["val"].append(bool((batch[0] == 5).all()))
+
+    tiny_trainer(tmp_path, [Swap()], max_epochs=2).fit(Read(), train, val)
+    what = f"fit_loop._combined_loader / epoch_loop.val_loop._combined_loader gave {seen}"
+    assert seen[0] == [train.dataset, val.dataset], broken("lightning", what)
+    # Epoch 0's training iterator was made in setup_data (before the hook); the rest read the new loaders.
+    expected = {"train": [False, False, True, True], "val": [True, True]}
+    assert read == expected, broken("lightning", f"after setting flattened the loops read {read}")
+
+
 # ================================================================================================
 # Lightning: callback order
 # ================================================================================================
@@ -486,6 +516,23 @@ def test_rewrap_ddp_builds_a_new_wrapper_of_the_same_module(tmp_path):
         assert strategy.lightning_module is module
     finally:
         dist.destroy_process_group()
+
+
+def test_fsdp_activation_checkpointing_is_what_the_constructor_sets():
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    built = FSDPStrategy(activation_checkpointing_policy={nn.Linear})
+    assert "_activation_checkpointing_kwargs" in vars(built), broken(
+        "lightning", "FSDPStrategy._activation_checkpointing_kwargs"
+    )
+    late = FSDPStrategy()
+    _compat.set_fsdp_activation_checkpointing(late, {nn.Linear})
+    assert late._activation_checkpointing_kwargs.keys() == built._activation_checkpointing_kwargs.keys()
+    policy = late._activation_checkpointing_kwargs["auto_wrap_policy"]
+    assert policy(module=nn.Linear(1, 1), recurse=False, nonwrapped_numel=0), broken(
+        "lightning", "_activation_checkpointing_kwargs(None, classes) gives a ModuleWrapPolicy of the classes"
+    )
+    assert not policy(module=nn.ReLU(), recurse=False, nonwrapped_numel=0)
 
 
 # ================================================================================================

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -56,11 +57,38 @@ def tiny_bert_and_tsv(tmp_path: Path) -> tuple[Path, Path]:
     return model_dir, tmp_path
 
 
-def overrides(model_dir: Path, data_dir: Path) -> list[str]:
+#: The scratch recipes' encoder, shrunk: built from this config with random weights.
+TINY_CONFIG = {
+    "model_type": "bert",
+    "vocab_size": 100,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
+
+
+def is_scratch(recipe: Path) -> bool:
+    return yaml.safe_load(recipe.read_text())["model"]["init_args"].get("model_name_or_path", "") is None
+
+
+def overrides(model_dir: Path, data_dir: Path, scratch: bool = False) -> list[str]:
+    """The recipe on the tiny tsv files: with the tiny BERT folder, or (``scratch``) a tiny config and a
+    WordPiece tokenizer trained on the tsv."""
+    model = (
+        [
+            f"--model.init_args.config={json.dumps(TINY_CONFIG)}",
+            "--data.init_args.wordpiece_vocab_size=100",
+            f"--data.init_args.tokenizer_dir={data_dir / 'wordpiece'}",
+        ]
+        if scratch
+        else [f"--model.init_args.model_name_or_path={model_dir}"]
+    )
     return [
         "--trainer.logger=lightning.pytorch.loggers.CSVLogger",  # the recipes' LearningRateMonitor needs one
         f"--trainer.logger.init_args.save_dir={data_dir / 'logs'}",
-        f"--model.init_args.model_name_or_path={model_dir}",
+        *model,
         "--data.init_args.dataset=null",
         f"--data.init_args.train_file={data_dir / 'train.tsv'}",
         f"--data.init_args.val_file={data_dir / 'dev.tsv'}",
@@ -75,7 +103,14 @@ def overrides(model_dir: Path, data_dir: Path) -> list[str]:
 
 def test_text_recipes_exist() -> None:
     names = {p.name for p in RECIPES}
-    assert {"sst2_bert_base.yaml", "sst2_distilbert.yaml", "sst2_minilm_local.yaml"} <= names
+    assert {
+        "sst2_bert_base.yaml",
+        "sst2_distilbert.yaml",
+        "sst2_minilm_local.yaml",
+        "sst2_minilm_add_layers_local.yaml",
+        "sst2_bert_base_add_layers.yaml",
+        "sst2_bert_scratch_local.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
@@ -91,7 +126,7 @@ def test_text_recipe_runs_and_checkpoint_reloads(
         str(recipe),
         *FAST,
         f"--trainer.default_root_dir={run_dir}",
-        *overrides(model_dir, data_dir),
+        *overrides(model_dir, data_dir, scratch=is_scratch(recipe)),
     ]
     code = main(args)
     out = capsys.readouterr()
@@ -147,3 +182,151 @@ def test_cli_predictions_of_a_text_file_name_texts_labels_and_probabilities(
         saved = torch.load(path.with_suffix(".pt"))
         assert saved["probabilities"].shape == (3, 2) and saved["meta"]["sentence"] == texts
         assert saved["label_names"] == ["negative", "positive"]
+
+
+def read_metrics(logs: Path) -> list[dict[str, str]]:
+    (path,) = logs.glob("*/version_*/metrics.csv")  # the CSVLogger's (the CurveLogger writes others)
+    return list(csv.DictReader(path.open()))
+
+
+def test_add_layers_recipe_trains_the_head_alone_then_unfreezes_with_decayed_lrs(
+    tiny_bert_and_tsv, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """The add-layers moment: epoch 0 trains the new head on a frozen encoder; at each milestone one more
+    layer group (top first) becomes trainable, at head LR x backbone_lr_ratio x layer_decay**depth."""
+    model_dir, data_dir = tiny_bert_and_tsv
+    recipe = REPO / "recipes" / "text" / "sst2_minilm_add_layers_local.yaml"
+    unfreeze = yaml.safe_load(recipe.read_text())["trainer"]["callbacks"][0]["init_args"]
+    head_lr = yaml.safe_load(recipe.read_text())["model"]["init_args"]["lr"]
+    trainable: list[list[bool]] = []  # per epoch: is each layer group (bottom to top) trainable
+
+    def record(self: TextClassifier) -> None:  # the module's hook runs after the callbacks'
+        trainable.append([all(p.requires_grad for p in g.parameters()) for g in self.layer_groups()])
+
+    monkeypatch.setattr(TextClassifier, "on_train_epoch_start", record, raising=False)
+    epochs = unfreeze["milestones"][-1] + 1
+    args = [*FAST, f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={tmp_path / 'run'}"]
+    assert main(["run", str(recipe), *args, *overrides(model_dir, data_dir)]) == 0, capsys.readouterr().err
+    # tiny BERT: 3 groups (embeddings, layer 0, layer 1); milestones [1, 2, 3]
+    assert trainable == [[False, False, False], [False, False, True], [False, True, True], [True, True, True]]
+    lrs = {}  # LearningRateMonitor(logging_interval=epoch): logged at each epoch's start, at its first step
+    for row in read_metrics(data_dir / "logs"):
+        for key, value in row.items():
+            if key.startswith("lr-AdamW/") and value:
+                epoch = int(row["step"]) // 2  # limit_train_batches=2
+                lrs.setdefault(key.removeprefix("lr-AdamW/"), {})[epoch] = float(value)
+    top = head_lr * unfreeze["backbone_lr_ratio"]
+    decay = unfreeze["layer_decay"]
+    assert lrs["head"] == pytest.approx({e: head_lr for e in range(epochs)})
+    assert lrs["backbone.2"] == pytest.approx({1: top, 2: top, 3: top})
+    assert lrs["backbone.1"] == pytest.approx({2: top * decay, 3: top * decay})
+    assert lrs["backbone.0"] == pytest.approx({3: top * decay**2})
+
+
+def test_scratch_recipe_starts_from_random_weights_and_a_wordpiece_trained_on_the_data(
+    tiny_bert_and_tsv, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """The scratch moment: no pretrained file is read, the weights are BERT's random initialisation, and
+    the tokenizer's vocabulary is learnt from the training sentences (and travels in the checkpoint)."""
+    from transformers import PreTrainedModel
+
+    _, data_dir = tiny_bert_and_tsv
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a scratch recipe loaded pretrained files: {args} {kwargs}")
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
+    start: dict[str, torch.Tensor] = {}
+
+    def record(self: TextClassifier) -> None:
+        start.update({k: v.detach().clone() for k, v in self.backbone.state_dict().items()})
+
+    monkeypatch.setattr(TextClassifier, "on_train_start", record, raising=False)
+    recipe = REPO / "recipes" / "text" / "sst2_bert_scratch_local.yaml"
+    args = ["run", str(recipe), *FAST, f"--trainer.default_root_dir={tmp_path / 'run'}"]
+    assert main([*args, *overrides(None, data_dir, scratch=True)]) == 0, capsys.readouterr().err
+    best = capsys.readouterr().out.split("Best checkpoint:")[1].split()[0]
+    # BertModel's initialisation: N(0, 0.02) matrices, LayerNorm weight 1 and bias 0
+    embeddings = start["embeddings.word_embeddings.weight"]
+    assert embeddings.shape == (TINY_CONFIG["vocab_size"], TINY_CONFIG["hidden_size"])
+    assert embeddings[1:].std().item() == pytest.approx(0.02, rel=0.15)
+    assert torch.equal(start["embeddings.LayerNorm.weight"], torch.ones(TINY_CONFIG["hidden_size"]))
+    assert not start["encoder.layer.0.attention.self.query.bias"].any()
+
+    saved = TextClassifier.load_from_checkpoint(best)
+    vocab = saved.tokenizer.get_vocab()
+    words = {"good", "film", "bad", "movie", "great", "fun", "the", "plot", "was", "dull"}  # the tsv's words
+    assert words <= set(vocab) and "awful" not in vocab  # in WORDS, not in the sentences
+    assert len(vocab) < TINY_CONFIG["vocab_size"]  # nothing but the data's words, pieces and specials
+    assert (data_dir / "wordpiece" / "tokenizer.json").is_file()
+    assert saved.tokenizer.convert_ids_to_tokens(saved.tokenizer("Good film")["input_ids"]) == [
+        "[CLS]",
+        "good",
+        "film",
+        "[SEP]",
+    ]
+    # the checkpoint brings back the tokenizer the data module trains: predicting from it is allowed
+    logs = tmp_path / "predict"
+    predict = ["predict", "--config", str(recipe), *FAST, *overrides(None, data_dir, scratch=True)]
+    predict += [f"--ckpt_path={best}", f"--trainer.logger.init_args.save_dir={logs}"]
+    assert main(predict) == 0, capsys.readouterr().err[-3000:]
+    (path,) = logs.rglob("predictions.csv")
+    texts = ["good film", "bad movie", "great fun", "the plot was dull"] * 4  # dev.tsv, the test split
+    predicted = [r["label"] for r in csv.DictReader(path.open())]
+    assert predicted == [p["label"] for p in saved.predict_texts(texts)]
+
+
+def shipped(tmp_path: Path) -> list[str]:
+    """Run a recipe as shipped (real ../shared weights and data), a few batches, logs in tmp_path."""
+    return [
+        *FAST,
+        "--trainer.limit_val_batches=1",
+        "--trainer.limit_test_batches=1",
+        f"--trainer.default_root_dir={tmp_path / 'run'}",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+        f"--data.init_args.cache_dir={tmp_path / 'cache'}",
+    ]
+
+
+@pytest.mark.slow
+def test_add_layers_recipe_as_shipped_unfreezes_minilm_top_down(
+    shared_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(REPO)  # the recipe's ../shared paths are relative to the repository root
+    recipe = REPO / "recipes" / "text" / "sst2_minilm_add_layers_local.yaml"
+    trainable: list[int] = []  # per epoch: how many of MiniLM's 7 layer groups are trainable
+
+    def record(self: TextClassifier) -> None:
+        trainable.append(sum(all(p.requires_grad for p in g.parameters()) for g in self.layer_groups()))
+
+    monkeypatch.setattr(TextClassifier, "on_train_epoch_start", record, raising=False)
+    args = ["run", str(recipe), *shipped(tmp_path), "--trainer.max_epochs=4"]
+    assert main(args) == 0, capsys.readouterr().err[-3000:]
+    assert trainable == [0, 1, 2, 7]  # milestones [1, 2, 3]: the last one unfreezes all
+    lrs = {}  # each group's LR as last logged (the groups keep theirs: no scheduler)
+    for row in read_metrics(tmp_path / "logs"):
+        lrs.update(
+            {k.removeprefix("lr-AdamW/"): float(v) for k, v in row.items() if k.startswith("lr-") and v}
+        )
+    assert lrs == pytest.approx({"head": 1e-3, **{f"backbone.{i}": 5e-5 * 0.8 ** (6 - i) for i in range(7)}})
+
+
+@pytest.mark.slow
+def test_scratch_recipe_as_shipped_learns_its_wordpiece_from_sst2(
+    shared_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    recipe = REPO / "recipes" / "text" / "sst2_bert_scratch_local.yaml"
+    tokenizer_dir = tmp_path / "tokenizer"
+    args = ["run", str(recipe), *shipped(tmp_path), f"--data.init_args.tokenizer_dir={tokenizer_dir}"]
+    assert main(args) == 0, capsys.readouterr().err[-3000:]
+    best = capsys.readouterr().out.split("Best checkpoint:")[1].split()[0]
+    model = TextClassifier.load_from_checkpoint(best)
+    tokenizer = model.tokenizer
+    assert (tokenizer_dir / "tokenizer.json").is_file()
+    assert 2000 < len(tokenizer) <= 8000  # 2,000 sentences: every word seen twice, and pieces
+    assert {"movie", "film", "funny", "boring"} <= set(tokenizer.get_vocab())
+    dev = [line.split("\t")[0] for line in (shared_dir / "data/sst2/dev.tsv").read_text().splitlines()[1:]]
+    ids = [i for text in dev for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    assert ids.count(tokenizer.unk_token_id) / len(ids) < 0.01  # pieces cover the unseen dev sentences
+    assert model.backbone.config.num_hidden_layers == 4 and model.backbone.config.hidden_size == 256

@@ -14,11 +14,13 @@ _EXPORTS = {
     "CurveLogger": "lightning_recipes.callbacks.curve_logger",
     "EarlyStopping": "lightning_recipes.callbacks.early_stopping",
     "FreezeUnfreeze": "lightning_recipes.callbacks.freeze_unfreeze",
+    "GlobalBatch": "lightning_recipes.callbacks.global_batch",
     "GradientMonitor": "lightning_recipes.callbacks.gradient_monitor",
     "LRFinder": "lightning_recipes.callbacks.lr_finder",
     "NonFiniteGuard": "lightning_recipes.callbacks.non_finite_guard",
     "TrainingDiverged": "lightning_recipes.callbacks.non_finite_guard",
     "PredictionWriter": "lightning_recipes.callbacks.prediction_writer",
+    "ProgressLog": "lightning_recipes.callbacks.progress_log",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -22,6 +22,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_recipes import _compat
+from lightning_recipes.callbacks._feature_cache import FeatureCache
 from lightning_recipes.callbacks._lr_groups import add_scaled_group, schedulers_of
 
 
@@ -105,7 +106,8 @@ class FreezeUnfreeze(BaseFinetuning):
     time the trainable set changes the callback wraps the LightningModule in a fresh
     ``DistributedDataParallel`` (which also broadcasts rank 0's weights), so frozen epochs pay no
     communication for the backbone and unfrozen parameters are all-reduced like any other. Single
-    device and DDP strategies are supported; others (FSDP, DeepSpeed) raise ``NotImplementedError``.
+    device and DDP strategies are supported; others (FSDP, DeepSpeed) raise ``NotImplementedError``
+    saying what to use instead (docs/multi_gpu.md).
 
     Resume: the stage is in the checkpoint (``state_dict``); on resume the callback unfreezes the same
     groups and adds the same optimizer groups in ``on_fit_start``, before Lightning loads the optimizer
@@ -121,6 +123,13 @@ class FreezeUnfreeze(BaseFinetuning):
     ``on_train_epoch_start`` are epoch ``N - 1``'s ``on_train_epoch_end``/``on_validation_end``, which
     come before that epoch's scheduler step and checkpoint, and before an early stop.)
 
+    Feature cache (``cache_features=True``): while the backbone is frozen, its output for each example
+    is computed once (at the start of the first frozen epoch) and the frozen epochs train the head on
+    the cached features, validation included; the cache is dropped when the backbone starts training.
+    Needs a module with ``features_and_target`` (``ImageClassifier``, ``TextClassifier`` with
+    ``head="new"``), a backbone without active dropout and deterministic inputs, or ``cache_views``
+    augmented views per example. See ``docs/feature_cache.md``.
+
     Args:
         unfreeze_at_epoch: epoch at which unfreezing starts; ``None`` keeps the backbone frozen.
         milestones: epochs at which one more layer group is unfrozen (top first); the last unfreezes all.
@@ -130,6 +139,12 @@ class FreezeUnfreeze(BaseFinetuning):
         layer_decay: per-group LR decay below the top group (ULMFiT uses ``1 / 2.6``).
         train_bn: let BatchNorm layers of frozen groups train (params and running statistics).
         verbose: log each unfreeze with the new groups' learning rates.
+        cache_features: cache the frozen backbone's features (see above).
+        cache_views: with augmented training data, cache this many augmented views per example
+            (``None``: augmented data is an error).
+        cache_memory_mb: keep the cache in memory up to this size, else in memory-mapped files
+            under ``cache_dir`` that later runs with the same backbone weights and data reuse.
+        cache_dir: folder of those files; default ``$LIGHTNING_RECIPES_CACHE/features``.
 
     Example::
 
@@ -156,8 +171,15 @@ class FreezeUnfreeze(BaseFinetuning):
         layer_decay: float | None = None,
         train_bn: bool = False,
         verbose: bool = False,
+        cache_features: bool = False,
+        cache_views: int | None = None,
+        cache_memory_mb: float = 1024.0,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
+        if not cache_features and cache_views is not None:
+            raise ValueError(f"cache_views={cache_views} needs cache_features=True")
+        self.feature_cache = FeatureCache(cache_views, cache_memory_mb, cache_dir) if cache_features else None
         if unfreeze_at_epoch is not None and unfreeze_at_epoch < 0:
             raise ValueError(f"unfreeze_at_epoch must be >= 0 or None, got {unfreeze_at_epoch}")
         if milestones is not None:
@@ -250,11 +272,17 @@ class FreezeUnfreeze(BaseFinetuning):
         if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
             raise NotImplementedError(
                 "FreezeUnfreeze supports single-device and DDP strategies, not "
-                f"{type(trainer.strategy).__name__}"
+                f"{type(trainer.strategy).__name__}: FSDP and DeepSpeed flatten and shard the parameters "
+                "when they wrap the model, so parameters frozen then cannot join the optimizer later. Use "
+                "--trainer.strategy=ddp (a frozen backbone holds no gradients or optimizer state, so the "
+                "frozen phase fits where fine-tuning does not), or drop FreezeUnfreeze and fine-tune every "
+                "layer under FSDP"
             )
         # Unfreeze before an LR sweep of the same epoch (see "Order with tuner callbacks").
         _compat.run_before_tuner_callbacks(trainer, self)
         self.freeze_before_training(pl_module)
+        if self.feature_cache is not None:
+            self.feature_cache.setup(trainer, pl_module)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -267,6 +295,8 @@ class FreezeUnfreeze(BaseFinetuning):
         self.finetune_function(
             pl_module, trainer.current_epoch, trainer.optimizers[0] if trainer.optimizers else None
         )
+        if self.feature_cache is not None:
+            self.feature_cache.on_train_epoch_start(trainer, pl_module)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -281,6 +311,8 @@ class FreezeUnfreeze(BaseFinetuning):
         for handle in self._bn_hooks.values():
             handle.remove()
         self._bn_hooks.clear()
+        if self.feature_cache is not None:
+            self.feature_cache.release()
 
     # -- machinery -------------------------------------------------------------------------------
     def _advance(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: int) -> None:

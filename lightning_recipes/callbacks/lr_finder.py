@@ -131,6 +131,8 @@ class LRFinder(LearningRateFinder):
       ``global_step == 0``. This callback gives the sweep a fresh epoch, step counter and data
       iterator, and puts the loops' state back afterwards, so the epoch then trains as it would have.
 
+    FSDP and DeepSpeed: refused in ``setup`` with what to do instead (sweep under DDP or on one GPU).
+
     The first sweep runs at the start of ``fit``; a run resumed from a checkpoint skips it. With a
     frozen backbone it tunes the head's LR.
 
@@ -210,6 +212,18 @@ class LRFinder(LearningRateFinder):
         self.reason = ""
         self.results: dict[str, list[float]] = {}
         self.history: list[dict[str, Any]] = []
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+        if stage == "fit" and isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy)):
+            raise NotImplementedError(
+                f"LRFinder does not run under {type(trainer.strategy).__name__}: its sweep saves and "
+                "restores the whole trainer state, which is untested with sharded parameters. Sweep on one "
+                "GPU or with --trainer.strategy=ddp (stages: [fit], a few hundred steps), then set "
+                "--model.init_args.lr to the suggested value and remove LRFinder from the FSDP run"
+            )
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from lightning_recipes._hub import hub_call
 from lightning_recipes.cache import default_cache_dir
 from lightning_recipes.data._blocks import TokenBlocks, chunk_blocks, expand_files
 from lightning_recipes.data._loader import split_loader
+from lightning_recipes.data._tokenizer_cache import load_or_train_tokenizer
 from lightning_recipes.data.bpe import _read_lines, files_fingerprint, train_bpe_tokenizer
 from lightning_recipes.handshake import META_KEY, DataSpec, InputSpec, agree_tokenizer
 from lightning_recipes.tokenizer import load_tokenizer, tokenizer_fingerprint
@@ -256,24 +256,16 @@ class TextCorpusDataModule(L.LightningDataModule):
         return self.tokenizer
 
     def _train_tokenizer(self) -> Any:
-        from transformers import AutoTokenizer
-
         vocab = self.bpe_vocab_size
-        key = f"bpe:{vocab}:{self._source_key('train')}"
-        folder = Path(
-            self.tokenizer_dir
-            or self.cache_dir / "tokenizers" / hashlib.sha256(key.encode()).hexdigest()[:16]
-        )
-        stamp = folder / "lightning_recipes_bpe.json"
-        if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
-            return AutoTokenizer.from_pretrained(str(folder))
-        if self.dataset is None:
-            tokenizer = train_bpe_tokenizer(self._split_files("train"), vocab_size=vocab, output_dir=folder)
-        else:
+
+        def train(folder: Path) -> Any:
+            if self.dataset is None:
+                return train_bpe_tokenizer(self._split_files("train"), vocab_size=vocab, output_dir=folder)
             texts = (text for doc in self._documents("train") for text in doc)
-            tokenizer = train_bpe_tokenizer(texts=texts, vocab_size=vocab, output_dir=folder)
-        stamp.write_text(json.dumps({"key": key, "vocab_size": vocab}))
-        return tokenizer
+            return train_bpe_tokenizer(texts=texts, vocab_size=vocab, output_dir=folder)
+
+        key = f"bpe:{vocab}:{self._source_key('train')}"
+        return load_or_train_tokenizer(key, train, self.tokenizer_dir, self.cache_dir)
 
     # -- tokens ----------------------------------------------------------------------------------
     def tokenize(self, split: str) -> Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,16 @@ class ImageDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def fingerprint(self) -> str:
+        """sha256 of the files (path, size, mtime), targets, PIL mode and transform: what decides the
+        items, for caches keyed by the data (the frozen-backbone feature cache)."""
+        h = hashlib.sha256(f"{self.mode};{self.transform!r};{self.with_path}".encode())
+        for path, target in self.samples:
+            stat = Path(path).stat()
+            target = target.tolist() if isinstance(target, torch.Tensor) else target
+            h.update(f"{path};{stat.st_size};{stat.st_mtime_ns};{target}\n".encode())
+        return h.hexdigest()[:32]
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         path, target = self.samples[index]

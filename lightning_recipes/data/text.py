@@ -16,6 +16,8 @@ from lightning_recipes.cache import default_cache_dir
 from lightning_recipes.data._labels import LabelEncoder
 from lightning_recipes.data._loader import split_loader
 from lightning_recipes.data._text_files import length_grouped_sampler, load_split_file
+from lightning_recipes.data._tokenizer_cache import load_or_train_tokenizer
+from lightning_recipes.data.wordpiece import train_wordpiece_tokenizer
 from lightning_recipes.handshake import META_KEY, DataSpec, InputSpec, agree_tokenizer
 from lightning_recipes.tokenizer import load_tokenizer, tokenizer_fingerprint
 
@@ -61,6 +63,11 @@ class TextDataModule(L.LightningDataModule):
         tokenizer: tokenizer id or folder, for using the data module on its own; connected to a model
             (:func:`~lightning_recipes.connect`), the model's tokenizer is used, and a different one here
             is an error.
+        wordpiece_vocab_size: train a WordPiece tokenizer (BERT's scheme) of this size on the training
+            split's text instead (see :func:`~lightning_recipes.data.wordpiece.train_wordpiece_tokenizer`),
+            for a model from scratch, which has none; the handshake hands it to the model.
+        tokenizer_dir: where the trained tokenizer is saved (default: under ``cache_dir``); it is reused
+            while the training text and ``wordpiece_vocab_size`` are unchanged.
         max_length: truncation length in tokens.
         batch_size: training batch size; ``eval_batch_size``: validation/test/predict (default: same).
         group_by_length: length-grouped training batches and length-sorted evaluation.
@@ -112,6 +119,8 @@ class TextDataModule(L.LightningDataModule):
         train_size: int | None = None,
         val_fraction: float = 0.0,
         tokenizer: str | None = None,
+        wordpiece_vocab_size: int | None = None,
+        tokenizer_dir: str | None = None,
         max_length: int = 128,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
@@ -130,6 +139,11 @@ class TextDataModule(L.LightningDataModule):
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if train_size is not None and train_size < 1:
             raise ValueError(f"train_size must be >= 1 (or None for all), got {train_size}")
+        if tokenizer is not None and wordpiece_vocab_size is not None:
+            raise ValueError(
+                "Give at most one of tokenizer (a Hugging Face id or folder) or wordpiece_vocab_size "
+                "(train a WordPiece tokenizer on the training text); with neither, the model's is used"
+            )
         self.save_hyperparameters()  # Lightning's record of the call; the code reads the attributes below
         self.dataset, self.dataset_config, self.dataset_revision = dataset, dataset_config, dataset_revision
         self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file}
@@ -138,6 +152,7 @@ class TextDataModule(L.LightningDataModule):
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.train_size, self.val_fraction, self.seed = train_size, val_fraction, seed
         self.tokenizer_name, self.max_length = tokenizer, max_length
+        self.wordpiece_vocab_size, self.tokenizer_dir = wordpiece_vocab_size, tokenizer_dir
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.group_by_length, self.pad_to_multiple_of = group_by_length, pad_to_multiple_of
         self.cache_dir = cache_dir
@@ -150,14 +165,23 @@ class TextDataModule(L.LightningDataModule):
 
     # -- the handshake ---------------------------------------------------------------------------
     def accept_input_spec(self, spec: InputSpec) -> None:
-        """Tokenise with the model's tokenizer (the same as ``tokenizer``, if that is given too)."""
-        own = load_tokenizer(self.tokenizer_name) if self.tokenizer_name else None
-        self.tokenizer = agree_tokenizer(spec.tokenizer, own, f"tokenizer={self.tokenizer_name!r}")
+        """Tokenise with the model's tokenizer, which must equal ``tokenizer`` if that is given too, or, with
+        ``wordpiece_vocab_size``, the one trained here (a model reloaded from a checkpoint of this data
+        brings it back; a pretrained model's own is an error)."""
+        if self.wordpiece_vocab_size is not None:
+            own = self._train_tokenizer() if spec.tokenizer is not None else None
+            name = f"wordpiece_vocab_size={self.wordpiece_vocab_size}"
+        else:
+            own = load_tokenizer(self.tokenizer_name) if self.tokenizer_name else None
+            name = f"tokenizer={self.tokenizer_name!r}"
+        self.tokenizer = agree_tokenizer(spec.tokenizer, own, name)
 
     def data_spec(self) -> DataSpec:
-        """Class names (read from the training labels unless given), ``max_length`` and the tokenizer."""
+        """Class names (read from the training labels unless given), ``max_length`` and the tokenizer
+        (trained here, with ``wordpiece_vocab_size``)."""
         self._fit_labels()
-        return DataSpec(label_names=self.label_names, max_length=self.max_length, tokenizer=self.tokenizer)
+        tokenizer = self.prepare_tokenizer() if self.wordpiece_vocab_size else self.tokenizer
+        return DataSpec(label_names=self.label_names, max_length=self.max_length, tokenizer=tokenizer)
 
     @property
     def label_names(self) -> list[str] | None:
@@ -172,15 +196,33 @@ class TextDataModule(L.LightningDataModule):
         )
 
     def prepare_tokenizer(self) -> Any:
-        """The tokenizer: the model's (handshake), else ``tokenizer`` loaded."""
+        """The tokenizer: the model's (handshake), else ``tokenizer`` loaded, else the trained WordPiece."""
         if self.tokenizer is None:
-            if self.tokenizer_name is None:
+            if self.wordpiece_vocab_size:
+                self.tokenizer = self._train_tokenizer()
+            elif self.tokenizer_name:
+                self.tokenizer = load_tokenizer(self.tokenizer_name)
+            else:
                 raise ValueError(
-                    "TextDataModule needs a tokenizer: pass tokenizer=<id or folder>, or connect it to a "
-                    "model that has one (lightning_recipes.connect(model, datamodule); the CLI does this)"
+                    "TextDataModule needs a tokenizer: pass tokenizer=<id or folder> or "
+                    "wordpiece_vocab_size, or connect it to a model that has one "
+                    "(lightning_recipes.connect(model, datamodule); the CLI does this)"
                 )
-            self.tokenizer = load_tokenizer(self.tokenizer_name)
         return self.tokenizer
+
+    def _train_tokenizer(self) -> Any:
+        """A WordPiece tokenizer trained on the training split's text (and pair text), cached."""
+        train_split = self._raw()["train"]
+        columns = [c for c in (self.text_column, self.text_pair_column) if c]
+        vocab = self.wordpiece_vocab_size
+
+        def train(folder: Path) -> Any:
+            texts = (text for column in columns for text in train_split[column] if text)
+            return train_wordpiece_tokenizer(texts=texts, vocab_size=vocab, output_dir=folder)
+
+        key = f"wordpiece:{vocab}:{columns}:{dataset_fingerprint(train_split)}"
+        cache = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+        return load_or_train_tokenizer(key, train, self.tokenizer_dir, cache)
 
     # -- loading ---------------------------------------------------------------------------------
     def _raw(self) -> dict[str, Any]:

@@ -7,13 +7,13 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-from torchmetrics import MetricCollection
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import Accuracy, F1Score, MatthewsCorrCoef, Precision, Recall
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 
 from lightning_recipes.eval_samples import RealSamples
-from lightning_recipes.handshake import META_KEY, DataSpec, split_meta
+from lightning_recipes.handshake import META_KEY, CachedFeatures, DataSpec, split_meta
 from lightning_recipes.modules._base import TransferModule
 from lightning_recipes.modules._class_map import LabelRef, class_logits, resolve_class_map
 
@@ -48,8 +48,12 @@ def build_metrics(task: str, num_classes: int) -> MetricCollection:
 class ClassificationModule(TransferModule):
     """A :class:`TransferModule` that maps a batch to logits and trains them for one task.
 
-    Subclasses implement :meth:`logits_and_target` (and ``forward``). The module logs
-    ``{stage}/loss`` and the metrics of :func:`build_metrics` as ``{stage}/acc``, ``{stage}/f1``, ...;
+    Subclasses implement :meth:`logits_and_target` (and ``forward``); those whose logits are
+    ``head(features)`` also implement :meth:`features_and_target`, which lets
+    :class:`~lightning_recipes.callbacks.FreezeUnfreeze` cache the frozen backbone's features
+    (``cache_features=True``) and step on :class:`~lightning_recipes.handshake.CachedFeatures` batches.
+    The module logs ``{stage}/loss`` and the metrics of :func:`build_metrics` as ``{stage}/acc``,
+    ``{stage}/f1``, ...;
     ``validation_step``/``test_step`` return ``{"preds", "target"}`` (probabilities and labels) for
     callbacks such as :class:`~lightning_recipes.callbacks.CurveLogger`; ``predict_step`` returns
     probabilities, label names and the inputs' identity for the
@@ -127,6 +131,9 @@ class ClassificationModule(TransferModule):
         self.huber_delta = huber_delta
         weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float)
         self.register_buffer("class_weights", weights, persistent=False)
+        # Evaluation losses as sums and counts, reduced across devices at the epoch's end: the mean over
+        # every real sample (Lightning's sync_dist would average the devices' means, unequal counts).
+        self.eval_losses = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
         self._eval_samples = RealSamples()
         self._set_num_classes(num_classes)
 
@@ -238,6 +245,22 @@ class ClassificationModule(TransferModule):
         """Return ``(logits, target)`` for a batch; implemented by subclasses."""
         raise NotImplementedError(f"{type(self).__name__} must implement logits_and_target(batch)")
 
+    def features_and_target(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """Return ``(features, target)``: what the backbone gives the head for a batch, and its target.
+
+        ``self.head(features)`` must equal the logits of :meth:`logits_and_target`. Implemented by
+        subclasses whose head takes pooled backbone features; the feature cache needs it.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement features_and_target(batch): its backbone features "
+            "cannot be cached"
+        )
+
+    def feature_settings(self) -> dict[str, Any]:
+        """Settings besides the backbone's weights that decide :meth:`features_and_target` (e.g. the
+        pooling), part of the feature cache's key."""
+        return {}
+
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         if self.task == "multiclass":
             return F.cross_entropy(
@@ -261,7 +284,15 @@ class ClassificationModule(TransferModule):
     def _step(
         self, batch: Any, stage: str, metrics: MetricCollection, dataloader_idx: int = 0
     ) -> dict[str, Any]:
-        logits, target = self.logits_and_target(batch)
+        if isinstance(batch, CachedFeatures):
+            if any(p.requires_grad for p in self.backbone.parameters()):
+                raise RuntimeError(
+                    "A batch of cached backbone features reached a module whose backbone trains; the "
+                    "feature cache is only valid while the backbone is frozen"
+                )
+            logits, target = self.head(batch.features), batch.target
+        else:
+            logits, target = self.logits_and_target(batch)
         logits = self.class_logits(logits)
         loss = self.loss(logits, target)
         preds = self.probabilities(logits.detach().float())
@@ -271,8 +302,13 @@ class ClassificationModule(TransferModule):
         keep = n if stage == "train" else self._eval_samples.keep(n, dataloader_idx)
         if keep:
             metrics.update(preds[:keep], (target.int() if self.task == "multilabel" else target)[:keep])
-        logged = loss if keep in (0, n) else self.loss(logits[:keep], target[:keep])
-        self.log(f"{stage}/loss", logged, prog_bar=True, batch_size=keep, sync_dist=stage != "train")
+        if stage == "train":
+            self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        else:
+            if keep:
+                logged = loss if keep == n else self.loss(logits[:keep], target[:keep])
+                self.eval_losses[stage].update(logged.detach().float(), weight=keep)
+            self.log(f"{stage}/loss", self.eval_losses[stage], prog_bar=True, on_step=False, on_epoch=True)
         self.log_dict(metrics, prog_bar=stage != "train", batch_size=keep, on_epoch=True, on_step=False)
         return {"loss": loss, "preds": preds, "target": target}
 

@@ -5,6 +5,22 @@ from __future__ import annotations
 from torch import nn
 
 
+def transformer_blocks(backbone: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """The transformer blocks of ``backbone``: the name of the longest ``nn.ModuleList`` in it, and it.
+
+    ``None`` when ``backbone`` holds no ``nn.ModuleList``.
+
+    Example::
+
+        >>> body = nn.Module()
+        >>> body.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(2))
+        >>> transformer_blocks(body)[0], transformer_blocks(nn.Linear(2, 2))
+        ('blocks', None)
+    """
+    lists = [(name, m) for name, m in backbone.named_modules() if isinstance(m, nn.ModuleList)]
+    return max(lists, key=lambda item: len(item[1])) if lists else None
+
+
 def transformer_layer_groups(backbone: nn.Module) -> list[nn.Module]:
     """``[embeddings and everything before the blocks, block 0, ..., last block + everything after]``.
 
@@ -24,10 +40,10 @@ def transformer_layer_groups(backbone: nn.Module) -> list[nn.Module]:
         >>> [sum(p.numel() for p in g.parameters()) for g in transformer_layer_groups(body)]
         [20, 20, 28]
     """
-    lists = [(name, m) for name, m in backbone.named_modules() if isinstance(m, nn.ModuleList)]
-    if not lists:
+    found = transformer_blocks(backbone)
+    if found is None:
         return [backbone]
-    blocks_name, blocks = max(lists, key=lambda item: len(item[1]))
+    blocks_name, blocks = found
     before: list[nn.Module] = []
     after: list[nn.Module] = []
     parent = backbone

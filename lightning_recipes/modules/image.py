@@ -208,9 +208,14 @@ class ImageClassifier(ClassificationModule):
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.backbone(images))
 
+    def features_and_target(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """The backbone's pooled features of a batch's images, and its targets."""
+        images, target = batch[0], batch[1]
+        return self.backbone(images), target
+
     def logits_and_target(self, batch: Any) -> tuple[Tensor, Tensor]:
-        images, target = batch
-        return self(images), target
+        features, target = self.features_and_target(batch)
+        return self.head(features), target
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -68,12 +68,20 @@ class TextClassifier(HFParts, ClassificationModule):
     the class names and the data's ``max_length``; all three are saved in checkpoints, so
     :meth:`predict_texts` answers in names after ``load_from_checkpoint``, offline.
 
+    From scratch (random weights), as in :class:`~lightning_recipes.CausalLM`: ``config`` and no
+    ``model_name_or_path`` (``model_name_or_path: null`` in a recipe), e.g. ``{model_type: bert,
+    num_hidden_layers: 4, hidden_size: 256, ...}``. Such a model has no tokenizer; it takes the data
+    module's (a WordPiece tokenizer it trained, ``wordpiece_vocab_size``) through the handshake, which
+    also checks that the tokenizer fits the ``vocab_size`` of the config.
+
     Args:
         model_name_or_path: Hub id (``distilbert-base-uncased``), local folder of a transformers model,
-            or a zoo name (``minilm-l6.sst2``, built offline on first use; ``lightning-recipes zoo list``).
+            or a zoo name (``minilm-l6.sst2``, built offline on first use; ``lightning-recipes zoo list``);
+            ``None`` (with ``config``) builds the model from scratch.
         pretrained: load the pretrained weights; ``False`` builds the architecture with random weights.
-        config: a transformers config as a dict (``config.to_dict()``), used instead of the model's
-            ``config.json``; checkpoints store it so they reload offline.
+        config: a transformers config as a dict (``config.to_dict()``; ``model_type`` picks the
+            architecture), used instead of the model's ``config.json``; checkpoints store it so they
+            reload offline.
         revision: Hub revision (branch, tag or commit) of the model and tokenizer.
         tokenizer: tokenizer id or folder when it differs from ``model_name_or_path``.
         head: ``new`` (pooling + ``ClassificationHead``) or ``model`` (the model's own head; as-is
@@ -107,7 +115,7 @@ class TextClassifier(HFParts, ClassificationModule):
 
     def __init__(
         self,
-        model_name_or_path: str = "distilbert-base-uncased",
+        model_name_or_path: str | None = "distilbert-base-uncased",
         pretrained: bool = True,
         config: dict[str, Any] | None = None,
         revision: str | None = None,
@@ -133,12 +141,21 @@ class TextClassifier(HFParts, ClassificationModule):
             raise ValueError(f"pooling={pooling!r} is not one of ('cls', 'mean')")
         if layer_lr_decay is not None and not 0.0 < layer_lr_decay <= 1.0:
             raise ValueError(f"layer_lr_decay must be in (0, 1] (or None), got {layer_lr_decay}")
+        if model_name_or_path is None and config is None:
+            raise ValueError(
+                "TextClassifier needs model_name_or_path (a Hub id such as 'distilbert-base-uncased' or a "
+                "local folder) or config (e.g. {'model_type': 'bert', 'num_hidden_layers': 4, "
+                "'hidden_size': 256, 'num_attention_heads': 4, 'intermediate_size': 1024, "
+                "'vocab_size': 8000}) to train from scratch"
+            )
         self.save_hyperparameters()
         self.head_kind = head
         self.pooling = pooling
         self.layer_lr_decay = layer_lr_decay
         self.max_length: int | None = None  # the data's, from the handshake
-        entry = zoo.ZOO.get(model_name_or_path)
+        #: random weights built from ``config``: no ``model_name_or_path``, or ``pretrained=False``
+        self.from_scratch = model_name_or_path is None or not pretrained
+        entry = zoo.ZOO.get(model_name_or_path) if model_name_or_path is not None else None
         if isinstance(entry, zoo.DigitsWeights):
             raise ValueError(f"{model_name_or_path!r} is an image zoo model: give it to ImageClassifier")
         if entry is not None and (pretrained or config is None):  # a checkpoint reload needs no build
@@ -166,7 +183,7 @@ class TextClassifier(HFParts, ClassificationModule):
             label_config(hf_config, self.output_names or self.label_names, self.task)
         else:
             from transformers import AutoModel as auto_cls
-        if pretrained:
+        if not self.from_scratch:
             model, info = hub_call(
                 model_name_or_path,
                 "transformers",
@@ -204,7 +221,9 @@ class TextClassifier(HFParts, ClassificationModule):
         accepted = inspect.signature(self.backbone.forward).parameters
         self._input_names = tuple(n for n in _INPUT_NAMES if n in accepted)
         self.tokenizer: Any = (
-            find_tokenizer(model_name_or_path, tokenizer, revision) if pretrained or tokenizer else None
+            find_tokenizer(model_name_or_path or tokenizer, tokenizer, revision)
+            if not self.from_scratch or tokenizer
+            else None
         )
 
     # -- layer groups and learning rates -------------------------------------------------------------
@@ -236,18 +255,39 @@ class TextClassifier(HFParts, ClassificationModule):
     @override
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         """Logits from a dict of tokenizer outputs (``input_ids``, ``attention_mask``, ...)."""
-        kwargs = {k: inputs[k] for k in self._input_names if k in inputs}
         if self.model is not None:
-            return self.model(**kwargs).logits
+            return self.model(**{k: inputs[k] for k in self._input_names if k in inputs}).logits
+        return self.head(self.pooled(inputs))
+
+    def pooled(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        """The encoder's pooled output (``[CLS]`` or mean of the tokens) that the new head takes."""
+        if self.model is not None:
+            raise ValueError(
+                "TextClassifier(head='model') feeds the model's own head with the encoder's hidden "
+                "states, not pooled features: use head='new' to cache or read pooled features"
+            )
+        kwargs = {k: inputs[k] for k in self._input_names if k in inputs}
         hidden = self.backbone(**kwargs).last_hidden_state
-        pooled = hidden[:, 0] if self.pooling == "cls" else mean_pool(hidden, kwargs.get("attention_mask"))
-        return self.head(pooled)
+        return hidden[:, 0] if self.pooling == "cls" else mean_pool(hidden, kwargs.get("attention_mask"))
 
     @override
     def logits_and_target(self, batch: Any) -> tuple[Tensor, Tensor]:
+        return self(batch), self._labels(batch)
+
+    @override
+    def features_and_target(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """The pooled encoder output of a batch (``head="new"`` only), and its labels."""
+        return self.pooled(batch), self._labels(batch)
+
+    @override
+    def feature_settings(self) -> dict[str, Any]:
+        return {"pooling": self.pooling, "inputs": list(self._input_names)}
+
+    @staticmethod
+    def _labels(batch: Any) -> Tensor:
         if "labels" not in batch:
             raise ValueError(f"Batch has no 'labels' key (keys: {sorted(batch)}); is the split labelled?")
-        return self(batch), batch["labels"]
+        return batch["labels"]
 
     # -- the handshake ---------------------------------------------------------------------------
     @override
@@ -258,10 +298,19 @@ class TextClassifier(HFParts, ClassificationModule):
     @override
     def accept_data_spec(self, spec: DataSpec) -> None:
         """Check the classes and adopt their names, the data's ``max_length`` and, if the model has none,
-        the data's tokenizer."""
+        the data's tokenizer, which must fit the model's vocabulary."""
         super().accept_data_spec(spec)
         self.max_length = spec.max_length if spec.max_length is not None else self.max_length
-        self.tokenizer = agree_tokenizer(self.tokenizer, spec.tokenizer, "data.init_args.tokenizer")
+        tokenizer = agree_tokenizer(
+            self.tokenizer, spec.tokenizer, "data.init_args.tokenizer/wordpiece_vocab_size"
+        )
+        vocab_size = self.backbone.get_input_embeddings().num_embeddings
+        if tokenizer is not None and len(tokenizer) > vocab_size:
+            raise ValueError(
+                f"The tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab_size}: set "
+                f"config.vocab_size >= {len(tokenizer)} (model.init_args.config.vocab_size in a recipe)"
+            )
+        self.tokenizer = tokenizer
 
     # -- prediction (predict_step and decode: ClassificationModule) ------------------------------
     @torch.no_grad()
