@@ -146,6 +146,13 @@ class LightningRecipesCLI(LightningCLI):
         trainer, model, data = self.trainer, self.model, self.datamodule
         ckpt_path, metrics = self.config.get("ckpt_path"), {}
         best = last = None
+        if "fit" not in self.config.stages and ckpt_path is None and trainer.is_global_zero:
+            # An as-is recipe (or an evaluation before any training): say which weights are scored.
+            print(
+                "No fit stage and no --ckpt_path: the stages use the model as built (its pretrained "
+                "weights); nothing is trained",
+                flush=True,
+            )
         for stage in self.config.stages:
             if stage == "fit":
                 trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)

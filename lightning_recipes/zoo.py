@@ -13,52 +13,20 @@ found it, so a run gives the same result on a cold and on a warm cache.
 from __future__ import annotations
 
 import difflib
-import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
+# Re-exported: the zoo's builds (and their tests) use them from here.
+from lightning_recipes._random_state import SEED_ENV_VARS as SEED_ENV_VARS
+from lightning_recipes._random_state import random_state_untouched as random_state_untouched
+from lightning_recipes._zoo_text import FinetunedTextClassifier, minilm_sst2
 from lightning_recipes.cache import default_cache_dir
 from lightning_recipes.modules._classification import ClassificationModule
 from lightning_recipes.modules._heads import ClassificationHead
-
-#: The environment variables ``seed_everything`` sets; a build puts them back as they were.
-SEED_ENV_VARS = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
-
-
-@contextmanager
-def random_state_untouched() -> Iterator[None]:
-    """Run a block without changing the caller's random state.
-
-    The torch (CPU and CUDA), numpy and Python ``random`` generators (Lightning's ``isolate_rng``) and
-    the ``PL_GLOBAL_SEED`` / ``PL_SEED_WORKERS`` variables ``seed_everything`` sets are put back on exit.
-
-    Example::
-
-        >>> import torch
-        >>> _ = torch.manual_seed(1)
-        >>> with random_state_untouched():
-        ...     _ = torch.manual_seed(2), torch.rand(3)
-        >>> torch.rand(1)  # the first draw after manual_seed(1)
-        tensor([0.7576])
-    """
-    from lightning.pytorch.utilities.seed import isolate_rng
-
-    env = {name: os.environ.get(name) for name in SEED_ENV_VARS}
-    try:
-        with isolate_rng():
-            yield
-    finally:
-        for name, value in env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 class _SourceClassifier(ClassificationModule):
@@ -87,7 +55,13 @@ class _SourceClassifier(ClassificationModule):
 
 @dataclass(frozen=True)
 class DigitsWeights:
-    """A timm architecture trained on a subset of scikit-learn's digits (the source task)."""
+    """A timm architecture trained on a subset of scikit-learn's digits (the source task).
+
+    The cached file holds the whole classifier in timm's own layout: the backbone and the trained
+    head under the architecture's classifier name (``fc`` of a ResNet), and the overlay names its
+    classes (``label_names``: the digits). A new head (``num_classes=0``) loads the backbone only;
+    ``ImageClassifier(name, head="model")`` uses the digits classifier as-is.
+    """
 
     arch: str
     digits: tuple[int, ...]
@@ -100,23 +74,39 @@ class DigitsWeights:
             "std": (0.5, 0.5, 0.5),
             "crop_pct": 1.0,
             "interpolation": "bilinear",
-            "num_classes": 0,
         }
     )
 
+    @property
+    def label_names(self) -> list[str]:
+        """The classes of the trained head: the source digits, in id order."""
+        return [str(d) for d in self.digits]
+
+    @property
+    def trained_on(self) -> str:
+        return f"digits {','.join(map(str, self.digits))} ({self.epochs} epochs)"
+
     def path(self) -> Path:
-        name = f"{self.arch}.digits{''.join(map(str, self.digits))}.e{self.epochs}.s{self.seed}.safetensors"
+        digits = "".join(map(str, self.digits))
+        name = f"{self.arch}.digits{digits}.e{self.epochs}.s{self.seed}.with_head.safetensors"
         return default_cache_dir() / "weights" / name
 
     def resolve(self, pretrained: bool) -> tuple[str, dict[str, Any]]:
         """``(timm architecture, pretrained_cfg overlay)``; with ``pretrained`` it names the weights."""
-        overlay = dict(self.data_cfg)
+        from timm.models import get_pretrained_cfg_value
+
+        overlay = {
+            **self.data_cfg,
+            "num_classes": len(self.digits),
+            "classifier": get_pretrained_cfg_value(self.arch, "classifier"),
+            "label_names": self.label_names,
+        }
         if pretrained:
             overlay["file"] = str(self.build())
         return self.arch, overlay
 
     def build(self) -> Path:
-        """Train the backbone on the source digits once and cache its weights; return their path.
+        """Train the backbone and head on the source digits once and cache the weights; return their path.
 
         The caller's random state (generators and seed variables) is the same afterwards.
         """
@@ -151,17 +141,23 @@ class DigitsWeights:
             trainer.fit(model, datamodule=data)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, str(tmp))
+        state = dict(model.backbone.state_dict())
+        classifier = self.resolve(pretrained=False)[1]["classifier"]
+        state.update({f"{classifier}.{k}": v for k, v in model.head[-1].state_dict().items()})
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
         tmp.replace(path)
         return path
 
 
-ZOO: dict[str, DigitsWeights] = {
+#: Zoo name -> entry. Every entry has ``arch`` and ``trained_on`` (for the listing), ``path()``, ``build()``
+#: and ``resolve(pretrained)`` (what the loader needs: timm name and overlay, or a transformers folder).
+ZOO: dict[str, DigitsWeights | FinetunedTextClassifier] = {
     "resnet10t.digits04": DigitsWeights("resnet10t", (0, 1, 2, 3, 4)),
+    "minilm-l6.sst2": minilm_sst2(),
 }
 
 USAGE = """usage:
-  lightning-recipes zoo list                  names, architecture, source digits, cached or not, path
+  lightning-recipes zoo list                  name, architecture, source task, cached or not, path
   lightning-recipes zoo build NAME [NAME...]  train and cache these weights now (not on first use)
 """
 
@@ -170,8 +166,8 @@ def main(argv: list[str]) -> int:
     """``lightning-recipes zoo list|build NAME [NAME...]``; returns the exit code (2: bad usage or name)."""
     command, names = (argv[0], argv[1:]) if argv else ("", [])
     if command == "list" and not names:
-        rows = [("name", "arch", "digits", "cached", "path")] + [
-            (name, w.arch, ",".join(map(str, w.digits)), "yes" if w.path().exists() else "no", str(w.path()))
+        rows = [("name", "arch", "trained on", "cached", "path")] + [
+            (name, w.arch, w.trained_on, "yes" if w.path().exists() else "no", str(w.path()))
             for name, w in ZOO.items()
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(4)]

@@ -71,6 +71,8 @@ def test_recipe_runs_with_a_tiny_backbone(recipe, tmp_path, image_folder, capsys
     family = config["model"]["class_path"].rsplit(".", 1)[-1]
     if family not in FAMILIES:
         pytest.skip(f"{family} recipes are run with tiny models in their own family's tests")
+    if "# Scenario: as-is" in recipe.read_text():
+        pytest.skip("as-is recipes run with tiny models of their kind in tests/test_asis_recipes.py")
     monkeypatch.chdir(REPO)  # recipes name paths relative to the repository root
     overrides = FAMILIES[family](config, tmp_path, image_folder)
     code = main(["run", str(recipe), *FAST, f"--trainer.default_root_dir={tmp_path / 'run'}", *overrides])

@@ -125,6 +125,8 @@ class ImageDataModule(L.LightningDataModule):
     * ``root`` with ``train/<class>/*.jpg`` and optionally ``val/`` and ``test/`` beside it;
     * ``root`` with ``<class>/*.jpg`` only: split by a seeded, stratified ``val_fraction``/``test_fraction``
       (also used for ``val``/``test`` when those folders are missing);
+    * ``root`` with ``val/<class>/`` and/or ``test/<class>/`` and no ``train/``: evaluation only (a model
+      used as-is), the classes read from those folders;
     * ``train_csv`` (and optionally ``val_csv``, ``test_csv``) with columns ``path,label``; paths are
       relative to the CSV. With ``label_separator`` (e.g. ``"|"``) labels are multi-hot (multi-label task).
 
@@ -249,6 +251,8 @@ class ImageDataModule(L.LightningDataModule):
             raise FileNotFoundError(f"Image root {root} does not exist")
         folder = root / split
         if split == "train" and not folder.is_dir():
+            if (root / "val").is_dir() or (root / "test").is_dir():
+                return None  # evaluation only: val/ and/or test/, no training images
             folder = root  # a single folder of class subfolders
         elif not folder.is_dir():
             return None
@@ -266,11 +270,12 @@ class ImageDataModule(L.LightningDataModule):
         if self._split_rows is None:
             rows = {split: self._labelled(split) for split in ("train", "val", "test")}
             for split, fraction in (("test", self.test_fraction), ("val", self.val_fraction)):
-                if rows[split] is None and fraction > 0:
+                if rows[split] is None and fraction > 0 and rows["train"] is not None:
                     share = fraction / (1.0 - (self.test_fraction if split == "val" else 0.0))
                     rows["train"], rows[split] = self._split(rows["train"], share, self.seed)
             if self.classes is None:
-                self.classes = sorted({label for _, labels in rows["train"] for label in labels})
+                labelled = rows["train"] or (rows["val"] or []) + (rows["test"] or [])
+                self.classes = sorted({label for _, labels in labelled for label in labels})
             self._split_rows = rows
         return self._split_rows
 

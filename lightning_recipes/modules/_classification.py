@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -14,11 +15,14 @@ from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 from lightning_recipes.eval_samples import RealSamples
 from lightning_recipes.handshake import META_KEY, CachedFeatures, DataSpec, split_meta
 from lightning_recipes.modules._base import TransferModule
+from lightning_recipes.modules._class_map import LabelRef, class_logits, resolve_class_map
 
 Task = Literal["multiclass", "multilabel", "regression"]
 TASKS = ("multiclass", "multilabel", "regression")
 #: Checkpoint key holding the class names in id order.
 LABEL_NAMES_KEY = "lightning_recipes_label_names"
+#: Checkpoint key holding the pretrained label names and each class's label ids (``class_map``).
+OUTPUTS_KEY = "lightning_recipes_model_outputs"
 
 
 def build_metrics(task: str, num_classes: int) -> MetricCollection:
@@ -59,12 +63,24 @@ class ClassificationModule(TransferModule):
     (:meth:`accept_data_spec`), which also checks that the data has ``num_classes`` classes; they are
     saved with the model, so predictions and curves use them.
 
+    Used as-is (the pretrained model's own head, :meth:`use_model_outputs`), the outputs are the
+    pretrained labels (:attr:`output_names`: ImageNet's, a zoo model's, a text model's ``id2label``),
+    and predictions name them. ``class_map`` scores a labelled data set with them instead: each data
+    class gets the probability mass of its pretrained labels, renormalised over all mapped labels
+    (``logsumexp`` of their logits, :func:`~lightning_recipes.modules._class_map.class_logits`); the
+    loss, metrics, curves and predictions then speak the data's classes. The handshake checks that
+    every class of the data is mapped.
+
     Args:
         num_classes: number of classes (labels for multi-label, targets for regression); the handshake
-            checks it against the data.
+            checks it against the data. Default: ``len(label_names)``, else 2 for a new head, else
+            the number of the pretrained model's labels with its own head.
         task: ``multiclass`` (softmax + cross-entropy), ``multilabel`` (sigmoid + BCE) or
             ``regression`` (MSE, or Huber with ``huber_delta``).
         label_names: class names in id order; default: the data module's, through the handshake.
+        class_map: with the pretrained model's own head: ``{data class: pretrained label or list of
+            labels}``; a label is a name of :attr:`output_names`, one comma-separated part of one
+            (``"tabby cat"``), an ImageNet synset (``n02123045``) or an output id (multiclass only).
         label_smoothing: cross-entropy label smoothing (multiclass).
         class_weights: per-class loss weights (multiclass) or positive weights (multilabel).
         huber_delta: use the Huber loss with this delta for regression instead of MSE.
@@ -75,15 +91,18 @@ class ClassificationModule(TransferModule):
 
     def __init__(
         self,
-        num_classes: int = 2,
+        num_classes: int | None = None,
         task: Task = "multiclass",
         label_names: list[str] | None = None,
+        class_map: dict[str, LabelRef | list[LabelRef]] | None = None,
         label_smoothing: float = 0.0,
         class_weights: list[float] | None = None,
         huber_delta: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if num_classes is None:
+            num_classes = 2 if label_names is None else len(label_names)
         if label_names is not None and len(label_names) != num_classes:
             raise ValueError(
                 f"label_names has {len(label_names)} names {label_names} but num_classes={num_classes}"
@@ -96,20 +115,62 @@ class ClassificationModule(TransferModule):
             raise ValueError(f"class_weights has {len(class_weights)} entries but num_classes={num_classes}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if class_map is not None and (task != "multiclass" or label_names is not None):
+            raise ValueError(
+                "class_map works with task='multiclass' and without label_names (its keys are the class "
+                f"names); got task={task!r}, label_names={label_names}"
+            )
         self.task = task
-        self.num_classes = num_classes
         self.labels = list(label_names) if label_names is not None else None
+        self.class_map = dict(class_map) if class_map is not None else None
+        #: The pretrained model's own label names, with its own head (:meth:`use_model_outputs`).
+        self.output_names: list[str] | None = None
+        self._output_aliases: dict[str, int] = {}
+        self._class_ids: list[list[int]] | None = None  # each class's output ids, from class_map
         self.label_smoothing = label_smoothing
         self.huber_delta = huber_delta
         weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float)
         self.register_buffer("class_weights", weights, persistent=False)
-        self.train_metrics = build_metrics(task, num_classes).clone(prefix="train/")
-        self.val_metrics = build_metrics(task, num_classes).clone(prefix="val/")
-        self.test_metrics = build_metrics(task, num_classes).clone(prefix="test/")
         # Evaluation losses as sums and counts, reduced across devices at the epoch's end: the mean over
         # every real sample (Lightning's sync_dist would average the devices' means, unequal counts).
         self.eval_losses = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
         self._eval_samples = RealSamples()
+        self._set_num_classes(num_classes)
+
+    def _set_num_classes(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.train_metrics = build_metrics(self.task, num_classes).clone(prefix="train/")
+        self.val_metrics = build_metrics(self.task, num_classes).clone(prefix="val/")
+        self.test_metrics = build_metrics(self.task, num_classes).clone(prefix="test/")
+
+    def use_model_outputs(self, names: Sequence[str], aliases: Mapping[str, int] | None = None) -> None:
+        """Score with the pretrained model's own head, whose outputs are the labels ``names``.
+
+        Called by subclasses once the pretrained head is built. Without ``class_map`` the classes are
+        the pretrained labels (``label_names``, if given, renames them); with it, the mapped data classes
+        (each a set of output ids; ``aliases`` are other names of the outputs, e.g. ImageNet synsets).
+        """
+        self.output_names = list(names)
+        self._output_aliases = dict(aliases or {})
+        if self.class_map is None:
+            if self.labels is not None and len(self.labels) != len(names):
+                raise ValueError(
+                    f"label_names has {len(self.labels)} names but the pretrained head has {len(names)} "
+                    f"labels ({list(names)[:5]}...); leave label_names out to use the pretrained ones"
+                )
+            self.labels = self.labels or list(names)
+            self._set_num_classes(len(names))
+            return
+        mapped = resolve_class_map(self.class_map, self.output_names, self._output_aliases)
+        if len(mapped) < 2:
+            raise ValueError(f"class_map maps one class {list(mapped)}; a classifier needs 2 or more")
+        self.labels, self._class_ids = list(mapped), list(mapped.values())
+        self._set_num_classes(len(mapped))
+
+    def class_logits(self, logits: Tensor) -> Tensor:
+        """The logits of the classes scored: the outputs, or with ``class_map`` the ``logsumexp`` of each
+        class's pretrained labels (softmax: the renormalised probability mass of the mapped labels)."""
+        return logits if self._class_ids is None else class_logits(logits, self._class_ids)
 
     @property
     def label_names(self) -> list[str]:
@@ -117,11 +178,28 @@ class ClassificationModule(TransferModule):
         return self.labels or [f"LABEL_{i}" for i in range(self.num_classes)]
 
     def accept_data_spec(self, spec: DataSpec) -> None:
-        """Check that the data has ``num_classes`` classes and adopt its class names."""
+        """Check that the data has ``num_classes`` classes and adopt its class names.
+
+        With ``class_map``: check that each class of the data is mapped (and each mapped class is in
+        the data), and order the classes as the data's ids. With the pretrained head and no
+        ``class_map``: check that the data's classes are the pretrained labels.
+        """
         super().accept_data_spec(spec)
         names = spec.label_names
         if names is None or self.task == "regression":
             return
+        if self._class_ids is not None:
+            self._order_mapped_classes(list(names))
+            return
+        if self.output_names is not None and list(names) != self.labels:
+            unknown = [n for n in names if n not in self.labels]
+            raise ValueError(
+                f"The data's classes {list(names)[:20]} are not the pretrained head's labels (the model has "
+                f"{len(self.labels)}: {self.labels[:5]}...; {unknown[:5]} are not among them). To score this "
+                "data as-is, give model class_map: {data class: [pretrained label names or ids]} "
+                "(model.init_args.class_map in a recipe); to train a head of the model's own architecture "
+                f"instead, give num_classes: {len(names)}."
+            )
         if len(names) != self.num_classes:
             raise ValueError(
                 f"The data has {len(names)} classes {list(names)[:20]} but the model was built with "
@@ -133,12 +211,35 @@ class ClassificationModule(TransferModule):
         elif list(names) != self.labels:
             raise ValueError(f"The data's class names {list(names)} differ from the model's {self.labels}")
 
+    def _order_mapped_classes(self, names: list[str]) -> None:
+        assert self._class_ids is not None and self.labels is not None
+        mapped = dict(zip(self.labels, self._class_ids, strict=True))
+        unmapped = [n for n in names if n not in mapped]
+        if unmapped:
+            raise ValueError(
+                f"class_map does not map the data's class(es) {unmapped}: an as-is run scores every class "
+                f"of the data through its pretrained labels. Add {unmapped[0]!r}: [pretrained label names or "
+                f"ids] to class_map (it maps {list(mapped)}), or leave that class out of the data."
+            )
+        extra = [n for n in mapped if n not in names]
+        if extra:
+            raise ValueError(
+                f"class_map maps {extra}, which the data does not have (its classes: {names}); remove them, "
+                "since their labels would take probability mass from the data's classes"
+            )
+        self.labels, self._class_ids = names, [mapped[n] for n in names]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Class names adopted from the data travel with the weights, and come back on load.
         checkpoint[LABEL_NAMES_KEY] = self.labels
+        if self.output_names is not None:
+            checkpoint[OUTPUTS_KEY] = {"names": self.output_names, "class_ids": self._class_ids}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.labels = checkpoint.get(LABEL_NAMES_KEY, self.labels)
+        outputs = checkpoint.get(OUTPUTS_KEY)
+        if outputs is not None:
+            self.output_names, self._class_ids = outputs["names"], outputs["class_ids"]
 
     def logits_and_target(self, batch: Any) -> tuple[Tensor, Tensor]:
         """Return ``(logits, target)`` for a batch; implemented by subclasses."""
@@ -192,6 +293,7 @@ class ClassificationModule(TransferModule):
             logits, target = self.head(batch.features), batch.target
         else:
             logits, target = self.logits_and_target(batch)
+        logits = self.class_logits(logits)
         loss = self.loss(logits, target)
         preds = self.probabilities(logits.detach().float())
         n = target.shape[0]
@@ -251,7 +353,7 @@ class ClassificationModule(TransferModule):
         the data module gave them (:func:`~lightning_recipes.handshake.split_meta`).
         """
         inputs, meta = split_meta(batch)
-        probs = self.probabilities(self(inputs).float())
+        probs = self.probabilities(self.class_logits(self(inputs).float()))
         return {
             "probabilities": probs,
             "labels": [d.get("label", d.get("value")) for d in self.decode(probs)],

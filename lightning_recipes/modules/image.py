@@ -1,10 +1,11 @@
-"""ImageClassifier: any timm model as a backbone, a new head, multi-class or multi-label."""
+"""ImageClassifier: any timm model as a backbone, with a new head or its own pretrained classifier."""
 
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -12,12 +13,17 @@ from torch import Tensor
 from lightning_recipes import zoo
 from lightning_recipes._hub import hub_call
 from lightning_recipes.handshake import InputSpec
+from lightning_recipes.modules._class_map import check_head_options, unique_names
 from lightning_recipes.modules._classification import ClassificationModule
 from lightning_recipes.modules._heads import ClassificationHead
 
+# The same choices, with the same meaning, as TextClassifier's ``head``.
+HeadKind = Literal["new", "model"]
+_SYNSET = re.compile(r"n\d{8}")
+
 
 def create_backbone(
-    name: str, pretrained: bool | str = True, in_chans: int = 3, **kwargs: Any
+    name: str, pretrained: bool | str = True, in_chans: int = 3, num_classes: int | None = 0, **kwargs: Any
 ) -> torch.nn.Module:
     """A timm model without its classifier (``num_classes=0``), so ``forward`` returns pooled features.
 
@@ -27,6 +33,9 @@ def create_backbone(
         pretrained: ``True`` for the model's pretrained weights, ``False`` for random init, or the
             path of a local weights file (``.safetensors``/``.pth``) for this architecture.
         in_chans: input channels.
+        num_classes: ``0`` (no classifier), ``None`` (the pretrained classifier, as the weights have it)
+            or a number of classes (timm's classifier of the architecture, new unless the weights have
+            that many).
 
     Example::
 
@@ -43,7 +52,7 @@ def create_backbone(
             raise FileNotFoundError(
                 f"pretrained={pretrained!r} is not a file; pass True, False or a weights file"
             )
-        overlay = {"file": str(Path(pretrained).resolve()), "num_classes": 0}
+        overlay = {"file": str(Path(pretrained).resolve())}
     if not name.startswith(("local-dir:", "hf-hub:", "hf_hub:")) and not timm.is_model(name.split(".")[0]):
         close = difflib.get_close_matches(name, timm.list_models() + sorted(zoo.ZOO), n=5, cutoff=0.6)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -61,18 +70,53 @@ def create_backbone(
         name,
         remote=download,
         pretrained=bool(pretrained) and (not overlay or "file" in overlay),
-        num_classes=0,
+        num_classes=num_classes,
         in_chans=in_chans,
         pretrained_cfg_overlay=overlay or None,
         **kwargs,
     )
 
 
-class ImageClassifier(ClassificationModule):
-    """Fine-tune any timm model with a new head.
+def pretrained_label_names(model: torch.nn.Module) -> tuple[list[str], dict[str, int]]:
+    """``(label names, aliases)`` of a timm model's classifier outputs.
 
-    ``self.backbone`` is the timm model with its classifier removed (pooled features out);
-    ``self.head`` is a :class:`~lightning_recipes.modules._heads.ClassificationHead`. Batches are
+    The names in its ``pretrained_cfg`` (``label_names``: a zoo model's, a Hub model's), else
+    ImageNet's for an ImageNet-1k/12k/21k/22k-sized classifier (timm's ``ImageNetInfo``: the WordNet
+    lemmas, ``"tabby, tabby cat"``, made unique by the synset where two classes share them, with the
+    synsets ``n02123045`` as aliases), else ``LABEL_<i>``.
+
+    Example::
+
+        >>> import timm
+        >>> names, aliases = pretrained_label_names(timm.create_model("test_resnet"))
+        >>> names[281], aliases["n02123045"], names[134]
+        ('tabby, tabby cat', 281, 'crane (n02012849)')
+    """
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    n = int(getattr(model, "num_classes", 0))
+    names = list(getattr(model, "pretrained_cfg", {}).get("label_names") or [])
+    synsets = names if names and all(_SYNSET.fullmatch(str(x)) for x in names) else None
+    if names and synsets is None and len(names) == n:
+        return [str(x) for x in names], {}
+    subset = infer_imagenet_subset(model) if synsets is None else "imagenet-22k"
+    if subset is None or (synsets is not None and len(synsets) != n):
+        return [f"LABEL_{i}" for i in range(n)], {}
+    info = ImageNetInfo(subset)
+    synsets = synsets or list(info.label_names())
+    lemmas = [info.label_name_to_description(s) for s in synsets]
+    return unique_names(lemmas, synsets), {s: i for i, s in enumerate(synsets)}
+
+
+class ImageClassifier(ClassificationModule):
+    """Fine-tune any timm model with a new head, or use it as-is with its own classifier.
+
+    With ``head="new"``, ``self.backbone`` is the timm model with its classifier removed (pooled
+    features out) and ``self.head`` a :class:`~lightning_recipes.modules._heads.ClassificationHead`.
+    With ``head="model"``, ``self.head`` is the model's own classifier (timm's ``get_classifier()``,
+    taken out of the model), with its pretrained weights: predictions name the pretrained labels
+    (:func:`pretrained_label_names`: ImageNet's, a zoo model's) and ``class_map`` scores a user's
+    labelled folder with them, with no training (see ``ClassificationModule``). Batches are
     ``(images, targets)`` (predict batches add ``{"path": [...]}``); ``predict_step`` returns class
     probabilities, class names and the paths (see ``ClassificationModule.predict_step``).
     ``data_config`` gives the input size and normalisation the backbone expects; :meth:`input_spec`
@@ -81,10 +125,13 @@ class ImageClassifier(ClassificationModule):
     Args:
         backbone: timm model name or ``local-dir:/folder`` (see :func:`create_backbone`).
         pretrained: load pretrained weights (``True``), random init (``False``) or a local weights file.
-        hidden_dim, dropout, activation: the head (see ``ClassificationHead``).
+        head: ``new`` (a ``ClassificationHead``) or ``model`` (the model's own classifier; with
+            ``num_classes`` left out, its pretrained outputs; a ``num_classes`` of another size gives the
+            architecture's classifier with new weights).
+        hidden_dim, dropout, activation: the new head (see ``ClassificationHead``).
         in_chans: input channels of the images.
         drop_path_rate: stochastic depth in the backbone, where timm supports it.
-        **kwargs: ``num_classes``, ``task``, ``label_names``, the loss options (see
+        **kwargs: ``num_classes``, ``task``, ``label_names``, ``class_map``, the loss options (see
             ``ClassificationModule``) and ``lr``, ``backbone_lr``, ``optimizer``... (see ``TransferModule``).
 
     Example::
@@ -95,12 +142,17 @@ class ImageClassifier(ClassificationModule):
         torch.Size([2, 3])
         >>> [g["name"] for g in model.param_groups()]
         ['head', 'backbone']
+        >>> asis = ImageClassifier("test_resnet", pretrained=False, head="model",
+        ...                        class_map={"cat": ["tabby cat", "tiger cat"], "dog": "n02099601"})
+        >>> asis.labels, asis(torch.randn(2, 3, 32, 32)).shape  # 1,000 ImageNet logits, scored as 2 classes
+        (['cat', 'dog'], torch.Size([2, 1000]))
     """
 
     def __init__(
         self,
         backbone: str = "resnet18",
         pretrained: bool | str = True,
+        head: HeadKind = "new",
         hidden_dim: int | None = None,
         dropout: float = 0.0,
         activation: str = "gelu",
@@ -108,13 +160,39 @@ class ImageClassifier(ClassificationModule):
         drop_path_rate: float | None = None,
         **kwargs: Any,
     ) -> None:
+        num_classes = kwargs.get("num_classes")
+        check_head_options(head, num_classes, kwargs.get("class_map"))
         super().__init__(**kwargs)
         self.save_hyperparameters()
+        self.head_kind = head
         extra = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
-        self.backbone = create_backbone(backbone, pretrained=pretrained, in_chans=in_chans, **extra)
-        self.head = ClassificationHead(
-            self.backbone.num_features, self.num_classes, hidden_dim, dropout, activation
-        )
+        if head == "new":
+            self.backbone = create_backbone(backbone, pretrained=pretrained, in_chans=in_chans, **extra)
+            self.head = ClassificationHead(
+                self.backbone.num_features, self.num_classes, hidden_dim, dropout, activation
+            )
+            return
+        model = create_backbone(backbone, pretrained, in_chans, num_classes=num_classes, **extra)
+        if not model.num_classes:
+            raise ValueError(
+                f"head='model': backbone {backbone!r} has no classifier (its weights are features only: "
+                "timm gives num_classes=0). Use head='new' with num_classes to train one, or pick weights "
+                "with a classifier (e.g. an ImageNet-1k tag such as resnet50.a1_in1k)."
+            )
+        classifier = model.pretrained_cfg.get("classifier")
+        if not isinstance(classifier, str):
+            raise ValueError(
+                f"head='model': {backbone!r} has several classifiers {classifier} (e.g. a distilled model); "
+                "only models with one classifier module are supported: use head='new'"
+            )
+        names = pretrained_label_names(model)
+        # The classifier moves out of the model (its weights, pretrained, as they were): the rest is the
+        # backbone, pooled features out, as with a new head.
+        self.head = model.get_submodule(classifier)
+        model.set_submodule(classifier, torch.nn.Identity())
+        self.backbone = model
+        if num_classes is None:
+            self.use_model_outputs(*names)
 
     @property
     def data_config(self) -> dict[str, Any]:

@@ -11,9 +11,11 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_recipes import zoo
 from lightning_recipes._deprecation import renamed
 from lightning_recipes._hub import hub_call
 from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
+from lightning_recipes.modules._class_map import check_head_options
 from lightning_recipes.modules._classification import ClassificationModule
 from lightning_recipes.modules._heads import ClassificationHead
 from lightning_recipes.modules._hf import HFParts, build_config, enable_gradient_checkpointing, find_tokenizer
@@ -49,7 +51,12 @@ class TextClassifier(HFParts, ClassificationModule):
     dropped) and ``self.head`` a :class:`~lightning_recipes.modules._heads.ClassificationHead` on
     the ``[CLS]`` vector or the mean of the token vectors. With ``head="model"``, the model's own
     head is used: ``self.backbone`` is the base model inside ``AutoModelForSequenceClassification``
-    (``self.model``) and ``self.head`` holds the rest (``classifier``, ``pre_classifier``, ...).
+    (``self.model``) and ``self.head`` holds the rest (``classifier``, ``pre_classifier``, ...). Without
+    ``num_classes``, that head is used as-is: the weights must have a trained one (a fine-tuned
+    classifier such as ``distilbert-base-uncased-finetuned-sst-2-english``, or the zoo's
+    ``minilm-l6.sst2``), its ``id2label`` names are the labels predictions speak, and ``class_map``
+    scores a labelled data set with them (see ``ClassificationModule``). With ``num_classes``, the
+    architecture's head is trained (new weights unless the pretrained ones have that many labels).
 
     :meth:`layer_groups` returns the encoder's blocks bottom to top (embeddings, then each layer),
     for layer-wise freezing; ``layer_lr_decay`` turns :meth:`param_groups` into one group per block.
@@ -68,7 +75,8 @@ class TextClassifier(HFParts, ClassificationModule):
     also checks that the tokenizer fits the ``vocab_size`` of the config.
 
     Args:
-        model_name_or_path: Hub id (``distilbert-base-uncased``) or local folder of a transformers model;
+        model_name_or_path: Hub id (``distilbert-base-uncased``), local folder of a transformers model,
+            or a zoo name (``minilm-l6.sst2``, built offline on first use; ``lightning-recipes zoo list``);
             ``None`` (with ``config``) builds the model from scratch.
         pretrained: load the pretrained weights; ``False`` builds the architecture with random weights.
         config: a transformers config as a dict (``config.to_dict()``; ``model_type`` picks the
@@ -76,7 +84,8 @@ class TextClassifier(HFParts, ClassificationModule):
             reload offline.
         revision: Hub revision (branch, tag or commit) of the model and tokenizer.
         tokenizer: tokenizer id or folder when it differs from ``model_name_or_path``.
-        head: ``new`` (pooling + ``ClassificationHead``) or ``model`` (the model's own head).
+        head: ``new`` (pooling + ``ClassificationHead``) or ``model`` (the model's own head; as-is
+            without ``num_classes``).
         pooling: ``cls`` (first token) or ``mean`` (masked mean of tokens), for ``head="new"``.
         hidden_dim, dropout, activation: the new head (see ``ClassificationHead``).
         layer_lr_decay: layer-wise learning-rate decay: the top block trains at ``backbone_lr`` and each
@@ -84,7 +93,7 @@ class TextClassifier(HFParts, ClassificationModule):
         gradient_checkpointing: recompute activations in the backward pass to save memory.
         lr: learning rate of the head (a fine-tuning default for pretrained encoders).
         tokenizer_name_or_path: deprecated name of ``tokenizer``.
-        **kwargs: ``num_classes``, ``task``, ``label_names`` and the loss options (see
+        **kwargs: ``num_classes``, ``task``, ``label_names``, ``class_map`` and the loss options (see
             ``ClassificationModule``); ``backbone_lr``, ``optimizer``, ``lr_scheduler``... (see
             ``TransferModule``).
 
@@ -126,8 +135,8 @@ class TextClassifier(HFParts, ClassificationModule):
         tokenizer = renamed(
             "TextClassifier", "tokenizer_name_or_path", tokenizer_name_or_path, "tokenizer", tokenizer
         )
-        if head not in ("new", "model"):
-            raise ValueError(f"head={head!r} is not one of ('new', 'model')")
+        num_classes = kwargs.get("num_classes")
+        check_head_options(head, num_classes, kwargs.get("class_map"))
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling={pooling!r} is not one of ('cls', 'mean')")
         if layer_lr_decay is not None and not 0.0 < layer_lr_decay <= 1.0:
@@ -146,6 +155,11 @@ class TextClassifier(HFParts, ClassificationModule):
         self.max_length: int | None = None  # the data's, from the handshake
         #: random weights built from ``config``: no ``model_name_or_path``, or ``pretrained=False``
         self.from_scratch = model_name_or_path is None or not pretrained
+        entry = zoo.ZOO.get(model_name_or_path) if model_name_or_path is not None else None
+        if isinstance(entry, zoo.DigitsWeights):
+            raise ValueError(f"{model_name_or_path!r} is an image zoo model: give it to ImageClassifier")
+        if entry is not None and (pretrained or config is None):  # a checkpoint reload needs no build
+            model_name_or_path = entry.resolve(pretrained=True)  # the folder has config, weights, tokenizer
 
         if config is not None:
             hf_config = build_config(config)
@@ -160,14 +174,17 @@ class TextClassifier(HFParts, ClassificationModule):
                 model_name_or_path,
                 revision=revision,
             )
+        as_is = head == "model" and num_classes is None
+        if as_is:  # the model's own head and labels
+            self.use_model_outputs([str(hf_config.id2label[i]) for i in range(hf_config.num_labels)])
         if head == "model":
             from transformers import AutoModelForSequenceClassification as auto_cls
 
-            label_config(hf_config, self.label_names, self.task)
+            label_config(hf_config, self.output_names or self.label_names, self.task)
         else:
             from transformers import AutoModel as auto_cls
         if not self.from_scratch:
-            model = hub_call(
+            model, info = hub_call(
                 model_name_or_path,
                 "transformers",
                 "model",
@@ -175,7 +192,16 @@ class TextClassifier(HFParts, ClassificationModule):
                 model_name_or_path,
                 config=hf_config,
                 revision=revision,
+                output_loading_info=True,
             )
+            untrained = [k for k in info["missing_keys"] if not k.startswith(f"{model.base_model_prefix}.")]
+            if as_is and untrained:
+                raise ValueError(
+                    f"head='model' without num_classes uses the model's own trained head, but "
+                    f"{model_name_or_path!r} has none (its weights lack {sorted(untrained)[:4]}: a base "
+                    "model, not a fine-tuned classifier). Give num_classes to train the architecture's head, "
+                    "or head='new'."
+                )
         else:
             model = auto_cls.from_config(hf_config)
         model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as built
@@ -314,7 +340,7 @@ class TextClassifier(HFParts, ClassificationModule):
                     *args, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
                 )
                 enc = {k: v.to(self.device) for k, v in enc.items()}
-                results += self.decode(self.probabilities(self(enc).float()).cpu())
+                results += self.decode(self.probabilities(self.class_logits(self(enc).float())).cpu())
         finally:
             self.train(was_training)
         return results
@@ -323,8 +349,8 @@ class TextClassifier(HFParts, ClassificationModule):
     def hf_config(self) -> Any:
         """The transformers config of the model (of the full classification model with ``head="model"``)."""
         model = self.model if self.model is not None else self.backbone
-        if self.head_kind == "model":
-            label_config(model.config, self.label_names, self.task)
+        if self.head_kind == "model":  # with class_map, the head still speaks the pretrained labels
+            label_config(model.config, self.output_names or self.label_names, self.task)
         return model.config
 
     @override
