@@ -229,6 +229,12 @@ class TextCorpusDataModule(L.LightningDataModule):
                 f"Column {self.text_column!r} not in {split} file {str(path)!r}; it has "
                 f"{table.column_names}. Set text_column."
             )
+        dtype = table.features[self.text_column].dtype
+        if dtype not in ("string", "large_string"):
+            raise ValueError(
+                f"Column {self.text_column!r} of {split} file {str(path)!r} holds {dtype}, not text: set "
+                f"text_column to a text column of {table.column_names}"
+            )
         return table[self.text_column]
 
     def _source_key(self, split: str) -> str:
