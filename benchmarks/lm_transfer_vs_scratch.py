@@ -14,6 +14,7 @@ changed:
 Run from the repository root (the recipes name ``../shared`` paths)::
 
     python benchmarks/lm_transfer_vs_scratch.py --steps 150 --threads 2
+    python benchmarks/lm_transfer_vs_scratch.py --steps 60 --skip-scratch-low-lr   # a shorter run
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=150, help="optimizer steps per arm (32 x 128 tokens)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--skip-scratch-low-lr", action="store_true", help="no scratch arm at LR 5e-4")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     folder = resolve_model_name("gpt2-mini.shakespeare")  # builds the zoo model first, outside the timings
@@ -73,6 +75,8 @@ def main() -> None:
             [*scratch, "--model.init_args.lr=3e-3"],
         ),
     }
+    if args.skip_scratch_low_lr:
+        del arms["from scratch, LR 5e-4"]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, (recipe, epochs, overrides)) in enumerate(arms.items()):
