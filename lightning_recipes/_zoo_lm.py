@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -133,37 +134,42 @@ class CorpusGPT2:
             "does this ahead of time)"
         )
         partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with random_state_untouched():
-            L.seed_everything(self.seed, verbose=False)
-            tokenizer = train_bpe_tokenizer([text], vocab_size=self.vocab_size, output_dir=partial)
-            config = {
-                **{k: getattr(self, k) for k in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")},
-                **{k: 0.0 for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")},  # few steps: no dropout
-                **dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"), tokenizer.eos_token_id),
-            }
-            lm = _pretraining_module(config, lr=self.lr, steps=self.steps)
-            data = TextCorpusDataModule(
-                str(text),
-                tokenizer=str(partial),
-                block_size=self.block_size,
-                batch_size=self.batch_size,
-                val_fraction=0.0,
-                seed=self.seed,
-            )
-            trainer = L.Trainer(
-                max_steps=self.steps,
-                accelerator="cpu",
-                devices=1,
-                gradient_clip_val=1.0,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                limit_val_batches=0,
-            )
-            trainer.fit(lm, datamodule=data)
-        lm.model.save_pretrained(partial)
-        tokenizer.save_pretrained(str(partial))
+        try:
+            with random_state_untouched():
+                L.seed_everything(self.seed, verbose=False)
+                tokenizer = train_bpe_tokenizer([text], vocab_size=self.vocab_size, output_dir=partial)
+                shape = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
+                config = {
+                    **{k: getattr(self, k) for k in shape},
+                    **{k: 0.0 for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")},  # few steps: no dropout
+                    **dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"), tokenizer.eos_token_id),
+                }
+                lm = _pretraining_module(config, lr=self.lr, steps=self.steps)
+                data = TextCorpusDataModule(
+                    str(text),
+                    tokenizer=str(partial),
+                    block_size=self.block_size,
+                    batch_size=self.batch_size,
+                    val_fraction=0.0,
+                    seed=self.seed,
+                )
+                trainer = L.Trainer(
+                    max_steps=self.steps,
+                    accelerator="cpu",
+                    devices=1,
+                    gradient_clip_val=1.0,
+                    logger=False,
+                    enable_checkpointing=False,
+                    enable_progress_bar=False,
+                    enable_model_summary=False,
+                    limit_val_batches=0,
+                )
+                trainer.fit(lm, datamodule=data)
+            lm.model.save_pretrained(partial)
+            tokenizer.save_pretrained(str(partial))
+        except BaseException:  # no half-built folder left behind
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         _publish(partial, path)
         return path
 
@@ -211,8 +217,6 @@ def _publish(partial: Path, path: Path) -> None:
     except OSError:
         if not path.is_dir():
             raise
-        import shutil
-
         shutil.rmtree(partial, ignore_errors=True)
 
 
