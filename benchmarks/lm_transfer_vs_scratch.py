@@ -40,6 +40,7 @@ def run(recipe: str, out: Path, steps_per_epoch: int, overrides: list[str]) -> t
         str(LM / recipe),
         [
             f"--trainer.default_root_dir={out}",
+            "--trainer.logger=false",  # a logger would merge the model's and data's differing `tokenizer`
             f"--trainer.limit_train_batches={steps_per_epoch}",
             "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false",
