@@ -1,9 +1,11 @@
 """Pretrained weights that lightning_recipes builds itself, offline: ahead of time or on first use.
 
-A zoo name is used like a timm name (``ImageClassifier(backbone="resnet10t.digits04")``). Where timm
-would download weights, the zoo trains them once on data an installed package ships and caches
-them under ``$LIGHTNING_RECIPES_CACHE/weights`` (default ``~/.cache/lightning_recipes``), so the
-quickstart shows real transfer learning on a machine with no network.
+A zoo name is used like a timm name or a Hugging Face id (``ImageClassifier(backbone="resnet10t.digits04")``,
+``CausalLM(model_name_or_path="gpt2-mini.shakespeare")``). Where timm or the Hub would download weights,
+the zoo trains them once on real data (scikit-learn's bundled digits; Tiny Shakespeare, see
+:mod:`lightning_recipes._zoo_lm` for where it is found) and caches them under
+``$LIGHTNING_RECIPES_CACHE/weights`` (default ``~/.cache/lightning_recipes``), so the quickstart and the
+offline recipes show real transfer learning on a machine with no network.
 
 ``lightning-recipes zoo list`` shows the zoo and what is cached; ``lightning-recipes zoo build NAME``
 builds weights ahead of time. A build on first use (inside a run) leaves the run's random state as it
@@ -23,6 +25,7 @@ from torch import Tensor
 # Re-exported: the zoo's builds (and their tests) use them from here.
 from lightning_recipes._random_state import SEED_ENV_VARS as SEED_ENV_VARS
 from lightning_recipes._random_state import random_state_untouched as random_state_untouched
+from lightning_recipes._zoo_lm import CorpusGPT2, gpt2_mini_shakespeare
 from lightning_recipes._zoo_text import FinetunedTextClassifier, minilm_sst2
 from lightning_recipes.cache import default_cache_dir
 from lightning_recipes.modules._classification import ClassificationModule
@@ -151,9 +154,10 @@ class DigitsWeights:
 
 #: Zoo name -> entry. Every entry has ``arch`` and ``trained_on`` (for the listing), ``path()``, ``build()``
 #: and ``resolve(pretrained)`` (what the loader needs: timm name and overlay, or a transformers folder).
-ZOO: dict[str, DigitsWeights | FinetunedTextClassifier] = {
+ZOO: dict[str, DigitsWeights | FinetunedTextClassifier | CorpusGPT2] = {
     "resnet10t.digits04": DigitsWeights("resnet10t", (0, 1, 2, 3, 4)),
     "minilm-l6.sst2": minilm_sst2(),
+    "gpt2-mini.shakespeare": gpt2_mini_shakespeare(),
 }
 
 USAGE = """usage:

@@ -159,6 +159,11 @@ def test_zoo_list_and_build(tiny_zoo, capsys):
         "all-MiniLM-L6-v2 + classifier",
         "data/sst2/train.tsv (2000 sentences, 1 epoch)",
     ]
+    gpt2 = rows["gpt2-mini.shakespeare"]
+    assert gpt2[:2] == [
+        "gpt2 4x128, ctx 256, vocab 2048",
+        "data/tinyshakespeare/input.txt (300 x 32 x 128 tokens)",
+    ]
     assert main(["zoo", "build", "test_resnet.digits01"]) == 0
     assert capsys.readouterr().out.strip() == f"test_resnet.digits01: built {path}"
     assert path.is_file()

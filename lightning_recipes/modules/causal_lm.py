@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -12,33 +13,39 @@ from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from lightning_recipes._deprecation import renamed
-from lightning_recipes.handshake import META_KEY, DataSpec, InputSpec, agree_tokenizer, split_meta
+from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
 from lightning_recipes.modules._base import TransferModule
-from lightning_recipes.modules._generation import generate_texts
+from lightning_recipes.modules._generation import continue_prompts, generate_texts
 from lightning_recipes.modules._hf import (
     HFParts,
     build_config,
     enable_gradient_checkpointing,
     find_tokenizer,
     load_pretrained_causal_lm,
+    resolve_model_name,
     untie_output_embeddings,
 )
 from lightning_recipes.modules._layers import transformer_layer_groups
+from lightning_recipes.modules._top_blocks import add_top_blocks
 from lightning_recipes.tokenizer import restore_tokenizer, store_tokenizer
 
 
 class CausalLM(HFParts, TransferModule):
     """A causal (decoder-only) language model from ``transformers``: GPT-2, Pythia, Llama, ...
 
-    Three transfer scenarios, picked by the arguments:
+    Four transfer scenarios, picked by the arguments:
 
-    * **fine-tune**: ``model_name_or_path`` (Hub id or local folder, at ``revision``); ``config``
+    * **fine-tune**: ``model_name_or_path`` (Hub id, local folder or zoo name such as
+      ``gpt2-mini.shakespeare``, built offline on first use; see :mod:`lightning_recipes.zoo`); ``config``
       entries, if any, override the pretrained config (e.g. ``{resid_pdrop: 0.0}``;
       ``{tie_word_embeddings: false}`` gives ``lm_head`` its own copy of the pretrained embeddings);
     * **from scratch**: ``config`` only, the arguments of the model's config class (``model_type``
       defaults to ``gpt2``: ``{n_layer: 6, n_embd: 384, n_head: 6, vocab_size: 8192}``);
+    * **add-layers**: ``new_top_blocks`` new transformer blocks on top of the pretrained body and an
+      untied ``lm_head`` (see below); with :class:`~lightning_recipes.callbacks.FreezeUnfreeze` the body
+      stays frozen while they train, then is unfrozen at a lower LR;
     * **as-is**: a pretrained model evaluated (``validate``/``test``: loss and perplexity) or used
-      for :meth:`generate` without training.
+      for :meth:`generate` / ``predict`` (continuations of a file of prompts) without training.
 
     ``self.model`` is the ``AutoModelForCausalLM``; ``self.backbone`` is its transformer body
     (``model.base_model``, e.g. GPT-2's ``transformer``) and ``self.head`` its output projection
@@ -48,6 +55,10 @@ class CausalLM(HFParts, TransferModule):
     freezing the backbone freezes the output projection too, and the head group is empty (and dropped)
     unless the head has weights of its own. :meth:`layer_groups` lists the backbone from the embeddings
     to the last block (with the final norm), for gradual unfreezing.
+
+    With ``new_top_blocks=k`` (see :mod:`~lightning_recipes.modules._top_blocks`), ``k`` copies of the
+    top block, initialised as the identity, run after the body; ``self.head`` holds them and an untied
+    ``lm_head``; ``self.backbone`` is the body without them, so freezing it leaves the new layers trainable.
 
     Batches are ``{"input_ids": LongTensor[batch, seq]}`` (optionally ``attention_mask`` and
     ``labels``, with ``-100`` for positions to ignore), as :class:`~lightning_recipes.TextCorpusDataModule`
@@ -62,7 +73,7 @@ class CausalLM(HFParts, TransferModule):
     ``CausalLM.load_from_checkpoint(path)`` rebuilds offline, without the Hub.
 
     Args:
-        model_name_or_path: Hugging Face Hub id or local folder of a causal LM.
+        model_name_or_path: Hugging Face Hub id, local folder or zoo name of a causal LM.
         config: config arguments: the whole config from scratch, or overrides of the pretrained one.
         tokenizer: Hub id or folder of the tokenizer (default: that of the pretrained model).
         revision: branch, tag or commit of the Hub id (model and tokenizer).
@@ -71,6 +82,7 @@ class CausalLM(HFParts, TransferModule):
         generation: :meth:`generate` options of the ``predict`` stage (``max_new_tokens``, default 50;
             ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``seed``, ``num_return_sequences``...);
             greedy by default.
+        new_top_blocks: add-layers: this many new blocks on top of the body, with an untied ``lm_head``.
         pretrained_model_name_or_path: deprecated name of ``model_name_or_path``.
         **kwargs: ``backbone_lr``, ``optimizer``, ``lr_scheduler``... (see
             :class:`~lightning_recipes.TransferModule`).
@@ -94,6 +106,7 @@ class CausalLM(HFParts, TransferModule):
         gradient_checkpointing: bool = False,
         lr: float = 5e-5,
         generation: dict[str, Any] | None = None,
+        new_top_blocks: int = 0,
         pretrained_model_name_or_path: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -117,6 +130,7 @@ class CausalLM(HFParts, TransferModule):
         from transformers import AutoModelForCausalLM
 
         self.from_scratch = model_name_or_path is None
+        source = resolve_model_name(model_name_or_path)  # a zoo name: the folder it is built to
         if self.from_scratch:
             model = AutoModelForCausalLM.from_config(build_config(config, default_type="gpt2"))
         else:
@@ -124,18 +138,21 @@ class CausalLM(HFParts, TransferModule):
             untie = overrides.get("tie_word_embeddings") is False
             if untie:  # load tied, then copy: from_pretrained would initialise an untied lm_head at random
                 del overrides["tie_word_embeddings"]
-            model = load_pretrained_causal_lm(model_name_or_path, revision, **overrides)
+            model = load_pretrained_causal_lm(source, revision, **overrides)
             model.train()  # from_pretrained returns eval mode, and Lightning keeps modules modes
             if untie:
                 untie_output_embeddings(model)
-        self.set_parts(model, model.base_model, model.get_output_embeddings())
+        if new_top_blocks:  # add_top_blocks checks the count
+            self.set_parts(model, *add_top_blocks(model, new_top_blocks))
+        else:
+            self.set_parts(model, model.base_model, model.get_output_embeddings())
         if gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
         self.tokenizer: Any = None
         found = (
             None
             if self.from_scratch and tokenizer is None
-            else find_tokenizer(model_name_or_path or tokenizer, tokenizer, revision)
+            else find_tokenizer(source or tokenizer, tokenizer, revision)
         )
         if found is not None:
             self.set_tokenizer(found)
@@ -353,18 +370,7 @@ class CausalLM(HFParts, TransferModule):
         :class:`~lightning_recipes.TextCorpusDataModule` gives its ``predict_file``) with the
         ``generation`` options: ``{"continuation": [text per prompt], "meta": {"prompt": [...]}}``
         (a list of texts per prompt with ``num_return_sequences`` > 1)."""
-        _, meta = split_meta(batch)
-        prompts = meta.get("prompt")
-        if prompts is None:
-            raise ValueError(
-                "CausalLM predicts continuations of prompts: give the data module a predict_file "
-                f"(one prompt per line); this batch has no meta['prompt'] (meta: {sorted(meta)})"
-            )
-        options = {"max_new_tokens": 50, **self.generation, "return_full_text": False}
-        texts = self.generate(list(prompts), **options)
-        n = int(options.get("num_return_sequences", 1))
-        continuation = texts if n == 1 else [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
-        return {"continuation": continuation, META_KEY: meta}
+        return continue_prompts(self, batch, self.generation)
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Export model and tokenizer in Hugging Face format; ``CausalLM(folder)`` or
@@ -383,10 +389,12 @@ class CausalLM(HFParts, TransferModule):
         # files: no Hub download, no path that may be gone, when the checkpoint is loaded.
         hparams = checkpoint.get("hyper_parameters")
         if hparams is not None:
+            config = copy.deepcopy(self.model.config)  # the body's: new_top_blocks adds the rest again
+            config.num_hidden_layers -= hparams.get("new_top_blocks", 0)
             checkpoint["hyper_parameters"] = {
                 **hparams,
                 "model_name_or_path": None,
-                "config": self.model.config.to_diff_dict(),
+                "config": config.to_diff_dict(),
                 "tokenizer": None,
                 "revision": None,
             }
