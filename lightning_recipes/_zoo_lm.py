@@ -53,7 +53,7 @@ class CorpusGPT2:
     load it. The folder name holds a hash of every setting, so changed settings never reuse old weights.
     """
 
-    #: What loads the built folder (``resolve_model_name`` in ``modules/_hf.py`` accepts these entries).
+    #: What loads the built folder (``zoo.resolve_model_name`` accepts these entries).
     library: ClassVar[str] = "transformers"
 
     name: str

@@ -14,7 +14,7 @@ import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -90,6 +90,8 @@ class FinetunedTextClassifier:
     ``save_pretrained`` in :meth:`path`, whose name holds a hash of every setting.
     """
 
+    #: What loads the built folder (``zoo.resolve_model_name`` accepts these entries).
+    library: ClassVar[str] = "transformers"
     name: str
     encoder: str
     train_file: str

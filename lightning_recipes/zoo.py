@@ -160,6 +160,27 @@ ZOO: dict[str, DigitsWeights | FinetunedTextClassifier | CorpusGPT2] = {
     "gpt2-mini.shakespeare": gpt2_mini_shakespeare(),
 }
 
+
+def resolve_model_name(name: str | None) -> str | None:
+    """A zoo name of a transformers model (``gpt2-mini.shakespeare``) becomes the folder of its weights and
+    tokenizer, built on first use (see :mod:`lightning_recipes.zoo`); other names come back unchanged.
+
+    Example::
+
+        >>> resolve_model_name("gpt2"), resolve_model_name(None)
+        ('gpt2', None)
+    """
+    entry = ZOO.get(name) if name is not None else None
+    if entry is None:
+        return name
+    if getattr(entry, "library", "timm") != "transformers":
+        raise ValueError(
+            f"zoo name {name!r} is a timm backbone, not a transformers model: use it as "
+            f"ImageClassifier(backbone={name!r}); `lightning-recipes zoo list` shows every zoo name"
+        )
+    return entry.resolve(pretrained=True)
+
+
 USAGE = """usage:
   lightning-recipes zoo list                  name, architecture, source task, cached or not, path
   lightning-recipes zoo build NAME [NAME...]  train and cache these weights now (not on first use)

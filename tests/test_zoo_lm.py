@@ -12,7 +12,7 @@ import torch
 
 from lightning_recipes import CausalLM, zoo
 from lightning_recipes._zoo_lm import TINY_SHAKESPEARE_URL, CorpusGPT2
-from lightning_recipes.modules._hf import resolve_model_name
+from lightning_recipes.zoo import resolve_model_name
 
 TINY = {"n_layer": 1, "n_head": 2, "n_embd": 16, "n_positions": 32, "vocab_size": 300}
 

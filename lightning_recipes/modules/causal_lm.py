@@ -22,12 +22,12 @@ from lightning_recipes.modules._hf import (
     enable_gradient_checkpointing,
     find_tokenizer,
     load_pretrained_causal_lm,
-    resolve_model_name,
     untie_output_embeddings,
 )
 from lightning_recipes.modules._layers import transformer_layer_groups
 from lightning_recipes.modules._top_blocks import add_top_blocks
 from lightning_recipes.tokenizer import restore_tokenizer, store_tokenizer
+from lightning_recipes.zoo import resolve_model_name
 
 
 class CausalLM(HFParts, TransferModule):

@@ -155,11 +155,9 @@ class TextClassifier(HFParts, ClassificationModule):
         self.max_length: int | None = None  # the data's, from the handshake
         #: random weights built from ``config``: no ``model_name_or_path``, or ``pretrained=False``
         self.from_scratch = model_name_or_path is None or not pretrained
-        entry = zoo.ZOO.get(model_name_or_path) if model_name_or_path is not None else None
-        if isinstance(entry, zoo.DigitsWeights):
-            raise ValueError(f"{model_name_or_path!r} is an image zoo model: give it to ImageClassifier")
-        if entry is not None and (pretrained or config is None):  # a checkpoint reload needs no build
-            model_name_or_path = entry.resolve(pretrained=True)  # the folder has config, weights, tokenizer
+        if pretrained or config is None:  # a checkpoint reload needs no build
+            # a zoo name: the folder it is built to (config, weights, tokenizer)
+            model_name_or_path = zoo.resolve_model_name(model_name_or_path)
 
         if config is not None:
             hf_config = build_config(config)
