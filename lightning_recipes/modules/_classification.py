@@ -128,9 +128,11 @@ class ClassificationModule(TransferModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Class names adopted from the data travel with the weights, and come back on load.
+        super().on_save_checkpoint(checkpoint)
         checkpoint[LABEL_NAMES_KEY] = self.labels
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.labels = checkpoint.get(LABEL_NAMES_KEY, self.labels)
 
     def logits_and_target(self, batch: Any) -> tuple[Tensor, Tensor]:
