@@ -114,3 +114,23 @@ def test_evaluate_recipe_reports_the_perplexity_of_the_model_as_is(
     with torch.no_grad():
         total, count = lm.token_nll({"input_ids": blocks})
     assert metrics["val/loss"] == pytest.approx(float(total / count), rel=1e-4)
+
+
+def test_lora_recipe_trains_the_adapter_only_and_reloads(tmp_path, text_file, tiny_pretrained, capsys):
+    metrics = run(
+        "gpt2_lora.yaml",
+        tmp_path,
+        f"--model.init_args.model_name_or_path={tiny_pretrained}",
+        f"--data.init_args.train_files={text_file.parent / '*.txt'}",
+        f"--data.init_args.tokenizer={tiny_pretrained}",
+        "--data.init_args.block_size=32",
+        "--data.init_args.batch_size=4",
+        "--trainer.accumulate_grad_batches=1",
+        capsys=capsys,
+    )
+    assert {"val/ppl", "test/ppl"} <= set(metrics)
+    (last,) = (tmp_path / "run").rglob("last.ckpt")
+    stored = torch.load(last, weights_only=False)["state_dict"]
+    assert stored and all("lora_" in k for k in stored if not k.endswith(".bias") or "lora_" in k)
+    lm = CausalLM.load_from_checkpoint(last)
+    assert {k for k, p in lm.named_parameters() if p.requires_grad} == {k for k in stored if "lora_" in k}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import importlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -47,8 +48,8 @@ def adapter_config(adapter: PeftConfig | Mapping[str, Any]) -> PeftConfig:
     if not isinstance(adapter, Mapping):
         raise TypeError(f"adapter must be a peft.PeftConfig (e.g. peft.LoraConfig(r=8)) or {EXAMPLE}")
     if "class_path" in adapter:
-        name = str(adapter["class_path"]).rsplit(".", 1)[-1]
-        cls = getattr(peft, name, None)
+        module, _, name = str(adapter["class_path"]).rpartition(".")
+        cls = getattr(importlib.import_module(module) if module.startswith("peft.") else peft, name, None)
         if not (isinstance(cls, type) and issubclass(cls, peft.PeftConfig)):
             raise ValueError(
                 f"adapter class_path {adapter['class_path']!r} is not a peft config class: {EXAMPLE}"
@@ -60,16 +61,20 @@ def adapter_config(adapter: PeftConfig | Mapping[str, Any]) -> PeftConfig:
 
 
 def config_to_dict(config: PeftConfig) -> dict[str, Any]:
-    """``config.to_dict()`` as plain Python (lists for sets, strings for enums) that a weights-only
-    ``torch.load`` reads back; :func:`adapter_config` rebuilds the config from it.
+    """``{"class_path", "init_args"}`` of a config, as in a recipe: the fields that differ from the defaults,
+    in plain Python (lists for sets, strings for enums) that a weights-only ``torch.load`` and the CLI read
+    back; :func:`adapter_config` rebuilds the config from it.
 
     Example::
 
         >>> import peft
         >>> plain = config_to_dict(peft.LoraConfig(r=4, target_modules={"q", "v"}))
-        >>> plain["peft_type"], plain["target_modules"], adapter_config(plain).r
-        ('LORA', ['q', 'v'], 4)
+        >>> plain
+        {'class_path': 'peft.LoraConfig', 'init_args': {'r': 4, 'target_modules': ['q', 'v']}}
+        >>> adapter_config(plain).r
+        4
     """
+    import peft
 
     def plain(value: Any) -> Any:
         if isinstance(value, enum.Enum):
@@ -82,7 +87,13 @@ def config_to_dict(config: PeftConfig) -> dict[str, Any]:
             return [plain(v) for v in value]
         return value
 
-    return plain(config.to_dict())
+    cls = type(config)
+    defaults = plain(cls().to_dict())
+    values = plain(config.to_dict())
+    skip = ("peft_type", "peft_version")  # set by the config class itself
+    init_args = {k: v for k, v in values.items() if k not in skip and defaults.get(k, object()) != v}
+    module = "peft" if getattr(peft, cls.__name__, None) is cls else cls.__module__
+    return {"class_path": f"{module}.{cls.__name__}", "init_args": init_args}
 
 
 def timm_targets(model: nn.Module) -> list[str]:
