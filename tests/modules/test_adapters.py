@@ -81,6 +81,11 @@ def logits(model, family: str) -> torch.Tensor:
 FAMILIES = ["bert", "distilbert", "gpt2", "resnet"]
 
 
+def some_slow(*slow: str) -> list:
+    """``FAMILIES`` with those in ``slow`` marked slow (the default suite keeps two families per test)."""
+    return [pytest.param(f, marks=pytest.mark.slow) if f in slow else f for f in FAMILIES]
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_adapter_freezes_the_base_and_trains_adapter_and_head(family, bases) -> None:
     model = build(family, bases)
@@ -102,7 +107,7 @@ def test_adapter_freezes_the_base_and_trains_adapter_and_head(family, bases) -> 
         assert "conv1.0" in targets and "layer4.0.conv2" in targets
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", some_slow("distilbert", "gpt2"))
 def test_checkpoint_holds_only_what_trained_and_reloads_identically(family, bases, tmp_path) -> None:
     model = build(family, bases)
     trainer = L.Trainer(
@@ -193,7 +198,7 @@ def test_linear_probing_uses_the_same_trainable_only_checkpoints(bases, tmp_path
         ImageClassifier("test_resnet", pretrained=False, checkpoint_weights="trainable")
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", some_slow("bert", "distilbert"))
 def test_save_pretrained_unmerged_loads_in_peft_and_merged_agrees(family, bases, tmp_path) -> None:
     model = build(family, bases)
     with torch.no_grad():  # a non-zero adapter (LoRA's B starts at zero)
@@ -236,6 +241,7 @@ def test_save_pretrained_unmerged_loads_in_peft_and_merged_agrees(family, bases,
     assert torch.allclose(head(encoder(**kwargs).last_hidden_state[:, 0]), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, activation", [("bert", "tanh"), ("distilbert", "relu")])
 def test_text_merged_export_agrees_with_the_adapter_model(kind, activation, bases, tmp_path) -> None:
     from transformers import AutoModelForSequenceClassification
