@@ -1,9 +1,11 @@
 """Pretrained weights that lightning_recipes builds itself, offline: ahead of time or on first use.
 
-A zoo name is used like a timm name (``ImageClassifier(backbone="resnet10t.digits04")``). Where timm
-would download weights, the zoo trains them once on data an installed package ships and caches
-them under ``$LIGHTNING_RECIPES_CACHE/weights`` (default ``~/.cache/lightning_recipes``), so the
-quickstart shows real transfer learning on a machine with no network.
+A zoo name is used like a timm name or a Hugging Face id (``ImageClassifier(backbone="resnet10t.digits04")``,
+``CausalLM(model_name_or_path="gpt2-mini.shakespeare")``). Where timm or the Hub would download weights,
+the zoo trains them once on real data (scikit-learn's bundled digits; Tiny Shakespeare, see
+:mod:`lightning_recipes._zoo_lm` for where it is found) and caches them under
+``$LIGHTNING_RECIPES_CACHE/weights`` (default ``~/.cache/lightning_recipes``), so the quickstart and the
+offline recipes show real transfer learning on a machine with no network.
 
 ``lightning-recipes zoo list`` shows the zoo and what is cached; ``lightning-recipes zoo build NAME``
 builds weights ahead of time. A build on first use (inside a run) leaves the run's random state as it
@@ -23,6 +25,7 @@ from typing import Any
 
 from torch import Tensor
 
+from lightning_recipes._zoo_lm import CorpusGPT2, gpt2_mini_shakespeare
 from lightning_recipes.cache import default_cache_dir
 from lightning_recipes.modules._classification import ClassificationModule
 from lightning_recipes.modules._heads import ClassificationHead
@@ -104,6 +107,10 @@ class DigitsWeights:
         }
     )
 
+    @property
+    def trained_on(self) -> str:
+        return f"digits {','.join(map(str, self.digits))} ({self.epochs} epochs)"
+
     def path(self) -> Path:
         name = f"{self.arch}.digits{''.join(map(str, self.digits))}.e{self.epochs}.s{self.seed}.safetensors"
         return default_cache_dir() / "weights" / name
@@ -156,12 +163,15 @@ class DigitsWeights:
         return path
 
 
-ZOO: dict[str, DigitsWeights] = {
+#: Zoo name -> entry. Every entry has ``arch`` and ``trained_on`` (for the listing), ``path()``, ``build()``
+#: and ``resolve(pretrained)`` (what the loader needs: timm name and overlay, or a transformers folder).
+ZOO: dict[str, DigitsWeights | CorpusGPT2] = {
     "resnet10t.digits04": DigitsWeights("resnet10t", (0, 1, 2, 3, 4)),
+    "gpt2-mini.shakespeare": gpt2_mini_shakespeare(),
 }
 
 USAGE = """usage:
-  lightning-recipes zoo list                  names, architecture, source digits, cached or not, path
+  lightning-recipes zoo list                  name, architecture, source task, cached or not, path
   lightning-recipes zoo build NAME [NAME...]  train and cache these weights now (not on first use)
 """
 
@@ -170,8 +180,8 @@ def main(argv: list[str]) -> int:
     """``lightning-recipes zoo list|build NAME [NAME...]``; returns the exit code (2: bad usage or name)."""
     command, names = (argv[0], argv[1:]) if argv else ("", [])
     if command == "list" and not names:
-        rows = [("name", "arch", "digits", "cached", "path")] + [
-            (name, w.arch, ",".join(map(str, w.digits)), "yes" if w.path().exists() else "no", str(w.path()))
+        rows = [("name", "arch", "trained on", "cached", "path")] + [
+            (name, w.arch, w.trained_on, "yes" if w.path().exists() else "no", str(w.path()))
             for name, w in ZOO.items()
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(4)]

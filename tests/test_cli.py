@@ -147,18 +147,23 @@ def tiny_zoo(tmp_path, monkeypatch) -> zoo.DigitsWeights:
 def test_zoo_list_and_build(tiny_zoo, capsys):
     def listed() -> dict[str, list[str]]:
         assert main(["zoo", "list"]) == 0
-        lines = capsys.readouterr().out.splitlines()
-        assert lines[0].split() == ["name", "arch", "digits", "cached", "path"]
-        return {line.split()[0]: line.split()[1:] for line in lines[1:]}
+        rows = [re.split(r" {2,}", line) for line in capsys.readouterr().out.splitlines()]
+        assert rows[0] == ["name", "arch", "trained on", "cached", "path"]
+        return {row[0]: row[1:] for row in rows[1:]}
 
     path = tiny_zoo.path()
     rows = listed()
-    assert rows["test_resnet.digits01"] == ["test_resnet", "0,1", "no", str(path)]
-    assert rows["resnet10t.digits04"][:2] == ["resnet10t", "0,1,2,3,4"]
+    assert rows["test_resnet.digits01"] == ["test_resnet", "digits 0,1 (1 epochs)", "no", str(path)]
+    assert rows["resnet10t.digits04"][:2] == ["resnet10t", "digits 0,1,2,3,4 (15 epochs)"]
+    gpt2 = rows["gpt2-mini.shakespeare"]
+    assert gpt2[:2] == [
+        "gpt2 4x128, ctx 256, vocab 2048",
+        "data/tinyshakespeare/input.txt (300 x 32 x 128 tokens)",
+    ]
     assert main(["zoo", "build", "test_resnet.digits01"]) == 0
     assert capsys.readouterr().out.strip() == f"test_resnet.digits01: built {path}"
     assert path.is_file()
-    assert listed()["test_resnet.digits01"] == ["test_resnet", "0,1", "yes", str(path)]
+    assert listed()["test_resnet.digits01"] == ["test_resnet", "digits 0,1 (1 epochs)", "yes", str(path)]
     assert main(["zoo", "build", "test_resnet.digits01", "test_resnet.digits01"]) == 0
     assert capsys.readouterr().out.strip() == f"test_resnet.digits01: already cached at {path}"
 

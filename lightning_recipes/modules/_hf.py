@@ -31,6 +31,28 @@ def find_tokenizer(model_name_or_path: str, tokenizer: str | None, revision: str
     return load_tokenizer(model_name_or_path, revision)
 
 
+def resolve_model_name(name: str | None) -> str | None:
+    """A zoo name of a transformers model (``gpt2-mini.shakespeare``) becomes the folder of its weights and
+    tokenizer, built on first use (see :mod:`lightning_recipes.zoo`); other names come back unchanged.
+
+    Example::
+
+        >>> resolve_model_name("gpt2"), resolve_model_name(None)
+        ('gpt2', None)
+    """
+    from lightning_recipes import zoo
+
+    entry = zoo.ZOO.get(name) if name is not None else None
+    if entry is None:
+        return name
+    if getattr(entry, "library", "timm") != "transformers":
+        raise ValueError(
+            f"zoo name {name!r} is a timm backbone, not a transformers model: use it as "
+            f"ImageClassifier(backbone={name!r}); `lightning-recipes zoo list` shows every zoo name"
+        )
+    return entry.resolve(pretrained=True)
+
+
 def build_config(config: dict[str, Any], default_type: str | None = None) -> Any:
     """A transformers config from a dict of its arguments (``model_type`` picks the class).
 

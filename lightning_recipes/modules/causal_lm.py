@@ -22,6 +22,7 @@ from lightning_recipes.modules._hf import (
     find_tokenizer,
     load_pretrained_causal_lm,
     pretrained_base,
+    resolve_model_name,
     untie_output_embeddings,
 )
 from lightning_recipes.modules._layers import transformer_layer_groups
@@ -33,7 +34,8 @@ class CausalLM(HFParts, TransferModule):
 
     Three transfer scenarios, picked by the arguments:
 
-    * **fine-tune**: ``model_name_or_path`` (Hub id or local folder, at ``revision``); ``config``
+    * **fine-tune**: ``model_name_or_path`` (Hub id, local folder or zoo name such as
+      ``gpt2-mini.shakespeare``, built offline on first use; see :mod:`lightning_recipes.zoo`); ``config``
       entries, if any, override the pretrained config (e.g. ``{resid_pdrop: 0.0}``;
       ``{tie_word_embeddings: false}`` gives ``lm_head`` its own copy of the pretrained embeddings);
     * **from scratch**: ``config`` only, the arguments of the model's config class (``model_type``
@@ -63,7 +65,7 @@ class CausalLM(HFParts, TransferModule):
     ``CausalLM.load_from_checkpoint(path)`` rebuilds offline, without the Hub.
 
     Args:
-        model_name_or_path: Hugging Face Hub id or local folder of a causal LM.
+        model_name_or_path: Hugging Face Hub id, local folder or zoo name of a causal LM.
         config: config arguments: the whole config from scratch, or overrides of the pretrained one.
         tokenizer: Hub id or folder of the tokenizer (default: that of the pretrained model).
         revision: branch, tag or commit of the Hub id (model and tokenizer).
@@ -118,6 +120,7 @@ class CausalLM(HFParts, TransferModule):
         from transformers import AutoModelForCausalLM
 
         self.from_scratch = model_name_or_path is None
+        source = resolve_model_name(model_name_or_path)  # a zoo name: the folder it is built to
         if self.from_scratch:
             model = AutoModelForCausalLM.from_config(build_config(config, default_type="gpt2"))
         else:
@@ -125,7 +128,7 @@ class CausalLM(HFParts, TransferModule):
             untie = overrides.get("tie_word_embeddings") is False
             if untie:  # load tied, then copy: from_pretrained would initialise an untied lm_head at random
                 del overrides["tie_word_embeddings"]
-            model = load_pretrained_causal_lm(model_name_or_path, revision, **overrides)
+            model = load_pretrained_causal_lm(source, revision, **overrides)
             model.train()  # from_pretrained returns eval mode, and Lightning keeps modules modes
             if untie:
                 untie_output_embeddings(model)
@@ -136,7 +139,7 @@ class CausalLM(HFParts, TransferModule):
         found = (
             None
             if self.from_scratch and tokenizer is None
-            else find_tokenizer(model_name_or_path or tokenizer, tokenizer, revision)
+            else find_tokenizer(source or tokenizer, tokenizer, revision)
         )
         if found is not None:
             self.set_tokenizer(found)

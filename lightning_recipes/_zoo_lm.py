@@ -1,0 +1,203 @@
+"""The zoo's language models: a small GPT-2 and its byte-level BPE tokenizer, pretrained once on a text.
+
+No installed dependency ships a prose corpus (the largest text files in a typical environment are timm's
+ImageNet synset lists), so the source text is a file looked up where the project keeps its real data
+(``$LIGHTNING_RECIPES_SHARED``, ``../shared``) and in the cache; where it is absent the build fails with
+the file's name, its download URL and where to put it. Its SHA-256 is checked, so the same weights come
+out on every machine that builds them (with the same library versions).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from lightning_recipes.cache import default_cache_dir
+
+TINY_SHAKESPEARE = "data/tinyshakespeare/input.txt"
+TINY_SHAKESPEARE_URL = (
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+)
+TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+
+def source_candidates(relative: str) -> list[Path]:
+    """Where a source text ``relative`` to a shared-data folder is looked for, in order.
+
+    ``$LIGHTNING_RECIPES_SHARED``, ``../shared`` of the working directory and of the source checkout
+    (a clone of the repository has its data beside it), then the cache (``$LIGHTNING_RECIPES_CACHE``).
+
+    Example::
+
+        >>> source_candidates("data/x.txt")[-1] == default_cache_dir() / "data/x.txt"
+        True
+    """
+    shared = os.environ.get("LIGHTNING_RECIPES_SHARED")
+    roots = [Path(shared)] if shared else []
+    roots += [Path.cwd() / ".." / "shared", Path(__file__).resolve().parents[1] / ".." / "shared"]
+    return [*(root / relative for root in roots), default_cache_dir() / relative]
+
+
+@dataclass(frozen=True)
+class CorpusGPT2:
+    """A GPT-2 (``GPT2Config``) with a byte-level BPE tokenizer, both trained on one text (the source task).
+
+    :meth:`build` trains the tokenizer on the text, then the model from random weights for ``steps``
+    optimizer steps of ``batch_size`` x ``block_size`` tokens (AdamW, warm-up then cosine decay), and
+    saves both as a transformers folder (``save_pretrained``), which :meth:`resolve` returns:
+    ``CausalLM(model_name_or_path=<zoo name>)`` and ``AutoModelForCausalLM.from_pretrained(folder)``
+    load it. The folder name holds a hash of every setting, so changed settings never reuse old weights.
+    """
+
+    #: What loads the built folder (``resolve_model_name`` in ``modules/_hf.py`` accepts these entries).
+    library: ClassVar[str] = "transformers"
+
+    name: str
+    source: str
+    source_url: str
+    source_sha256: str | None
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    n_positions: int = 256
+    vocab_size: int = 2048
+    block_size: int = 128
+    batch_size: int = 32
+    steps: int = 300
+    lr: float = 3e-3
+    seed: int = 0
+
+    @property
+    def arch(self) -> str:
+        return f"gpt2 {self.n_layer}x{self.n_embd}, ctx {self.n_positions}, vocab {self.vocab_size}"
+
+    @property
+    def trained_on(self) -> str:
+        return f"{self.source} ({self.steps} x {self.batch_size} x {self.block_size} tokens)"
+
+    def path(self) -> Path:
+        digest = hashlib.sha256(repr(sorted(asdict(self).items())).encode()).hexdigest()[:10]
+        return default_cache_dir() / "weights" / f"{self.name}.{digest}"
+
+    def resolve(self, pretrained: bool = True) -> str:
+        """The folder of the model and tokenizer, built on first use (``pretrained=False`` is not offered:
+        a GPT-2 from random weights is ``CausalLM(config=...)``)."""
+        if not pretrained:
+            raise ValueError(
+                f"{self.name!r} names pretrained weights; for random weights give CausalLM a config instead"
+            )
+        return str(self.build())
+
+    def source_file(self) -> Path:
+        """The source text: the first of :func:`source_candidates` that exists, with its SHA-256 checked."""
+        candidates = source_candidates(self.source)
+        found = next((path for path in candidates if path.is_file()), None)
+        if found is None:
+            raise FileNotFoundError(
+                f"zoo model {self.name!r} is pretrained on {self.source}, which is not on this machine "
+                f"(looked for {', '.join(str(p) for p in candidates)}). Download it (public domain) to the "
+                f"cache: `curl -L --create-dirs -o {candidates[-1]} {self.source_url}`, or set "
+                "LIGHTNING_RECIPES_SHARED to a folder that holds it"
+            )
+        if self.source_sha256 is not None:
+            digest = hashlib.sha256(found.read_bytes()).hexdigest()
+            if digest != self.source_sha256:
+                raise ValueError(
+                    f"{found} is not the text zoo model {self.name!r} is trained on: its SHA-256 is "
+                    f"{digest}, expected {self.source_sha256} (the file at {self.source_url})"
+                )
+        return found
+
+    def build(self) -> Path:
+        """Train the tokenizer and the model once and cache them; return the folder.
+
+        The caller's random state (generators and seed variables) is the same afterwards.
+        """
+        path = self.path()
+        if path.is_dir():
+            return path
+        import lightning as L
+        from lightning.pytorch.utilities import rank_zero_info
+
+        from lightning_recipes.data.bpe import train_bpe_tokenizer
+        from lightning_recipes.data.corpus import TextCorpusDataModule
+        from lightning_recipes.modules.causal_lm import CausalLM
+        from lightning_recipes.schedulers import WarmupDecay
+        from lightning_recipes.zoo import random_state_untouched
+
+        text = self.source_file()
+        rank_zero_info(
+            f"lightning_recipes: pretraining {self.name} ({self.arch}) on {text} once (cached at {path}; "
+            "about 2 min on 2 CPU cores; your random state is left untouched; `lightning-recipes zoo build` "
+            "does this ahead of time)"
+        )
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with random_state_untouched():
+            L.seed_everything(self.seed, verbose=False)
+            tokenizer = train_bpe_tokenizer([text], vocab_size=self.vocab_size, output_dir=partial)
+            config = {
+                "model_type": "gpt2",
+                **{k: getattr(self, k) for k in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")},
+                **{k: 0.0 for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")},  # few steps: no dropout
+                "bos_token_id": tokenizer.bos_token_id,
+                "eos_token_id": tokenizer.eos_token_id,
+            }
+            lm = CausalLM(
+                config=config,
+                lr=self.lr,
+                lr_scheduler=functools.partial(WarmupDecay, warmup_ratio=0.05, decay="cosine"),
+                scheduler_interval="step",
+            )
+            lm.set_tokenizer(tokenizer)
+            data = TextCorpusDataModule(
+                str(text),
+                tokenizer=str(partial),
+                block_size=self.block_size,
+                batch_size=self.batch_size,
+                val_fraction=0.0,
+                seed=self.seed,
+            )
+            trainer = L.Trainer(
+                max_steps=self.steps,
+                accelerator="cpu",
+                devices=1,
+                gradient_clip_val=1.0,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                limit_val_batches=0,
+            )
+            trainer.fit(lm, datamodule=data)
+        lm.save_pretrained(partial)
+        _publish(partial, path)
+        return path
+
+
+def _publish(partial: Path, path: Path) -> None:
+    """Rename the finished folder into place; a concurrent build that got there first wins."""
+    try:
+        partial.replace(path)
+    except OSError:
+        if not path.is_dir():
+            raise
+        import shutil
+
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def gpt2_mini_shakespeare(**settings: Any) -> CorpusGPT2:
+    """The zoo's ``gpt2-mini.shakespeare``: 4 layers x 128 wide (1.1 M parameters), pretrained on Tiny
+    Shakespeare (1.1 MB, 40,000 lines): 300 steps x 32 x 128 = 1.2 M tokens, about 3 passes over its
+    ~390 k tokens. ``settings`` override fields (tests build smaller ones)."""
+    return CorpusGPT2(
+        name="gpt2-mini.shakespeare",
+        source=TINY_SHAKESPEARE,
+        source_url=TINY_SHAKESPEARE_URL,
+        source_sha256=TINY_SHAKESPEARE_SHA256,
+        **settings,
+    )
