@@ -304,3 +304,34 @@ def test_freeze_unfreeze_refuses_an_adapter_run(bases, tmp_path) -> None:
     with pytest.raises(ValueError, match=r"FreezeUnfreeze does not combine with an adapter \(LoraConfig\)"):
         trainer.fit(model, DataLoader(batches("resnet"), batch_size=None))
     assert all(p.requires_grad == ("lora_" in n) for n, p in model.backbone.named_parameters())
+
+
+@pytest.mark.slow
+def test_wandb_uploads_the_trainable_only_checkpoint(bases, tmp_path, monkeypatch) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_recipes.loggers import WandbLogger
+
+    logger = WandbLogger(project="adapters", save_dir=str(tmp_path), log_model=True)
+    uploaded = []
+    monkeypatch.setattr(logger.experiment, "log_artifact", lambda artifact, **kw: uploaded.append(artifact))
+    model = build("bert", bases)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=logger,
+        callbacks=[checkpoint],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, DataLoader(batches("bert"), batch_size=None))
+    logger.experiment.finish()
+    files = sorted((tmp_path / "ckpt").glob("*.ckpt"))  # best and last: both uploaded
+    uploaded_sizes = sorted(a.manifest.entries["model.ckpt"].size for a in uploaded)
+    assert uploaded_sizes == sorted(f.stat().st_size for f in files)
+    buffers = {k for k, _ in model.named_buffers()}
+    for file in files:
+        stored = torch.load(file, weights_only=False)["state_dict"]
+        assert {k for k in stored if "lora_" not in k and not k.startswith("head.")} <= buffers
