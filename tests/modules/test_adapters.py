@@ -242,21 +242,28 @@ def test_save_pretrained_unmerged_loads_in_peft_and_merged_agrees(family, bases,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, activation", [("bert", "tanh"), ("distilbert", "relu")])
-def test_text_merged_export_agrees_with_the_adapter_model(kind, activation, bases, tmp_path) -> None:
+@pytest.mark.parametrize(
+    "kind, head",
+    [
+        ("bert", {"hidden_dim": 16, "activation": "tanh"}),  # new heads that equal the architecture's own
+        ("distilbert", {"hidden_dim": 16, "activation": "relu"}),
+        ("bert", {"head": "model"}),
+    ],
+)
+def test_text_merged_export_agrees_with_the_adapter_model(kind, head, bases, tmp_path) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    model = build(kind, bases, hidden_dim=16, activation=activation)
+    model = build(kind, bases, **head)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.5)
     expected = logits(model, kind)
-    plain = AutoModelForSequenceClassification.from_pretrained(
-        model.save_pretrained(tmp_path, merge=True)
-    ).eval()
+    folder = model.save_pretrained(tmp_path, merge=True)
+    plain = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     kwargs = {k: TEXT[k] for k in model._input_names if k in TEXT}
     assert torch.allclose(plain(**kwargs).logits, expected, atol=1e-4)
+    assert torch.equal(logits(model, kind), expected)  # the module keeps its adapter
 
 
 def test_other_peft_adapters_work_where_peft_supports_them(bases) -> None:
