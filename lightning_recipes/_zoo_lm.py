@@ -9,9 +9,9 @@ out on every machine that builds them (with the same library versions).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -123,11 +123,9 @@ class CorpusGPT2:
         import lightning as L
         from lightning.pytorch.utilities import rank_zero_info
 
+        from lightning_recipes._random_state import random_state_untouched
         from lightning_recipes.data.bpe import train_bpe_tokenizer
         from lightning_recipes.data.corpus import TextCorpusDataModule
-        from lightning_recipes.modules.causal_lm import CausalLM
-        from lightning_recipes.schedulers import WarmupDecay
-        from lightning_recipes.zoo import random_state_untouched
 
         text = self.source_file()
         rank_zero_info(
@@ -136,46 +134,80 @@ class CorpusGPT2:
             "does this ahead of time)"
         )
         partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with random_state_untouched():
-            L.seed_everything(self.seed, verbose=False)
-            tokenizer = train_bpe_tokenizer([text], vocab_size=self.vocab_size, output_dir=partial)
-            config = {
-                "model_type": "gpt2",
-                **{k: getattr(self, k) for k in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")},
-                **{k: 0.0 for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")},  # few steps: no dropout
-                "bos_token_id": tokenizer.bos_token_id,
-                "eos_token_id": tokenizer.eos_token_id,
-            }
-            lm = CausalLM(
-                config=config,
-                lr=self.lr,
-                lr_scheduler=functools.partial(WarmupDecay, warmup_ratio=0.05, decay="cosine"),
-                scheduler_interval="step",
-            )
-            lm.set_tokenizer(tokenizer)
-            data = TextCorpusDataModule(
-                str(text),
-                tokenizer=str(partial),
-                block_size=self.block_size,
-                batch_size=self.batch_size,
-                val_fraction=0.0,
-                seed=self.seed,
-            )
-            trainer = L.Trainer(
-                max_steps=self.steps,
-                accelerator="cpu",
-                devices=1,
-                gradient_clip_val=1.0,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                limit_val_batches=0,
-            )
-            trainer.fit(lm, datamodule=data)
-        lm.save_pretrained(partial)
+        try:
+            with random_state_untouched():
+                L.seed_everything(self.seed, verbose=False)
+                tokenizer = train_bpe_tokenizer([text], vocab_size=self.vocab_size, output_dir=partial)
+                shape = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
+                config = {
+                    **{k: getattr(self, k) for k in shape},
+                    **{k: 0.0 for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")},  # few steps: no dropout
+                    **dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"), tokenizer.eos_token_id),
+                }
+                lm = _pretraining_module(config, lr=self.lr, steps=self.steps)
+                data = TextCorpusDataModule(
+                    str(text),
+                    tokenizer=str(partial),
+                    block_size=self.block_size,
+                    batch_size=self.batch_size,
+                    val_fraction=0.0,
+                    seed=self.seed,
+                )
+                trainer = L.Trainer(
+                    max_steps=self.steps,
+                    accelerator="cpu",
+                    devices=1,
+                    gradient_clip_val=1.0,
+                    logger=False,
+                    enable_checkpointing=False,
+                    enable_progress_bar=False,
+                    enable_model_summary=False,
+                    limit_val_batches=0,
+                )
+                trainer.fit(lm, datamodule=data)
+            lm.model.save_pretrained(partial)
+            tokenizer.save_pretrained(str(partial))
+        except BaseException:  # no half-built folder left behind
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         _publish(partial, path)
         return path
+
+
+def _pretraining_module(config: dict[str, Any], lr: float, steps: int) -> Any:
+    """The LightningModule that pretrains a zoo GPT-2 (see :class:`CorpusGPT2`)."""
+    import lightning as L
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lightning_recipes.schedulers import WarmupDecay
+
+    class Pretraining(L.LightningModule):
+        """A GPT-2 from random weights and the next-token loss ``CausalLM`` uses (token-mean cross-entropy),
+        AdamW (weight decay 0.01) with warm-up and cosine decay. Not ``CausalLM`` itself: the zoo is
+        imported by the modules that resolve zoo names, and must not import them back."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt2", **config))
+            for cfg in (self.model.config, self.model.generation_config):
+                cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = (config[k] for k in (
+                    "bos_token_id", "eos_token_id", "pad_token_id"))  # fmt: skip
+
+        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            ids = batch["input_ids"]
+            logits = self.model(input_ids=ids).logits
+            targets = ids[:, 1:]  # the same arithmetic as CausalLM.token_nll, so the same weights
+            total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="sum")
+            return total / torch.tensor(targets.numel()).clamp(min=1)
+
+        def configure_optimizers(self) -> Any:
+            optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.01)
+            schedule = WarmupDecay(optimizer, warmup_ratio=0.05, decay="cosine", total_steps=steps)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    return Pretraining()
 
 
 def _publish(partial: Path, path: Path) -> None:
@@ -185,8 +217,6 @@ def _publish(partial: Path, path: Path) -> None:
     except OSError:
         if not path.is_dir():
             raise
-        import shutil
-
         shutil.rmtree(partial, ignore_errors=True)
 
 

@@ -15,53 +15,19 @@ found it, so a run gives the same result on a cold and on a warm cache.
 from __future__ import annotations
 
 import difflib
-import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
+from lightning_recipes._random_state import SEED_ENV_VARS as SEED_ENV_VARS  # re-exported
+from lightning_recipes._random_state import random_state_untouched as random_state_untouched
 from lightning_recipes._zoo_lm import CorpusGPT2, gpt2_mini_shakespeare
 from lightning_recipes.cache import default_cache_dir
 from lightning_recipes.modules._classification import ClassificationModule
 from lightning_recipes.modules._heads import ClassificationHead
-
-#: The environment variables ``seed_everything`` sets; a build puts them back as they were.
-SEED_ENV_VARS = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
-
-
-@contextmanager
-def random_state_untouched() -> Iterator[None]:
-    """Run a block without changing the caller's random state.
-
-    The torch (CPU and CUDA), numpy and Python ``random`` generators (Lightning's ``isolate_rng``) and
-    the ``PL_GLOBAL_SEED`` / ``PL_SEED_WORKERS`` variables ``seed_everything`` sets are put back on exit.
-
-    Example::
-
-        >>> import torch
-        >>> _ = torch.manual_seed(1)
-        >>> with random_state_untouched():
-        ...     _ = torch.manual_seed(2), torch.rand(3)
-        >>> torch.rand(1)  # the first draw after manual_seed(1)
-        tensor([0.7576])
-    """
-    from lightning.pytorch.utilities.seed import isolate_rng
-
-    env = {name: os.environ.get(name) for name in SEED_ENV_VARS}
-    try:
-        with isolate_rng():
-            yield
-    finally:
-        for name, value in env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 class _SourceClassifier(ClassificationModule):

@@ -1,4 +1,4 @@
-"""The pieces of a language-modelling corpus: its files, and its token stream cut into blocks."""
+"""The pieces of a language-modelling corpus: its files, its token stream cut into blocks, and prompts."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from lightning_recipes.handshake import META_KEY
 
 
 def expand_files(patterns: str | Sequence[str] | None) -> list[Path]:
@@ -72,3 +74,19 @@ class TokenBlocks(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         return {"input_ids": self.blocks[index].long()}
+
+
+class Prompts(Dataset):
+    """The lines of a UTF-8 text file (one prompt each, empty ones too) as ``{"meta": {"prompt": line}}``."""
+
+    def __init__(self, path: str) -> None:
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"predict_file {path!r} does not exist")
+        self.prompts = file.read_text(encoding="utf-8").splitlines()
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, index: int) -> dict[str, dict[str, str]]:
+        return {META_KEY: {"prompt": self.prompts[index]}}

@@ -12,19 +12,22 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from lightning_recipes._compat import dataset_fingerprint
 from lightning_recipes._deprecation import renamed
 from lightning_recipes._hub import hub_call
 from lightning_recipes.cache import default_cache_dir
-from lightning_recipes.data._blocks import TokenBlocks, chunk_blocks, expand_files
+from lightning_recipes.data._blocks import Prompts, TokenBlocks, chunk_blocks, expand_files
 from lightning_recipes.data._loader import split_loader
+from lightning_recipes.data._text_files import BUILDERS, load_split_file
 from lightning_recipes.data.bpe import _read_lines, files_fingerprint, train_bpe_tokenizer
-from lightning_recipes.handshake import META_KEY, DataSpec, InputSpec, agree_tokenizer
+from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
 from lightning_recipes.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 SPLITS = ("train", "val", "test")
+#: Extensions of table files, read through ``datasets`` (one document per row of ``text_column``).
+TABLES = frozenset(ext for ext, builder in BUILDERS.items() if builder != "text")
 #: Names a ``datasets`` DatasetDict may use for each of our splits, in order of preference.
 DATASET_SPLITS = {"train": ("train",), "val": ("validation", "valid", "val", "dev"), "test": ("test",)}
 
@@ -32,11 +35,12 @@ DATASET_SPLITS = {"train": ("train",), "val": ("validation", "valid", "val", "de
 class TextCorpusDataModule(L.LightningDataModule):
     """A text corpus for causal language modelling, as fixed-length blocks of token ids.
 
-    The text (files, or rows of a ``datasets`` dataset; each file or row is one document, followed
-    by the EOS token when ``add_eos``) is tokenised once and cached as a tensor file keyed by the
-    tokenizer and the sources (paths, sizes, modification times), so later runs and every DDP rank
-    load it in milliseconds. The token stream is cut into consecutive ``block_size`` blocks (see
-    :func:`chunk_blocks`: the final remainder of fewer than ``block_size`` tokens is dropped). Without
+    The text (text files, the ``text_column`` of table files, or rows of a ``datasets`` dataset; each
+    text file or row is one document, followed by the EOS token when ``add_eos``) is tokenised once
+    and cached as a tensor file keyed by the tokenizer and the sources (paths, sizes, modification
+    times), so later runs and every DDP rank load it in milliseconds. The token stream is cut into
+    consecutive ``block_size`` blocks (see :func:`chunk_blocks`: the final remainder of fewer than
+    ``block_size`` tokens is dropped). Without
     ``val_files``/``test_files`` (or dataset splits), a seeded random ``val_fraction``/``test_fraction``
     of the training blocks is held out. Batches are ``{"input_ids": LongTensor[batch, block_size]}``.
 
@@ -48,13 +52,15 @@ class TextCorpusDataModule(L.LightningDataModule):
     :meth:`prepare_tokenizer` makes it (loads, trains or reuses the trained one) explicitly.
 
     Args:
-        train_files: text file(s) or glob(s) (UTF-8), e.g. ``data/*.txt``.
+        train_files: text file(s) or glob(s) (UTF-8), e.g. ``data/*.txt``; table files (``.csv``, ``.tsv``,
+            ``.jsonl``, ``.json``, ``.parquet``) give the rows of their ``text_column`` (e.g. SST-2's
+            ``train.tsv`` with ``text_column: sentence``).
         val_files, test_files: held-out text files; default: ``val_fraction``/``test_fraction`` of train.
             Without ``train_files`` they serve ``validate``/``test`` only (evaluating a model as-is).
         dataset: instead of files, a ``datasets`` dataset: a folder written by ``save_to_disk`` or a
             name for ``datasets.load_dataset`` (e.g. ``wikitext``); splits ``train``/``validation``/``test``.
         dataset_config: the dataset's configuration (e.g. ``wikitext-2-raw-v1``).
-        text_column: column of the dataset holding the text.
+        text_column: column of the dataset or of table files holding the text.
         tokenizer: Hugging Face tokenizer id or folder (e.g. ``gpt2``, ``./my-model``), where the model has
             none; connected to a model that has one, a different one here is an error.
         bpe_vocab_size: train a byte-level BPE tokenizer of this size on the training text instead.
@@ -207,14 +213,35 @@ class TextCorpusDataModule(L.LightningDataModule):
         """The split's text as lists of pieces, one list per document."""
         if self.dataset is None:
             for path in self._split_files(split):
-                yield list(_read_lines([path]))
+                if path.suffix.lower() in TABLES:
+                    yield from ([text] for text in self._table_column(path, split))
+                else:
+                    yield list(_read_lines([path]))
         else:
             for text in self._dataset_split(split)[self.text_column]:
                 yield [text]
 
+    def _table_column(self, path: Path, split: str) -> list[str]:
+        """The ``text_column`` of a table file, one document per row."""
+        table = load_split_file(str(path), split, str(self.cache_dir / "datasets"))
+        if self.text_column not in table.column_names:
+            raise ValueError(
+                f"Column {self.text_column!r} not in {split} file {str(path)!r}; it has "
+                f"{table.column_names}. Set text_column."
+            )
+        dtype = table.features[self.text_column].dtype
+        if dtype not in ("string", "large_string"):
+            raise ValueError(
+                f"Column {self.text_column!r} of {split} file {str(path)!r} holds {dtype}, not text: set "
+                f"text_column to a text column of {table.column_names}"
+            )
+        return table[self.text_column]
+
     def _source_key(self, split: str) -> str:
         if self.dataset is None:
-            return "files:" + files_fingerprint(self._split_files(split))
+            files = self._split_files(split)
+            column = f":{self.text_column}" if any(p.suffix.lower() in TABLES for p in files) else ""
+            return "files:" + files_fingerprint(files) + column
         ds = self._dataset_split(split)
         return f"dataset:{self.dataset}:{self.dataset_config}:{split}:{dataset_fingerprint(ds)}"
 
@@ -267,8 +294,9 @@ class TextCorpusDataModule(L.LightningDataModule):
         stamp = folder / "lightning_recipes_bpe.json"
         if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
             return AutoTokenizer.from_pretrained(str(folder))
-        if self.dataset is None:
-            tokenizer = train_bpe_tokenizer(self._split_files("train"), vocab_size=vocab, output_dir=folder)
+        files = self._split_files("train") if self.dataset is None else []
+        if files and not any(p.suffix.lower() in TABLES for p in files):
+            tokenizer = train_bpe_tokenizer(files, vocab_size=vocab, output_dir=folder)
         else:
             texts = (text for doc in self._documents("train") for text in doc)
             tokenizer = train_bpe_tokenizer(texts=texts, vocab_size=vocab, output_dir=folder)
@@ -383,19 +411,3 @@ class TextCorpusDataModule(L.LightningDataModule):
         """The prompts of ``predict_file`` in file order, as ``{"meta": {"prompt": [...]}}`` batches."""
         hint = "give predict_file (a text file, one prompt per line)"
         return split_loader(self.predict_set, "predict", hint, self.batch_size, self.num_workers)
-
-
-class Prompts(Dataset):
-    """The lines of a UTF-8 text file (one prompt each, empty ones too) as ``{"meta": {"prompt": line}}``."""
-
-    def __init__(self, path: str) -> None:
-        file = Path(path)
-        if not file.is_file():
-            raise FileNotFoundError(f"predict_file {path!r} does not exist")
-        self.prompts = file.read_text(encoding="utf-8").splitlines()
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def __getitem__(self, index: int) -> dict[str, dict[str, str]]:
-        return {META_KEY: {"prompt": self.prompts[index]}}

@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from lightning_recipes.handshake import META_KEY, split_meta
+
 
 @torch.no_grad()
 def generate_texts(
@@ -82,3 +84,19 @@ def generate_texts(
         text = tokenizer.decode(ids[:stop], skip_special_tokens=True)
         texts.append(prompts[row // num_return_sequences] + text if return_full_text else text)
     return texts
+
+
+def continue_prompts(lm: Any, batch: Any, generation: dict[str, Any]) -> dict[str, Any]:
+    """``CausalLM.predict_step``: continue the batch's ``meta["prompt"]`` with ``lm.generate``."""
+    _, meta = split_meta(batch)
+    prompts = meta.get("prompt")
+    if prompts is None:
+        raise ValueError(
+            "CausalLM predicts continuations of prompts: give the data module a predict_file "
+            f"(one prompt per line); this batch has no meta['prompt'] (meta: {sorted(meta)})"
+        )
+    options = {"max_new_tokens": 50, **generation, "return_full_text": False}
+    texts = lm.generate(list(prompts), **options)
+    n = int(options.get("num_return_sequences", 1))
+    continuation = texts if n == 1 else [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+    return {"continuation": continuation, META_KEY: meta}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,9 @@ from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from lightning_recipes._deprecation import renamed
-from lightning_recipes.handshake import META_KEY, DataSpec, InputSpec, agree_tokenizer, split_meta
+from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
 from lightning_recipes.modules._base import TransferModule
-from lightning_recipes.modules._generation import generate_texts
+from lightning_recipes.modules._generation import continue_prompts, generate_texts
 from lightning_recipes.modules._hf import (
     HFParts,
     build_config,
@@ -26,13 +27,14 @@ from lightning_recipes.modules._hf import (
     untie_output_embeddings,
 )
 from lightning_recipes.modules._layers import transformer_layer_groups
+from lightning_recipes.modules._top_blocks import add_top_blocks
 from lightning_recipes.tokenizer import restore_tokenizer, store_tokenizer
 
 
 class CausalLM(HFParts, TransferModule):
     """A causal (decoder-only) language model from ``transformers``: GPT-2, Pythia, Llama, ...
 
-    Three transfer scenarios, picked by the arguments:
+    Four transfer scenarios, picked by the arguments:
 
     * **fine-tune**: ``model_name_or_path`` (Hub id, local folder or zoo name such as
       ``gpt2-mini.shakespeare``, built offline on first use; see :mod:`lightning_recipes.zoo`); ``config``
@@ -40,8 +42,11 @@ class CausalLM(HFParts, TransferModule):
       ``{tie_word_embeddings: false}`` gives ``lm_head`` its own copy of the pretrained embeddings);
     * **from scratch**: ``config`` only, the arguments of the model's config class (``model_type``
       defaults to ``gpt2``: ``{n_layer: 6, n_embd: 384, n_head: 6, vocab_size: 8192}``);
+    * **add-layers**: ``new_top_blocks`` new transformer blocks on top of the pretrained body and an
+      untied ``lm_head`` (see below); with :class:`~lightning_recipes.callbacks.FreezeUnfreeze` the body
+      stays frozen while they train, then is unfrozen at a lower LR;
     * **as-is**: a pretrained model evaluated (``validate``/``test``: loss and perplexity) or used
-      for :meth:`generate` without training.
+      for :meth:`generate` / ``predict`` (continuations of a file of prompts) without training.
 
     ``self.model`` is the ``AutoModelForCausalLM``; ``self.backbone`` is its transformer body
     (``model.base_model``, e.g. GPT-2's ``transformer``) and ``self.head`` its output projection
@@ -51,6 +56,10 @@ class CausalLM(HFParts, TransferModule):
     freezing the backbone freezes the output projection too, and the head group is empty (and dropped)
     unless the head has weights of its own. :meth:`layer_groups` lists the backbone from the embeddings
     to the last block (with the final norm), for gradual unfreezing.
+
+    With ``new_top_blocks=k`` (see :mod:`~lightning_recipes.modules._top_blocks`), ``k`` copies of the
+    top block, initialised as the identity, run after the body; ``self.head`` holds them and an untied
+    ``lm_head``; ``self.backbone`` is the body without them, so freezing it leaves the new layers trainable.
 
     Batches are ``{"input_ids": LongTensor[batch, seq]}`` (optionally ``attention_mask`` and
     ``labels``, with ``-100`` for positions to ignore), as :class:`~lightning_recipes.TextCorpusDataModule`
@@ -74,6 +83,7 @@ class CausalLM(HFParts, TransferModule):
         generation: :meth:`generate` options of the ``predict`` stage (``max_new_tokens``, default 50;
             ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``seed``, ``num_return_sequences``...);
             greedy by default.
+        new_top_blocks: add-layers: this many new blocks on top of the body, with an untied ``lm_head``.
         pretrained_model_name_or_path: deprecated name of ``model_name_or_path``.
         **kwargs: ``backbone_lr``, ``optimizer``, ``lr_scheduler``... (see
             :class:`~lightning_recipes.TransferModule`).
@@ -97,6 +107,7 @@ class CausalLM(HFParts, TransferModule):
         gradient_checkpointing: bool = False,
         lr: float = 5e-5,
         generation: dict[str, Any] | None = None,
+        new_top_blocks: int = 0,
         pretrained_model_name_or_path: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -132,7 +143,10 @@ class CausalLM(HFParts, TransferModule):
             model.train()  # from_pretrained returns eval mode, and Lightning keeps modules modes
             if untie:
                 untie_output_embeddings(model)
-        self.set_parts(model, model.base_model, model.get_output_embeddings())
+        if new_top_blocks:  # add_top_blocks checks the count
+            self.set_parts(model, *add_top_blocks(model, new_top_blocks))
+        else:
+            self.set_parts(model, model.base_model, model.get_output_embeddings())
         if gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
         self.tokenizer: Any = None
@@ -143,6 +157,12 @@ class CausalLM(HFParts, TransferModule):
         )
         if found is not None:
             self.set_tokenizer(found)
+        if new_top_blocks and self.adapter is not None:
+            raise ValueError(
+                f"new_top_blocks={new_top_blocks} (add-layers) and adapter (parameter-efficient fine-tuning) "
+                "do not combine: peft would freeze the new blocks. Use one: adapter alone, or new_top_blocks "
+                "alone (with FreezeUnfreeze)"
+            )
         base = None if self.from_scratch else pretrained_base(model_name_or_path, revision)
         self.setup_adapter(self.model, base)
         self.val_nll = MeanMetric()
@@ -359,18 +379,7 @@ class CausalLM(HFParts, TransferModule):
         :class:`~lightning_recipes.TextCorpusDataModule` gives its ``predict_file``) with the
         ``generation`` options: ``{"continuation": [text per prompt], "meta": {"prompt": [...]}}``
         (a list of texts per prompt with ``num_return_sequences`` > 1)."""
-        _, meta = split_meta(batch)
-        prompts = meta.get("prompt")
-        if prompts is None:
-            raise ValueError(
-                "CausalLM predicts continuations of prompts: give the data module a predict_file "
-                f"(one prompt per line); this batch has no meta['prompt'] (meta: {sorted(meta)})"
-            )
-        options = {"max_new_tokens": 50, **self.generation, "return_full_text": False}
-        texts = self.generate(list(prompts), **options)
-        n = int(options.get("num_return_sequences", 1))
-        continuation = texts if n == 1 else [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
-        return {"continuation": continuation, META_KEY: meta}
+        return continue_prompts(self, batch, self.generation)
 
     def save_pretrained(self, folder: str | Path, merge: bool = False) -> Path:
         """Export model and tokenizer in Hugging Face format; ``CausalLM(folder)`` or
@@ -405,10 +414,12 @@ class CausalLM(HFParts, TransferModule):
         super().on_save_checkpoint(checkpoint)
         hparams = checkpoint.get("hyper_parameters")
         if hparams is not None and not self.stores_trainable_only():
+            config = copy.deepcopy(self.model.config)  # the body's: new_top_blocks adds the rest again
+            config.num_hidden_layers -= hparams.get("new_top_blocks", 0)
             checkpoint["hyper_parameters"] = {
                 **hparams,
                 "model_name_or_path": None,
-                "config": self.model.config.to_diff_dict(),
+                "config": config.to_diff_dict(),
                 "tokenizer": None,
                 "revision": None,
             }

@@ -219,3 +219,26 @@ def test_an_empty_text_file_is_named(tmp_path: Path) -> None:
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(ValueError, match=r"empty\.txt'\] are empty"):
         expand_files(str(tmp_path / "*.txt"))
+
+
+def test_table_files_give_the_rows_of_text_column(corpus: dict[str, Path], tmp_path: Path) -> None:
+    table = tmp_path / "reviews.tsv"
+    sentences = ["a good film .", 'it \'s "bad" , really', "the king said"]
+    rows = "".join(f"{s}\t{i % 2}\ttitle {i}\n" for i, s in enumerate(sentences))
+    table.write_text("sentence\tlabel\ttitle\n" + rows)
+    dm = make(corpus, train_files=str(table), text_column="sentence", val_fraction=0.0)
+    tok = dm.prepare_tokenizer()
+    eos = [tok.eos_token_id]
+    expected = [t for s in sentences for t in tok(s, add_special_tokens=False)["input_ids"] + eos]
+    assert dm.tokenize("train").tolist() == expected  # each row one document; quotes kept, labels left out
+    titles = make(corpus, train_files=str(table), text_column="title", val_fraction=0.0).tokenize("train")
+    assert tok.decode(titles.tolist()) == "title 0<|endoftext|>title 1<|endoftext|>title 2<|endoftext|>"
+    with pytest.raises(ValueError, match=r"Column 'text' not in train file .*reviews.tsv.*'sentence'"):
+        make(corpus, train_files=str(table), val_fraction=0.0).tokenize("train")
+    with pytest.raises(ValueError, match="Column 'label' of train file .* holds int64, not text"):
+        make(corpus, train_files=str(table), text_column="label", val_fraction=0.0).tokenize("train")
+    bpe = TextCorpusDataModule(
+        str(table), text_column="sentence", bpe_vocab_size=270, cache_dir=str(tmp_path)
+    )
+    reference = train_bpe_tokenizer(texts=sentences, vocab_size=270)  # the column, not the raw file
+    assert bpe.prepare_tokenizer().backend_tokenizer.to_str() == reference.backend_tokenizer.to_str()

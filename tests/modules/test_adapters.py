@@ -280,6 +280,8 @@ def test_bad_adapters_name_the_problem(bases, tmp_path) -> None:
         build("resnet", bases, adapter=peft.LoraConfig(target_modules=["bn1"]))
     with pytest.raises(ValueError, match="LoHaConfig.*model_type='gpt2'.*Conv1D'> not supported"):
         build("gpt2", bases, adapter=peft.LoHaConfig(r=2))
+    with pytest.raises(ValueError, match="new_top_blocks=1 .* and adapter .* do not combine"):
+        build("gpt2", bases, new_top_blocks=1)
     with pytest.raises(ValueError, match="prompt-learning method.*peft.LoraConfig"):
         build("gpt2", bases, adapter=peft.PromptTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"))
     with pytest.raises(ValueError, match="'peft.Nope' is not a peft config class"):

@@ -1,0 +1,93 @@
+"""Causal LM: the zoo GPT-2 transferred (fine-tune, add-layers) vs the same architecture from scratch.
+
+Same data (SST-2 training sentences as a corpus, dev sentences for val/test: ``../shared/data/sst2``),
+same budget (``--steps`` optimizer steps of 32 x 128 tokens), same tokenizer (the zoo model's byte-level
+BPE, so the perplexities are comparable). The arms run the shipped recipes with only their length
+changed:
+
+* fine-tune: ``recipes/lm/gpt2_mini_finetune_local.yaml`` (``gpt2-mini.shakespeare``, LR 5e-4);
+* add-layers: ``recipes/lm/gpt2_mini_add_layers_local.yaml`` (2 new blocks + untied head on the frozen
+  body for half the steps, then everything; 6 layers instead of 4);
+* from scratch: the fine-tune recipe with ``model_name_or_path: null`` and the zoo model's config
+  (random weights), at the fine-tune LR and at 3e-3 (a from-scratch LR, the zoo's own pretraining LR).
+
+Run from the repository root (the recipes name ``../shared`` paths)::
+
+    python benchmarks/lm_transfer_vs_scratch.py --steps 150 --threads 2
+    python benchmarks/lm_transfer_vs_scratch.py --steps 60 --skip-scratch-low-lr   # a shorter run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lightning_recipes.cli import run_recipe
+from lightning_recipes.modules._hf import resolve_model_name
+
+LM = Path(__file__).resolve().parents[1] / "recipes" / "lm"
+
+
+def run(recipe: str, out: Path, steps_per_epoch: int, overrides: list[str]) -> tuple[float, float]:
+    """``(test perplexity on the dev sentences, wall time in s)`` of one recipe run."""
+    start = time.perf_counter()
+    summary = run_recipe(
+        str(LM / recipe),
+        [
+            f"--trainer.default_root_dir={out}",
+            f"--trainer.limit_train_batches={steps_per_epoch}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            "--data.init_args.num_workers=0",
+            *overrides,
+        ],
+    )
+    return summary["metrics"]["test/ppl"], time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per arm (32 x 128 tokens)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--skip-scratch-low-lr", action="store_true", help="no scratch arm at LR 5e-4")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    folder = resolve_model_name("gpt2-mini.shakespeare")  # builds the zoo model first, outside the timings
+    config = json.loads((Path(folder) / "config.json").read_text())
+    keys = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "bos_token_id", "eos_token_id")
+    config = {k: config[k] for k in (*keys, "resid_pdrop", "embd_pdrop", "attn_pdrop")}
+    scratch = ["--model.init_args.model_name_or_path=null", f"--model.init_args.config={json.dumps(config)}",
+               f"--data.init_args.tokenizer={folder}"]  # fmt: skip
+    arms = {
+        "fine-tune (gpt2-mini.shakespeare, LR 5e-4)": ("gpt2_mini_finetune_local.yaml", 1, []),
+        "add-layers (+2 blocks, frozen body for half)": ("gpt2_mini_add_layers_local.yaml", 2, []),
+        "from scratch, LR 5e-4": ("gpt2_mini_finetune_local.yaml", 1, scratch),
+        "from scratch, LR 3e-3": (
+            "gpt2_mini_finetune_local.yaml",
+            1,
+            [*scratch, "--model.init_args.lr=3e-3"],
+        ),
+    }
+    if args.skip_scratch_low_lr:
+        del arms["from scratch, LR 5e-4"]
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, (recipe, epochs, overrides)) in enumerate(arms.items()):
+            results[name] = run(recipe, Path(tmp) / str(i), args.steps // epochs, overrides)
+    best_scratch = min(ppl for name, (ppl, _) in results.items() if name.startswith("from scratch"))
+    print(f"\n{args.steps} steps x 32 x 128 tokens of SST-2 sentences; test/ppl on the 872 dev sentences")
+    print("| arm | test/ppl | best from-scratch ppl / this | wall time (s) |")
+    print("| --- | --- | --- | --- |")
+    for name, (ppl, seconds) in results.items():
+        print(f"| {name} | {ppl:.1f} | {best_scratch / ppl:.2f} | {seconds:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
