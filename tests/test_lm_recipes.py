@@ -119,6 +119,41 @@ def test_evaluate_recipe_reports_the_perplexity_of_the_model_as_is(
     assert metrics["val/loss"] == pytest.approx(float(total / count), rel=1e-4)
 
 
+def test_lora_recipe_trains_the_adapter_only_and_reloads(tmp_path, text_file, tiny_pretrained, capsys):
+    metrics = run(
+        "gpt2_lora.yaml",
+        tmp_path,
+        f"--model.init_args.model_name_or_path={tiny_pretrained}",
+        f"--data.init_args.train_files={text_file.parent / '*.txt'}",
+        f"--data.init_args.tokenizer={tiny_pretrained}",
+        "--data.init_args.block_size=32",
+        "--data.init_args.batch_size=4",
+        "--trainer.accumulate_grad_batches=1",
+        capsys=capsys,
+    )
+    assert {"val/ppl", "test/ppl"} <= set(metrics)
+    (last,) = (tmp_path / "run").rglob("last.ckpt")
+    stored = torch.load(last, weights_only=False)["state_dict"]
+    assert stored and all("lora_" in k for k in stored)  # the tied lm_head and embeddings stay frozen
+    lm = CausalLM.load_from_checkpoint(last)
+    assert {k for k, p in lm.named_parameters() if p.requires_grad} == {k for k in stored if "lora_" in k}
+
+
+def test_offline_lora_recipe_adapts_a_local_model(tmp_path, text_file, tiny_pretrained, capsys) -> None:
+    """gpt2_mini_lora_local with the zoo model replaced by a tiny local one (the zoo build takes minutes)."""
+    metrics = run(
+        "gpt2_mini_lora_local.yaml",
+        tmp_path,
+        f"--model.init_args.model_name_or_path={tiny_pretrained}",
+        f"--data.init_args.train_files={text_file}",
+        "--data.init_args.block_size=32",
+        capsys=capsys,
+    )
+    assert {"val/ppl", "test/ppl"} <= set(metrics)
+    (last,) = (tmp_path / "run").rglob("last.ckpt")
+    assert all("lora_" in k for k in torch.load(last, weights_only=False)["state_dict"])
+
+
 # -- the offline recipes on the zoo GPT-2 (a tiny stand-in for gpt2-mini.shakespeare) -------------------
 ZOO_TINY = {"n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 64, "vocab_size": 300}
 

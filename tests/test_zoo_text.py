@@ -83,5 +83,7 @@ def test_missing_shared_files_say_where_they_were_looked_for(tmp_path: Path, mon
         FileNotFoundError, match=r"no/such.tsv is not on this machine \(looked in .*LIGHTNING"
     ):
         shared_file("no/such.tsv")
-    with pytest.raises(ValueError, match="zoo name 'resnet10t.digits04' is a timm backbone, not a transformers model"):
+    with pytest.raises(
+        ValueError, match="zoo name 'resnet10t.digits04' is a timm backbone, not a transformers model"
+    ):
         TextClassifier("resnet10t.digits04", head="model")

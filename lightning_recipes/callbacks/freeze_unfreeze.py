@@ -109,6 +109,9 @@ class FreezeUnfreeze(BaseFinetuning):
     device and DDP strategies are supported; others (FSDP, DeepSpeed) raise ``NotImplementedError``
     saying what to use instead (docs/multi_gpu.md).
 
+    Adapters: a module with an ``adapter`` (peft) is refused with a ``ValueError``: the adapter already
+    freezes the pretrained weights, and unfreezing them would silently turn the run into full fine-tuning.
+
     Resume: the stage is in the checkpoint (``state_dict``); on resume the callback unfreezes the same
     groups and adds the same optimizer groups in ``on_fit_start``, before Lightning loads the optimizer
     and scheduler state into them, so LRs, optimizer moments and scheduler state continue exactly.
@@ -245,6 +248,15 @@ class FreezeUnfreeze(BaseFinetuning):
             raise ValueError(
                 f"FreezeUnfreeze needs a LightningModule with an nn.Module `backbone` attribute; "
                 f"{type(pl_module).__name__} has none"
+            )
+        peft_model = getattr(pl_module, "peft_model", None)
+        if peft_model is not None:
+            kind = type(peft_model.peft_config["default"]).__name__
+            raise ValueError(
+                f"FreezeUnfreeze does not combine with an adapter ({kind}): the adapter already keeps the "
+                "pretrained weights frozen and trains the adapter and the head from the first step, and "
+                "unfreezing the backbone would train the pretrained weights under it. Drop FreezeUnfreeze "
+                "for an adapter run, or drop the adapter to fine-tune in stages"
             )
         self._groups = layer_groups(pl_module)
         for p in pl_module.backbone.parameters():

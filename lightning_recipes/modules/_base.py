@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import torch
@@ -12,12 +12,17 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from lightning_recipes.handshake import DataSpec, InputSpec
+from lightning_recipes.modules import _trainable_checkpoint
 from lightning_recipes.schedulers import WarmupDecay
+
+if TYPE_CHECKING:
+    from peft import PeftConfig, PeftModel
 
 # The types LightningCLI knows as OptimizerCallable / LRSchedulerCallable: jsonargparse turns a
 # ``class_path``/``init_args`` entry in a recipe into such a callable.
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler | ReduceLROnPlateau]
+CheckpointWeights = Literal["all", "trainable"]
 
 
 def default_optimizer(params: Iterable[Any]) -> Optimizer:
@@ -49,6 +54,13 @@ class TransferModule(L.LightningModule):
         agc_clip_factor: adaptive gradient clipping (timm's ``adaptive_clip_grad``, NFNet paper) of the
             backbone's gradients at this unit-wise ratio (e.g. ``0.01``); the head is left out, as in the
             paper. Runs after AMP unscaling and before the Trainer's own ``gradient_clip_val`` clipping.
+        adapter: a ``peft`` adapter config (``peft.LoraConfig(r=8)``; in YAML ``{class_path: peft.LoraConfig,
+            init_args: {r: 8}}``) injected into the pretrained model: its weights freeze, the adapter's and
+            the head's train. Default ``target_modules`` per family (see ``docs/adapters.md``).
+        checkpoint_weights: ``"all"`` stores every weight in checkpoints; ``"trainable"`` only the trainable
+            ones (and buffers) plus the pretrained source and a fingerprint of the frozen weights, which
+            ``load_from_checkpoint`` rebuilds and checks. ``None``: ``"trainable"`` for an adapter on
+            pretrained weights, else ``"all"``. Also for frozen-backbone runs (linear probing).
     """
 
     backbone: nn.Module
@@ -63,8 +75,14 @@ class TransferModule(L.LightningModule):
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val/loss",
         agc_clip_factor: float | None = None,
+        adapter: PeftConfig | None = None,
+        checkpoint_weights: CheckpointWeights | None = None,
     ) -> None:
         super().__init__()
+        if checkpoint_weights not in (None, "all", "trainable"):
+            raise ValueError(
+                f"checkpoint_weights must be 'all', 'trainable' or None, got {checkpoint_weights!r}"
+            )
         if lr <= 0 or (backbone_lr is not None and backbone_lr < 0):
             raise ValueError(f"lr must be > 0 and backbone_lr >= 0, got lr={lr}, backbone_lr={backbone_lr}")
         if scheduler_interval not in ("epoch", "step"):
@@ -78,6 +96,54 @@ class TransferModule(L.LightningModule):
         if agc_clip_factor is not None and agc_clip_factor <= 0:
             raise ValueError(f"agc_clip_factor must be > 0 (or None to disable), got {agc_clip_factor}")
         self.agc_clip_factor = agc_clip_factor
+        self.adapter = adapter
+        self.checkpoint_weights = checkpoint_weights
+        self.peft_model: PeftModel | None = None
+        self._base: dict[str, Any] | None = None
+
+    def setup_adapter(self, model: nn.Module, base: Mapping[str, Any] | None) -> None:
+        """Inject ``self.adapter`` (if any) into ``model`` and note the pretrained ``base``; subclasses
+        call it once their parts exist.
+
+        Args:
+            model: the pretrained model the adapter goes into (the backbone, or the whole causal LM).
+            base: ``{"source": name, "revision": rev, "hparams": {...}}``, what rebuilds the frozen weights
+                (``hparams`` replace the checkpoint's hyper-parameters); ``None`` for random weights.
+        """
+        if self.checkpoint_weights == "trainable" and base is None:
+            raise ValueError(
+                "checkpoint_weights='trainable' leaves the frozen weights out of checkpoints, so they must "
+                "come from pretrained weights (pretrained=True / a pretrained model_name_or_path), not "
+                "random init; use checkpoint_weights='all'"
+            )
+        self._base = dict(base) if base is not None else None
+        if self.adapter is not None:
+            from lightning_recipes.modules._adapters import wrap
+
+            source = None if base is None else str(base["source"])
+            # Unregistered: its weights are the model's, registered where the model is.
+            object.__setattr__(self, "peft_model", wrap(model, self.adapter, source))
+
+    def stores_trainable_only(self) -> bool:
+        """Whether checkpoints hold only the trainable weights (see ``checkpoint_weights``)."""
+        if self.checkpoint_weights is not None:
+            return self.checkpoint_weights == "trainable"
+        return self.peft_model is not None and self._base is not None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        hparams = checkpoint.get("hyper_parameters")
+        if self.peft_model is not None and hparams is not None:
+            from lightning_recipes.modules._adapters import config_to_dict
+
+            hparams["adapter"] = config_to_dict(self.peft_model.peft_config["default"])
+        if self.stores_trainable_only() and self._base is not None:
+            if hparams is not None:
+                hparams.update(self._base.get("hparams", {}))
+            source = {"source": self._base["source"], "revision": self._base.get("revision")}
+            _trainable_checkpoint.keep_trainable(self, checkpoint, source)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        _trainable_checkpoint.restore_frozen(self, checkpoint)
 
     def input_spec(self) -> InputSpec:
         """What the data module must know about this model's inputs (see ``lightning_recipes.connect``)."""

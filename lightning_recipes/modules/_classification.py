@@ -231,11 +231,13 @@ class ClassificationModule(TransferModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Class names adopted from the data travel with the weights, and come back on load.
+        super().on_save_checkpoint(checkpoint)
         checkpoint[LABEL_NAMES_KEY] = self.labels
         if self.output_names is not None:
             checkpoint[OUTPUTS_KEY] = {"names": self.output_names, "class_ids": self._class_ids}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.labels = checkpoint.get(LABEL_NAMES_KEY, self.labels)
         outputs = checkpoint.get(OUTPUTS_KEY)
         if outputs is not None:

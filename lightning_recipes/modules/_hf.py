@@ -55,6 +55,16 @@ def build_config(config: dict[str, Any], default_type: str | None = None) -> Any
     return AutoConfig.for_model(model_type, **kwargs)
 
 
+def pretrained_base(name: str, revision: str | None) -> dict[str, Any]:
+    """What rebuilds a pretrained transformers model (``TransferModule.setup_adapter``): the Hub id at
+    ``revision``, or the local folder as an absolute path."""
+    folder = Path(name).expanduser()
+    if looks_like_local_path(name) or folder.is_dir():
+        name = str(folder.resolve())
+    hparams = {"model_name_or_path": name, "revision": revision}
+    return {"source": name, "revision": revision, "hparams": hparams}
+
+
 class HFParts(L.LightningModule):
     """Mixin: a whole transformers model used through its registered parts ``backbone`` and ``head``.
 

@@ -22,6 +22,7 @@ from lightning_recipes.modules._hf import (
     enable_gradient_checkpointing,
     find_tokenizer,
     load_pretrained_causal_lm,
+    pretrained_base,
     untie_output_embeddings,
 )
 from lightning_recipes.modules._layers import transformer_layer_groups
@@ -156,6 +157,14 @@ class CausalLM(HFParts, TransferModule):
         )
         if found is not None:
             self.set_tokenizer(found)
+        if new_top_blocks and self.adapter is not None:
+            raise ValueError(
+                f"new_top_blocks={new_top_blocks} (add-layers) and adapter (parameter-efficient fine-tuning) "
+                "do not combine: peft would freeze the new blocks. Use one: adapter alone, or new_top_blocks "
+                "alone (with FreezeUnfreeze)"
+            )
+        base = None if self.from_scratch else pretrained_base(model_name_or_path, revision)
+        self.setup_adapter(self.model, base)
         self.val_nll = MeanMetric()
         self.test_nll = MeanMetric()
         self.generation = dict(generation or {})
@@ -372,12 +381,26 @@ class CausalLM(HFParts, TransferModule):
         (a list of texts per prompt with ``num_return_sequences`` > 1)."""
         return continue_prompts(self, batch, self.generation)
 
-    def save_pretrained(self, folder: str | Path) -> Path:
+    def save_pretrained(self, folder: str | Path, merge: bool = False) -> Path:
         """Export model and tokenizer in Hugging Face format; ``CausalLM(folder)`` or
-        ``AutoModelForCausalLM.from_pretrained(folder)`` load it back."""
+        ``AutoModelForCausalLM.from_pretrained(folder)`` load it back.
+
+        With an adapter, ``merge=True`` merges it into the weights and writes the same plain folder;
+        ``merge=False`` writes a peft adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``)
+        that ``peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), folder)`` loads.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(folder)
+        if self.peft_model is not None and not merge:
+            from lightning_recipes.modules._adapter_export import save_adapter
+
+            save_adapter(self, folder, None)
+        elif self.peft_model is not None:
+            from lightning_recipes.modules._adapters import merged_copies
+
+            merged_copies(self.peft_model)[0].save_pretrained(folder)
+        else:
+            self.model.save_pretrained(folder)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(folder))
         return folder
@@ -386,9 +409,11 @@ class CausalLM(HFParts, TransferModule):
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Rebuild from the stored config (the state dict holds every weight) and the stored tokenizer
-        # files: no Hub download, no path that may be gone, when the checkpoint is loaded.
+        # files: no Hub download, no path that may be gone, when the checkpoint is loaded. A trainable-only
+        # checkpoint rebuilds from the pretrained source instead (TransferModule.on_save_checkpoint).
+        super().on_save_checkpoint(checkpoint)
         hparams = checkpoint.get("hyper_parameters")
-        if hparams is not None:
+        if hparams is not None and not self.stores_trainable_only():
             config = copy.deepcopy(self.model.config)  # the body's: new_top_blocks adds the rest again
             config.num_hidden_layers -= hparams.get("new_top_blocks", 0)
             checkpoint["hyper_parameters"] = {
@@ -402,6 +427,7 @@ class CausalLM(HFParts, TransferModule):
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         tokenizer = restore_tokenizer(checkpoint)
         if tokenizer is not None and self.tokenizer is None:
             self.set_tokenizer(tokenizer)

@@ -171,7 +171,14 @@ class ImageClassifier(ClassificationModule):
             self.head = ClassificationHead(
                 self.backbone.num_features, self.num_classes, hidden_dim, dropout, activation
             )
-            return
+        else:
+            self._take_model_head(backbone, pretrained, in_chans, num_classes, extra)
+        self.setup_adapter(self.backbone, _base(backbone, pretrained))
+
+    def _take_model_head(
+        self, backbone: str, pretrained: bool | str, in_chans: int, num_classes: int | None, extra: dict
+    ) -> None:
+        """``head='model'``: the timm model's own classifier becomes ``self.head``, the rest the backbone."""
         model = create_backbone(backbone, pretrained, in_chans, num_classes=num_classes, **extra)
         if not model.num_classes:
             raise ValueError(
@@ -219,5 +226,29 @@ class ImageClassifier(ClassificationModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        # The state dict holds every weight: reloading must not fetch (or re-train) pretrained ones.
-        checkpoint.setdefault("hyper_parameters", {})["pretrained"] = False
+        if not self.stores_trainable_only():
+            # The state dict holds every weight: reloading must not fetch (or re-train) pretrained ones.
+            checkpoint.setdefault("hyper_parameters", {})["pretrained"] = False
+
+    def save_pretrained(self, folder: str | Path, merge: bool = False) -> Path:
+        """Export for timm: a ``timm.create_model("local-dir:<folder>", pretrained=True)`` folder holding
+        the backbone and the head as timm's classifier (needs ``hidden_dim=None``), an adapter merged in.
+
+        With an adapter and ``merge=False``: a peft adapter folder (``adapter_config.json`` +
+        ``adapter_model.safetensors``, for ``PeftModel.from_pretrained(timm_backbone, folder)``) and the
+        head as ``head.safetensors``.
+        """
+        from lightning_recipes.modules._adapter_export import save_image_classifier
+
+        return save_image_classifier(self, Path(folder), merge)
+
+
+def _base(backbone: str, pretrained: bool | str) -> dict[str, Any] | None:
+    """Where the pretrained backbone comes from, with local paths made absolute; ``None`` for random init."""
+    if not pretrained:
+        return None
+    if backbone.startswith("local-dir:"):
+        backbone = "local-dir:" + str(Path(backbone.removeprefix("local-dir:")).expanduser().resolve())
+    if isinstance(pretrained, str):
+        pretrained = str(Path(pretrained).expanduser().resolve())
+    return {"source": backbone, "revision": None, "hparams": {"backbone": backbone, "pretrained": pretrained}}

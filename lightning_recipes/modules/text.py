@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import torch
@@ -18,7 +19,13 @@ from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
 from lightning_recipes.modules._class_map import check_head_options
 from lightning_recipes.modules._classification import ClassificationModule
 from lightning_recipes.modules._heads import ClassificationHead
-from lightning_recipes.modules._hf import HFParts, build_config, enable_gradient_checkpointing, find_tokenizer
+from lightning_recipes.modules._hf import (
+    HFParts,
+    build_config,
+    enable_gradient_checkpointing,
+    find_tokenizer,
+    pretrained_base,
+)
 from lightning_recipes.modules._layers import transformer_layer_groups
 from lightning_recipes.modules._text_export import export_new_head, label_config
 from lightning_recipes.tokenizer import restore_tokenizer, store_tokenizer
@@ -223,6 +230,8 @@ class TextClassifier(HFParts, ClassificationModule):
             if not self.from_scratch or tokenizer
             else None
         )
+        base = pretrained_base(model_name_or_path, revision) if pretrained else None
+        self.setup_adapter(self.backbone, base)
 
     # -- layer groups and learning rates -------------------------------------------------------------
     def layer_groups(self) -> list[nn.Module]:
@@ -357,7 +366,9 @@ class TextClassifier(HFParts, ClassificationModule):
         # and the tokenizer from the stored files, so `load_from_checkpoint(path)` needs no network.
         super().on_save_checkpoint(checkpoint)
         hparams = checkpoint["hyper_parameters"]
-        hparams.update(pretrained=False, config=self.hf_config().to_dict(), tokenizer=None)
+        hparams.update(config=self.hf_config().to_dict(), tokenizer=None)
+        if not self.stores_trainable_only():
+            hparams["pretrained"] = False
         hparams.pop("tokenizer_name_or_path", None)
         checkpoint["text_max_length"] = self.max_length
         store_tokenizer(checkpoint, self.tokenizer)
@@ -368,22 +379,47 @@ class TextClassifier(HFParts, ClassificationModule):
         self.tokenizer = restore_tokenizer(checkpoint) or self.tokenizer
         self.max_length = checkpoint.get("text_max_length", self.max_length)
 
-    def save_pretrained(self, folder: str | Path) -> Path:
+    def save_pretrained(self, folder: str | Path, merge: bool = False) -> Path:
         """Write model and tokenizer so ``AutoModelForSequenceClassification.from_pretrained(folder)``
         (and a ``pipeline("text-classification", model=folder)``) load them, with ``id2label``/``label2id``.
 
         Works with ``head="model"`` for any architecture, and with a new head that equals the
         architecture's own: ``pooling="cls"``, ``hidden_dim`` = the hidden size and ``activation``
         ``tanh`` (BERT) or ``relu`` (DistilBERT). Other heads raise a ``ValueError``.
+
+        With an adapter: ``merge=True`` merges it into the weights and writes the same plain folder;
+        ``merge=False`` writes a peft adapter folder of the encoder (``PeftModel.from_pretrained(
+        AutoModel.from_pretrained(base), folder)``), the head as ``head.safetensors`` and the tokenizer.
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        if self.model is not None:
-            self.hf_config()
-            model = self.model
+        if self.peft_model is not None and not merge:
+            from lightning_recipes.modules._adapter_export import save_adapter
+
+            save_adapter(self, folder, self.head)
+        elif self.peft_model is not None:
+            from lightning_recipes.modules._adapters import merged_copies
+
+            backbone, head, model = merged_copies(self.peft_model, self.head, self.model or nn.Identity())
+            if self.model is not None:
+                label_config(model.config, self.label_names, self.task)
+            else:
+                model = export_new_head(
+                    SimpleNamespace(
+                        backbone=backbone,
+                        head=head,
+                        hparams=self.hparams,
+                        pooling=self.pooling,
+                        label_names=self.label_names,
+                        task=self.task,
+                    )
+                )
+            model.save_pretrained(folder)
         else:
-            model = export_new_head(self)
-        model.save_pretrained(folder)
+            if self.model is not None:
+                self.hf_config()  # labels into the config
+            model = self.model if self.model is not None else export_new_head(self)
+            model.save_pretrained(folder)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(folder)
         return folder
