@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from lightning_recipes.cache import default_cache_dir
+from lightning_recipes.cache import default_cache_dir, shared_candidates
 
 TINY_SHAKESPEARE = "data/tinyshakespeare/input.txt"
 TINY_SHAKESPEARE_URL = (
@@ -36,10 +36,7 @@ def source_candidates(relative: str) -> list[Path]:
         >>> source_candidates("data/x.txt")[-1] == default_cache_dir() / "data/x.txt"
         True
     """
-    shared = os.environ.get("LIGHTNING_RECIPES_SHARED")
-    roots = [Path(shared)] if shared else []
-    roots += [Path.cwd() / ".." / "shared", Path(__file__).resolve().parents[1] / ".." / "shared"]
-    return [*(root / relative for root in roots), default_cache_dir() / relative]
+    return [*shared_candidates(relative), default_cache_dir() / relative]
 
 
 @dataclass(frozen=True)

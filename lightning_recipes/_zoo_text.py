@@ -11,14 +11,13 @@ MiniLM encoder and SST-2 sentences the project keeps beside it (``$LIGHTNING_REC
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from lightning_recipes.cache import default_cache_dir
+from lightning_recipes.cache import default_cache_dir, shared_candidates
 from lightning_recipes.handshake import InputSpec
 from lightning_recipes.modules._classification import ClassificationModule
 from lightning_recipes.modules._hf import HFParts
@@ -33,16 +32,14 @@ def shared_file(relative: str) -> Path:
 
         >>> shared_file("no/such/file")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        FileNotFoundError: no/such/file is not on this machine (looked in ...)
+        FileNotFoundError: no/such/file is not on this machine (looked in ...); set LIGHTNING_RECIPES_SHA...
     """
-    env = os.environ.get("LIGHTNING_RECIPES_SHARED")
-    roots = [Path(env)] if env else []
-    roots += [Path.cwd() / ".." / "shared", Path(__file__).resolve().parents[1] / ".." / "shared"]
-    for root in roots:
-        if (root / relative).exists():
-            return (root / relative).resolve()
+    candidates = shared_candidates(relative)
+    for path in candidates:
+        if path.exists():
+            return path.resolve()
     raise FileNotFoundError(
-        f"{relative} is not on this machine (looked in {', '.join(str(r) for r in roots)}); set "
+        f"{relative} is not on this machine (looked in {', '.join(map(str, candidates))}); set "
         "LIGHTNING_RECIPES_SHARED to the folder that holds it"
     )
 

@@ -230,7 +230,7 @@ class TextClassifier(HFParts, ClassificationModule):
             if not self.from_scratch or tokenizer
             else None
         )
-        base = pretrained_base(model_name_or_path, revision) if pretrained else None
+        base = None if self.from_scratch else pretrained_base(model_name_or_path, revision)
         self.setup_adapter(self.backbone, base)
 
     # -- layer groups and learning rates -------------------------------------------------------------
