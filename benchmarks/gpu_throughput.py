@@ -2,7 +2,7 @@
 and the EfficientNet-Lite0 image recipe's images/s with the backbone trainable and frozen.
 
 BERT-base is built from its config (random weights: speed does not depend on them), sequence length
-128, batch 32, ``bf16-mixed``; both sides train ``AutoModelForSequenceClassification`` (``head="model"``
+128, batch 32, ``bf16-mixed``; both sides train ``AutoModelForSequenceClassification`` (``head="pretrained"``
 on ours) on the very same random token ids, with fused AdamW, for ``--steps`` optimizer steps of
 which the first ``--warmup`` are not timed. The Trainer runs with its fastest settings here: ``bf16``,
 ``adamw_torch_fused``, no logging, no saving, ``dataloader_pin_memory``; ``--compile`` compiles both
@@ -139,7 +139,7 @@ def adamw(device: torch.device) -> Any:
 
 def run_ours(args: argparse.Namespace, config: dict, data: Tokens, device: torch.device) -> tuple[float, int]:
     torch.manual_seed(0)
-    model = TextClassifier("bert", pretrained=False, config=config, num_classes=2, head="model", lr=2e-5,
+    model = TextClassifier("bert", pretrained=False, config=config, num_classes=2, head="pretrained", lr=2e-5,
                            optimizer=adamw(device))  # fmt: skip
     params = sum(p.numel() for p in model.parameters())
     if args.compile:

@@ -3,8 +3,8 @@
 MiniLM (``../shared/models/all-MiniLM-L6-v2``, 6 layers, hidden 384) fine-tuned on a seeded subset of
 2,000 SST-2 training sentences for 1 epoch, batch 32, AdamW (LR 5e-5, no weight decay), linear decay
 to 0, no warmup, gradient clipping at norm 1.0 (all the Trainer's defaults), fp32, max length 128. Both
-sides train ``AutoModelForSequenceClassification`` (``head="model"`` on our side) on the very same tokenised
-examples (tokenised once, outside the timings) with dynamic padding; then both score the 872 dev
+sides train ``AutoModelForSequenceClassification`` (``head="pretrained"`` on our side) on the very same
+tokenised examples (tokenised once, outside the timings) with dynamic padding; then both score the 872 dev
 sentences. Training samples/s = 2,000 / wall time of ``fit`` / ``train`` (no validation inside); as the
 machine may be shared, samples per CPU-second (``time.process_time``, all threads of the process) is
 printed too: it counts the work done and is far less sensitive to other processes than wall time.

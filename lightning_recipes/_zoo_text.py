@@ -2,9 +2,9 @@
 
 What a Hub user gets from ``distilbert-base-uncased-finetuned-sst-2-english``, built offline: the
 MiniLM encoder and SST-2 sentences the project keeps beside it (``$LIGHTNING_RECIPES_SHARED`` or
-``../shared``, see :func:`shared_file`), fine-tuned with ``TextClassifier(head="model")`` and saved with
+``../shared``, see :func:`shared_file`), fine-tuned with ``TextClassifier(head="pretrained")`` and saved with
 ``save_pretrained`` (``id2label`` ``{0: negative, 1: positive}``), so
-``TextClassifier(model_name_or_path="minilm-l6.sst2", head="model")`` and
+``TextClassifier(model_name_or_path="minilm-l6.sst2", head="pretrained")`` and
 ``AutoModelForSequenceClassification.from_pretrained(folder)`` load it as a fine-tuned classifier.
 """
 
@@ -47,7 +47,7 @@ def shared_file(relative: str) -> Path:
 class _SourceTextClassifier(HFParts, ClassificationModule):
     """The model a text zoo entry fine-tunes: ``AutoModelForSequenceClassification`` with its own head.
 
-    Built like ``TextClassifier(encoder, head="model", num_classes=len(labels), lr=lr, ...)`` (same
+    Built like ``TextClassifier(encoder, head="pretrained", num_classes=len(labels), lr=lr, ...)`` (same
     parts, parameter groups, draws and forward), without importing ``modules.text``, which resolves
     zoo names (the zoo must not import it back).
     """
@@ -82,7 +82,7 @@ class FinetunedTextClassifier:
     """A transformers encoder fine-tuned on a labelled tsv (``sentence<TAB>label``) with its own head.
 
     :meth:`build` fine-tunes the encoder with its sequence-classification head (built like
-    ``TextClassifier(encoder, head="model", num_classes=len(labels))``) on a
+    ``TextClassifier(encoder, head="pretrained", num_classes=len(labels))``) on a
     seeded ``train_size`` subset for ``epochs`` (AdamW, linear decay) and saves model and tokenizer with
     ``save_pretrained`` in :meth:`path`, whose name holds a hash of every setting.
     """

@@ -197,7 +197,7 @@ def recipe_command(
     the recipe sets them); a text file is the training data with 10 % held out for validation, and a
     training recipe's ``test`` stage becomes ``validate`` (there is no held-out test file); an as-is
     recipe tests on the whole file (nothing is trained on it). A recipe with the model's own head
-    (``head: model``) gets no ``num_classes``; one with a ``class_map`` gets the names that matched.
+    (``head: pretrained``) gets no ``num_classes``; one with a ``class_map`` gets the names that matched.
     """
     import yaml
 

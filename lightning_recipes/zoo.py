@@ -63,7 +63,7 @@ class DigitsWeights:
     The cached file holds the whole classifier in timm's own layout: the backbone and the trained
     head under the architecture's classifier name (``fc`` of a ResNet), and the overlay names its
     classes (``label_names``: the digits). A new head (``num_classes=0``) loads the backbone only;
-    ``ImageClassifier(name, head="model")`` uses the digits classifier as-is.
+    ``ImageClassifier(name, head="pretrained")`` uses the digits classifier as-is.
     """
 
     arch: str

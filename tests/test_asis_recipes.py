@@ -47,7 +47,7 @@ def test_the_as_is_recipes_are_all_here():
     ]
     for recipe in RECIPES:
         config = yaml.safe_load(recipe.read_text())
-        assert "fit" not in config["stages"] and config["model"]["init_args"]["head"] == "model"
+        assert "fit" not in config["stages"] and config["model"]["init_args"]["head"] == "pretrained"
         assert "num_classes" not in config["model"]["init_args"]
         assert read_description(recipe)
 

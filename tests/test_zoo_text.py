@@ -1,4 +1,4 @@
-"""The zoo's fine-tuned text classifier: built like TextClassifier(head="model"), loaded by name as-is."""
+"""The zoo's fine-tuned text classifier: built like TextClassifier(head="pretrained"), loaded as-is."""
 
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ def tiny_encoder(folder: Path) -> Path:
 
 
 def test_source_model_matches_text_classifier_with_its_own_head(tmp_path: Path):
-    """Same parts, draws, parameter groups and outputs as TextClassifier(head="model", num_classes=2)."""
+    """Same parts, draws, parameter groups and outputs as TextClassifier(head="pretrained", num_classes=2)."""
     encoder = str(tiny_encoder(tmp_path / "enc"))
     L.seed_everything(0, verbose=False)
     source = _SourceTextClassifier(encoder, ["negative", "positive"], lr=1e-4)
     L.seed_everything(0, verbose=False)
-    reference = TextClassifier(encoder, head="model", num_classes=2, lr=1e-4)
+    reference = TextClassifier(encoder, head="pretrained", num_classes=2, lr=1e-4)
     assert list(source.state_dict()) == list(reference.state_dict())
     for a, b in zip(source.state_dict().values(), reference.state_dict().values(), strict=True):
         assert torch.equal(a, b)
@@ -61,7 +61,7 @@ def test_build_caches_a_finetuned_folder_that_loads_by_name_as_is(tmp_path: Path
     folder = entry.path()
     assert (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
 
-    model = TextClassifier("tiny.sst2", head="model").eval()
+    model = TextClassifier("tiny.sst2", head="pretrained").eval()
     assert model.labels == ["negative", "positive"] and model.output_names == ["negative", "positive"]
     [out] = model.predict_texts(["good film"])
     assert out["label"] in ("negative", "positive") and sum(out["probabilities"].values()) == pytest.approx(1)
@@ -86,4 +86,4 @@ def test_missing_shared_files_say_where_they_were_looked_for(tmp_path: Path, mon
     with pytest.raises(
         ValueError, match="zoo name 'resnet10t.digits04' is a timm backbone, not a transformers model"
     ):
-        TextClassifier("resnet10t.digits04", head="model")
+        TextClassifier("resnet10t.digits04", head="pretrained")

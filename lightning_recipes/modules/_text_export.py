@@ -52,7 +52,7 @@ def export_new_head(model: Any) -> nn.Module:
         raise ValueError(
             f"save_pretrained cannot express this head (model_type={config.model_type!r}, pooling="
             f"{model.pooling!r}, hidden_dim={hp.hidden_dim}, activation={hp.activation!r}) as a "
-            f"transformers classification head. Use head='model', or a new head matching {supported}."
+            f"transformers classification head. Use head='pretrained', or a new head matching {supported}."
         )
     export_config = label_config(type(config).from_dict(config.to_dict()), model.label_names, model.task)
     exported = AutoModelForSequenceClassification.from_config(export_config)

@@ -18,7 +18,7 @@ from lightning_recipes.modules._classification import ClassificationModule
 from lightning_recipes.modules._heads import ClassificationHead
 
 # The same choices, with the same meaning, as TextClassifier's ``head``.
-HeadKind = Literal["new", "model"]
+HeadKind = Literal["new", "pretrained", "model"]  # "model": deprecated name of "pretrained"
 _SYNSET = re.compile(r"n\d{8}")
 
 
@@ -113,7 +113,7 @@ class ImageClassifier(ClassificationModule):
 
     With ``head="new"``, ``self.backbone`` is the timm model with its classifier removed (pooled
     features out) and ``self.head`` a :class:`~lightning_recipes.modules._heads.ClassificationHead`.
-    With ``head="model"``, ``self.head`` is the model's own classifier (timm's ``get_classifier()``,
+    With ``head="pretrained"``, ``self.head`` is the model's own classifier (timm's ``get_classifier()``,
     taken out of the model), with its pretrained weights: predictions name the pretrained labels
     (:func:`pretrained_label_names`: ImageNet's, a zoo model's) and ``class_map`` scores a user's
     labelled folder with them, with no training (see ``ClassificationModule``). Batches are
@@ -125,7 +125,7 @@ class ImageClassifier(ClassificationModule):
     Args:
         backbone: timm model name or ``local-dir:/folder`` (see :func:`create_backbone`).
         pretrained: load pretrained weights (``True``), random init (``False``) or a local weights file.
-        head: ``new`` (a ``ClassificationHead``) or ``model`` (the model's own classifier; with
+        head: ``new`` (a ``ClassificationHead``) or ``pretrained`` (the model's own classifier; with
             ``num_classes`` left out, its pretrained outputs; a ``num_classes`` of another size gives the
             architecture's classifier with new weights).
         hidden_dim, dropout, activation: the new head (see ``ClassificationHead``).
@@ -142,7 +142,7 @@ class ImageClassifier(ClassificationModule):
         torch.Size([2, 3])
         >>> [g["name"] for g in model.param_groups()]
         ['head', 'backbone']
-        >>> asis = ImageClassifier("test_resnet", pretrained=False, head="model",
+        >>> asis = ImageClassifier("test_resnet", pretrained=False, head="pretrained",
         ...                        class_map={"cat": ["tabby cat", "tiger cat"], "dog": "n02099601"})
         >>> asis.labels, asis(torch.randn(2, 3, 32, 32)).shape  # 1,000 ImageNet logits, scored as 2 classes
         (['cat', 'dog'], torch.Size([2, 1000]))
@@ -161,7 +161,7 @@ class ImageClassifier(ClassificationModule):
         **kwargs: Any,
     ) -> None:
         num_classes = kwargs.get("num_classes")
-        check_head_options(head, num_classes, kwargs.get("class_map"))
+        head = check_head_options("ImageClassifier", head, num_classes, kwargs.get("class_map"))
         super().__init__(**kwargs)
         self.save_hyperparameters()
         self.head_kind = head
@@ -178,18 +178,20 @@ class ImageClassifier(ClassificationModule):
     def _take_model_head(
         self, backbone: str, pretrained: bool | str, in_chans: int, num_classes: int | None, extra: dict
     ) -> None:
-        """``head='model'``: the timm model's own classifier becomes ``self.head``, the rest the backbone."""
+        """``head='pretrained'``: the timm model's own classifier becomes ``self.head``, the rest the
+        backbone."""
         model = create_backbone(backbone, pretrained, in_chans, num_classes=num_classes, **extra)
         if not model.num_classes:
             raise ValueError(
-                f"head='model': backbone {backbone!r} has no classifier (its weights are features only: "
+                f"head='pretrained': backbone {backbone!r} has no classifier (its weights are features only: "
                 "timm gives num_classes=0). Use head='new' with num_classes to train one, or pick weights "
                 "with a classifier (e.g. an ImageNet-1k tag such as resnet50.a1_in1k)."
             )
         classifier = model.pretrained_cfg.get("classifier")
         if not isinstance(classifier, str):
             raise ValueError(
-                f"head='model': {backbone!r} has several classifiers {classifier} (e.g. a distilled model); "
+                f"head='pretrained': {backbone!r} has several classifiers {classifier} (e.g. a distilled "
+                "model); "
                 "only models with one classifier module are supported: use head='new'"
             )
         names = pretrained_label_names(model)

@@ -32,7 +32,7 @@ from lightning_recipes.tokenizer import restore_tokenizer, store_tokenizer
 
 # jsonargparse checks a class_path against the callable's return type: ``Any`` rejects every class.
 Pooling = Literal["cls", "mean"]
-HeadKind = Literal["new", "model"]
+HeadKind = Literal["new", "pretrained", "model"]  # "model": deprecated name of "pretrained"
 _INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -56,7 +56,7 @@ class TextClassifier(HFParts, ClassificationModule):
 
     With ``head="new"``, ``self.backbone`` is the ``AutoModel`` encoder (its pooler, if any, is
     dropped) and ``self.head`` a :class:`~lightning_recipes.modules._heads.ClassificationHead` on
-    the ``[CLS]`` vector or the mean of the token vectors. With ``head="model"``, the model's own
+    the ``[CLS]`` vector or the mean of the token vectors. With ``head="pretrained"``, the model's own
     head is used: ``self.backbone`` is the base model inside ``AutoModelForSequenceClassification``
     (``self.model``) and ``self.head`` holds the rest (``classifier``, ``pre_classifier``, ...). Without
     ``num_classes``, that head is used as-is: the weights must have a trained one (a fine-tuned
@@ -91,7 +91,7 @@ class TextClassifier(HFParts, ClassificationModule):
             reload offline.
         revision: Hub revision (branch, tag or commit) of the model and tokenizer.
         tokenizer: tokenizer id or folder when it differs from ``model_name_or_path``.
-        head: ``new`` (pooling + ``ClassificationHead``) or ``model`` (the model's own head; as-is
+        head: ``new`` (pooling + ``ClassificationHead``) or ``pretrained`` (the model's own head; as-is
             without ``num_classes``).
         pooling: ``cls`` (first token) or ``mean`` (masked mean of tokens), for ``head="new"``.
         hidden_dim, dropout, activation: the new head (see ``ClassificationHead``).
@@ -143,7 +143,7 @@ class TextClassifier(HFParts, ClassificationModule):
             "TextClassifier", "tokenizer_name_or_path", tokenizer_name_or_path, "tokenizer", tokenizer
         )
         num_classes = kwargs.get("num_classes")
-        check_head_options(head, num_classes, kwargs.get("class_map"))
+        head = check_head_options("TextClassifier", head, num_classes, kwargs.get("class_map"))
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling={pooling!r} is not one of ('cls', 'mean')")
         if layer_lr_decay is not None and not 0.0 < layer_lr_decay <= 1.0:
@@ -179,10 +179,10 @@ class TextClassifier(HFParts, ClassificationModule):
                 model_name_or_path,
                 revision=revision,
             )
-        as_is = head == "model" and num_classes is None
+        as_is = head == "pretrained" and num_classes is None
         if as_is:  # the model's own head and labels
             self.use_model_outputs([str(hf_config.id2label[i]) for i in range(hf_config.num_labels)])
-        if head == "model":
+        if head == "pretrained":
             from transformers import AutoModelForSequenceClassification as auto_cls
 
             label_config(hf_config, self.output_names or self.label_names, self.task)
@@ -202,7 +202,7 @@ class TextClassifier(HFParts, ClassificationModule):
             untrained = [k for k in info["missing_keys"] if not k.startswith(f"{model.base_model_prefix}.")]
             if as_is and untrained:
                 raise ValueError(
-                    f"head='model' without num_classes uses the model's own trained head, but "
+                    f"head='pretrained' without num_classes uses the model's own trained head, but "
                     f"{model_name_or_path!r} has none (its weights lack {sorted(untrained)[:4]}: a base "
                     "model, not a fine-tuned classifier). Give num_classes to train the architecture's head, "
                     "or head='new'."
@@ -210,7 +210,7 @@ class TextClassifier(HFParts, ClassificationModule):
         else:
             model = auto_cls.from_config(hf_config)
         model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as built
-        if head == "model":
+        if head == "pretrained":
             prefix = model.base_model_prefix
             parts = {name: m for name, m in model.named_children() if name != prefix}
             self.set_parts(model, getattr(model, prefix), nn.ModuleDict(parts))
@@ -270,7 +270,7 @@ class TextClassifier(HFParts, ClassificationModule):
         """The encoder's pooled output (``[CLS]`` or mean of the tokens) that the new head takes."""
         if self.model is not None:
             raise ValueError(
-                "TextClassifier(head='model') feeds the model's own head with the encoder's hidden "
+                "TextClassifier(head='pretrained') feeds the model's own head with the encoder's hidden "
                 "states, not pooled features: use head='new' to cache or read pooled features"
             )
         kwargs = {k: inputs[k] for k in self._input_names if k in inputs}
@@ -354,9 +354,10 @@ class TextClassifier(HFParts, ClassificationModule):
 
     # -- checkpoints and export ----------------------------------------------------------------------
     def hf_config(self) -> Any:
-        """The transformers config of the model (of the full classification model with ``head="model"``)."""
+        """The transformers config of the model (of the full classification model with
+        ``head="pretrained"``)."""
         model = self.model if self.model is not None else self.backbone
-        if self.head_kind == "model":  # with class_map, the head still speaks the pretrained labels
+        if self.head_kind == "pretrained":  # with class_map, the head still speaks the pretrained labels
             label_config(model.config, self.output_names or self.label_names, self.task)
         return model.config
 
@@ -383,7 +384,7 @@ class TextClassifier(HFParts, ClassificationModule):
         """Write model and tokenizer so ``AutoModelForSequenceClassification.from_pretrained(folder)``
         (and a ``pipeline("text-classification", model=folder)``) load them, with ``id2label``/``label2id``.
 
-        Works with ``head="model"`` for any architecture, and with a new head that equals the
+        Works with ``head="pretrained"`` for any architecture, and with a new head that equals the
         architecture's own: ``pooling="cls"``, ``hidden_dim`` = the hidden size and ``activation``
         ``tanh`` (BERT) or ``relu`` (DistilBERT). Other heads raise a ``ValueError``.
 

@@ -254,10 +254,10 @@ def test_modules_and_strategies_the_cache_cannot_serve(tmp_path):
     folder = make_model(tmp_path / "tiny-bert")
     config = {**__import__("transformers").AutoConfig.from_pretrained(folder).to_dict()}
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    own_head = TextClassifier(str(folder), num_classes=2, head="model", config=config)
+    own_head = TextClassifier(str(folder), num_classes=2, head="pretrained", config=config)
     own_head.head.dropout.p = 0.0
     batch = {"input_ids": torch.randint(5, 20, (4, 5)), "labels": torch.zeros(4, dtype=torch.long)}
-    with pytest.raises(ValueError, match="head='model'.*use head='new'"):
+    with pytest.raises(ValueError, match="head='pretrained'.*use head='new'"):
         own_head.features_and_target(batch)
 
 

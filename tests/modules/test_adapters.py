@@ -247,7 +247,7 @@ def test_save_pretrained_unmerged_loads_in_peft_and_merged_agrees(family, bases,
     [
         ("bert", {"hidden_dim": 16, "activation": "tanh"}),  # new heads that equal the architecture's own
         ("distilbert", {"hidden_dim": 16, "activation": "relu"}),
-        ("bert", {"head": "model"}),
+        ("bert", {"head": "pretrained"}),
     ],
 )
 def test_text_merged_export_agrees_with_the_adapter_model(kind, head, bases, tmp_path) -> None:

@@ -19,7 +19,7 @@ DOG_IDS = list(range(151, 269))  # ImageNet-1k's 118 dog breeds
 def imagenet_asis(**kwargs) -> ImageClassifier:
     """test_resnet with its own (random) ImageNet-1k classifier: 1,000 outputs named by timm."""
     torch.manual_seed(0)
-    return ImageClassifier("test_resnet", pretrained=False, head="model", **kwargs)
+    return ImageClassifier("test_resnet", pretrained=False, head="pretrained", **kwargs)
 
 
 def test_own_head_predictions_name_the_imagenet_labels():
@@ -90,14 +90,20 @@ def test_bad_labels_name_the_label_and_the_closest_ones():
 
 
 def test_head_choices_and_class_map_need_the_models_own_head():
-    with pytest.raises(ValueError, match=r"head='pretrained' is not one of \('new', 'model'\).*head='model'"):
-        ImageClassifier("test_resnet", pretrained=False, head="pretrained")
     with pytest.raises(
-        ValueError, match="class_map maps the pretrained head's own labels: give head='model'"
+        ValueError, match=r"ImageClassifier: head='own' is not one of 'new' .* or 'pretrained'"
+    ):
+        ImageClassifier("test_resnet", pretrained=False, head="own")
+    # the old name of head="pretrained" still works, with a deprecation warning, and is stored renamed
+    with pytest.warns(Warning, match="head='model' was renamed head='pretrained'"):
+        old = ImageClassifier("test_resnet", pretrained=False, head="model", num_classes=3)
+    assert old.head_kind == old.hparams.head == "pretrained"
+    with pytest.raises(
+        ValueError, match="class_map maps the pretrained head's own labels: give head='pretrained'"
     ):
         ImageClassifier("test_resnet", pretrained=False, num_classes=2, class_map={"a": 1, "b": 2})
-    # num_classes with head="model": the architecture's classifier, new, for fine-tuning.
-    model = ImageClassifier("test_resnet", pretrained=False, head="model", num_classes=3)
+    # num_classes with head="pretrained": the architecture's classifier, new, for fine-tuning.
+    model = ImageClassifier("test_resnet", pretrained=False, head="pretrained", num_classes=3)
     assert model.head.out_features == 3 and model.output_names is None and model.num_classes == 3
 
 
@@ -112,8 +118,8 @@ def test_own_head_on_weights_without_a_classifier_is_an_error(tmp_path: Path):
     assert (
         ImageClassifier(f"local-dir:{folder}", num_classes=2).head[-1].out_features == 2
     )  # a new head: fine
-    with pytest.raises(ValueError, match=r"head='model': backbone 'local-dir:.*' has no classifier"):
-        ImageClassifier(f"local-dir:{folder}", head="model")
+    with pytest.raises(ValueError, match=r"head='pretrained': backbone 'local-dir:.*' has no classifier"):
+        ImageClassifier(f"local-dir:{folder}", head="pretrained")
 
 
 @pytest.fixture
@@ -126,7 +132,7 @@ def tiny_digits_zoo(tmp_path, monkeypatch) -> str:
 
 
 def test_zoo_model_as_is_keeps_its_trained_head_and_digit_names(tiny_digits_zoo):
-    asis = ImageClassifier(tiny_digits_zoo, head="model")
+    asis = ImageClassifier(tiny_digits_zoo, head="pretrained")
     saved = load_file(str(zoo.ZOO[tiny_digits_zoo].path()))
     assert asis.labels == ["0", "1"] and asis.output_names == ["0", "1"]
     assert torch.equal(asis.head.weight, saved["fc.weight"]) and torch.equal(asis.head.bias, saved["fc.bias"])
@@ -183,14 +189,14 @@ def test_text_own_head_uses_id2label_and_class_map(tmp_path: Path):
     from transformers import AutoModelForSequenceClassification
 
     folder = save_tiny_classifier(tmp_path / "sst", {0: "NEGATIVE", 1: "POSITIVE"})
-    model = TextClassifier(str(folder), head="model").eval()
+    model = TextClassifier(str(folder), head="pretrained").eval()
     assert model.labels == ["NEGATIVE", "POSITIVE"] and model.num_classes == 2
     reference = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     assert torch.equal(model.head["classifier"].weight, reference.classifier.weight)  # the trained head, kept
     [plain] = model.predict_texts(["good film"])
     assert set(plain["probabilities"]) == {"NEGATIVE", "POSITIVE"}
 
-    mapped = TextClassifier(str(folder), head="model", class_map={"pos": "POSITIVE", "neg": 0}).eval()
+    mapped = TextClassifier(str(folder), head="pretrained", class_map={"pos": "POSITIVE", "neg": 0}).eval()
     mapped.accept_data_spec(DataSpec(label_names=["neg", "pos"]))
     [out] = mapped.predict_texts(["good film"])
     assert out["probabilities"] == pytest.approx(
@@ -198,7 +204,7 @@ def test_text_own_head_uses_id2label_and_class_map(tmp_path: Path):
     )
     assert mapped.hf_config().id2label == {0: "NEGATIVE", 1: "POSITIVE"}  # the head still speaks its labels
     with pytest.raises(ValueError, match=r"no label 'positiv'\. Close names: 'POSITIVE'"):
-        TextClassifier(str(folder), head="model", class_map={"pos": "positiv", "neg": 0})
+        TextClassifier(str(folder), head="pretrained", class_map={"pos": "positiv", "neg": 0})
 
 
 def test_text_own_head_on_a_base_model_is_an_error(tmp_path: Path):
@@ -206,16 +212,16 @@ def test_text_own_head_on_a_base_model_is_an_error(tmp_path: Path):
     with pytest.raises(
         ValueError, match=r"has none \(its weights lack \['classifier.bias', 'classifier.weight'"
     ):
-        TextClassifier(str(folder), head="model")
+        TextClassifier(str(folder), head="pretrained")
     # With num_classes the architecture's head is trained: fine, as before.
-    assert TextClassifier(str(folder), head="model", num_classes=3).head["classifier"].out_features == 3
+    assert TextClassifier(str(folder), head="pretrained", num_classes=3).head["classifier"].out_features == 3
 
 
 def test_text_checkpoint_of_an_as_is_model_reloads_offline_with_its_classes(tmp_path: Path):
     import lightning as L
 
     folder = save_tiny_classifier(tmp_path / "sst", {0: "NEGATIVE", 1: "POSITIVE"})
-    model = TextClassifier(str(folder), head="model", class_map={"pos": "POSITIVE", "neg": "NEGATIVE"})
+    model = TextClassifier(str(folder), head="pretrained", class_map={"pos": "POSITIVE", "neg": "NEGATIVE"})
     model.accept_data_spec(DataSpec(label_names=["neg", "pos"]))
     trainer = L.Trainer(logger=False, enable_checkpointing=False, max_steps=0)
     trainer.strategy.connect(model)

@@ -111,7 +111,7 @@ def encode(model: TextClassifier, texts: list[str]) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("kind", ["bert", "distilbert"])
-@pytest.mark.parametrize(("head", "pooling"), [("new", "cls"), ("new", "mean"), ("model", "cls")])
+@pytest.mark.parametrize(("head", "pooling"), [("new", "cls"), ("new", "mean"), ("pretrained", "cls")])
 def test_backbone_head_and_forward(tmp_path: Path, kind: str, head: str, pooling: str) -> None:
     folder = make_model(tmp_path / kind, kind)
     model = TextClassifier(str(folder), num_classes=3, head=head, pooling=pooling)
@@ -124,7 +124,7 @@ def test_backbone_head_and_forward(tmp_path: Path, kind: str, head: str, pooling
     # find_unused_parameters: a loss over the logits gives every parameter a gradient.
     logits.sum().backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
-    if head == "model":
+    if head == "pretrained":
         assert "classifier" in model.head
 
 
@@ -151,7 +151,7 @@ def test_layer_groups_bottom_to_top(tmp_path: Path, kind: str) -> None:
 
 def test_layer_lr_decay_param_groups(tiny_bert: Path) -> None:
     model = TextClassifier(
-        str(tiny_bert), num_classes=2, head="model", lr=1e-3, backbone_lr=1e-4, layer_lr_decay=0.5
+        str(tiny_bert), num_classes=2, head="pretrained", lr=1e-3, backbone_lr=1e-4, layer_lr_decay=0.5
     )
     groups = {g["name"]: g for g in model.param_groups()}
     assert list(groups) == ["head", "backbone.embeddings", "backbone.layer0", "backbone.layer1"]
@@ -309,8 +309,8 @@ def test_multilabel_and_regression_metrics(
 @pytest.mark.parametrize(
     ("kind", "options"),
     [
-        ("distilbert", {"head": "model"}),
-        ("bert", {"head": "model"}),
+        ("distilbert", {"head": "pretrained"}),
+        ("bert", {"head": "pretrained"}),
         ("bert", {"hidden_dim": 32, "activation": "tanh"}),
         ("distilbert", {"hidden_dim": 32, "activation": "relu"}),
     ],
@@ -334,7 +334,7 @@ def test_save_pretrained_reads_in_transformers(tmp_path: Path, kind: str, option
 
 def test_save_pretrained_rejects_inexpressible_head(tiny_bert: Path, tmp_path: Path) -> None:
     model = TextClassifier(str(tiny_bert), num_classes=2, pooling="mean")
-    with pytest.raises(ValueError, match="head='model'"):
+    with pytest.raises(ValueError, match="head='pretrained'"):
         model.save_pretrained(tmp_path / "export")
 
 
