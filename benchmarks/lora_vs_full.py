@@ -17,7 +17,7 @@ less when other jobs share the machine. Checkpoint size: ``trainer.save_checkpoi
 
 Run (from the repository root; prints a markdown table and the ratios)::
 
-    nice .venv/bin/python benchmarks/lora_vs_full.py --lora-lrs 5e-4 1e-3 2e-3
+    nice .venv/bin/python benchmarks/lora_vs_full.py --lora-lrs 2e-3 3e-3 5e-3
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=8000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--full-lr", type=float, default=5e-5)
-    parser.add_argument("--lora-lrs", type=float, nargs="+", default=[5e-4, 1e-3, 2e-3])
+    parser.add_argument("--lora-lrs", type=float, nargs="+", default=[2e-3, 3e-3, 5e-3])
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (1: robust if shared)")
     args = parser.parse_args()
