@@ -10,7 +10,7 @@ upon and the test checks that the parent still has them with the expected signat
 
 "Checked" means: this module's tests pass against the installed versions, **lightning 2.6.6,
 torch 2.15, timm 1.0.31**, and also on the lower bounds in ``pyproject.toml`` (``lightning>=2.6``,
-``torch>=2.5``, ``timm>=1.0.15``; ``.ci/oldest``); where an entry notes a release older than a lower
+``torch>=2.5``, ``timm>=1.0.27``; ``.ci/oldest``); where an entry notes a release older than a lower
 bound (lightning 2.4.0, 2.5.5) it is from reading that release's source, not from running the tests.
 
 Sections: Lightning (loops and the LR finder, callback order, ``EarlyStopping``, ``WandbLogger``,
@@ -379,7 +379,7 @@ def timm_group_parameters(model: nn.Module) -> dict[int, list[str]]:
     """Parameter names of a timm model in its coarse layer groups (stem, stages...), keyed by group index.
 
     ``timm.models.group_parameters(model, model.group_matcher(coarse=True))``: public re-export of
-    ``timm.models._manipulate.group_parameters`` (also in the timm 1.0.15 source). Checked: timm 1.0.31.
+    ``timm.models._manipulate.group_parameters`` (also in the timm 1.0.15 and 1.0.27 sources). Checked: timm 1.0.31.
     """
     from timm.models import group_parameters
 
