@@ -379,7 +379,7 @@ def timm_group_parameters(model: nn.Module) -> dict[int, list[str]]:
     """Parameter names of a timm model in its coarse layer groups (stem, stages...), keyed by group index.
 
     ``timm.models.group_parameters(model, model.group_matcher(coarse=True))``: public re-export of
-    ``timm.models._manipulate.group_parameters`` (also in the timm 1.0.15 and 1.0.27 sources). Checked: timm 1.0.31.
+    ``timm.models._manipulate.group_parameters`` (also in timm 1.0.15 and 1.0.27). Checked: timm 1.0.31.
     """
     from timm.models import group_parameters
 
