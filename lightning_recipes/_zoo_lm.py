@@ -120,7 +120,7 @@ class CorpusGPT2:
         import lightning as L
         from lightning.pytorch.utilities import rank_zero_info
 
-        from lightning_recipes._random_state import random_state_untouched
+        from lightning_recipes._random_state import build_trainer, random_state_untouched
         from lightning_recipes.data.bpe import train_bpe_tokenizer
         from lightning_recipes.data.corpus import TextCorpusDataModule
 
@@ -150,17 +150,7 @@ class CorpusGPT2:
                     val_fraction=0.0,
                     seed=self.seed,
                 )
-                trainer = L.Trainer(
-                    max_steps=self.steps,
-                    accelerator="cpu",
-                    devices=1,
-                    gradient_clip_val=1.0,
-                    logger=False,
-                    enable_checkpointing=False,
-                    enable_progress_bar=False,
-                    enable_model_summary=False,
-                    limit_val_batches=0,
-                )
+                trainer = build_trainer(max_steps=self.steps, gradient_clip_val=1.0)
                 trainer.fit(lm, datamodule=data)
             lm.model.save_pretrained(partial)
             tokenizer.save_pretrained(str(partial))

@@ -129,7 +129,7 @@ class FinetunedTextClassifier:
         import lightning as L
         from lightning.pytorch.utilities import rank_zero_info
 
-        from lightning_recipes._random_state import random_state_untouched
+        from lightning_recipes._random_state import build_trainer, random_state_untouched
         from lightning_recipes.data.text import TextDataModule
         from lightning_recipes.handshake import connect
         from lightning_recipes.schedulers import WarmupDecay
@@ -158,16 +158,7 @@ class FinetunedTextClassifier:
                 seed=self.seed,
             )
             connect(model, data)
-            trainer = L.Trainer(
-                max_epochs=self.epochs,
-                accelerator="cpu",
-                devices=1,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                limit_val_batches=0,
-            )
+            trainer = build_trainer(max_epochs=self.epochs)
             trainer.fit(model, datamodule=data)
         tmp = path.with_name(path.name + ".tmp")
         model.model.save_pretrained(tmp)

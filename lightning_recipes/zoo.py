@@ -24,6 +24,7 @@ from torch import Tensor
 
 # Re-exported: the zoo's builds (and their tests) use them from here.
 from lightning_recipes._random_state import SEED_ENV_VARS as SEED_ENV_VARS
+from lightning_recipes._random_state import build_trainer
 from lightning_recipes._random_state import random_state_untouched as random_state_untouched
 from lightning_recipes._zoo_lm import CorpusGPT2, gpt2_mini_shakespeare
 from lightning_recipes._zoo_text import FinetunedTextClassifier, minilm_sst2
@@ -131,16 +132,7 @@ class DigitsWeights:
             L.seed_everything(self.seed, verbose=False)
             model = _SourceClassifier(self.arch, num_classes=len(self.digits), lr=2e-3)
             data = DigitsDataModule(digits=list(self.digits), data_config=self.data_cfg)
-            trainer = L.Trainer(
-                max_epochs=self.epochs,
-                accelerator="cpu",
-                devices=1,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                limit_val_batches=0,
-            )
+            trainer = build_trainer(max_epochs=self.epochs)
             trainer.fit(model, datamodule=data)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
