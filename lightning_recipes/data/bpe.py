@@ -86,8 +86,7 @@ def train_bpe_tokenizer(
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    if files is None and texts is None:
-        raise ValueError("train_bpe_tokenizer needs files (text file paths) or texts (strings) to learn from")
+    corpus = training_corpus("train_bpe_tokenizer", files, texts)
     if not special_tokens:
         raise ValueError("special_tokens must hold at least one token (used as BOS/EOS/UNK/padding)")
     base = 256 + len(special_tokens)
@@ -96,11 +95,6 @@ def train_bpe_tokenizer(
             f"vocab_size={vocab_size} is too small: byte-level BPE needs at least 256 bytes + "
             f"{len(special_tokens)} special token(s) = {base}"
         )
-    paths = [Path(p) for p in files or []]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"Tokenizer training file(s) not found: {missing}")
-
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -112,17 +106,42 @@ def train_bpe_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
+    tokenizer.train_from_iterator(corpus, trainer)
+    special = special_tokens[0]
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=special, eos_token=special, unk_token=special, pad_token=special
+    )
+    return saved(wrapped, output_dir)
+
+
+def training_corpus(
+    owner: str, files: Sequence[str | Path] | None, texts: Iterable[str] | None
+) -> Iterator[str]:
+    """The lines a tokenizer trainer learns from: each file's lines, then ``texts``; checked up front
+    (files or texts given, every file present) so a trainer fails before it starts.
+
+    Example::
+
+        >>> list(training_corpus("train_bpe_tokenizer", None, ["a b", "c"]))
+        ['a b', 'c']
+    """
+    if files is None and texts is None:
+        raise ValueError(f"{owner} needs files (text file paths) or texts (strings) to learn from")
+    paths = [Path(p) for p in files or []]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"Tokenizer training file(s) not found: {missing}")
 
     def corpus() -> Iterator[str]:
         yield from _read_lines(paths)
         yield from texts or []
 
-    tokenizer.train_from_iterator(corpus(), trainer)
-    special = special_tokens[0]
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token=special, eos_token=special, unk_token=special, pad_token=special
-    )
+    return corpus()
+
+
+def saved(tokenizer: Any, output_dir: str | Path | None) -> Any:
+    """``tokenizer``, written with ``save_pretrained`` to ``output_dir`` first when one is given."""
     if output_dir is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        wrapped.save_pretrained(str(output_dir))
-    return wrapped
+        tokenizer.save_pretrained(str(output_dir))
+    return tokenizer

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_recipes.data.bpe import _read_lines
+from lightning_recipes.data.bpe import saved, training_corpus
 
 #: BERT's special tokens, in the order that gives BERT's ids for padding (0) and the rest (1-4).
 BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -53,20 +53,12 @@ def train_wordpiece_tokenizer(
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    if files is None and texts is None:
-        raise ValueError(
-            "train_wordpiece_tokenizer needs files (text file paths) or texts (strings) to learn from"
-        )
+    corpus = training_corpus("train_wordpiece_tokenizer", files, texts)
     if vocab_size <= len(BERT_SPECIAL_TOKENS):
         raise ValueError(
             f"vocab_size={vocab_size} is too small: it must exceed the {len(BERT_SPECIAL_TOKENS)} special "
             f"tokens {list(BERT_SPECIAL_TOKENS)} (a few thousand suits a small corpus)"
         )
-    paths = [Path(p) for p in files or []]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"Tokenizer training file(s) not found: {missing}")
-
     pad, unk, cls, sep, mask = BERT_SPECIAL_TOKENS
     tokenizer = Tokenizer(models.WordPiece(unk_token=unk))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
@@ -78,12 +70,7 @@ def train_wordpiece_tokenizer(
         special_tokens=list(BERT_SPECIAL_TOKENS),
         show_progress=False,
     )
-
-    def corpus() -> Iterator[str]:
-        yield from _read_lines(paths)
-        yield from texts or []
-
-    tokenizer.train_from_iterator(corpus(), trainer)
+    tokenizer.train_from_iterator(corpus, trainer)
     cls_id, sep_id = tokenizer.token_to_id(cls), tokenizer.token_to_id(sep)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{cls} $A {sep}",
@@ -99,7 +86,4 @@ def train_wordpiece_tokenizer(
         mask_token=mask,
         model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
-    if output_dir is not None:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        wrapped.save_pretrained(str(output_dir))
-    return wrapped
+    return saved(wrapped, output_dir)
