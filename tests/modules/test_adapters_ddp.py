@@ -8,6 +8,7 @@ import lightning as L
 import peft
 import pytest
 import torch
+from spawned_ddp import SpawnedDDP
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_recipes import TextClassifier
@@ -49,7 +50,7 @@ def test_adapter_and_head_weights_are_bitwise_equal_across_ranks(tmp_path) -> No
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,
-        strategy="ddp_spawn",
+        strategy=SpawnedDDP(),
         max_epochs=2,
         logger=False,
         enable_checkpointing=False,

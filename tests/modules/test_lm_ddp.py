@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from spawned_ddp import SpawnedDDP
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_recipes import CausalLM
@@ -34,6 +35,6 @@ def test_val_perplexity_is_the_same_on_two_processes_as_on_one(tmp_path) -> None
     }
     loader = DataLoader(Uneven(), batch_size=2)
     (single,) = L.Trainer(devices=1, **common).validate(lm, loader, verbose=False)
-    (ddp,) = L.Trainer(devices=2, strategy="ddp_spawn", **common).validate(lm, loader, verbose=False)
+    (ddp,) = L.Trainer(devices=2, strategy=SpawnedDDP(), **common).validate(lm, loader, verbose=False)
     assert ddp["val/ppl"] == pytest.approx(single["val/ppl"], rel=1e-5)
     assert ddp["val/loss"] == pytest.approx(single["val/loss"], rel=1e-5)

@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from spawned_ddp import SpawnedDDP
 
 from lightning_recipes import TextClassifier, TextDataModule, connect
 from lightning_recipes._hub import PretrainedLoadError
@@ -418,7 +419,7 @@ def test_ddp_two_cpu_ranks_split_length_grouped_batches(tiny_bert: Path, tmp_pat
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,
-        strategy="ddp_spawn",
+        strategy=SpawnedDDP(),
         max_epochs=1,
         logger=False,
         enable_checkpointing=False,

@@ -1,0 +1,26 @@
+"""DDP in spawned CPU processes for tests that cannot re-launch pytest (``strategy="ddp"`` would).
+
+Lightning destroys the process group in an ``atexit`` handler, which a ``multiprocessing`` child never
+runs; with torch 2.15's gloo, a child that exits with its group alive aborts now and then ("terminate
+called without an active exception", SIGABRT) after its work is done, failing a run that succeeded.
+:class:`SpawnedDDP` destroys the group when the strategy tears down, in the child.
+"""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+from lightning.pytorch.strategies import DDPStrategy
+from typing_extensions import override
+
+
+class SpawnedDDP(DDPStrategy):
+    """``DDPStrategy(start_method="spawn")`` that destroys its process group at teardown."""
+
+    def __init__(self) -> None:
+        super().__init__(start_method="spawn")
+
+    @override
+    def teardown(self) -> None:
+        super().teardown()
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
