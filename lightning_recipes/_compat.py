@@ -14,7 +14,8 @@ torch 2.15, timm 1.0.31**, and also on the lower bounds in ``pyproject.toml`` (`
 bound (lightning 2.4.0, 2.5.5) it is from reading that release's source, not from running the tests.
 
 Sections: Lightning (loops and the LR finder, callback order, ``EarlyStopping``, ``WandbLogger``,
-DDP, FSDP), torch (LR schedulers, BatchNorm), timm (parameter groups), datasets (fingerprints).
+DDP, FSDP, mixed precision), torch (LR schedulers, BatchNorm), timm (parameter groups), datasets
+(fingerprints).
 """
 
 from __future__ import annotations
@@ -298,6 +299,23 @@ def rewrap_ddp(strategy: Any) -> bool:
     strategy.model = strategy.lightning_module
     strategy.configure_ddp()
     return True
+
+
+# -- mixed precision (used by callbacks/gradient_monitor.py) --------------------------------------
+
+
+def optimizer_unscales_itself(optimizer: Any) -> bool:
+    """Whether ``optimizer`` takes the fp16 loss scale into its own ``step`` (``fused=True`` AdamW/SGD).
+
+    Lightning's ``MixedPrecision`` (``16-mixed``) then skips ``scaler.unscale_`` before
+    ``on_before_optimizer_step``, so the gradients seen there are still multiplied by the loss scale.
+    Lightning decides with the private ``_optimizer_handles_unscaling``, which reads torch's private
+    ``optimizer._step_supports_amp_scaling``; this asks the same function, so the two cannot disagree.
+    Checked: lightning 2.6.6 (also 2.4.0), torch 2.15.
+    """
+    from lightning.pytorch.plugins.precision.amp import _optimizer_handles_unscaling
+
+    return bool(_optimizer_handles_unscaling(optimizer))
 
 
 # -- loggers (used by cluster.py) -------------------------------------------------------------------

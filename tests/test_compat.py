@@ -518,6 +518,15 @@ def test_rewrap_ddp_builds_a_new_wrapper_of_the_same_module(tmp_path):
         dist.destroy_process_group()
 
 
+def test_optimizer_unscales_itself_for_fused_optimizers_only():
+    params = [nn.Parameter(torch.zeros(2))]
+    assert _compat.optimizer_unscales_itself(torch.optim.AdamW(params, fused=True)), broken(
+        "torch", "a fused AdamW takes the grad scaler's scale into its step (_step_supports_amp_scaling)"
+    )
+    assert not _compat.optimizer_unscales_itself(torch.optim.AdamW(params))
+    assert not _compat.optimizer_unscales_itself(torch.optim.SGD(params, lr=0.1))
+
+
 def test_fsdp_activation_checkpointing_is_what_the_constructor_sets():
     from lightning.pytorch.strategies import FSDPStrategy
 

@@ -12,12 +12,15 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_recipes import _compat
+
 
 class GradientMonitor(Callback):
     """Log gradient norms before the Trainer clips them and the fraction clipped; optionally skip bad steps.
 
     Runs in ``on_before_optimizer_step``, which Lightning calls after the backward pass and after AMP
-    unscaling (``16-mixed``) and *before* gradient clipping (``gradient_clip_val`` and the modules'
+    unscaling (``16-mixed``; a ``fused=True`` optimizer unscales inside its step, so the monitor
+    divides by the loss scale itself) and *before* gradient clipping (``gradient_clip_val`` and the modules'
     adaptive clipping), so the norms are the true, unclipped ones. Gradients are not changed, except
     with ``skip_non_finite``. Logged (on step, ``prefix`` ``grad/``):
 
@@ -32,6 +35,12 @@ class GradientMonitor(Callback):
       and its state as they were. Under DDP gradients are already all-reduced, so all ranks skip together.
       The first skip of a run is logged in one line (rank zero), and each training epoch with skips ends
       with one line counting them (``GradientMonitor: epoch 0: skipped 2 of 8 optimizer steps ...``).
+    * ``grad/scale`` and ``grad/scaler_skipped_steps`` under ``16-mixed`` (fp16 with Lightning's grad
+      scaler): the loss scale, and the steps the scaler skipped because the scaled fp16 gradients
+      overflowed. Overflow is how the scaler finds its scale, so these steps are the scaler's, not bad
+      steps: ``skip_non_finite`` leaves them to it (weights and optimizer state untouched, the scale
+      halved) and each epoch with overflow ends with one line counting them. A run whose every step
+      overflows therefore says so once per epoch instead of finishing quietly untrained.
 
     Args:
         per_group: also log one norm per optimizer parameter group.
@@ -67,10 +76,12 @@ class GradientMonitor(Callback):
         self.steps = 0
         self.clipped_steps = 0
         self.skipped_steps = 0
+        self.scaler_skipped_steps = 0
         self.last_norm: float | None = None
         self.last_group_norms: dict[str, float] = {}
         self.epoch_steps = 0
         self.epoch_skipped_steps = 0
+        self.epoch_scaler_skipped_steps = 0
         self._skip_announced = False
 
     @staticmethod
@@ -114,36 +125,51 @@ class GradientMonitor(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
         norm, groups = self.grad_norms(optimizer, self.norm_type)
+        scaler = getattr(trainer.precision_plugin, "scaler", None)  # 16-mixed: torch.amp.GradScaler
+        if scaler is not None and _compat.optimizer_unscales_itself(optimizer):  # fused: still scaled
+            scale = float(scaler.get_scale())
+            norm, groups = norm / scale, {name: value / scale for name, value in groups.items()}
         self.steps += 1
         self.last_norm, self.last_group_norms = norm, groups
         metrics: dict[str, Any] = {f"{self.prefix}norm": norm}
         self.epoch_steps += 1
-        if not math.isfinite(norm) and self.skip_non_finite:
-            self.skipped_steps += 1
-            self.epoch_skipped_steps += 1
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    p.grad = None
-            if not self._skip_announced:
-                self._skip_announced = True
-                rank_zero_info(
-                    f"GradientMonitor: skipped the optimizer step at epoch {trainer.current_epoch},"
-                    f" global step {trainer.global_step}: gradient norm {norm} is not finite;"
-                    " weights left unchanged (skip_non_finite=True; each epoch with skips ends with a count)."
-                )
+        if scaler is not None:
+            metrics[f"{self.prefix}scale"] = float(scaler.get_scale())
+        if not math.isfinite(norm) and scaler is not None:
+            # unscale_ found the overflow too: scaler.step will skip this step and halve the scale
+            self.scaler_skipped_steps += 1
+            self.epoch_scaler_skipped_steps += 1
+        elif not math.isfinite(norm) and self.skip_non_finite:
+            self._skip(trainer, optimizer, norm)
         elif self._is_clipped(trainer, optimizer, norm):
             self.clipped_steps += 1
         metrics[f"{self.prefix}clipped_fraction"] = self.clipped_steps / self.steps
         if self.skip_non_finite:
             metrics[f"{self.prefix}skipped_steps"] = float(self.skipped_steps)
+        if scaler is not None:
+            metrics[f"{self.prefix}scaler_skipped_steps"] = float(self.scaler_skipped_steps)
         if self.per_group:
             metrics.update({f"{self.prefix}norm/{name}": value for name, value in groups.items()})
         for key, value in metrics.items():
             pl_module.log(key, value, on_step=True, on_epoch=False)
 
+    def _skip(self, trainer: pl.Trainer, optimizer: Optimizer, norm: float) -> None:
+        self.skipped_steps += 1
+        self.epoch_skipped_steps += 1
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        if not self._skip_announced:
+            self._skip_announced = True
+            rank_zero_info(
+                f"GradientMonitor: skipped the optimizer step at epoch {trainer.current_epoch},"
+                f" global step {trainer.global_step}: gradient norm {norm} is not finite;"
+                " weights left unchanged (skip_non_finite=True; each epoch with skips ends with a count)."
+            )
+
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.epoch_steps = self.epoch_skipped_steps = 0
+        self.epoch_steps = self.epoch_skipped_steps = self.epoch_scaler_skipped_steps = 0
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -153,13 +179,28 @@ class GradientMonitor(Callback):
                 f" {self.epoch_steps} optimizer steps with non-finite gradients"
                 f" ({self.skipped_steps} in total)."
             )
+        if self.epoch_scaler_skipped_steps:
+            scale = trainer.precision_plugin.scaler.get_scale()
+            rank_zero_info(
+                f"GradientMonitor: epoch {trainer.current_epoch}: the fp16 grad scaler skipped"
+                f" {self.epoch_scaler_skipped_steps} of {self.epoch_steps} optimizer steps whose scaled"
+                f" gradients overflowed ({self.scaler_skipped_steps} in total; loss scale now {scale:g})."
+                " A few early on are how it finds its scale; many mean the model is not training: lower"
+                " the learning rate, or use precision=bf16-mixed."
+            )
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "clipped_steps": self.clipped_steps, "skipped_steps": self.skipped_steps}
+        return {
+            "steps": self.steps,
+            "clipped_steps": self.clipped_steps,
+            "skipped_steps": self.skipped_steps,
+            "scaler_skipped_steps": self.scaler_skipped_steps,
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.steps = state_dict.get("steps", 0)
         self.clipped_steps = state_dict.get("clipped_steps", 0)
         self.skipped_steps = state_dict.get("skipped_steps", 0)
+        self.scaler_skipped_steps = state_dict.get("scaler_skipped_steps", 0)

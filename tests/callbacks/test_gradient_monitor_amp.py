@@ -1,14 +1,19 @@
 """Mixed precision, gradient accumulation, gradient checkpointing, clipping and GradientMonitor together.
 
-CPU: ``bf16-mixed`` runs here. ``16-mixed`` (fp16 with the grad scaler) needs CUDA: on CPU Lightning
-2.6 turns it into ``bf16-mixed`` (tested below), so the scaler path runs only on a GPU (docs/multi_gpu.md).
+CPU: ``bf16-mixed`` runs here. ``precision="16-mixed"`` on CPU becomes ``bf16-mixed`` in Lightning 2.6
+(tested below), so the fp16 grad-scaler path is tested with Lightning's ``MixedPrecision("16-mixed",
+"cpu")`` plugin given explicitly: the same plugin, scaler and hooks a GPU run uses, on CPU fp16 autocast.
 """
 
 from __future__ import annotations
 
+import logging
+from functools import partial
+
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.plugins import MixedPrecision
 from test_gradient_monitor import NormLog, PostClip
 from torch.utils.data import DataLoader
 
@@ -65,8 +70,99 @@ def test_fp16_mixed_on_cpu_becomes_bf16_mixed(tmp_path) -> None:
     assert trainer.precision == "bf16-mixed"
 
 
+def fp16(init_scale: float) -> MixedPrecision:
+    """Lightning's ``16-mixed`` plugin on CPU, its scaler starting at ``init_scale``."""
+    return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=init_scale))
+
+
+class Scales(L.Callback):
+    """The loss scale at each optimizer step, before the scaler updates it."""
+
+    def __init__(self) -> None:
+        self.scales: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.scales.append(trainer.precision_plugin.scaler.get_scale())
+
+
+def test_fp16_grad_scaler_accumulation_checkpointing_and_clipping_together(tmp_path, caplog) -> None:
+    """A scale of 2**19 overflows fp16 at first: the scaler skips those steps and halves the scale; the
+    monitor counts them as the scaler's (not as bad steps), and every step taken is unscaled and clipped."""
+    torch.manual_seed(0)
+    model = TextClassifier(
+        "bert", pretrained=False, config=BERT, num_classes=2, lr=0.05, gradient_checkpointing=True
+    )
+    limit = 0.05
+    monitor, post, scales = GradientMonitor(per_group=True, skip_non_finite=True), PostClip(), Scales()
+    log = NormLog(monitor)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        plugins=[fp16(2.0**19)],
+        accumulate_grad_batches=2,
+        gradient_clip_val=limit,
+        callbacks=[monitor, log, post, scales],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    with caplog.at_level(logging.INFO):
+        trainer.fit(model, batches(16))
+    overflowed = [not torch.isfinite(torch.tensor(n)) for n in log.norms]
+    assert trainer.global_step == monitor.steps == 8 and 0 < sum(overflowed) < 8
+    # each overflow halved the scale; the scaler took the other steps (PostClip sees only those)
+    halvings = [later == now / 2 for now, later in zip(scales.scales, scales.scales[1:], strict=False)]
+    assert halvings == overflowed[:-1]
+    assert monitor.scaler_skipped_steps == sum(overflowed) and monitor.skipped_steps == 0
+    assert len(post.norms) == 8 - sum(overflowed)
+    taken = [n for n, o in zip(log.norms, overflowed, strict=True) if not o]
+    assert all(n < 100 for n in taken)  # unscaled: the scaled norms are ~2**16 times larger
+    assert max(post.norms) <= limit * (1 + 1e-4)
+    for before, after in zip(taken, post.norms, strict=True):
+        assert after == pytest.approx(min(before, limit), rel=1e-3)
+    assert trainer.callback_metrics["grad/scale"] == scales.scales[-1]
+    assert trainer.callback_metrics["grad/scaler_skipped_steps"] == sum(overflowed)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("GradientMonitor:")]
+    assert lines == [
+        f"GradientMonitor: epoch 0: the fp16 grad scaler skipped {sum(overflowed)} of 8 optimizer steps whose"
+        f" scaled gradients overflowed ({sum(overflowed)} in total; loss scale now"
+        f" {trainer.precision_plugin.scaler.get_scale():g}). A few early on are how it finds its scale;"
+        " many mean the model is not training: lower the learning rate, or use precision=bf16-mixed."
+    ]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_fp16_norms_are_unscaled_with_a_fused_optimizer_too(tmp_path, fused: bool) -> None:
+    """A fused optimizer unscales inside its step, after the monitor ran: the monitor divides itself."""
+    torch.manual_seed(0)
+    model = TextClassifier(
+        "bert", pretrained=False, config=BERT, num_classes=2, lr=0.05,
+        optimizer=partial(torch.optim.AdamW, fused=fused),
+    )  # fmt: skip
+    monitor = GradientMonitor()
+    log = NormLog(monitor)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=1, plugins=[fp16(2.0**10)], callbacks=[monitor, log], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model, batches(1))
+    torch.manual_seed(0)
+    reference = TextClassifier("bert", pretrained=False, config=BERT, num_classes=2, lr=0.05)
+    for p in reference.parameters():
+        p.grad = None
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = reference.training_step(next(iter(batches(1))), 0)
+    loss.backward()
+    expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in reference.parameters()])).item()
+    assert log.norms[0] == pytest.approx(expected, rel=1e-2)
+
+
 SKIP_IN_SYNC = r"""
 import lightning as L, torch, torch.nn.functional as F, sys
+from lightning.pytorch.plugins import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from lightning_recipes.callbacks import GradientMonitor
@@ -93,15 +189,21 @@ class Check(L.Callback):
         flat = torch.cat([p.detach().float().flatten() for p in pl_module.parameters()])
         every = trainer.strategy.all_gather(flat)
         skipped = trainer.strategy.all_gather(torch.tensor(float(monitor.skipped_steps)))
+        by_scaler = trainer.strategy.all_gather(torch.tensor(float(monitor.scaler_skipped_steps)))
+        scaler = trainer.precision_plugin.scaler
+        scale = trainer.strategy.all_gather(torch.tensor(scaler.get_scale() if scaler else 0.0))
         if trainer.is_global_zero:
             print("finite", bool(torch.isfinite(every).all()), "same", bool(torch.equal(every[0], every[1])),
-                  "skipped", skipped.tolist(), "steps", trainer.global_step, flush=True)
+                  "skipped", skipped.tolist(), "by scaler", by_scaler.tolist(), "scale", scale.tolist(),
+                  "steps", trainer.global_step, flush=True)
 
 
 g = torch.Generator().manual_seed(0)
 data = TensorDataset(torch.randn(64, 4, generator=g), torch.randint(0, 3, (64,), generator=g))
 monitor = GradientMonitor(skip_non_finite=True)
-trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", precision="bf16-mixed", max_epochs=1,
+amp = {"precision": "bf16-mixed"} if sys.argv[2] == "bf16-mixed" else {
+    "plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))]}
+trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", **amp, max_epochs=1,
                     accumulate_grad_batches=2, gradient_clip_val=0.5, callbacks=[monitor, Check()],
                     logger=False, enable_checkpointing=False, enable_progress_bar=False,
                     enable_model_summary=False, default_root_dir=sys.argv[1])
@@ -110,7 +212,13 @@ trainer.fit(Toy(), DataLoader(data, batch_size=4))
 
 
 @pytest.mark.slow
-def test_a_non_finite_step_is_skipped_on_every_rank(tmp_path, run_script) -> None:
-    out = run_script(SKIP_IN_SYNC, tmp_path, env={"PYTHONWARNINGS": "ignore"}).stdout
-    # 8 batches per rank, 2 per optimizer step: 4 steps, the one with rank 1's NaN skipped on both ranks
-    assert "finite True same True skipped [1.0, 1.0] steps 4" in out, out
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_a_non_finite_step_is_skipped_on_every_rank(tmp_path, run_script, precision: str) -> None:
+    out = run_script(SKIP_IN_SYNC, tmp_path, precision, env={"PYTHONWARNINGS": "ignore"}).stdout
+    # 8 batches per rank, 2 per optimizer step: 4 steps, the one with rank 1's NaN skipped on both ranks:
+    # by GradientMonitor under bf16, by the grad scaler under fp16 (which halves its scale on both ranks)
+    if precision == "bf16-mixed":
+        expected = "skipped [1.0, 1.0] by scaler [0.0, 0.0] scale [0.0, 0.0]"
+    else:
+        expected = "skipped [0.0, 0.0] by scaler [1.0, 1.0] scale [512.0, 512.0]"
+    assert f"finite True same True {expected} steps 4" in out, out
