@@ -5,6 +5,7 @@ A recipe's header is its first comment lines::
     # <one-line description>
     # Scenario: <keyword> -- <details>      keyword: fine-tune, add-layers, scratch, as-is or adapters
     # Family: <family> -- <model details>   family: image, text or lm
+    # Global batch: <samples per optimizer step> -- <how to keep it on N devices>   (training recipes)
     # Data: ...
     # Expected: ...
     # Runtime: ...
@@ -60,6 +61,8 @@ class Recipe:
         family: the ``# Family:`` keyword (one of :data:`FAMILIES`).
         blockers: why it does not run offline here (Hub weights, a Hub dataset, a data path that does
             not exist); empty when it does (see :func:`offline_blockers`).
+        global_batch: samples per optimizer step on one device as written (see :func:`global_batch`);
+            ``None`` for a recipe that does not train.
     """
 
     name: str
@@ -68,6 +71,7 @@ class Recipe:
     scenario: str
     family: str
     blockers: tuple[str, ...] = field(default=())
+    global_batch: int | None = None
 
     @property
     def offline(self) -> bool:
@@ -94,7 +98,7 @@ def read_header(path: Path) -> dict[str, str]:
         if not line.startswith("#"):
             break
         text = line[1:].strip()
-        match = re.match(r"^([A-Z][A-Za-z]*):\s*(.*)$", text)
+        match = re.match(r"^([A-Z][A-Za-z]*(?: [a-z]+)?):\s*(.*)$", text)  # Scenario, Global batch
         if key is None:
             key, header[""] = "", text
         elif match and not line[1:].startswith("  "):
@@ -174,6 +178,28 @@ def offline_blockers(config: dict[str, Any], base: Path) -> list[str]:
     return blockers
 
 
+def global_batch(config: dict[str, Any]) -> int | None:
+    """Samples per optimizer step on one device: ``GlobalBatch``'s ``size``, else batch_size x accumulation.
+
+    ``None`` when the recipe has no ``fit`` stage or its data section names no ``batch_size``.
+
+    Example::
+
+        >>> data = {"init_args": {"batch_size": 8}}
+        >>> global_batch({"data": data, "trainer": {"accumulate_grad_batches": 4}})
+        32
+        >>> global_batch({"stages": ["validate"], "data": data})
+    """
+    if "fit" not in (config.get("stages") or ["fit"]):
+        return None
+    trainer = config.get("trainer") or {}
+    for callback in trainer.get("callbacks") or []:
+        if isinstance(callback, dict) and str(callback.get("class_path", "")).endswith("GlobalBatch"):
+            return int((callback.get("init_args") or {})["size"])
+    batch_size = ((config.get("data") or {}).get("init_args") or {}).get("batch_size")
+    return None if batch_size is None else int(batch_size) * int(trainer.get("accumulate_grad_batches") or 1)
+
+
 def load_recipe(path: Path, root: Path | None = None, base: Path | None = None) -> Recipe:
     """Read one recipe: header keywords (a :class:`RecipeHeaderError` names the file) and offline blockers.
 
@@ -198,6 +224,7 @@ def load_recipe(path: Path, root: Path | None = None, base: Path | None = None) 
         scenario=scenario,
         family=family,
         blockers=tuple(offline_blockers(config, base)),
+        global_batch=global_batch(config),
     )
 
 

@@ -156,11 +156,13 @@ def test_lm_recipe_under_torchrun(tmp_path, text_file, tiny_pretrained, capsys) 
         "--data.init_args.num_workers=0",
         "--data.init_args.val_fraction=0.1",
         f"--data.init_args.cache_dir={tmp_path / 'cache'}",
-        "--trainer.accumulate_grad_batches=1",
         f"--trainer.default_root_dir={tmp_path / 'run'}",
     ]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = launch([*torchrun, LIGHTNING, "run", recipe, *TWO, *FAST, *data], tmp_path)
     printed = check_once(proc)
+    # the recipe's GlobalBatch(size=32) keeps its global batch on 2 processes of 2 sequences each
+    line = "GlobalBatch: 32 samples per optimizer step = batch_size 2 x 2 device(s) x 8 accumulated batch(es)"
+    assert (proc.stdout + proc.stderr).count(line) == 1, proc.stderr[-3000:]
     one = validate_on_one_process(recipe, data, printed["Best checkpoint"], capsys)
     assert_same_validation(metrics(printed["Final metrics"]), one)

@@ -91,7 +91,6 @@ def test_finetune_recipe_on_a_local_model_folder(tmp_path, text_file, tiny_pretr
         f"--data.init_args.tokenizer={tiny_pretrained}",
         "--data.init_args.block_size=32",
         "--data.init_args.batch_size=4",
-        "--trainer.accumulate_grad_batches=1",
         capsys=capsys,
     )
     assert {"train/loss", "val/loss", "val/ppl", "test/loss", "test/ppl"} <= set(metrics)
@@ -128,7 +127,6 @@ def test_lora_recipe_trains_the_adapter_only_and_reloads(tmp_path, text_file, ti
         f"--data.init_args.tokenizer={tiny_pretrained}",
         "--data.init_args.block_size=32",
         "--data.init_args.batch_size=4",
-        "--trainer.accumulate_grad_batches=1",
         capsys=capsys,
     )
     assert {"val/ppl", "test/ppl"} <= set(metrics)

@@ -50,6 +50,18 @@ def test_every_recipe_names_a_scenario_and_a_family():
         assert header["Family"].startswith(f"{recipe.family} -- "), recipe.name
 
 
+def test_every_training_recipe_states_its_global_batch():
+    """The header line ``# Global batch: <n> ...`` is batch_size x accumulation (or GlobalBatch size)."""
+    training = [r for r in RECIPES if r.global_batch is not None]
+    assert len(training) >= 15
+    for recipe in training:
+        stated = read_header(recipe.path).get("Global batch", "")
+        assert stated.split(" ")[0] == str(recipe.global_batch), (recipe.name, stated, recipe.global_batch)
+        assert "on N devices" in stated or "GlobalBatch keeps" in stated, recipe.name
+    keeps = [r.name for r in training if "GlobalBatch keeps" in read_header(r.path)["Global batch"]]
+    assert sorted(keeps) == ["lm/gpt2_add_layers", "lm/gpt2_finetune", "lm/gpt2_lora"]
+
+
 def test_header_continuation_lines_join_their_key(tmp_path):
     path = write(tmp_path, "# Desc.\n# Scenario: as-is -- no\n#   Training: none\n# Family: lm -- x\n")
     assert read_header(path) == {"": "Desc.", "Scenario": "as-is -- no Training: none", "Family": "lm -- x"}
