@@ -63,7 +63,10 @@ class TransformerFSDP(FSDPStrategy):
     Needs CUDA GPUs: torch's FSDP refuses CPU devices ("FSDP needs a non-CPU accelerator device"),
     so on CPU it stops at once and says to use ``--trainer.strategy=ddp``.
     :class:`~lightning_recipes.callbacks.FreezeUnfreeze` and
-    :class:`~lightning_recipes.callbacks.LRFinder` refuse it, each saying what to do instead.
+    :class:`~lightning_recipes.callbacks.LRFinder` refuse it, each saying what to do instead. Adapters
+    (``adapter=``) are wrapped like the full model: each block holds its frozen pretrained weights and
+    its trainable adapter weights in one unit, which FSDP allows with Lightning's default
+    ``use_orig_params=True`` (``False`` is refused here).
 
     Args:
         activation_checkpointing: recompute each block's activations in the backward pass (less
@@ -95,6 +98,14 @@ class TransformerFSDP(FSDPStrategy):
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
         classes = transformer_block_classes(pl_module)
+        frozen = [name for name, p in pl_module.named_parameters() if not p.requires_grad]
+        if frozen and self.kwargs.get("use_orig_params") is False:
+            raise ValueError(
+                f"TransformerFSDP(use_orig_params=False) with frozen parameters ({len(frozen)}, e.g. "
+                f"{frozen[0]}): an adapter's or a frozen layer's FSDP unit would mix trainable and frozen "
+                "weights in one flat parameter, which FSDP refuses. Remove use_orig_params=False "
+                "(Lightning's default is True)"
+            )
         if not self._own_wrap_policy:
             self.kwargs["auto_wrap_policy"] = ModuleWrapPolicy(classes)
         if self.activation_checkpointing:

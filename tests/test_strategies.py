@@ -33,6 +33,23 @@ def test_block_classes_of_each_family() -> None:
         transformer_block_classes(image)
 
 
+def test_adapter_models_wrap_the_blocks_of_the_adapted_backbone() -> None:
+    import peft
+
+    text = TextClassifier("bert", pretrained=False, config=BERT, num_classes=2, adapter=peft.LoraConfig(r=2))
+    lm = CausalLM(config=GPT2, adapter=peft.LoraConfig(r=2))
+    for model, block in ((text, "BertLayer"), (lm, "GPT2Block")):
+        strategy = TransformerFSDP()
+        assert {c.__name__ for c in strategy.configure_policies(model)} == {block}
+        assert strategy.kwargs["use_orig_params"] is True  # Lightning's default: frozen + LoRA in one unit
+        policy = strategy.kwargs["auto_wrap_policy"]
+        units = [m for m in model.modules() if policy(module=m, recurse=False, nonwrapped_numel=0)]
+        assert len(units) == 2 and all(any("lora_" in n for n, _ in u.named_parameters()) for u in units)
+    with pytest.raises(ValueError, match=r"use_orig_params=False\) with frozen parameters .* Remove"):
+        TransformerFSDP(use_orig_params=False).configure_policies(lm)
+    TransformerFSDP(use_orig_params=False).configure_policies(CausalLM(config=GPT2))  # all trainable: fine
+
+
 def test_policies_wrap_and_checkpoint_every_block() -> None:
     """The wrap policy FSDP gets makes one unit per block; activation checkpointing wraps each block."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
