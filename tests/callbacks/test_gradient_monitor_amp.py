@@ -70,9 +70,13 @@ def test_fp16_mixed_on_cpu_becomes_bf16_mixed(tmp_path) -> None:
     assert trainer.precision == "bf16-mixed"
 
 
-def fp16(init_scale: float) -> MixedPrecision:
-    """Lightning's ``16-mixed`` plugin on CPU, its scaler starting at ``init_scale``."""
-    return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=init_scale))
+NO_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, NO_GPU])
+
+
+def fp16(init_scale: float, device: str = "cpu") -> MixedPrecision:
+    """Lightning's ``16-mixed`` plugin on ``device``, its scaler starting at ``init_scale``."""
+    return MixedPrecision("16-mixed", device, scaler=torch.amp.GradScaler(device, init_scale=init_scale))
 
 
 class Scales(L.Callback):
@@ -85,7 +89,8 @@ class Scales(L.Callback):
         self.scales.append(trainer.precision_plugin.scaler.get_scale())
 
 
-def test_fp16_grad_scaler_accumulation_checkpointing_and_clipping_together(tmp_path, caplog) -> None:
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_fp16_grad_scaler_accumulation_checkpointing_and_clipping_together(tmp_path, caplog, device) -> None:
     """A scale of 2**19 overflows fp16 at first: the scaler skips those steps and halves the scale; the
     monitor counts them as the scaler's (not as bad steps), and every step taken is unscaled and clipped."""
     torch.manual_seed(0)
@@ -96,9 +101,10 @@ def test_fp16_grad_scaler_accumulation_checkpointing_and_clipping_together(tmp_p
     monitor, post, scales = GradientMonitor(per_group=True, skip_non_finite=True), PostClip(), Scales()
     log = NormLog(monitor)
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=device,
+        devices=1,
         max_epochs=1,
-        plugins=[fp16(2.0**19)],
+        plugins=[fp16(2.0**19, device)],
         accumulate_grad_batches=2,
         gradient_clip_val=limit,
         callbacks=[monitor, log, post, scales],
