@@ -188,4 +188,7 @@ def test_a_requeued_slurm_job_resumes_in_the_same_run_directory(tiny_recipe, tmp
         with open(run_dir / name) as f:
             histories.append([int(row["epoch"]) for row in csv.DictReader(f) if row.get("val/acc")])
     before, after = histories
-    assert before[0] == 0 and after[-1] == epochs - 1 and before[-1] <= after[0], histories
+    # The requeued job validates again from the checkpoint's epoch on. (Real SLURM stops the first job at
+    # the requeue; here it trained on until the test's SIGTERM, so its history may run past that epoch.)
+    assert before[0] == 0 and before[-1] >= hpc["epoch"] - 1, histories
+    assert after[0] in (hpc["epoch"], hpc["epoch"] + 1) and after[-1] == epochs - 1, histories
