@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
-from test_cli import start_run, tiny_recipe, wait_for_epoch  # noqa: F401  (tiny_recipe: a fixture)
+from test_cli import start_run, stop, tiny_recipe, wait_for_epoch  # noqa: F401  (tiny_recipe: a fixture)
 
 from lightning_recipes.callbacks import ProgressLog
 from lightning_recipes.cli import requeued_from
@@ -161,8 +161,7 @@ def test_a_requeued_slurm_job_resumes_in_the_same_run_directory(tiny_recipe, tmp
             -3000:
         ]
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)  # what SLURM sends the job it requeues
-    assert proc.wait(timeout=120) == 143
+    assert stop(proc, signal.SIGTERM) == 143  # what SLURM sends the job it requeues
     hpc = torch.load(tmp_path / "run" / "hpc_ckpt_1.ckpt", weights_only=False, map_location="cpu")
     run_dir = tmp_path / "run" / "lightning_logs" / "slurm-4242"
     assert [p.name for p in run_dir.parent.iterdir()] == ["slurm-4242"]
