@@ -8,14 +8,12 @@ naming the library and version when an upgrade breaks it. Where a private method
 is *overridden* (the override has to stay in the subclass), a constant here lists the names relied
 upon and the test checks that the parent still has them with the expected signature.
 
-"Checked" means: this module's tests pass against the installed versions, **lightning 2.6.6,
-torch 2.15, timm 1.0.31**, and also on the lower bounds in ``pyproject.toml`` (``lightning>=2.6``,
-``torch>=2.5``, ``timm>=1.0.27``; ``.ci/oldest``); where an entry notes a release older than a lower
-bound (lightning 2.4.0, 2.5.5) it is from reading that release's source, not from running the tests.
+"Checked" means: this module's tests pass on **lightning 2.6.6, torch 2.15, timm 1.0.31** and on the
+lower bounds in ``pyproject.toml`` (``.ci/oldest``); a release older than a lower bound (lightning
+2.4.0, 2.5.5) named by an entry was read, not run.
 
-Sections: Lightning (loops and the LR finder, callback order, ``EarlyStopping``, ``WandbLogger``,
-DDP, FSDP, mixed precision), torch (LR schedulers, BatchNorm), timm (parameter groups), datasets
-(fingerprints).
+Sections: Lightning (loops, LR finder, callback order, ``EarlyStopping``, ``WandbLogger``, DDP, FSDP,
+mixed precision), torch (LR schedulers, BatchNorm), timm (parameter groups), datasets (fingerprints).
 """
 
 from __future__ import annotations
@@ -305,13 +303,10 @@ def rewrap_ddp(strategy: Any) -> bool:
 
 
 def optimizer_unscales_itself(optimizer: Any) -> bool:
-    """Whether ``optimizer`` takes the fp16 loss scale into its own ``step`` (``fused=True`` AdamW/SGD).
+    """Whether ``optimizer`` (``fused=True`` AdamW/SGD) applies the fp16 loss scale in its own ``step``.
 
-    Lightning's ``MixedPrecision`` (``16-mixed``) then skips ``scaler.unscale_`` before
-    ``on_before_optimizer_step``, so the gradients seen there are still multiplied by the loss scale.
-    Lightning decides with the private ``_optimizer_handles_unscaling``, which reads torch's private
-    ``optimizer._step_supports_amp_scaling``; this asks the same function, so the two cannot disagree.
-    Checked: lightning 2.6.6 (also 2.4.0), torch 2.15.
+    Then ``16-mixed`` skips ``scaler.unscale_`` (``on_before_optimizer_step`` sees scaled gradients).
+    Asks Lightning's private ``_optimizer_handles_unscaling``, so the two agree. Checked: lightning 2.6.6.
     """
     from lightning.pytorch.plugins.precision.amp import _optimizer_handles_unscaling
 
@@ -325,8 +320,8 @@ def set_default_logger_version(logger: Any, version: str) -> bool:
     """Give a ``CSVLogger``/``TensorBoardLogger`` built without ``version`` this one; return whether it did.
 
     Both keep the constructor's ``version`` in ``_version`` and, while it is ``None``, pick the next
-    ``version_N`` the first time ``version`` (or ``log_dir``) is read; setting ``_version`` before
-    that is what ``version=...`` in the constructor does. Checked: lightning 2.6.6.
+    ``version_N`` when ``version`` (or ``log_dir``) is first read; setting ``_version`` before that is
+    what ``version=...`` does. Checked: lightning 2.6.6.
     """
     if getattr(logger, "_version", "unset") is not None:
         return False
@@ -345,8 +340,7 @@ def set_fsdp_activation_checkpointing(strategy: Any, block_classes: set[type[nn.
     sets what the constructor would: ``strategy._activation_checkpointing_kwargs``, computed by
     Lightning's ``_activation_checkpointing_kwargs(None, block_classes)`` (``{"auto_wrap_policy":
     ModuleWrapPolicy(block_classes)}``), which ``_setup_model`` hands to torch's
-    ``apply_activation_checkpointing`` after wrapping.
-    Checked: lightning 2.6.6, torch 2.15.
+    ``apply_activation_checkpointing`` after wrapping. Checked: lightning 2.6.6, torch 2.15.
     """
     from lightning.fabric.strategies.fsdp import _activation_checkpointing_kwargs
 
