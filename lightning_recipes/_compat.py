@@ -332,6 +332,12 @@ def set_default_logger_version(logger: Any, version: str) -> bool:
 # -- FSDP (used by strategies.py) ----------------------------------------------------------------
 
 
+# ``TransformerFSDP._setup_model`` overrides FSDPStrategy's private ``_setup_model(self, model)`` to wrap
+# on CPU processes (Lightning gives torch ``device_id=None`` there), then calls it: it must skip a model
+# already wrapped and apply activation checkpointing. Checked: lightning 2.6.6 (same in 2.6.0).
+FSDP_STRATEGY_OVERRIDES: dict[str, tuple[str, ...]] = {"_setup_model": ("self", "model")}
+
+
 def set_fsdp_activation_checkpointing(strategy: Any, block_classes: set[type[nn.Module]]) -> None:
     """Have Lightning's ``FSDPStrategy`` checkpoint the activations of every module of ``block_classes``.
 
@@ -345,6 +351,23 @@ def set_fsdp_activation_checkpointing(strategy: Any, block_classes: set[type[nn.
     from lightning.fabric.strategies.fsdp import _activation_checkpointing_kwargs
 
     strategy._activation_checkpointing_kwargs = _activation_checkpointing_kwargs(None, set(block_classes))
+
+
+def unwrapped_name(name: str) -> str:
+    """``name`` (of a parameter or buffer) without the infixes FSDP and activation checkpointing add.
+
+    Inside an FSDP-wrapped model a block's weight is ``h.0._fsdp_wrapped_module.attn.c_attn.weight``
+    (``._checkpoint_wrapped_module.`` too with activation checkpointing); the state dict FSDP saves
+    uses the plain name. torch's private ``clean_tensor_name`` strips both. Checked: torch 2.15, 2.5.
+
+    Example::
+
+        >>> unwrapped_name("h.0._fsdp_wrapped_module._checkpoint_wrapped_module.attn.bias")
+        'h.0.attn.bias'
+    """
+    from torch.distributed.fsdp._common_utils import clean_tensor_name
+
+    return clean_tensor_name(name)
 
 
 # ================================================================================================

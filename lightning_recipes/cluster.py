@@ -15,7 +15,8 @@ the job it continues instead of a new ``version_N``; :func:`hpc_checkpoint` find
 :func:`quiet_dependency_noise` hides the messages of Lightning and torch that a recipe user cannot act
 on: Lightning's advertising tips, torch's ``LeafSpec`` deprecation raised inside Lightning, the
 "N module(s) in eval mode" warning after a deliberate freeze (frozen BatchNorm layers of
-:class:`~lightning_recipes.callbacks.FreezeUnfreeze`), and jsonargparse's note on ``args``.
+:class:`~lightning_recipes.callbacks.FreezeUnfreeze`), jsonargparse's note on ``args``, and torch's
+notes on what :class:`~lightning_recipes.strategies.TransformerFSDP` does deliberately.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ IGNORED_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\)` is deprecated",  # torch 2.10+, from Lightning's _pytree
     r"Found \d+ module\(s\) in eval mode at the start of training",  # frozen BatchNorm layers
     r".*args parameter is intended to run from within Python",  # LightningCLI(args=...) from main()
+    # TransformerFSDP with an adapter: blocks hold frozen and trainable weights (docs/multi_gpu.md)
+    r".*has both parameters with requires_grad=True and False",
+    r"offload_to_cpu=True and rank0_only=False",  # loading a trainable-only checkpoint under FSDP
+    r"`is_gradient_checkpointing` is deprecated",  # transformers 5, asked by torch's checkpoint wrapper
 )
 
 #: Lightning's advertising messages (``rank_zero_info``), dropped by their first words.

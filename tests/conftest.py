@@ -138,3 +138,14 @@ def run_script(tmp_path: Path):
         return proc
 
     return run
+
+
+@pytest.fixture
+def in_process_group():
+    """For a test that runs a distributed strategy (FSDP) in this process: its process group is destroyed
+    afterwards (Lightning leaves a gloo group alive), so the next test can start its own."""
+    import torch.distributed as dist
+
+    yield
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

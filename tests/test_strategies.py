@@ -1,8 +1,7 @@
-"""TransformerFSDP on CPU: the policies it builds from the recipe's model, and the refusals.
+"""TransformerFSDP: the policies it builds from the recipe's model, and the refusals.
 
-torch 2.15's FSDP refuses CPU devices and Lightning 2.6 refuses ``strategy="fsdp"`` without a GPU,
-so wrapping and training under FSDP is not run here (docs/multi_gpu.md says so); what is tested is
-every decision made before torch wraps the model.
+FSDP training itself (one CPU process here, two in the slow ``test_fsdp_recipes.py``) is in
+``tests/test_fsdp.py``.
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ def test_adapter_models_wrap_the_blocks_of_the_adapted_backbone() -> None:
     for model, block in ((text, "BertLayer"), (lm, "GPT2Block")):
         strategy = TransformerFSDP()
         assert {c.__name__ for c in strategy.configure_policies(model)} == {block}
-        assert strategy.kwargs["use_orig_params"] is True  # Lightning's default: frozen + LoRA in one unit
+        assert strategy.kwargs["use_orig_params"] is True  # Lightning's default: frozen + LoRA in one model
         policy = strategy.kwargs["auto_wrap_policy"]
         units = [m for m in model.modules() if policy(module=m, recurse=False, nonwrapped_numel=0)]
         assert len(units) == 2 and all(any("lora_" in n for n, _ in u.named_parameters()) for u in units)
@@ -86,12 +85,6 @@ def test_mixed_precision_follows_the_trainer_precision(tmp_path) -> None:
     trainer = fsdp_trainer(tmp_path, precision="bf16-mixed")
     config = trainer.strategy.mixed_precision_config
     assert (config.param_dtype, config.reduce_dtype, config.buffer_dtype) == (torch.bfloat16,) * 3
-
-
-def test_on_cpu_it_stops_at_once_saying_what_to_use(tmp_path) -> None:
-    trainer = fsdp_trainer(tmp_path)
-    with pytest.raises(RuntimeError, match=r"needs CUDA GPUs, got device cpu.*Use --trainer.strategy=ddp"):
-        trainer.fit(tiny_bert())
 
 
 @pytest.mark.parametrize(

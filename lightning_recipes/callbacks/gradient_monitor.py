@@ -7,8 +7,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
@@ -85,46 +88,57 @@ class GradientMonitor(Callback):
         self._skip_announced = False
 
     @staticmethod
-    def grad_norms(optimizer: Optimizer, norm_type: float = 2.0) -> tuple[float, dict[str, float]]:
-        """``(global norm, {group name: norm})`` of the gradients held by ``optimizer``'s parameters."""
-        groups: dict[str, float] = {}
-        per_group = []
+    def grad_norms(
+        optimizer: Optimizer, norm_type: float = 2.0, sharded: bool = False
+    ) -> tuple[float, dict[str, float]]:
+        """``(global norm, {group name: norm})`` of the gradients held by ``optimizer``'s parameters.
+
+        ``sharded``: each process holds a shard of every gradient (FSDP), so the local norms are
+        combined over the processes (a collective: every rank must call it).
+        """
+        names, norms = [], []
         for i, group in enumerate(optimizer.param_groups):
             grads = [p.grad.detach().float() for p in group["params"] if p.grad is not None]
-            if not grads:
+            if not grads and not sharded:
                 continue
-            norm = torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(g, norm_type) for g in grads]), norm_type
-            )
-            per_group.append(norm)
-            groups[str(group.get("name", i))] = norm.item()
-        if not per_group:
-            return 0.0, groups
-        return torch.linalg.vector_norm(torch.stack(per_group), norm_type).item(), groups
+            device = grads[0].device if grads else group["params"][0].device
+            stacked = [torch.linalg.vector_norm(g, norm_type) for g in grads] or [
+                torch.zeros((), device=device)
+            ]
+            names.append(str(group.get("name", i)))
+            norms.append(torch.linalg.vector_norm(torch.stack(stacked), norm_type))
+        if not norms:
+            return 0.0, {}
+        local = torch.stack(norms)
+        group_norms = _across_shards(local, norm_type) if sharded else local
+        total = torch.linalg.vector_norm(group_norms, norm_type).item()
+        return total, dict(zip(names, group_norms.tolist(), strict=True))
 
     @staticmethod
-    def _max_abs(optimizer: Optimizer) -> float:
+    def _max_abs(optimizer: Optimizer, sharded: bool = False) -> float:
         values = [
             p.grad.detach().abs().max()
             for g in optimizer.param_groups
             for p in g["params"]
-            if p.grad is not None
+            if p.grad is not None and p.grad.numel()
         ]
-        return torch.stack(values).max().item() if values else 0.0
+        local = torch.stack(values).max() if values else torch.zeros(())
+        return _across_shards(local, math.inf).item() if sharded else local.item()
 
     def _is_clipped(self, trainer: pl.Trainer, optimizer: Optimizer, norm: float) -> bool:
         clip = trainer.gradient_clip_val
         if not clip:
             return False
+        sharded = isinstance(trainer.strategy, FSDPStrategy)
         if trainer.gradient_clip_algorithm == "value":  # a str enum: GradClipAlgorithmType.VALUE
-            return self._max_abs(optimizer) > clip
-        return norm > clip if self.norm_type == 2.0 else self.grad_norms(optimizer)[0] > clip
+            return self._max_abs(optimizer, sharded) > clip
+        return norm > clip if self.norm_type == 2.0 else self.grad_norms(optimizer, sharded=sharded)[0] > clip
 
     @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
-        norm, groups = self.grad_norms(optimizer, self.norm_type)
+        norm, groups = self.grad_norms(optimizer, self.norm_type, isinstance(trainer.strategy, FSDPStrategy))
         scaler = getattr(trainer.precision_plugin, "scaler", None)  # 16-mixed: torch.amp.GradScaler
         if scaler is not None and _compat.optimizer_unscales_itself(optimizer):  # fused: still scaled
             scale = float(scaler.get_scale())
@@ -204,3 +218,10 @@ class GradientMonitor(Callback):
         self.clipped_steps = state_dict.get("clipped_steps", 0)
         self.skipped_steps = state_dict.get("skipped_steps", 0)
         self.scaler_skipped_steps = state_dict.get("scaler_skipped_steps", 0)
+
+
+def _across_shards(local: Tensor, norm_type: float) -> Tensor:
+    """The p-norms over every process of gradient shards whose local p-norms are ``local``."""
+    reduced = local.clone() if math.isinf(norm_type) else local.pow(norm_type)
+    dist.all_reduce(reduced, op=dist.ReduceOp.MAX if math.isinf(norm_type) else dist.ReduceOp.SUM)
+    return reduced if math.isinf(norm_type) else reduced.pow(1.0 / norm_type)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
@@ -210,4 +211,13 @@ class TransferModule(L.LightningModule):
             backbone = [p for p in self.backbone.parameters() if p.grad is not None]
             if backbone:
                 adaptive_clip_grad(backbone, clip_factor=self.agc_clip_factor)
+        strategy = self.trainer.strategy
+        if (
+            isinstance(strategy, FSDPStrategy)
+            and gradient_clip_val
+            and gradient_clip_algorithm in (None, "norm")
+        ):
+            # Lightning's norm clipping refuses FSDP; FSDP's own takes the norm over every rank's shard
+            strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)

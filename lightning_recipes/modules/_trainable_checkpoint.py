@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_recipes import _compat
+
 #: Checkpoint key of the base description: ``{"source", "revision", "fingerprint", "frozen_weights"}``.
 BASE_KEY = "lightning_recipes_base"
 
@@ -37,10 +39,13 @@ def fingerprint(state: Mapping[str, Tensor], keys: Iterable[str]) -> str:
 
 
 def trainable_keys(module: nn.Module, state: Mapping[str, Any]) -> set[str]:
-    """State-dict keys of ``module``'s trainable parameters (every tied name) and of its buffers."""
+    """State-dict keys of ``module``'s trainable parameters (every tied name) and of its buffers.
+
+    ``module`` may be FSDP-wrapped (its names then hold FSDP's infixes, which its state dict does not).
+    """
     kept = {n for n, p in module.named_parameters(remove_duplicate=False) if p.requires_grad}
     kept |= {n for n, _ in module.named_buffers(remove_duplicate=False)}
-    return kept & set(state)
+    return {_compat.unwrapped_name(n) for n in kept} & set(state)
 
 
 def keep_trainable(module: nn.Module, checkpoint: dict[str, Any], source: Mapping[str, Any]) -> None:
@@ -56,19 +61,16 @@ def keep_trainable(module: nn.Module, checkpoint: dict[str, Any], source: Mappin
     checkpoint["state_dict"] = {k: v for k, v in state.items() if k in kept}
 
 
-def restore_frozen(module: nn.Module, checkpoint: dict[str, Any]) -> None:
-    """Fill a trainable-only checkpoint's state dict with ``module``'s (rebuilt) frozen weights, after
-    checking their fingerprint; a full checkpoint is left as it is.
+def check_frozen(own: Mapping[str, Tensor], checkpoint: dict[str, Any], trained: Iterable[str]) -> list[str]:
+    """The keys of ``own`` (the rebuilt model's full state dict) left out of a trainable-only checkpoint
+    whose kept keys are ``trained``, after checking their fingerprint against the checkpoint's.
 
     Raises:
         ValueError: the rebuilt base has other weights (or another architecture) than the one trained on.
     """
-    base = checkpoint.get(BASE_KEY)
-    if base is None:
-        return
-    state = checkpoint["state_dict"]
-    own = module.state_dict()
-    frozen = [k for k in own if k not in state]
+    base = checkpoint[BASE_KEY]
+    trained = set(trained)
+    frozen = [k for k in own if k not in trained]
     found = fingerprint(own, frozen)
     if len(frozen) != base["frozen_weights"] or found != base["fingerprint"]:
         raise ValueError(
@@ -78,4 +80,16 @@ def restore_frozen(module: nn.Module, checkpoint: dict[str, Any]) -> None:
             f"{found[:16]}, expected {base['frozen_weights']} with {base['fingerprint'][:16]}). Point the "
             "model at the same base weights (model_name_or_path/backbone and revision) to load it."
         )
-    state.update({k: own[k] for k in frozen})
+    return frozen
+
+
+def restore_frozen(module: nn.Module, checkpoint: dict[str, Any]) -> None:
+    """Fill a trainable-only checkpoint's state dict with ``module``'s (rebuilt) frozen weights, after
+    checking their fingerprint (:func:`check_frozen`); a full checkpoint is left as it is, and so is one
+    whose state dict FSDP loaded itself (``TransformerFSDP.load_checkpoint`` checks those).
+    """
+    if BASE_KEY not in checkpoint or "state_dict" not in checkpoint:
+        return
+    state = checkpoint["state_dict"]
+    own = module.state_dict()
+    state.update({k: own[k] for k in check_frozen(own, checkpoint, state)})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from functools import partial
 
 import lightning as L
@@ -122,7 +123,7 @@ def test_clipped_counts_follow_the_trainer_algorithm(algorithm, clipped):
     opt = torch.optim.SGD([p], lr=0.1)
     algo = GradClipAlgorithmType(algorithm) if algorithm else GradClipAlgorithmType.NORM
     monitor = GradientMonitor()
-    trainer = SimpleNamespace(gradient_clip_val=0.5, gradient_clip_algorithm=algo)
+    trainer = SimpleNamespace(gradient_clip_val=0.5, gradient_clip_algorithm=algo, strategy=None)
     assert monitor._is_clipped(trainer, opt, GradientMonitor.grad_norms(opt)[0]) is clipped
     trainer.gradient_clip_val = None
     assert monitor._is_clipped(trainer, opt, 0.69) is False
@@ -244,3 +245,39 @@ def test_state_dict_roundtrip():
     assert (restored.steps, restored.clipped_steps, restored.skipped_steps) == (10, 4, 1)
     with pytest.raises(ValueError, match="norm_type"):
         GradientMonitor(norm_type=0)
+
+
+def _sharded_norms(rank: int, init: str, out: str) -> None:
+    """One of 2 processes, each holding half of every gradient (as FSDP shards them)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        full = [torch.arange(1.0, 7.0), -torch.arange(1.0, 5.0) * 3]  # two parameters, one per group
+        shards = [nn.Parameter(t.chunk(2)[rank].clone()) for t in full]
+        for shard, t in zip(shards, full, strict=True):
+            shard.grad = t.chunk(2)[rank].clone()
+        opt = torch.optim.SGD(
+            [{"params": [shards[0]], "name": "a"}, {"params": [shards[1]], "name": "b"}], lr=0.1
+        )
+        result = [
+            GradientMonitor.grad_norms(opt, 2.0, sharded=True),
+            GradientMonitor.grad_norms(opt, math.inf, True),
+        ]
+        result.append(GradientMonitor._max_abs(opt, sharded=True))
+        torch.save(result, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_gradients_give_the_norms_of_the_whole_gradients(tmp_path) -> None:
+    """Under FSDP each rank holds a shard of every gradient: the norms are reduced over the ranks."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_sharded_norms, args=(f"file://{tmp_path / 'pg'}", str(tmp_path / "out")), nprocs=2)
+    a, b = torch.arange(1.0, 7.0), -torch.arange(1.0, 5.0) * 3
+    for rank in (0, 1):  # every rank gets the same, whole-gradient figures
+        (two, groups), (inf, _), max_abs = torch.load(tmp_path / f"out.{rank}")
+        assert groups == pytest.approx({"a": a.norm().item(), "b": b.norm().item()})
+        assert two == pytest.approx(torch.cat([a, b]).norm().item())
+        assert inf == max_abs == 12.0
