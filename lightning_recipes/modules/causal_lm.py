@@ -262,8 +262,12 @@ class CausalLM(HFParts, TransferModule):
     # -- steps -----------------------------------------------------------------------------------
     @override
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Next-token logits, ``(batch, seq, vocab)``."""
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        """Next-token logits, ``(batch, seq, vocab)``.
+
+        No key/value cache: the whole sequence is scored at once, and a cache filled again when an
+        activation-checkpointed block recomputes its forward would change its shapes.
+        """
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     def token_nll(self, batch: dict[str, Tensor] | Tensor) -> tuple[Tensor, Tensor]:
         """``(sum of next-token losses, number of predicted tokens)`` of a batch.
