@@ -145,10 +145,9 @@ def test_text_recipe_under_lightning_run(tmp_path, tiny_bert_and_tsv, capsys) ->
     assert_same_validation(metrics(printed["Final metrics"]), one)
 
 
-def test_lm_recipe_under_torchrun(tmp_path, text_file, tiny_pretrained, capsys) -> None:  # noqa: F811
-    """``torchrun --nproc_per_node=2 $(which lightning) run RECIPE`` (Lightning's TorchElasticEnvironment)."""
-    recipe = str(REPO / "recipes/lm/gpt2_finetune.yaml")
-    data = [
+def lm_overrides(tmp_path: Path, text_file: Path, tiny_pretrained: Path) -> list[str]:  # noqa: F811
+    """An LM recipe on the tiny GPT-2 and corpus: 2 sequences of 32 tokens per batch."""
+    return [
         f"--model.init_args.model_name_or_path={tiny_pretrained}",
         f"--data.init_args.train_files={text_file.parent / '*.txt'}",
         "--data.init_args.block_size=32",
@@ -156,6 +155,14 @@ def test_lm_recipe_under_torchrun(tmp_path, text_file, tiny_pretrained, capsys) 
         "--data.init_args.num_workers=0",
         "--data.init_args.val_fraction=0.1",
         f"--data.init_args.cache_dir={tmp_path / 'cache'}",
+    ]
+
+
+def test_lm_recipe_under_torchrun(tmp_path, text_file, tiny_pretrained, capsys) -> None:  # noqa: F811
+    """``torchrun --nproc_per_node=2 $(which lightning) run RECIPE`` (Lightning's TorchElasticEnvironment)."""
+    recipe = str(REPO / "recipes/lm/gpt2_finetune.yaml")
+    data = [
+        *lm_overrides(tmp_path, text_file, tiny_pretrained),
         f"--trainer.default_root_dir={tmp_path / 'run'}",
     ]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +22,7 @@ from test_ddp_recipes import (
     assert_same_validation,
     check_once,
     launch,
+    lm_overrides,
     metrics,
     summary,
     validate_on_one_process,
@@ -63,19 +63,6 @@ def test_text_lora_recipe_under_fsdp(tmp_path, tiny_bert_and_tsv, capsys) -> Non
     assert_same_validation(metrics(printed["Final metrics"]), one)
 
 
-def lm_data(tmp_path: Path, text_file: Path, tiny_pretrained: Path) -> list[str]:  # noqa: F811
-    return [
-        f"--model.init_args.model_name_or_path={tiny_pretrained}",
-        f"--data.init_args.train_files={text_file.parent / '*.txt'}",
-        "--data.init_args.block_size=32",
-        "--data.init_args.batch_size=2",
-        "--data.init_args.num_workers=0",
-        "--data.init_args.val_fraction=0.1",
-        f"--data.init_args.cache_dir={tmp_path / 'cache'}",
-        "--model.init_args.config={resid_pdrop: 0.0, embd_pdrop: 0.0, attn_pdrop: 0.0}",  # resume compares
-    ]
-
-
 def test_lm_recipe_under_fsdp_with_torchrun_resumes_to_the_same_weights(
     tmp_path,
     text_file,  # noqa: F811
@@ -85,7 +72,8 @@ def test_lm_recipe_under_fsdp_with_torchrun_resumes_to_the_same_weights(
     recipe = str(REPO / "recipes/lm/gpt2_mini_finetune_local.yaml")
     # one schedule for all three runs (else the stopped run's is sized for its 1 epoch, and restored)
     data = [
-        *lm_data(tmp_path, text_file, tiny_pretrained),
+        *lm_overrides(tmp_path, text_file, tiny_pretrained),
+        "--model.init_args.config={resid_pdrop: 0.0, embd_pdrop: 0.0, attn_pdrop: 0.0}",  # compared exactly
         "--model.init_args.lr_scheduler.init_args.total_steps=6",
     ]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
