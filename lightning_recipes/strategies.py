@@ -62,6 +62,19 @@ def _tied_frozen(module: nn.Module) -> str | None:
     return None
 
 
+def _full_state_dict(model: nn.Module, offload_to_cpu: bool, rank0_only: bool) -> Any:
+    """torch's FSDP context in which ``model``'s and its optimizers' state dicts are full (unsharded)."""
+    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    return FSDP.state_dict_type(
+        model,
+        StateDictType.FULL_STATE_DICT,
+        FullStateDictConfig(offload_to_cpu=offload_to_cpu, rank0_only=rank0_only),
+        FullOptimStateDictConfig(offload_to_cpu=offload_to_cpu, rank0_only=rank0_only),
+    )
+
+
 class TransformerFSDP(FSDPStrategy):
     """Lightning's ``FSDPStrategy`` with one FSDP unit per transformer block of the model, found at setup.
 
@@ -148,26 +161,24 @@ class TransformerFSDP(FSDPStrategy):
 
         if self._root is not None and self._root.module is model:
             return self._root  # a later stage (fit, then test): the root unit still holds the embeddings
-        if self.root_device.type != "cpu" or any(
-            isinstance(m, FullyShardedDataParallel) for m in model.modules()
-        ):
-            self._root = super()._setup_model(model)
-            return self._root
-        model = FullyShardedDataParallel(
-            module=model,
-            cpu_offload=self.cpu_offload,
-            mixed_precision=self.mixed_precision_config,
-            sharding_strategy=self.sharding_strategy,
-            device_id=self.root_device,
-            **self.kwargs,
-        )
-        policy = self.kwargs.pop("auto_wrap_policy", None)  # applied: Lightning warns of one it finds
+        policy = None
+        wrapped = any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
+        if self.root_device.type == "cpu" and not wrapped:
+            model = FullyShardedDataParallel(
+                module=model,
+                cpu_offload=self.cpu_offload,
+                mixed_precision=self.mixed_precision_config,
+                sharding_strategy=self.sharding_strategy,
+                device_id=self.root_device,
+                **self.kwargs,
+            )
+            policy = self.kwargs.pop("auto_wrap_policy", None)  # applied: Lightning warns of one it finds
         try:
             self._root = super()._setup_model(model)
-            return self._root
         finally:
             if policy is not None:
                 self.kwargs["auto_wrap_policy"] = policy
+        return self._root
 
     @override
     def setup(self, trainer: pl.Trainer) -> None:
@@ -207,23 +218,13 @@ class TransformerFSDP(FSDPStrategy):
         process that is the gather buffer itself, reused for the next state, so Adam's ``exp_avg``
         and ``exp_avg_sq`` would be saved as one tensor and a resumed run would diverge.
         """
-        from torch.distributed.fsdp import (
-            FullOptimStateDictConfig,
-            FullStateDictConfig,
-            OptimStateKeyType,
-            StateDictType,
-        )
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp import OptimStateKeyType
 
         if self.root_device.type != "cpu" or self._sharded_checkpoints:
             return super().optimizer_state(optimizer)
         optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer's
-        with FSDP.state_dict_type(
-            self.model,
-            StateDictType.FULL_STATE_DICT,
-            FullStateDictConfig(offload_to_cpu=False, rank0_only=True),
-            FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=True),  # copies each state
-        ):
+        with _full_state_dict(self.model, offload_to_cpu=False, rank0_only=True):  # copies each state
             state = FSDP.optim_state_dict(self.model, optimizer)
         if self.global_rank == 0:  # Lightning's format: keyed by parameter index
             state = FSDP.rekey_optim_state_dict(state, OptimStateKeyType.PARAM_ID, self.model)
@@ -238,25 +239,18 @@ class TransformerFSDP(FSDPStrategy):
         each rank's CPU, as Lightning's loading of a full checkpoint holds it), checked against the
         checkpoint's fingerprint, and loaded with the trained weights; then the optimizer state.
         """
-        from torch.distributed.fsdp import (
-            FullOptimStateDictConfig,
-            FullStateDictConfig,
-            OptimStateKeyType,
-            StateDictType,
-        )
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp import OptimStateKeyType
 
         path = Path(self.broadcast(str(checkpoint_path)))
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else {}
+        # memory-mapped: a full checkpoint is only peeked at here, then read by Lightning's loading
+        checkpoint = (
+            torch.load(path, map_location="cpu", mmap=True, weights_only=False) if path.is_file() else {}
+        )
         if BASE_KEY not in checkpoint:
             return super().load_checkpoint(checkpoint_path, weights_only)
         module, trained = self.lightning_module, checkpoint.pop("state_dict")
-        with FSDP.state_dict_type(
-            self.model,
-            StateDictType.FULL_STATE_DICT,
-            FullStateDictConfig(offload_to_cpu=True, rank0_only=False),
-            FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=False),
-        ):
+        with _full_state_dict(self.model, offload_to_cpu=True, rank0_only=False):
             own = self.model.state_dict()
             frozen = check_frozen(own, checkpoint, trained)  # the same on every rank: all raise alike
             self.model.load_state_dict(

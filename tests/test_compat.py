@@ -1,7 +1,7 @@
-"""One test per entry of lightning_recipes/_compat.py: an upgrade breaking a private API fails here, loudly.
+"""One test per entry of lightning_recipes/_compat/: an upgrade breaking a private API fails here, loudly.
 
 Each failure message names the library, its installed version, the private name and the version the
-entry was checked against; the fix goes in ``lightning_recipes/_compat.py`` (and its docstring).
+entry was checked against; the fix goes in ``lightning_recipes/_compat/`` (and its docstring).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def broken(library: str, what: str) -> str:
     """The assertion message: which library and version broke which private API."""
     return (
         f"{library} {version(library)} changed a private API lightning_recipes relies on: {what} "
-        f"(checked against {library} {CHECKED[library]}); update lightning_recipes/_compat.py"
+        f"(checked against {library} {CHECKED[library]}); update lightning_recipes/_compat/"
     )
 
 
@@ -318,18 +318,22 @@ def test_early_stopping_reason_is_optional_before_lightning_2_6(monkeypatch):
     """lightning 2.4 and 2.5 lack EarlyStoppingReason: _compat falls back to None, no reason is set."""
     import importlib
 
+    def reload_compat() -> None:  # the module that imports it, then the package that re-exports it
+        importlib.reload(_compat._lightning)
+        importlib.reload(_compat)
+
     import lightning.pytorch.callbacks.early_stopping as lightning_early_stopping
 
     monkeypatch.delattr(lightning_early_stopping, "EarlyStoppingReason")
     try:
-        importlib.reload(_compat)
+        reload_compat()
         assert _compat.EarlyStoppingReason is None
         callback = SimpleNamespace()
         _compat.set_patience_exhausted(callback)
         assert not hasattr(callback, "stopping_reason")
     finally:
         monkeypatch.undo()
-        importlib.reload(_compat)
+        reload_compat()
     assert _compat.EarlyStoppingReason is lightning_early_stopping.EarlyStoppingReason
 
 
