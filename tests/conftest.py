@@ -16,6 +16,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if sys.platform.startswith("linux"):
+    # Every multi-process test runs its ranks on this machine: gloo connects them over the loopback
+    # interface instead of the address the host name resolves to (unreachable in some sandboxes).
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LIGHTNING_RECIPES_SHARED", REPO / ".." / "shared")).resolve()

@@ -249,9 +249,12 @@ def test_state_dict_roundtrip():
 
 def _sharded_norms(rank: int, init: str, out: str) -> None:
     """One of 2 processes, each holding half of every gradient (as FSDP shards them)."""
+    from datetime import timedelta
+
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    # a rank that cannot reach the other fails within a minute instead of gloo's 30-minute default
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))
     try:
         full = [torch.arange(1.0, 7.0), -torch.arange(1.0, 5.0) * 3]  # two parameters, one per group
         shards = [nn.Parameter(t.chunk(2)[rank].clone()) for t in full]
@@ -270,6 +273,7 @@ def _sharded_norms(rank: int, init: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes, like every multi-process test (tests/test_fsdp_recipes.py runs it in FSDP)
 def test_sharded_gradients_give_the_norms_of_the_whole_gradients(tmp_path) -> None:
     """Under FSDP each rank holds a shard of every gradient: the norms are reduced over the ranks."""
     import torch.multiprocessing as mp
