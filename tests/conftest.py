@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-if sys.platform.startswith("linux"):
+if "lo" in {name for _, name in socket.if_nameindex()}:
     # Every multi-process test runs its ranks on this machine: gloo connects them over the loopback
     # interface instead of the address the host name resolves to (unreachable in some sandboxes).
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
