@@ -130,8 +130,8 @@ class TransformerFSDP(FSDPStrategy):
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
         classes = transformer_block_classes(pl_module)
-        if _has_frozen(pl_module) and self.kwargs.get("use_orig_params") is False:
-            frozen = [name for name, p in pl_module.named_parameters() if not p.requires_grad]
+        frozen = [name for name, p in pl_module.named_parameters() if not p.requires_grad]
+        if frozen and self.kwargs.get("use_orig_params") is False:
             raise ValueError(
                 f"TransformerFSDP(use_orig_params=False) with frozen parameters ({len(frozen)}, e.g. "
                 f"{frozen[0]}): an adapter's or a frozen layer's FSDP unit would mix trainable and frozen "

@@ -548,14 +548,27 @@ def test_fsdp_activation_checkpointing_is_what_the_constructor_sets():
     assert not policy(module=nn.ReLU(), recurse=False, nonwrapped_numel=0)
 
 
+def fsdp_fit(tmp_path, *callbacks: L.Callback):
+    """One step of a 2-block GPT-2 under TransformerFSDP (activation checkpointing) on one CPU process:
+    ``(model, strategy)``."""
+    from lightning_recipes import CausalLM
+    from lightning_recipes.strategies import TransformerFSDP
+
+    model = CausalLM(config={"n_layer": 2, "n_embd": 8, "n_head": 2, "n_positions": 8, "vocab_size": 16})
+    strategy = TransformerFSDP(activation_checkpointing=True)
+    trainer = L.Trainer(accelerator="cpu", devices=1, strategy=strategy, max_steps=1, logger=False,
+                        callbacks=list(callbacks), enable_checkpointing=False, enable_progress_bar=False,
+                        default_root_dir=tmp_path)  # fmt: skip
+    rows = [{"input_ids": row, "attention_mask": torch.ones(8)} for row in torch.randint(0, 16, (4, 8))]
+    trainer.fit(model, DataLoader(rows, batch_size=2))
+    return model, strategy
+
+
 def test_fsdp_strategy_private_override_keeps_its_contract(tmp_path, in_process_group):
     """``_setup_model`` keeps its parameters; a CPU fit under TransformerFSDP wraps and checkpoints."""
     from lightning.pytorch.strategies import FSDPStrategy
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
     from torch.distributed.fsdp import FullyShardedDataParallel
-
-    from lightning_recipes import CausalLM
-    from lightning_recipes.strategies import TransformerFSDP
 
     for name, expected in _compat.FSDP_STRATEGY_OVERRIDES.items():
         method = getattr(FSDPStrategy, name, None)
@@ -563,15 +576,7 @@ def test_fsdp_strategy_private_override_keeps_its_contract(tmp_path, in_process_
         assert tuple(params(method)) == expected, broken(
             "lightning", f"FSDPStrategy.{name}{inspect.signature(method)}, expected parameters {expected}"
         )
-    model = CausalLM(config={"n_layer": 2, "n_embd": 8, "n_head": 2, "n_positions": 8, "vocab_size": 16})
-    strategy = TransformerFSDP(activation_checkpointing=True)
-    trainer = L.Trainer(accelerator="cpu", devices=1, strategy=strategy, max_steps=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        default_root_dir=tmp_path)  # fmt: skip
-    ids = torch.randint(0, 16, (4, 8))
-    trainer.fit(
-        model, DataLoader([{"input_ids": row, "attention_mask": torch.ones(8)} for row in ids], batch_size=2)
-    )
+    _, strategy = fsdp_fit(tmp_path)
     kinds = [type(m) for m in strategy.model.modules()]
     assert kinds.count(FullyShardedDataParallel) == 3, broken("lightning", "_setup_model of a wrapped model")
     assert kinds.count(CheckpointWrapper) == 2, broken("lightning", "_setup_model's activation checkpointing")
@@ -580,8 +585,6 @@ def test_fsdp_strategy_private_override_keeps_its_contract(tmp_path, in_process_
 def test_unwrapped_name_matches_the_names_of_the_state_dict_fsdp_saves(tmp_path, in_process_group):
     from torch.distributed.fsdp import FullyShardedDataParallel
 
-    from lightning_recipes.strategies import TransformerFSDP
-
     names = []
 
     class Names(L.Callback):
@@ -589,14 +592,7 @@ def test_unwrapped_name_matches_the_names_of_the_state_dict_fsdp_saves(tmp_path,
             names.extend(n for n, _ in pl_module.named_parameters(remove_duplicate=False))
             assert any(isinstance(m, FullyShardedDataParallel) for m in pl_module.modules())
 
-    from lightning_recipes import CausalLM
-
-    model = CausalLM(config={"n_layer": 2, "n_embd": 8, "n_head": 2, "n_positions": 8, "vocab_size": 16})
-    trainer = L.Trainer(accelerator="cpu", devices=1, strategy=TransformerFSDP(activation_checkpointing=True),
-                        max_steps=1, logger=False, callbacks=[Names()], enable_checkpointing=False,
-                        enable_progress_bar=False, default_root_dir=tmp_path)  # fmt: skip
-    rows = [{"input_ids": row, "attention_mask": torch.ones(8)} for row in torch.randint(0, 16, (4, 8))]
-    trainer.fit(model, DataLoader(rows, batch_size=2))
+    model, _ = fsdp_fit(tmp_path, Names())
     wrapped = [n for n in names if "_fsdp_wrapped_module" in n]
     assert wrapped, "the blocks were not wrapped"
     assert {_compat.unwrapped_name(n) for n in names} == set(model.state_dict()), broken(
