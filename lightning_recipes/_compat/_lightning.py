@@ -295,6 +295,36 @@ def optimizer_unscales_itself(optimizer: Any) -> bool:
     return bool(_optimizer_handles_unscaling(optimizer))
 
 
+def unscale_fused_for_clipping(precision: Any, optimizer: Any) -> bool:
+    """For a ``fused=True`` optimizer under ``16-mixed``/``bf16-mixed``: unscale its fp16 gradients now, so
+    they can be clipped, and return ``True``; ``False`` (nothing done) for any other optimizer or precision.
+
+    Lightning's ``MixedPrecision.clip_gradients`` refuses any optimizer that unscales in its own step
+    ("does not allow for gradient clipping ... Are you using a 'fused' optimizer?"), for bf16 too, where
+    there is no loss scale at all. Under fp16 the gradients are unscaled with the scaler's public
+    ``unscale_``: torch's ``GradScaler.step`` then gives the fused step no scale and still skips the step
+    on inf/NaN. Then :func:`clip_unchecked` clips them. Checked: lightning 2.6.6, torch 2.5 and 2.15.
+    """
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    if not (isinstance(precision, MixedPrecision) and optimizer_unscales_itself(optimizer)):
+        return False
+    if precision.scaler is not None:
+        precision.scaler.unscale_(optimizer)
+    return True
+
+
+def clip_unchecked(precision: Any, optimizer: Any, clip_val: float, algorithm: str | None) -> None:
+    """Lightning's clipping (``Precision.clip_gradients``: by norm or value over the optimizer's
+    parameters) without ``MixedPrecision``'s refusal of fused optimizers; for gradients that
+    :func:`unscale_fused_for_clipping` unscaled. Relies on ``MixedPrecision.clip_gradients`` adding
+    nothing but that refusal to its parent's. Checked: lightning 2.6.6."""
+    from lightning.pytorch.plugins.precision import Precision
+    from lightning.pytorch.utilities import GradClipAlgorithmType
+
+    Precision.clip_gradients(precision, optimizer, clip_val, GradClipAlgorithmType(algorithm or "norm"))
+
+
 # -- loggers (used by cluster.py) -------------------------------------------------------------------
 
 

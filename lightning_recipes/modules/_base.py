@@ -12,6 +12,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from lightning_recipes import _compat
 from lightning_recipes.handshake import DataSpec, InputSpec
 from lightning_recipes.modules import _trainable_checkpoint
 from lightning_recipes.schedulers import WarmupDecay
@@ -205,6 +206,14 @@ class TransferModule(L.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
+        """AGC of the backbone (``agc_clip_factor``), then the Trainer's ``gradient_clip_val`` clipping.
+
+        A ``fused=True`` optimizer under ``bf16-mixed``/``16-mixed`` is clipped too (Lightning refuses it):
+        its fp16 gradients are unscaled first, so AGC and clipping see the true gradients.
+        """
+        precision = self.trainer.precision_plugin
+        clipping = bool(gradient_clip_val) or self.agc_clip_factor is not None
+        fused_amp = clipping and _compat.unscale_fused_for_clipping(precision, optimizer)
         if self.agc_clip_factor is not None:
             from timm.utils import adaptive_clip_grad
 
@@ -219,5 +228,7 @@ class TransferModule(L.LightningModule):
         ):
             # Lightning's norm clipping refuses FSDP; FSDP's own takes the norm over every rank's shard
             strategy.model.clip_grad_norm_(gradient_clip_val)
-            return
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        elif fused_amp and gradient_clip_val:
+            _compat.clip_unchecked(precision, optimizer, gradient_clip_val, gradient_clip_algorithm)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
