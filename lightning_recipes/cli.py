@@ -29,7 +29,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from lightning_recipes import zoo
+from lightning_recipes import preflight, zoo
 from lightning_recipes.callbacks.non_finite_guard import NonFiniteGuard
 from lightning_recipes.callbacks.prediction_writer import PredictionWriter
 from lightning_recipes.cluster import (
@@ -110,8 +110,11 @@ class LightningRecipesCLI(LightningCLI):
 
     @override
     def before_instantiate_classes(self) -> None:
-        """Resuming from a checkpoint continues the W&B run whose id the checkpoint stores."""
+        """Options that cannot work together are refused before anything is built
+        (:func:`~lightning_recipes.preflight.check`); resuming from a checkpoint continues the W&B run
+        whose id the checkpoint stores."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        preflight.check(config)
         trainer = config.get("trainer", {})
         apply_resume_id(trainer.get("logger"), config.get("ckpt_path") or requeued_from(trainer))
 

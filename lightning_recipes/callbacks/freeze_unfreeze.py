@@ -275,21 +275,36 @@ class FreezeUnfreeze(BaseFinetuning):
         if target > self.stage:
             self._advance(pl_module.trainer, pl_module, target)
 
+    @classmethod
+    def strategy_refusal(cls, strategy: type) -> str | None:
+        """Why FreezeUnfreeze cannot run under the strategy class ``strategy``, or ``None`` if it can.
+
+        Asked in ``setup`` and, before anything is built, by :mod:`lightning_recipes.preflight`.
+        """
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        # DeepSpeedStrategy is a DDPStrategy subclass: checked first
+        if not issubclass(strategy, DeepSpeedStrategy) and issubclass(
+            strategy, (SingleDeviceStrategy, DDPStrategy)
+        ):
+            return None
+        return (
+            f"FreezeUnfreeze supports single-device and DDP strategies, not {strategy.__name__}: FSDP and "
+            "DeepSpeed flatten and shard the parameters when they wrap the model, so parameters frozen then "
+            "cannot join the optimizer later. Use --trainer.strategy=ddp (a frozen backbone holds no "
+            "gradients or optimizer state, so the frozen phase fits where fine-tuning does not), or drop "
+            "FreezeUnfreeze and fine-tune every layer under FSDP"
+        )
+
     # -- hooks -----------------------------------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         self._restored_stage = 0  # a checkpoint's stage arrives later, through load_state_dict
-        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
-            raise NotImplementedError(
-                "FreezeUnfreeze supports single-device and DDP strategies, not "
-                f"{type(trainer.strategy).__name__}: FSDP and DeepSpeed flatten and shard the parameters "
-                "when they wrap the model, so parameters frozen then cannot join the optimizer later. Use "
-                "--trainer.strategy=ddp (a frozen backbone holds no gradients or optimizer state, so the "
-                "frozen phase fits where fine-tuning does not), or drop FreezeUnfreeze and fine-tune every "
-                "layer under FSDP"
-            )
+        refusal = self.strategy_refusal(type(trainer.strategy))
+        if refusal:
+            raise NotImplementedError(refusal)
         # Unfreeze before an LR sweep of the same epoch (see "Order with tuner callbacks").
         _compat.run_before_tuner_callbacks(trainer, self)
         self.freeze_before_training(pl_module)

@@ -213,17 +213,28 @@ class LRFinder(LearningRateFinder):
         self.results: dict[str, list[float]] = {}
         self.history: list[dict[str, Any]] = []
 
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    @classmethod
+    def strategy_refusal(cls, strategy: type) -> str | None:
+        """Why LRFinder cannot run under the strategy class ``strategy``, or ``None`` if it can.
+
+        Asked in ``setup`` and, before anything is built, by :mod:`lightning_recipes.preflight`.
+        """
         from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
-        if stage == "fit" and isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy)):
-            raise NotImplementedError(
-                f"LRFinder does not run under {type(trainer.strategy).__name__}: its sweep saves and "
-                "restores the whole trainer state, which is untested with sharded parameters. Sweep on one "
-                "GPU or with --trainer.strategy=ddp (stages: [fit], a few hundred steps), then set "
-                "--model.init_args.lr to the suggested value and remove LRFinder from the FSDP run"
-            )
+        if not issubclass(strategy, (FSDPStrategy, DeepSpeedStrategy)):
+            return None
+        return (
+            f"LRFinder does not run under {strategy.__name__}: its sweep saves and restores the whole "
+            "trainer state, which is untested with sharded parameters. Sweep on one GPU or with "
+            "--trainer.strategy=ddp (stages: [fit], a few hundred steps), then set --model.init_args.lr "
+            "to the suggested value and remove LRFinder from the FSDP run"
+        )
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        refusal = self.strategy_refusal(type(trainer.strategy)) if stage == "fit" else None
+        if refusal:
+            raise NotImplementedError(refusal)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
