@@ -139,6 +139,8 @@ def test_text_recipe_under_lightning_run(tmp_path, tiny_bert_and_tsv, capsys) ->
     (data_dir / "dev.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")  # 7: 4 + 3 (+1 pad)
     recipe = str(REPO / "recipes/text/sst2_minilm_local.yaml")
     data = [*text_overrides(model_dir, data_dir), "--data.init_args.eval_batch_size=2"]
+    # 32-true: the metrics of 2 processes are compared with 1 process's to float precision (the recipe as
+    # shipped, bf16-mixed included, runs in tests/recipes/test_shipped_recipes.py)
     proc = launch([LIGHTNING, "run", recipe, *TWO, *FAST, "--trainer.precision=32-true", *data], tmp_path)
     printed = check_once(proc)
     one = validate_on_one_process(recipe, data, printed["Best checkpoint"], capsys)

@@ -22,7 +22,6 @@ WORDS = ["good", "great", "fun", "bad", "awful", "dull", "film", "movie", "the",
 FAST = [
     "--trainer.accelerator=cpu",
     "--trainer.devices=1",
-    "--trainer.precision=32-true",
     "--trainer.max_epochs=1",
     "--trainer.limit_train_batches=2",
     "--trainer.limit_val_batches=2",
