@@ -16,6 +16,10 @@ data) and still trains on the data; later ones train on the cache. Uncached epoc
 so the baseline runs ``--baseline-epochs`` epochs and its epochs after the first are averaged.
 
     python benchmarks/feature_cache.py --threads 1 --images 300 --sentences 8000 --epochs 5
+
+``--smoke`` runs both workloads for 2 epochs each way on 30 images and 32 sentences, with tiny stand-ins for
+``../shared`` (a 2-layer BERT, timm ``test_efficientnet`` at 32 px, toy sentences: ``benchmarks/_smoke.py``)
+in seconds, on any machine (a check that the script runs; its figures mean nothing).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _smoke
 import lightning as L
 import numpy as np
 import torch
@@ -63,9 +68,10 @@ def write_images(root: Path, n: int) -> Path:
     return root
 
 
-def image_run(root: Path, cache: bool, epochs: int, cache_dir: str) -> list[float]:
+def image_run(args: argparse.Namespace, root: Path, cache: bool, epochs: int, cache_dir: str) -> list[float]:
     L.seed_everything(0, verbose=False)
-    model = ImageClassifier(f"local-dir:{SHARED / 'models' / 'efficientnet_lite0'}", num_classes=3, lr=1e-3)
+    weights = args.shared / "models" / "efficientnet_lite0"
+    model = ImageClassifier(f"local-dir:{weights}", num_classes=3, lr=1e-3)
     data = ImageDataModule(root=str(root), val_fraction=0.1, batch_size=32, augment=False)
     connect(model, data)
     return fit(model, data, cache, epochs, cache_dir)
@@ -75,13 +81,13 @@ def text_run(args: argparse.Namespace, cache: bool, epochs: int, cache_dir: str)
     from transformers import AutoConfig
 
     L.seed_everything(0, verbose=False)
-    encoder = SHARED / "models" / "all-MiniLM-L6-v2"
+    encoder = args.shared / "models" / "all-MiniLM-L6-v2"
     config = AutoConfig.from_pretrained(encoder).to_dict()
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = TextClassifier(str(encoder), num_classes=2, config=config, pooling="mean", lr=1e-3)
     data = TextDataModule(
-        train_file=str(SHARED / "data" / "sst2" / "train.tsv"),
-        val_file=str(SHARED / "data" / "sst2" / "dev.tsv"),
+        train_file=str(args.shared / "data" / "sst2" / "train.tsv"),
+        val_file=str(args.shared / "data" / "sst2" / "dev.tsv"),
         text_column="sentence", labels=["negative", "positive"], train_size=args.sentences,
         max_length=args.max_length, batch_size=32, eval_batch_size=128, cache_dir=cache_dir + "-hf",
     )  # fmt: skip
@@ -121,14 +127,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--baseline-epochs", type=int, default=2)
     parser.add_argument("--only", choices=["image", "text"], default=None)
+    parser.add_argument("--shared", type=Path, default=SHARED, help="folder with the real weights and data")
+    parser.add_argument("--smoke", action="store_true", help="tiny stand-ins, 2 epochs: checks the script")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.smoke:
+            args.shared = _smoke.tiny_shared(Path(tmp) / "shared")
+            args.images, args.sentences, args.max_length, args.epochs, args.baseline_epochs = 30, 32, 16, 2, 2
         cache_dir = str(Path(tmp) / "features")
         if args.only in (None, "image"):
             root = write_images(Path(tmp) / "images", args.images)
-            uncached = image_run(root, False, args.baseline_epochs, cache_dir)
-            report("EfficientNet-Lite0", uncached, image_run(root, True, args.epochs, cache_dir))
+            uncached = image_run(args, root, False, args.baseline_epochs, cache_dir)
+            report("EfficientNet-Lite0", uncached, image_run(args, root, True, args.epochs, cache_dir))
         if args.only in (None, "text"):
             uncached = text_run(args, False, args.baseline_epochs, cache_dir)
             report("MiniLM", uncached, text_run(args, True, args.epochs, cache_dir))

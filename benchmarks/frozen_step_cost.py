@@ -7,6 +7,10 @@ not timed). The frozen run is ``FreezeUnfreeze(unfreeze_at_epoch=None)``: head o
 through the backbone.
 
     python benchmarks/frozen_step_cost.py --steps 20 --batch-size 16 --image-size 128
+
+``--smoke`` times 2 steps (after 1 untimed) of batches of 2 images at 32 px on timm's ``test_efficientnet``
+with random weights, in seconds and without ``../shared`` (a check that the script runs; its figures
+mean nothing).
 """
 
 from __future__ import annotations
@@ -39,8 +43,13 @@ class StepTimer(L.Callback):
 
 def seconds_per_step(frozen: bool, args: argparse.Namespace) -> float:
     L.seed_everything(0, verbose=False)
-    backbone = f"local-dir:{WEIGHTS}" if WEIGHTS.is_dir() else "efficientnet_lite0"
-    model = ImageClassifier(backbone, num_classes=10, pretrained=WEIGHTS.is_dir(), lr=1e-3)
+    if args.smoke:
+        backbone, pretrained = "test_efficientnet", False
+    elif WEIGHTS.is_dir():
+        backbone, pretrained = f"local-dir:{WEIGHTS}", True
+    else:
+        backbone, pretrained = "efficientnet_lite0", False
+    model = ImageClassifier(backbone, num_classes=10, pretrained=pretrained, lr=1e-3)
     n = (args.steps + args.warmup) * args.batch_size
     data = TensorDataset(torch.randn(n, 3, args.image_size, args.image_size), torch.randint(0, 10, (n,)))
     timer = StepTimer(args.warmup)
@@ -59,7 +68,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--smoke", action="store_true", help="a tiny model for 3 steps: checks the script")
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.warmup, args.batch_size, args.image_size = 2, 1, 2, 32
     full, frozen = seconds_per_step(False, args), seconds_per_step(True, args)
     print("\n| run | median s/step | vs full fine-tuning |\n| --- | --- | --- |")
     print(f"| full fine-tuning | {full:.3f} | 1.00x |")

@@ -15,6 +15,11 @@ Run from the repository root (the recipes name ``../shared`` paths)::
 
     python benchmarks/lm_transfer_vs_scratch.py --steps 150 --threads 2
     python benchmarks/lm_transfer_vs_scratch.py --steps 60 --skip-scratch-low-lr   # a shorter run
+
+``--smoke`` runs every arm the same way for 2 steps in seconds, from any folder and without ``../shared``:
+the zoo model is replaced by a 2-layer GPT-2 pretrained for 20 steps on toy sentences, the SST-2 files by
+tables of toy sentences, batches are 4 x 32 tokens, 1 thread (``benchmarks/_smoke.py``; its figures mean
+nothing).
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import _smoke
 import torch
 
 from lightning_recipes.cli import run_recipe
-from lightning_recipes.modules._hf import resolve_model_name
+from lightning_recipes.zoo import resolve_model_name
 
 LM = Path(__file__).resolve().parents[1] / "recipes" / "lm"
 
@@ -58,8 +64,42 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150, help="optimizer steps per arm (32 x 128 tokens)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--skip-scratch-low-lr", action="store_true", help="no scratch arm at LR 5e-4")
+    parser.add_argument("--smoke", action="store_true", help="2 steps on tiny stand-ins: checks the script")
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.threads = 2, 1
     torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = smoke_setup(Path(tmp)) if args.smoke else []
+        results = run_arms(args, Path(tmp), data)
+    best_scratch = min(ppl for name, (ppl, _) in results.items() if name.startswith("from scratch"))
+    if args.smoke:
+        print("\nsmoke run: tiny stand-ins, 4 x 32 tokens per step; the figures mean nothing")
+    else:
+        print(f"\n{args.steps} steps x 32 x 128 tokens of SST-2 sentences; test/ppl on the 872 dev sentences")
+    print("| arm | test/ppl | best from-scratch ppl / this | wall time (s) |")
+    print("| --- | --- | --- | --- |")
+    for name, (ppl, seconds) in results.items():
+        print(f"| {name} | {ppl:.1f} | {best_scratch / ppl:.2f} | {seconds:.0f} |")
+
+
+def smoke_setup(tmp: Path) -> list[str]:
+    """The stand-ins of ``--smoke`` (zoo model, SST-2 tables); returns the overrides that use them."""
+    _smoke.tiny_zoo(tmp, "gpt2-mini.shakespeare")
+    sst2 = _smoke.write_sst2(tmp / "sst2")
+    return [
+        f"--data.init_args.train_files={sst2 / 'train.tsv'}",
+        f"--data.init_args.val_files={sst2 / 'dev.tsv'}",
+        f"--data.init_args.test_files={sst2 / 'dev.tsv'}",
+        "--data.init_args.block_size=32",
+        "--data.init_args.batch_size=4",
+        "--trainer.limit_val_batches=2",
+        "--trainer.limit_test_batches=2",
+    ]
+
+
+def run_arms(args: argparse.Namespace, tmp: Path, data: list[str]) -> dict[str, tuple[float, float]]:
+    """``{arm: (test perplexity, wall time)}``; ``data`` overrides every arm's data (``--smoke``)."""
     folder = resolve_model_name("gpt2-mini.shakespeare")  # builds the zoo model first, outside the timings
     config = json.loads((Path(folder) / "config.json").read_text())
     keys = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "bos_token_id", "eos_token_id")
@@ -78,16 +118,10 @@ def main() -> None:
     }
     if args.skip_scratch_low_lr:
         del arms["from scratch, LR 5e-4"]
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, (recipe, epochs, overrides)) in enumerate(arms.items()):
-            results[name] = run(recipe, Path(tmp) / str(i), args.steps // epochs, overrides)
-    best_scratch = min(ppl for name, (ppl, _) in results.items() if name.startswith("from scratch"))
-    print(f"\n{args.steps} steps x 32 x 128 tokens of SST-2 sentences; test/ppl on the 872 dev sentences")
-    print("| arm | test/ppl | best from-scratch ppl / this | wall time (s) |")
-    print("| --- | --- | --- | --- |")
-    for name, (ppl, seconds) in results.items():
-        print(f"| {name} | {ppl:.1f} | {best_scratch / ppl:.2f} | {seconds:.0f} |")
+    return {
+        name: run(recipe, tmp / str(i), args.steps // epochs, [*overrides, *data])
+        for i, (name, (recipe, epochs, overrides)) in enumerate(arms.items())
+    }
 
 
 if __name__ == "__main__":

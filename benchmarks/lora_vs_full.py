@@ -18,6 +18,10 @@ less when other jobs share the machine. Checkpoint size: ``trainer.save_checkpoi
 Run (from the repository root; prints a markdown table and the ratios)::
 
     nice .venv/bin/python benchmarks/lora_vs_full.py --lora-lrs 2e-3 3e-3 5e-3
+
+``--smoke`` runs full fine-tuning and one LoRA run (3 steps of 4 sentences each) on tiny stand-ins for
+``../shared`` (a 2-layer BERT, toy sentences: ``benchmarks/_smoke.py``), in seconds, on any machine (a
+check that the script runs; its figures mean nothing).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import _smoke
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -50,8 +56,8 @@ def run(args: argparse.Namespace, lr: float, lora: bool, queue: Any) -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         dm = TextDataModule(
-            train_file=str(SHARED / "data/sst2/train.tsv"),
-            val_file=str(SHARED / "data/sst2/dev.tsv"),
+            train_file=str(args.shared / "data/sst2/train.tsv"),
+            val_file=str(args.shared / "data/sst2/dev.tsv"),
             text_column="sentence",
             labels=["negative", "positive"],
             train_size=args.train_size,
@@ -114,19 +120,8 @@ def run(args: argparse.Namespace, lr: float, lora: bool, queue: Any) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=SHARED / "models/all-MiniLM-L6-v2")
-    parser.add_argument("--train-size", type=int, default=8000)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--full-lr", type=float, default=5e-5)
-    parser.add_argument("--lora-lrs", type=float, nargs="+", default=[2e-3, 3e-3, 5e-3])
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (1: robust if shared)")
-    args = parser.parse_args()
-    if not (SHARED / "data/sst2/train.tsv").is_file() or not args.model.is_dir():
-        raise SystemExit(f"Needs {SHARED}/data/sst2 and {args.model} (see ../shared/README.md)")
-
+def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Full fine-tuning, then LoRA at each LR, each in a fresh process; their measures in that order."""
     context = multiprocessing.get_context("spawn")
     rows = []
     for lr, lora in [(args.full_lr, False), *((lr, True) for lr in args.lora_lrs)]:
@@ -136,6 +131,29 @@ def main() -> None:
         rows.append(queue.get())
         process.join()
         print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="default: <shared>/models/all-MiniLM-L6-v2")
+    parser.add_argument("--train-size", type=int, default=8000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--full-lr", type=float, default=5e-5)
+    parser.add_argument("--lora-lrs", type=float, nargs="+", default=[2e-3, 3e-3, 5e-3])
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (1: robust if shared)")
+    parser.add_argument("--shared", type=Path, default=SHARED, help="folder with MiniLM and the SST-2 data")
+    parser.add_argument("--smoke", action="store_true", help="tiny stand-ins, 3 steps: checks the script")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.smoke:
+            args.shared = _smoke.tiny_shared(Path(tmp), _smoke.MINILM, _smoke.SST2)
+            args.train_size, args.batch_size, args.lora_lrs = 12, 4, [3e-3]
+        args.model = args.model or args.shared / "models/all-MiniLM-L6-v2"
+        if not (args.shared / "data/sst2/train.tsv").is_file() or not args.model.is_dir():
+            raise SystemExit(f"Needs {args.shared}/data/sst2 and {args.model} (see ../shared/README.md)")
+        rows = run_all(args)
 
     full = rows[0]
     best = max((r for r in rows if r["lora"]), key=lambda r: r["accuracy"])

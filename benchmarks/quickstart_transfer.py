@@ -6,6 +6,10 @@ prints test accuracy side by side.
 
     python benchmarks/quickstart_transfer.py --seeds 0 1 2
     python benchmarks/quickstart_transfer.py --override=--data.init_args.train_per_class=5
+
+``--smoke`` runs both arms for one seed and 2 epochs, with the zoo backbone replaced by timm's
+``test_resnet`` trained 1 epoch on digits 0-4 (``benchmarks/_smoke.py``), in seconds: a check that the
+script runs (its figures mean nothing).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+
+import _smoke
 
 from lightning_recipes.cli import run_recipe
 
@@ -41,9 +47,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--override", action="append", default=[], help="extra recipe override, repeatable")
+    parser.add_argument("--smoke", action="store_true", help="a tiny backbone, 2 epochs: checks the script")
     args = parser.parse_args()
     results: dict[str, list[tuple[float, float]]] = {"transfer (resnet10t.digits04)": [], "from scratch": []}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.smoke:
+            _smoke.tiny_zoo(Path(tmp), "resnet10t.digits04")
+            args.seeds, args.override = [0], [*args.override, "--trainer.max_epochs=2"]
         for seed in args.seeds:
             results["transfer (resnet10t.digits04)"].append(
                 run(True, seed, Path(tmp) / f"t{seed}", args.override)

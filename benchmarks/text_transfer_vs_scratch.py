@@ -20,6 +20,10 @@ Run (from the repository root; prints a markdown table; on a shared machine one 
 repeatable timings, see docs/benchmarks.md; ``--threads 2`` on an idle one)::
 
     .venv/bin/python benchmarks/text_transfer_vs_scratch.py --threads 1
+
+``--smoke`` runs the three arms for 2 epochs of one step on 16 sentences, with tiny stand-ins for
+``../shared`` (a 2-layer BERT where MiniLM is, toy sentences: ``benchmarks/_smoke.py``), in seconds, on
+any machine (a check that the script runs; its figures mean nothing).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import _smoke
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -43,7 +49,7 @@ from lightning_recipes.schedulers import WarmupDecay  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LIGHTNING_RECIPES_SHARED", REPO / ".." / "shared")).resolve()
-MINILM = SHARED / "models" / "all-MiniLM-L6-v2"
+MINILM = "models/all-MiniLM-L6-v2"  # in the shared folder
 #: The scratch arm's encoder: 4 x 256, 4 heads of 64 dims; vocab_size >= the trained WordPiece's size.
 SCRATCH_CONFIG = {
     "model_type": "bert",
@@ -58,8 +64,8 @@ SCRATCH_CONFIG = {
 
 def build_data(args: argparse.Namespace, cache: str, **tokenizer: Any) -> TextDataModule:
     return TextDataModule(
-        train_file=str(SHARED / "data/sst2/train.tsv"),
-        val_file=str(SHARED / "data/sst2/dev.tsv"),
+        train_file=str(args.shared / "data/sst2/train.tsv"),
+        val_file=str(args.shared / "data/sst2/dev.tsv"),
         text_column="sentence",
         labels=["negative", "positive"],
         train_size=args.train_size,
@@ -77,7 +83,7 @@ def build_arm(name: str, args: argparse.Namespace, cache: str) -> tuple[TextClas
     adamw = {"optimizer": lambda params: torch.optim.AdamW(params, weight_decay=0.01)}
     if name == "fine-tune":
         model = TextClassifier(
-            str(MINILM),
+            str(args.shared / MINILM),
             num_classes=2,
             pooling="mean",
             lr=5e-5,
@@ -87,7 +93,7 @@ def build_arm(name: str, args: argparse.Namespace, cache: str) -> tuple[TextClas
         )
         return model, build_data(args, cache), []
     if name == "add-layers":
-        model = TextClassifier(str(MINILM), num_classes=2, pooling="mean", lr=1e-3, **adamw)
+        model = TextClassifier(str(args.shared / MINILM), num_classes=2, pooling="mean", lr=1e-3, **adamw)
         unfreeze = FreezeUnfreeze(
             milestones=list(range(1, max(args.epochs, 2))), backbone_lr_ratio=0.05, layer_decay=0.8
         )
@@ -142,6 +148,7 @@ def run(name: str, args: argparse.Namespace, cache: str) -> dict[str, Any]:
         "samples_per_s": samples / seconds,
         "samples_per_cpu_s": samples / cpu,
         "acc_per_epoch": accuracies,
+        "dev_sentences": len(dm.val_set),
     }
 
 
@@ -152,19 +159,24 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--arms", nargs="+", default=["fine-tune", "add-layers", "scratch"])
+    parser.add_argument("--shared", type=Path, default=SHARED, help="folder with MiniLM and the SST-2 data")
+    parser.add_argument("--smoke", action="store_true", help="tiny stand-ins, 2 steps: checks the script")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if not MINILM.is_dir():
-        raise SystemExit(f"{MINILM} not found: set LIGHTNING_RECIPES_SHARED to the folder holding models/")
     rows = []
     with tempfile.TemporaryDirectory() as cache:
+        if args.smoke:
+            args.shared = _smoke.tiny_shared(Path(cache) / "shared", _smoke.MINILM, _smoke.SST2)
+            args.train_size = 16
+        if not (args.shared / MINILM).is_dir():
+            raise SystemExit(f"{args.shared / MINILM} not found: --shared names the folder holding models/")
         for arm in args.arms:
             rows.append(run(arm, args, cache))
             print(rows[-1], flush=True)
     base = next((r for r in rows if r["arm"] == "fine-tune"), rows[0])
     print(
         f"\n{args.train_size} SST-2 sentences x {args.epochs} epochs, batch 32, max_length 64, "
-        f"{args.threads} threads; dev accuracy on 872 sentences\n"
+        f"{args.threads} threads; dev accuracy on {rows[0]['dev_sentences']} sentences\n"
     )
     print(
         "| start | params (M) | vocab | dev acc per epoch | best | samples/s | vs fine-tune | samples/CPU-s |"

@@ -18,6 +18,10 @@ pooler + classifier, MiniLM having been trained as a mean-pooled sentence encode
 Run (from the repository root; it prints a markdown table)::
 
     nice .venv/bin/python benchmarks/text_vs_hf_trainer.py --repeats 2 --hf-group-by-length --mean-pooling
+
+``--smoke`` runs all four rows (``--hf-group-by-length --mean-pooling``) for 3 steps of 4 sentences on tiny
+stand-ins for ``../shared`` (a 2-layer BERT where MiniLM is, toy sentences: ``benchmarks/_smoke.py``), in
+seconds, on any machine (a check that the script runs; its figures mean nothing).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import _smoke
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -45,8 +51,8 @@ SHARED = Path(os.environ.get("LIGHTNING_RECIPES_SHARED", REPO / ".." / "shared")
 
 def build_data(args: argparse.Namespace, cache: str) -> TextDataModule:
     dm = TextDataModule(
-        train_file=str(SHARED / "data/sst2/train.tsv"),
-        val_file=str(SHARED / "data/sst2/dev.tsv"),
+        train_file=str(args.shared / "data/sst2/train.tsv"),
+        val_file=str(args.shared / "data/sst2/dev.tsv"),
         text_column="sentence",
         labels=["negative", "positive"],
         train_size=args.train_size,
@@ -173,7 +179,7 @@ def padded_tokens(dm: TextDataModule) -> dict[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=SHARED / "models/all-MiniLM-L6-v2")
+    parser.add_argument("--model", type=Path, help="default: <shared>/models/all-MiniLM-L6-v2")
     parser.add_argument("--train-size", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5)
@@ -186,14 +192,20 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: robust when shared)")
     parser.add_argument("--mean-pooling", action="store_true", help="add a run with a new mean-pooling head")
+    parser.add_argument("--shared", type=Path, default=SHARED, help="folder with MiniLM and the SST-2 data")
+    parser.add_argument("--smoke", action="store_true", help="tiny stand-ins, 3 steps: checks the script")
     args = parser.parse_args()
     # With more threads than free cores, OpenMP barriers wait on descheduled threads and a step can take
     # 10x longer; one thread per process keeps timings comparable when other jobs share the machine.
     torch.set_num_threads(args.threads)
-    if not (SHARED / "data/sst2/train.tsv").is_file() or not args.model.is_dir():
-        raise SystemExit(f"Needs {SHARED}/data/sst2 and {args.model} (see ../shared/README.md)")
 
     with tempfile.TemporaryDirectory() as cache:
+        if args.smoke:
+            args.shared = _smoke.tiny_shared(Path(cache) / "shared", _smoke.MINILM, _smoke.SST2)
+            args.train_size, args.batch_size, args.hf_group_by_length, args.mean_pooling = 12, 4, True, True
+        args.model = args.model or args.shared / "models/all-MiniLM-L6-v2"
+        if not (args.shared / "data/sst2/train.tsv").is_file() or not args.model.is_dir():
+            raise SystemExit(f"Needs {args.shared}/data/sst2 and {args.model} (see ../shared/README.md)")
         dm = build_data(args, cache)
         lengths = dm.lengths["train"]
         mean = statistics.mean(lengths)
