@@ -23,7 +23,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from lightning_recipes.callbacks import CurveLogger
+from lightning_recipes.callbacks import CurveLogger, TrainingDiverged
 from lightning_recipes.loggers.wandb import LoggerSaveConfigCallback
 
 
@@ -141,6 +141,10 @@ class RunDirectory(Callback):
 class CrashCheckpoint(Callback):
     """Saves ``on_exception.ckpt`` beside the run's checkpoints when fit crashes or is stopped.
 
+    Not when fit stopped because its weights are NaN/inf (``TrainingDiverged`` with
+    ``weights_finite=False``): such a file would look resumable and resume nothing; the line names the
+    last checkpoint with finite values instead.
+
     Stopped means SIGTERM (Lightning's ``SIGTERMException``, raised at the next batch boundary; what a
     scheduler sends) or Ctrl-C (``KeyboardInterrupt``). Rank zero prints one line on stderr: what
     stopped the run, at which epoch and step, and the ``--ckpt_path`` that resumes it. The file is
@@ -177,7 +181,9 @@ class CrashCheckpoint(Callback):
             signum = signal.SIGTERM
         what = signum.name if signum is not None else type(exception).__name__
         fitting = trainer.state.fn == TrainerFn.FITTING
-        self.path = self._path(trainer) if fitting and trainer.global_step > 0 else None
+        # NaN/inf weights (the guard's decision, the same on every process) are not worth resuming from.
+        nan_weights = isinstance(exception, TrainingDiverged) and not exception.weights_finite
+        self.path = self._path(trainer) if fitting and trainer.global_step > 0 and not nan_weights else None
         try:
             if self.path is not None:
                 trainer.save_checkpoint(self.path)
@@ -187,6 +193,9 @@ class CrashCheckpoint(Callback):
             elif not fitting:
                 stage = trainer.state.fn.value if trainer.state.fn else "no stage"
                 saved = f"no checkpoint saved (only fit saves one; this was {stage})"
+            elif nan_weights:
+                last = exception.last_finite_checkpoint or "none"
+                saved = f"no checkpoint saved (the weights are NaN/inf; last one with finite values: {last})"
             elif trainer.global_step == 0:
                 saved = "no checkpoint saved (no training step had completed)"
             else:

@@ -133,7 +133,11 @@ class ClassificationModule(TransferModule):
         self.register_buffer("class_weights", weights, persistent=False)
         # Evaluation losses as sums and counts, reduced across devices at the epoch's end: the mean over
         # every real sample (Lightning's sync_dist would average the devices' means, unequal counts).
-        self.eval_losses = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
+        # a NaN batch loss makes the epoch's loss NaN (NonFiniteGuard stops the run), not dropped: NaN is
+        # "imputed" with NaN (torchmetrics 1.4 has no nan_strategy="disable")
+        self.eval_losses = nn.ModuleDict(
+            {split: MeanMetric(nan_strategy=float("nan")) for split in ("val", "test")}
+        )
         self._eval_samples = RealSamples()
         self._set_num_classes(num_classes)
 

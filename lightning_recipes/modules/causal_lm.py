@@ -165,8 +165,9 @@ class CausalLM(HFParts, TransferModule):
             )
         base = None if self.from_scratch else pretrained_base(model_name_or_path, revision)
         self.setup_adapter(self.model, base)
-        self.val_nll = MeanMetric()
-        self.test_nll = MeanMetric()
+        # a NaN batch makes the epoch's NLL NaN (NonFiniteGuard stops the run), not dropped: NaN imputed
+        self.val_nll = MeanMetric(nan_strategy=float("nan"))
+        self.test_nll = MeanMetric(nan_strategy=float("nan"))
         self.generation = dict(generation or {})
 
     # -- the freezing contract -------------------------------------------------------------------

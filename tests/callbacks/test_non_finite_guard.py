@@ -1,8 +1,11 @@
-"""NonFiniteGuard: a NaN/inf loss or monitored metric stops fit with TrainingDiverged, never a NaN best."""
+"""NonFiniteGuard: NaN/inf weights, logged losses or monitored metrics stop the run with TrainingDiverged."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +16,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_recipes.callbacks import EarlyStopping, GradientMonitor, NonFiniteGuard, TrainingDiverged
+from lightning_recipes.callbacks import (
+    EarlyStopping,
+    GradientMonitor,
+    NonFiniteGuard,
+    TrainingDiverged,
+    non_finite_guard,
+)
 
 
 class Scripted(L.LightningModule):
@@ -48,14 +57,15 @@ class Scripted(L.LightningModule):
         return torch.optim.SGD(groups)
 
 
-def loader() -> DataLoader:
+def loader(batch_size: int = 8) -> DataLoader:
     g = torch.Generator().manual_seed(0)
     return DataLoader(
-        TensorDataset(torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)), 8
+        TensorDataset(torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)), batch_size
     )
 
 
-def fit(tmp_path, model, callbacks, max_epochs=3, guard=True, **kwargs):
+def trainer_for(tmp_path, callbacks, max_epochs=3, guard=True, **kwargs) -> L.Trainer:
+    settings = {"limit_train_batches": 2, "limit_val_batches": 1, "num_sanity_val_steps": 0, **kwargs}
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=max_epochs,
@@ -64,14 +74,16 @@ def fit(tmp_path, model, callbacks, max_epochs=3, guard=True, **kwargs):
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=str(tmp_path),
-        limit_train_batches=2,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        **kwargs,
+        **settings,
     )
     if guard:
         NonFiniteGuard.attach(trainer)  # as the CLI does: after the Trainer is built
-    trainer.fit(model, loader(), loader())
+    return trainer
+
+
+def fit(tmp_path, model, callbacks, max_epochs=3, guard=True, batch_size=8, ckpt_path=None, **kwargs):
+    trainer = trainer_for(tmp_path, callbacks, max_epochs, guard, **kwargs)
+    trainer.fit(model, loader(batch_size), loader(batch_size), ckpt_path=ckpt_path)
     return trainer
 
 
@@ -96,7 +108,8 @@ def test_nan_training_loss_stops_before_the_step_with_one_message(tmp_path):
     assert f"Last checkpoint with finite monitored values: {tmp_path / 'ckpt' / 'last.ckpt'}." in message
     assert model.backward_steps == [0, 1, 2]  # stopped before the NaN backward pass and optimizer step
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert pickle.loads(pickle.dumps(err)).args == err.args
+    copy = pickle.loads(pickle.dumps(err))
+    assert copy.args == err.args and (copy.stage, copy.weights_finite) == ("fit", True)
 
 
 def test_nan_at_the_first_step_names_no_checkpoint(tmp_path):
@@ -182,6 +195,285 @@ def test_bad_argument():
         NonFiniteGuard(max_consecutive_skips=-1)
 
 
+# ---- weights, every logged loss, evaluation stages (issue: a diverged run never passes) ---------------
+
+NAN, INF = float("nan"), float("inf")
+
+
+class Poisoned(Scripted):
+    """Scripted with a BatchNorm in its backbone (parameters and buffers: 8 float tensors).
+
+    After the 0-based optimizer step ``at``, ``value`` is written into the first element of ``target``
+    (a parameter or buffer); ``logs`` is ``{stage: {key: per-epoch value}}``, logged per epoch in that
+    stage's steps; ``epoch_loss`` also logs the training loss per step and epoch (``train/avg_loss_*``).
+    """
+
+    def __init__(self, at=None, target="head.weight", value=NAN, logs=None, epoch_loss=False, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))
+        self.at, self.target, self.value = at, target, value
+        self.logs, self.epoch_loss = logs or {}, epoch_loss
+        self.batches: dict[str, list] = {"train": [], "val": [], "test": [], "predict": []}
+
+    def _log(self, stage, batch_idx):
+        self.batches[stage].append((self.current_epoch, batch_idx))
+        for key, values in self.logs.get(stage, {}).items():
+            value = torch.tensor(float(values[min(self.current_epoch, len(values) - 1)]))
+            self.log(key, value, on_step=False, on_epoch=True)
+
+    def training_step(self, batch, batch_idx):
+        self._log("train", batch_idx)
+        loss = super().training_step(batch, batch_idx)
+        if self.epoch_loss:
+            self.log("train/avg_loss", loss, on_step=True, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+        self._log("val", batch_idx)
+
+    def test_step(self, batch, batch_idx):
+        self._log("test", batch_idx)
+
+    def predict_step(self, batch, batch_idx):
+        self._log("predict", batch_idx)
+        return self.head(self.backbone(batch[0]))
+
+    def configure_optimizers(self):
+        optimizer = super().configure_optimizers()
+        optimizer.register_step_post_hook(self._poison)
+        return optimizer
+
+    def _poison(self, optimizer, args, kwargs) -> None:
+        if self.trainer.global_step == self.at:  # during step k, global_step is still k
+            with torch.no_grad():
+                poison(self, self.target, self.value)
+
+
+def poison(module: nn.Module, target: str, value: float) -> None:
+    tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    tensors[target].view(-1)[0] = value
+
+
+def finite_files(folder: Path) -> dict[str, bool]:
+    """``{file name: every float tensor of its state_dict is finite}`` for the checkpoints in ``folder``."""
+    return {
+        p.name: all(
+            bool(torch.isfinite(t).all())
+            for t in torch.load(p, weights_only=False)["state_dict"].values()
+            if t.is_floating_point()
+        )
+        for p in sorted(folder.glob("*.ckpt"))
+    }
+
+
+@pytest.mark.parametrize(
+    ("target", "value"),
+    [("head.weight", NAN), ("backbone.0.bias", INF), ("head.bias", -INF), ("backbone.1.running_var", INF)],
+)
+def test_non_finite_weights_stop_the_run_after_the_step_that_made_them(tmp_path, target, value):
+    """Step 2 (epoch 1, first batch) leaves one NaN/inf in a parameter or a buffer: the run stops there,
+    before the next batch, the validation and any checkpoint (also one saving every step)."""
+    model, mc = Poisoned(at=2, target=target, value=value), checkpoint(tmp_path)
+    steps = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1, filename="{step}"
+    )
+    with pytest.raises(TrainingDiverged) as info:
+        fit(tmp_path, model, [mc, steps])
+    err = info.value
+    assert (err.epoch, err.step, err.weights_finite) == (1, 3, False)
+    assert err.what == f"the weights are not finite after the optimizer step (1 of 8 tensors: {target})"
+    assert model.batches["train"] == [(0, 0), (0, 1), (1, 0)] and model.batches["val"] == [(0, 0)]
+    files = finite_files(tmp_path / "ckpt")
+    assert files == {"best-epoch=0.ckpt": True, "last.ckpt": True, "step=1.ckpt": True, "step=2.ckpt": True}
+    assert err.last_finite_checkpoint in {str(tmp_path / "ckpt" / name) for name in files}
+
+
+def test_weights_are_checked_once_per_optimizer_step_under_gradient_accumulation(tmp_path, monkeypatch):
+    calls: list[int] = []
+    original = non_finite_guard.all_finite
+
+    def counted(tensors):
+        calls.append(1)
+        return original(tensors)
+
+    monkeypatch.setattr(non_finite_guard, "all_finite", counted)
+    # 4 batches of 4 per epoch, 2 per step: 2 steps per epoch; one check at the start, one per step.
+    kwargs = {"batch_size": 4, "accumulate_grad_batches": 2, "limit_train_batches": 4}
+    trainer = fit(tmp_path, Poisoned(), [], max_epochs=2, **kwargs)
+    assert trainer.global_step == 4 and len(calls) == 1 + 4
+    # NaN written by the first step (after batches 0 and 1): stopped before batch 2.
+    model = Poisoned(at=0)
+    with pytest.raises(TrainingDiverged, match=r"epoch 0, global step 1: the weights are not finite after"):
+        fit(tmp_path, model, [], max_epochs=2, **kwargs)
+    assert model.batches["train"] == [(0, 0), (0, 1)]
+
+
+@pytest.mark.parametrize("sanity_steps", [0, 1])
+def test_non_finite_weights_at_the_start_refuse_the_fit(tmp_path, sanity_steps):
+    model = Poisoned()
+    with torch.no_grad():
+        poison(model, "head.bias", NAN)
+    with pytest.raises(TrainingDiverged) as info:
+        fit(tmp_path, model, [], num_sanity_val_steps=sanity_steps)
+    assert info.value.what == (
+        "the weights of the model as built are not finite before training (1 of 8 tensors: head.bias)"
+    )
+    assert model.batches["train"] == model.batches["val"] == [] and not info.value.weights_finite
+    # Resuming from a checkpoint whose weights are NaN: named.
+    good = fit(tmp_path, Poisoned(), [], max_epochs=1)
+    bad = tmp_path / "bad.ckpt"
+    good.save_checkpoint(bad)
+    state = torch.load(bad, weights_only=False)
+    state["state_dict"]["backbone.1.running_mean"][0] = NAN
+    torch.save(state, bad)
+    with pytest.raises(
+        TrainingDiverged, match=rf"epoch 1, global step 2: the weights loaded from {bad} are not"
+    ):
+        fit(tmp_path, Poisoned(), [], ckpt_path=bad, num_sanity_val_steps=sanity_steps)
+
+
+class WithMask(Poisoned):
+    def __init__(self, mask) -> None:
+        super().__init__()
+        self.register_buffer("mask", torch.tensor(mask))
+
+
+def test_buffers_holding_inf_from_the_start_are_constants_but_nan_is_refused(tmp_path):
+    trainer = fit(tmp_path, WithMask([0.0, -INF]), [], max_epochs=1)  # an attention-style mask
+    assert trainer.global_step == 2
+    with pytest.raises(TrainingDiverged, match=r"before training \(1 of 9 tensors: mask\)"):
+        fit(tmp_path, WithMask([0.0, NAN]), [], max_epochs=1)
+
+
+@pytest.mark.parametrize(
+    ("logs", "val", "what", "epoch", "saved"),
+    [
+        ({"val": {"val/acc": [0.5, 0.6]}}, [1.0, NAN], "val/loss = nan", 1, [0]),  # the issue: val/acc finite
+        ({"val": {"val/acc": [0.5], "val/aux_loss": [1.0, INF]}}, [1.0], "val/aux_loss = inf", 1, [0]),
+        ({"val": {"val/acc": [0.5]}}, [-INF], "val/loss = -inf", 0, []),
+        # a training loss logged per epoch (the backpropagated one is finite): at the training epoch's end,
+        # where ModelCheckpoint saves when validation runs every epoch: epoch 2 is not saved
+        (
+            {"train": {"train/aux_loss": [1, 2, NAN]}, "val": {"val/acc": [0.5]}},
+            [1.0],
+            "train/aux_loss = nan",
+            2,
+            [0, 1],
+        ),
+    ],
+)
+def test_every_logged_loss_is_checked_whatever_is_monitored(tmp_path, logs, val, what, epoch, saved):
+    mc = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/acc", mode="max", save_top_k=-1)
+    model = Poisoned(logs=logs, val=val)
+    with pytest.raises(TrainingDiverged) as info:
+        fit(tmp_path, model, [mc])
+    assert (info.value.what, info.value.epoch, info.value.weights_finite) == (what, epoch, True)
+    files = sorted((tmp_path / "ckpt").glob("*.ckpt"))
+    assert sorted(torch.load(p, weights_only=False)["epoch"] for p in files) == saved
+    assert all(finite_files(tmp_path / "ckpt").values())
+
+
+@pytest.mark.parametrize("stage", ["validate", "test"])
+def test_a_nan_evaluation_loss_fails_the_evaluation_stage(tmp_path, stage):
+    key = "val/loss" if stage == "validate" else "test/loss"
+    model = Poisoned(
+        logs={"val": {"val/acc": [0.5]}, "test": {"test/acc": [0.5], "test/loss": [NAN]}}, val=[NAN]
+    )
+    trainer = trainer_for(tmp_path, [], limit_test_batches=1)
+    with pytest.raises(TrainingDiverged) as info:
+        getattr(trainer, stage)(model, loader())
+    err = info.value
+    assert (err.stage, err.what, err.weights_finite, err.weights_from) == (stage, f"{key} = nan", True, None)
+    assert str(err).startswith(f"Evaluation ({stage}) failed: {key} = nan. Weights: ")
+    # finite losses: the same stage passes
+    trainer = trainer_for(tmp_path, [], limit_test_batches=1)
+    getattr(trainer, stage)(Poisoned(logs={"test": {"test/loss": [1.0]}}), loader())
+
+
+@pytest.mark.parametrize("stage", ["validate", "test", "predict"])
+def test_evaluation_refuses_non_finite_weights_naming_the_checkpoint(tmp_path, stage):
+    trainer = fit(tmp_path, Poisoned(), [], max_epochs=1)
+    bad = tmp_path / "bad.ckpt"
+    trainer.save_checkpoint(bad)
+    state = torch.load(bad, weights_only=False)
+    state["state_dict"]["head.weight"][1, 2] = INF
+    torch.save(state, bad)
+    model = Poisoned()
+    with pytest.raises(TrainingDiverged) as info:
+        getattr(trainer_for(tmp_path, [], limit_test_batches=1), stage)(model, loader(), ckpt_path=bad)
+    assert str(info.value) == (
+        f"Evaluation ({stage}) failed: the weights are not finite (1 of 8 tensors: "
+        f"head.weight). Weights: {bad}. NaN/inf weights or losses give no {stage} results; use a checkpoint "
+        "with finite weights."
+    )
+    assert (info.value.stage, info.value.weights_from, info.value.weights_finite) == (stage, str(bad), False)
+    assert model.batches["val"] == model.batches["test"] == model.batches["predict"] == []
+    getattr(trainer_for(tmp_path, [], limit_test_batches=1), stage)(Poisoned(), loader(), ckpt_path=None)
+
+
+def test_early_stopping_ignore_tolerates_its_own_key_and_nothing_else(tmp_path):
+    def run(model):
+        es = EarlyStopping(monitor="val/loss", non_finite="ignore", patience=5)
+        mc = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/acc", mode="max", save_last=True)
+        return fit(tmp_path, model, [es, mc]), es
+
+    logs = {"val": {"val/acc": [0.5, 0.6, 0.7]}}
+    trainer, es = run(Poisoned(val=[1.0, NAN, 0.5], logs=logs))  # the issue's case, made an opt-in
+    assert trainer.current_epoch == 3 and es.non_finite_count == 1
+    guard = next(cb for cb in trainer.callbacks if isinstance(cb, NonFiniteGuard))
+    assert guard.let_through == 2  # at the validation's end and the training epoch's end
+    with pytest.raises(TrainingDiverged, match="epoch 1, .*: val/aux_loss = nan"):  # another loss
+        run(Poisoned(val=[1.0, NAN], logs={"val": {"val/acc": [0.5], "val/aux_loss": [1.0, NAN]}}))
+    with pytest.raises(TrainingDiverged, match="epoch 1, global step 3: the weights are not finite"):
+        run(Poisoned(at=2, val=[1.0, NAN], logs=logs))  # never the weights
+
+
+def test_skipped_steps_tolerate_their_training_losses_but_no_validation_loss(tmp_path):
+    # Step 1 (the last of epoch 0) is skipped: train/loss_step and train/loss_epoch are NaN, let through.
+    monitor = GradientMonitor(skip_non_finite=True)
+    trainer = fit(tmp_path, Poisoned(nan_steps={1}, epoch_loss=True), [monitor, checkpoint(tmp_path)])
+    assert monitor.skipped_steps == 1 and trainer.global_step == 6
+    assert all(finite_files(tmp_path / "ckpt").values())
+    with pytest.raises(TrainingDiverged, match="epoch 0, global step 2: val/loss = nan"):
+        fit(tmp_path, Poisoned(nan_steps={1}, val=[NAN]), [GradientMonitor(skip_non_finite=True)])
+
+
+@pytest.mark.parametrize(
+    ("key", "loss"),
+    [
+        ("train/loss", True),
+        ("val/loss_epoch", True),
+        ("test/loss/dataloader_idx_1", True),
+        ("val/nll_loss", True),
+        ("Loss", True),
+        ("val/acc", False),
+        ("loss/val_acc", False),
+        ("grad/scale", False),
+    ],
+)
+def test_is_loss_key(key, loss):
+    assert non_finite_guard.is_loss_key(key) is loss
+
+
+@pytest.mark.parametrize("check", ["all_finite", "largest_abs"])  # the CPU path, the accelerator path
+def test_the_weight_check_cannot_overflow_and_sees_every_nan_and_inf(check):
+    big = torch.full((4,), 3e38)  # finite: a sum or 2-norm would overflow to inf
+    finite = [big, -big, torch.ones(2, dtype=torch.bfloat16), torch.ones(3, dtype=torch.float16)]
+    if check == "all_finite":
+        ok = non_finite_guard.all_finite
+        assert ok([*finite, torch.empty(0)]) and ok([])
+    else:
+
+        def ok(tensors):
+            return bool(torch.isfinite(non_finite_guard.largest_abs(tensors)))
+
+    assert ok(finite)
+    for bad in (NAN, INF, -INF):
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            assert not ok([*finite, torch.tensor([1.0, bad], dtype=dtype)]), (bad, dtype)
+
+
 DDP_SCRIPT = """
 import os, sys
 sys.path.insert(0, {tests!r})
@@ -217,3 +509,65 @@ def test_all_ddp_ranks_stop_together(tmp_path, run_script):
     rank0, rank1 = ((tmp_path / f"rank{r}.txt").read_text() for r in (0, 1))
     assert rank0 == "diverged 2 2 the training loss is not finite on another process [0, 1]"
     assert rank1 == "diverged 2 2 the training loss is nan [0, 1]"
+
+
+DDP_WEIGHTS_SCRIPT = """
+import os, sys
+from datetime import timedelta
+sys.path.insert(0, {tests!r})
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
+from test_non_finite_guard import Poisoned, finite_files, loader
+from lightning_recipes.callbacks import NonFiniteGuard, TrainingDiverged
+from lightning_recipes.runs import CrashCheckpoint
+
+class RankOneDiverges(Poisoned):
+    def _poison(self, optimizer, args, kwargs):
+        if self.global_rank == 1:
+            super()._poison(optimizer, args, kwargs)
+
+root = {root!r}
+mc = ModelCheckpoint(dirpath=os.path.join(root, "ckpt"), monitor="val/loss", save_last=True)
+trainer = L.Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy(timeout=timedelta(seconds=60)),
+                    max_epochs=3, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0,
+                    logger=False, callbacks=[mc, CrashCheckpoint()], enable_progress_bar=False,
+                    enable_model_summary=False, default_root_dir=root)
+NonFiniteGuard.attach(trainer)
+model = RankOneDiverges(at=1, target="backbone.1.running_var", value=float("nan"))
+try:
+    trainer.fit(model, loader(), loader())
+except TrainingDiverged as err:
+    with open(os.path.join(root, f"rank{{trainer.global_rank}}.txt"), "w") as f:
+        f.write(f"{{err.epoch}} {{err.step}} {{err.weights_finite}} {{err.what}} {{model.batches['train']}}")
+    raise
+"""
+
+
+@pytest.mark.slow
+def test_ddp_ranks_stop_together_when_one_ranks_weights_go_nan(tmp_path):
+    """Rank 1 alone writes a NaN after step 1 (a batch per rank and epoch): both processes raise there,
+    the run exits non-zero, no checkpoint of NaN weights is written (on_exception.ckpt neither)."""
+    script = tmp_path / "script.py"
+    script.write_text(DDP_WEIGHTS_SCRIPT.format(tests=str(Path(__file__).parent), root=str(tmp_path)))
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0 and "TrainingDiverged" in proc.stderr, proc.stderr[-3000:]
+    rank0, rank1 = ((tmp_path / f"rank{r}.txt").read_text() for r in (0, 1))
+    assert (
+        rank0
+        == "1 2 False the weights are not finite after the optimizer step on another process [(0, 0), (1, 0)]"
+    )
+    assert rank1 == (
+        "1 2 False the weights are not finite after the optimizer step (1 of 8 tensors: "
+        "backbone.1.running_var) [(0, 0), (1, 0)]"
+    )
+    assert "no checkpoint saved (the weights are NaN/inf; last one with finite values: " in proc.stderr
+    assert not list(tmp_path.rglob("on_exception.ckpt"))
+    assert finite_files(tmp_path / "ckpt") == {"epoch=0-step=1.ckpt": True, "last.ckpt": True}

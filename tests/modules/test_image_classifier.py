@@ -289,3 +289,23 @@ def test_a_checkpoint_that_does_not_fit_is_one_short_error(tmp_path: Path) -> No
         and "another backbone or num_classes" in message
     )
     assert len(message.splitlines()) == 1  # one line, not one per tensor
+
+
+def test_one_nan_batch_makes_the_evaluation_loss_nan_and_stops_the_run(tiny_trainer_kwargs):
+    """The epoch's val/test loss is a mean over batches: one NaN batch is not averaged away (torchmetrics'
+    default drops NaN with a warning), so NonFiniteGuard sees it and the stage fails."""
+    from torch.utils.data import DataLoader
+
+    from lightning_recipes.callbacks import NonFiniteGuard, TrainingDiverged
+
+    torch.manual_seed(0)
+    model = ImageClassifier("test_resnet", pretrained=False, num_classes=2)
+    images = torch.randn(8, 3, 32, 32)
+    images[5] = float("nan")  # the second batch of 4 holds one NaN image
+    loader = DataLoader(list(zip(images, torch.tensor([0, 1] * 4), strict=True)), batch_size=4)
+    kwargs = {**tiny_trainer_kwargs, "limit_test_batches": 2}
+    with pytest.raises(TrainingDiverged, match=r"test/loss = nan"):
+        L.Trainer(**kwargs, callbacks=[NonFiniteGuard()]).test(model, loader)
+    model.eval_losses["test"].reset()
+    model.eval_losses["test"].update(torch.tensor([1.0, 3.0]))
+    assert model.eval_losses["test"].compute() == 2.0  # finite losses average as before
