@@ -236,7 +236,7 @@ class NonFiniteGuard(Callback):
             what = f"the weights {source} are not finite before training"
         else:  # the message names the checkpoint they were loaded from
             what = "the weights are not finite"
-        raise self._diverged(trainer, f"{what} {where}", weights_finite=False)
+        raise self._diverged(trainer, pl_module, f"{what} {where}", weights_finite=False)
 
     @override
     def on_train_batch_end(
@@ -248,7 +248,7 @@ class NonFiniteGuard(Callback):
         # A step whose loss was let through logged it: a checkpoint saving on steps must not record it.
         if self._loss_let_through:
             self._loss_let_through = False
-            self._check_logged(trainer, self.monitored_keys(trainer))
+            self._check_logged(trainer, pl_module, self.monitored_keys(trainer))
 
     # -- training loss ------------------------------------------------------------------------------
 
@@ -270,7 +270,7 @@ class NonFiniteGuard(Callback):
         what = f"the training loss is {value}"
         if self.consecutive_non_finite > 1:
             what += f" ({self.consecutive_non_finite} steps in a row; GradientMonitor skipped the others)"
-        raise self._diverged(trainer, what)
+        raise self._diverged(trainer, pl_module, what)
 
     # -- logged losses and monitored metrics --------------------------------------------------------
 
@@ -287,17 +287,17 @@ class NonFiniteGuard(Callback):
             return  # the validation's are not (a batch of padding only); the weights were checked
         metrics = trainer.callback_metrics
         if trainer.state.fn != TrainerFn.FITTING:
-            self._check_logged(trainer, [k for k in metrics if is_loss_key(k)])
+            self._check_logged(trainer, pl_module, [k for k in metrics if is_loss_key(k)])
             return
         self._eval_keys |= set(metrics) - self._keys_before
         losses = [k for k in metrics if k in self._eval_keys and is_loss_key(k)]
-        self._check_logged(trainer, [*losses, *self.monitored_keys(trainer)])
+        self._check_logged(trainer, pl_module, [*losses, *self.monitored_keys(trainer)])
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = trainer.callback_metrics  # the epoch's aggregates (before the module's hook logs more)
         losses = [k for k in metrics if k not in self._eval_keys and is_loss_key(k)]
-        self._check_logged(trainer, [*losses, *self.monitored_keys(trainer)])
+        self._check_logged(trainer, pl_module, [*losses, *self.monitored_keys(trainer)])
 
     @override
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -305,7 +305,7 @@ class NonFiniteGuard(Callback):
 
     @override
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._check_logged(trainer, [k for k in trainer.callback_metrics if is_loss_key(k)])
+        self._check_logged(trainer, pl_module, [k for k in trainer.callback_metrics if is_loss_key(k)])
 
     @override
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -320,7 +320,7 @@ class NonFiniteGuard(Callback):
                 keys.setdefault(key, []).append(type(cb).__name__)
         return keys
 
-    def _check_logged(self, trainer: pl.Trainer, keys: Iterable[str]) -> None:
+    def _check_logged(self, trainer: pl.Trainer, pl_module: pl.LightningModule, keys: Iterable[str]) -> None:
         """Raise unless each of ``keys`` that was logged is finite or let through, on every process."""
         metrics, watchers = trainer.callback_metrics, self.monitored_keys(trainer)
         problem = None
@@ -334,7 +334,9 @@ class NonFiniteGuard(Callback):
             by = f" (monitored by {', '.join(watchers[key])})" if key in watchers else ""
             problem = problem or f"{key} = {_item(value)}{by}"
         if trainer.strategy.reduce_boolean_decision(problem is not None, all=False):
-            raise self._diverged(trainer, problem or "a logged value is not finite on another process")
+            raise self._diverged(
+                trainer, pl_module, problem or "a logged value is not finite on another process"
+            )
 
     def _tolerated(self, trainer: pl.Trainer, key: str, value: Tensor) -> bool:
         """Whether a NaN/inf ``key`` is let through: an ``EarlyStopping`` ignores it, or it was logged by a
@@ -356,11 +358,15 @@ class NonFiniteGuard(Callback):
     # -- the error ----------------------------------------------------------------------------------
 
     def _diverged(
-        self, trainer: pl.Trainer, what: str, weights_finite: bool | None = None
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        what: str,
+        weights_finite: bool | None = None,
     ) -> TrainingDiverged:
         if weights_finite is None:  # a collective: every process raises here together (decisions are reduced)
             # e.g. a forward pass whose loss is NaN has already put NaN/inf in BatchNorm's running statistics
-            weights_finite, where = self._weights_finite(trainer, trainer.lightning_module)
+            weights_finite, where = self._weights_finite(trainer, pl_module)
             what += "" if weights_finite else f"; the weights are not finite either {where}"
         fn = trainer.state.fn
         stage = "fit" if fn in (None, TrainerFn.FITTING) else str(fn.value)
