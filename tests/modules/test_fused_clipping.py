@@ -89,9 +89,10 @@ def test_fused_optimizer_is_clipped_like_an_unfused_one(tmp_path, precision, alg
     else:
         assert max(fused_post.max_abs) <= limit * (1 + 1e-6)
     # the clipped gradients the fused step used are the unfused run's, and so are the weights it made
-    # (the attention key biases aside: softmax cancels them, their gradient is float noise that Adam
-    # normalises into steps of the full LR)
+    # up to the fused kernel's float error (2.6e-4 on torch 2.5; each step moves a weight by lr = 0.05), the
+    # attention key biases aside: softmax cancels them, their gradient is float noise that Adam normalises
+    # into steps of the full LR
     assert fused_post.norms == pytest.approx(plain_post.norms, rel=1e-4)
     for (name, a), b in zip(plain.state_dict().items(), fused.state_dict().values(), strict=True):
         if not name.endswith("key.bias"):
-            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3, msg=name)  # < 2 % of one step
