@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_recipes.callbacks._finite import all_finite, constant_buffers, is_loss_key, non_finite_weights
 from lightning_recipes.callbacks.gradient_monitor import GradientMonitor
-
-# torch >= 2.6: the foreach inf-norm (one kernel per device and dtype); torch 2.5: one norm per tensor.
-_get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
 
 
 class TrainingDiverged(RuntimeError):
@@ -401,72 +398,6 @@ class NonFiniteGuard(Callback):
                 (Path(p).stat().st_mtime_ns, rank, str(p)) for rank, p in paths if p and Path(p).is_file()
             ]
         return max(found)[2] if found else None
-
-
-_DATALOADER_SUFFIX = re.compile(r"(/dataloader_idx_\d+)+$")
-
-
-def is_loss_key(key: str) -> bool:
-    """Whether a logged key names a loss: its last ``/`` component contains ``loss`` (any case), after
-    Lightning's ``/dataloader_idx_<i>`` suffix.
-
-    Example::
-
-        >>> [is_loss_key(k) for k in ("val/loss", "train/loss_epoch", "test/loss/dataloader_idx_1", "loss")]
-        [True, True, True, True]
-        >>> [is_loss_key(k) for k in ("val/acc", "loss/val_acc", "grad/scale")]
-        [False, False, False]
-    """
-    return "loss" in _DATALOADER_SUFFIX.sub("", key).rsplit("/", 1)[-1].lower()
-
-
-def all_finite(tensors: Iterable[Tensor]) -> bool:
-    """Whether every element of ``tensors`` is finite, with one device sync (per kind of device).
-
-    Extremes, which cannot overflow (a sum or a 2-norm of large finite values can) and in which NaN
-    propagates: on accelerators the largest absolute value of all of them (:func:`largest_abs`, one
-    foreach kernel per device and dtype); on CPU each tensor's minimum and maximum (``torch.aminmax``:
-    one pass, half the time of torch's inf-norm there, which takes ``abs`` first).
-    """
-    tensors = [t.detach() for t in tensors if t.numel()]
-    on_cpu = [t for t in tensors if t.device.type == "cpu"]
-    elsewhere = [t for t in tensors if t.device.type != "cpu"]
-    extremes = [torch.stack([m.float() for t in on_cpu for m in torch.aminmax(t)])] if on_cpu else []
-    extremes += [largest_abs(elsewhere)] if elsewhere else []
-    return all(bool(torch.isfinite(e).all()) for e in extremes)
-
-
-def largest_abs(tensors: list[Tensor]) -> Tensor:
-    """The largest absolute value of all ``tensors`` (their inf-norm; NaN if any holds NaN), as a 0-d tensor
-    on the first one's device: torch's foreach norm (``torch.nn.utils.get_total_norm``, torch >= 2.6), or
-    one norm per tensor (torch 2.5)."""
-    if _get_total_norm is not None:
-        return _get_total_norm(tensors, math.inf)
-    device = tensors[0].device
-    return torch.stack([torch.linalg.vector_norm(t, math.inf).float().to(device) for t in tensors]).max()
-
-
-def constant_buffers(module: nn.Module) -> set[str]:
-    """Names of ``module``'s floating-point buffers that hold ±inf and no NaN: constants (attention masks,
-    observers' initial minima), not state that went wrong. One check per buffer."""
-    return {
-        n
-        for n, b in module.named_buffers()
-        if b.is_floating_point() and not bool(torch.isfinite(b).all()) and not bool(torch.isnan(b).any())
-    }
-
-
-def non_finite_weights(module: nn.Module, skip: Iterable[str] = ()) -> list[str]:
-    """Names of ``module``'s parameters and floating-point buffers (less ``skip``) that hold a NaN/inf.
-
-    One check per tensor: for messages; :func:`all_finite` is the cheap test.
-    """
-    skip = set(skip)
-    tensors = [
-        *module.named_parameters(),
-        *((n, b) for n, b in module.named_buffers() if b.is_floating_point()),
-    ]
-    return [n for n, t in tensors if n not in skip and t.numel() and not bool(torch.isfinite(t).all())]
 
 
 def learning_rates(trainer: pl.Trainer) -> dict[str, float]:
