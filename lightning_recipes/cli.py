@@ -414,8 +414,11 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("LIGHTNING_RECIPES_DEBUG"):
             raise
         kind = "invalid recipe" if type(exc).__name__ == "ArgumentError" else type(exc).__name__
-        print(f"error: {kind}: {short_error(exc)}", file=sys.stderr)
-        print("(set LIGHTNING_RECIPES_DEBUG=1 to see the full traceback)", file=sys.stderr)
+        # One write: under DDP every process prints this to the same stderr, and `print`'s separate
+        # write of the newline lets another process's message land on the same line (unbuffered stderr).
+        hint = "(set LIGHTNING_RECIPES_DEBUG=1 to see the full traceback)"
+        sys.stderr.write(f"error: {kind}: {short_error(exc)}\n{hint}\n")
+        sys.stderr.flush()
         return 1
     return 0
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -131,6 +132,17 @@ def test_malformed_and_missing_recipe(tmp_path, capsys):
     assert main(["run", str(tmp_path / "nope.yaml")]) != 0
     assert "not found" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2
+
+
+def test_the_error_message_is_one_write(tmp_path, monkeypatch):
+    """Under DDP every process prints its error to one stderr; a message written in pieces (`print`
+    writes the newline apart, and stderr is unbuffered under PYTHONUNBUFFERED) interleaves with the
+    other process's on one line. The message and its hint go out in one `write`, newline included."""
+    writes: list[str] = []
+    monkeypatch.setattr(sys, "stderr", SimpleNamespace(write=writes.append, flush=lambda: None))
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 1
+    assert len(writes) == 1
+    assert writes[0].startswith("error: FileNotFoundError: ") and writes[0].endswith("full traceback)\n")
 
 
 @pytest.fixture
