@@ -87,26 +87,29 @@ def tiny_shared(root: Path, *parts: str) -> Path:
 
 
 def tiny_zoo(root: Path, *names: str) -> None:
-    """Replace the zoo entries ``names`` (in this process) by ones that build in seconds, cached in ``root``.
+    """Replace the zoo entries ``names`` (in this process) by ones that build in seconds, and build them in a
+    cache in ``root``.
 
     ``gpt2-mini.shakespeare``: a 2-layer GPT-2 (hidden 32, BPE vocabulary 300) pretrained for 20 steps on
-    toy sentences; ``resnet10t.digits04``: timm ``test_resnet`` trained 1 epoch on digits 0-4. Both are
-    built and used as the real ones are (``zoo.resolve_model_name``, ``ImageClassifier(backbone=...)``).
+    toy sentences (in a shared folder of its own, given to the build); ``resnet10t.digits04``: timm
+    ``test_resnet`` trained 1 epoch on digits 0-4. Both are built as the real ones are (``zoo.build``) and
+    used by name (``ImageClassifier(model_name_or_path=...)``).
     """
-    from lightning_recipes import zoo
-    from lightning_recipes._zoo_lm import CorpusGPT2
+    from lightning_recipes import registry, zoo
 
     os.environ["LIGHTNING_RECIPES_CACHE"] = str(root / "cache")  # never the user's cache
+    shared = root / "smoke-shared"
     for name in names:
         if name == "gpt2-mini.shakespeare":
-            source = root / "cache" / "smoke" / "toy.txt"  # the zoo looks for source texts in the cache too
+            source = shared / "toy.txt"
             source.parent.mkdir(parents=True, exist_ok=True)
             source.write_text("<|endoftext|>".join(text for text, _ in sentences(400, seed=2)))
-            zoo.ZOO[name] = CorpusGPT2(
-                "gpt2-mini.smoke", "smoke/toy.txt", "(written by benchmarks/_smoke.py)", None, n_layer=2,
+            registry.ZOO[name] = registry.GPT2Weights(
+                "gpt2-mini.smoke", "toy.txt", "(written by benchmarks/_smoke.py)", None, n_layer=2,
                 n_head=2, n_embd=32, n_positions=64, vocab_size=300, block_size=32, batch_size=8, steps=20,
             )  # fmt: skip
         elif name == "resnet10t.digits04":
-            zoo.ZOO[name] = zoo.DigitsWeights("test_resnet", (0, 1, 2, 3, 4), epochs=1)
+            registry.ZOO[name] = registry.DigitsWeights("test_resnet", (0, 1, 2, 3, 4), epochs=1)
         else:
             raise ValueError(f"no smoke stand-in for zoo entry {name!r}")
+        zoo.build(name, source=shared)

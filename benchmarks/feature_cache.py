@@ -88,7 +88,7 @@ def text_run(args: argparse.Namespace, cache: bool, epochs: int, cache_dir: str)
     data = TextDataModule(
         train_file=str(args.shared / "data" / "sst2" / "train.tsv"),
         val_file=str(args.shared / "data" / "sst2" / "dev.tsv"),
-        text_column="sentence", labels=["negative", "positive"], train_size=args.sentences,
+        text_column="sentence", label_names=["negative", "positive"], train_size=args.sentences,
         max_length=args.max_length, batch_size=32, eval_batch_size=128, cache_dir=cache_dir + "-hf",
     )  # fmt: skip
     connect(model, data)

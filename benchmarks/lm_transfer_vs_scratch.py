@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -33,10 +34,13 @@ from pathlib import Path
 import _smoke
 import torch
 
+from lightning_recipes import zoo
 from lightning_recipes.cli import run_recipe
-from lightning_recipes.zoo import resolve_model_name
 
-LM = Path(__file__).resolve().parents[1] / "recipes" / "lm"
+REPO = Path(__file__).resolve().parents[1]
+LM = REPO / "recipes" / "lm"
+#: The project's shared folder: Tiny Shakespeare, which the zoo model is pretrained on.
+SHARED = Path(os.environ.get("LIGHTNING_RECIPES_SHARED", REPO / ".." / "shared")).resolve()
 
 
 def run(recipe: str, out: Path, steps_per_epoch: int, overrides: list[str]) -> tuple[float, float]:
@@ -88,9 +92,9 @@ def smoke_setup(tmp: Path) -> list[str]:
     _smoke.tiny_zoo(tmp, "gpt2-mini.shakespeare")
     sst2 = _smoke.write_sst2(tmp / "sst2")
     return [
-        f"--data.init_args.train_files={sst2 / 'train.tsv'}",
-        f"--data.init_args.val_files={sst2 / 'dev.tsv'}",
-        f"--data.init_args.test_files={sst2 / 'dev.tsv'}",
+        f"--data.init_args.train_file={sst2 / 'train.tsv'}",
+        f"--data.init_args.val_file={sst2 / 'dev.tsv'}",
+        f"--data.init_args.test_file={sst2 / 'dev.tsv'}",
         "--data.init_args.block_size=32",
         "--data.init_args.batch_size=4",
         "--trainer.limit_val_batches=2",
@@ -100,7 +104,7 @@ def smoke_setup(tmp: Path) -> list[str]:
 
 def run_arms(args: argparse.Namespace, tmp: Path, data: list[str]) -> dict[str, tuple[float, float]]:
     """``{arm: (test perplexity, wall time)}``; ``data`` overrides every arm's data (``--smoke``)."""
-    folder = resolve_model_name("gpt2-mini.shakespeare")  # builds the zoo model first, outside the timings
+    folder = zoo.build("gpt2-mini.shakespeare", source=SHARED)  # first, outside the timings (once)
     config = json.loads((Path(folder) / "config.json").read_text())
     keys = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "bos_token_id", "eos_token_id")
     config = {k: config[k] for k in (*keys, "resid_pdrop", "embd_pdrop", "attn_pdrop")}

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace, lr: float, lora: bool, queue: Any) -> None:
             train_file=str(args.shared / "data/sst2/train.tsv"),
             val_file=str(args.shared / "data/sst2/dev.tsv"),
             text_column="sentence",
-            labels=["negative", "positive"],
+            label_names=["negative", "positive"],
             train_size=args.train_size,
             max_length=128,
             batch_size=args.batch_size,

@@ -87,7 +87,7 @@ def main() -> None:
             args.threads, shared, cases = 1, _smoke.tiny_shared(root / "shared"), []
         else:
             shared, cases = SHARED, [(digits, "resnet10t.digits04")]
-            zoo.ZOO["resnet10t.digits04"].build()  # once, ahead of the timings (about 30 s on 2 cores)
+            zoo.build("resnet10t.digits04")  # once, ahead of the timings (about 30 s on 2 cores)
         torch.set_num_threads(args.threads)
         if shared.is_dir():
             cases.append((digits, f"local-dir:{shared / 'models' / 'efficientnet_lite0'}"))

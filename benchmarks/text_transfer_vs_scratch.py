@@ -5,7 +5,8 @@
 * ``add-layers``: the same encoder frozen under a new head for the first epoch (head LR 1e-3), then
   unfrozen top group first, one more group each epoch, everything at the last epoch, with layer-wise LR
   decay (:class:`~lightning_recipes.callbacks.FreezeUnfreeze`: ``milestones=[1, ..., epochs - 1]``,
-  ``backbone_lr_ratio=0.05``, ``layer_decay=0.8``), as ``recipes/text/sst2_minilm_add_layers_local.yaml``;
+  ``backbone_lr_ratio=0.05``; the model's ``layer_decay=0.8``), as
+  ``recipes/text/sst2_minilm_add_layers_local.yaml``;
 * ``scratch``: a small BERT built from a config (4 layers, hidden 256, random weights) with a WordPiece
   tokenizer trained on the same training sentences (``wordpiece_vocab_size=8000``; LR 5e-4, 10 % warm-up,
   linear decay), as ``recipes/text/sst2_bert_scratch_local.yaml``.
@@ -67,7 +68,7 @@ def build_data(args: argparse.Namespace, cache: str, **tokenizer: Any) -> TextDa
         train_file=str(args.shared / "data/sst2/train.tsv"),
         val_file=str(args.shared / "data/sst2/dev.tsv"),
         text_column="sentence",
-        labels=["negative", "positive"],
+        label_names=["negative", "positive"],
         train_size=args.train_size,
         max_length=64,
         batch_size=32,
@@ -93,10 +94,10 @@ def build_arm(name: str, args: argparse.Namespace, cache: str) -> tuple[TextClas
         )
         return model, build_data(args, cache), []
     if name == "add-layers":
-        model = TextClassifier(str(args.shared / MINILM), num_classes=2, pooling="mean", lr=1e-3, **adamw)
-        unfreeze = FreezeUnfreeze(
-            milestones=list(range(1, max(args.epochs, 2))), backbone_lr_ratio=0.05, layer_decay=0.8
+        model = TextClassifier(
+            str(args.shared / MINILM), num_classes=2, pooling="mean", lr=1e-3, layer_decay=0.8, **adamw
         )
+        unfreeze = FreezeUnfreeze(milestones=list(range(1, max(args.epochs, 2))), backbone_lr_ratio=0.05)
         return model, build_data(args, cache), [unfreeze]
     model = TextClassifier(
         None,

@@ -54,7 +54,7 @@ def build_data(args: argparse.Namespace, cache: str) -> TextDataModule:
         train_file=str(args.shared / "data/sst2/train.tsv"),
         val_file=str(args.shared / "data/sst2/dev.tsv"),
         text_column="sentence",
-        labels=["negative", "positive"],
+        label_names=["negative", "positive"],
         train_size=args.train_size,
         max_length=128,
         batch_size=args.batch_size,
@@ -222,7 +222,7 @@ def main() -> None:
             for name in names:
                 if name.startswith("lightning"):
                     mean = "mean-pooling" in name
-                    result = run_lightning(args, dm, "new" if mean else "model", "mean" if mean else "cls")
+                    result = run_lightning(args, dm, "new" if mean else "pretrained", "mean" if mean else "cls")
                 else:
                     result = run_hf_trainer(args, dm, group_by_length="group_by_length" in name)
                 runs.setdefault(name, []).append(result)

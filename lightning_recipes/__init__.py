@@ -8,8 +8,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from lightning_recipes import _process_group  # noqa: F401  (destroys a leftover process group at exit)
-
 __version__ = "0.1.0.dev0"
 
 _EXPORTS = {

@@ -5,9 +5,15 @@ Every loader of this package (timm backbones, transformers models and tokenizers
 copy, unknown repository or revision, gated repository) and by connection errors anywhere in the
 exception chain, and turned into a :class:`PretrainedLoadError` whose hint fits the family: the timm
 repository (``timm/<name>``) and ``local-dir:``, a ``--local-dir`` folder for transformers, local files
-for datasets. When the Hub does not answer a 3-second connection attempt (and offline mode is not
-set), the loader runs in offline mode: a cached copy still loads, a missing one fails at once, with no
-retry storm.
+for datasets.
+
+Offline mode is the ecosystem's own: ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``), as
+``huggingface_hub.is_offline_mode()`` reads it, which transformers, timm and ``datasets`` honour. When it
+is not set, :func:`hub_reachable` asks the Hub once per process whether it answers (the library's only
+network probe): ``huggingface_hub`` retries a connection that fails five times with back-off (about 25 s
+per file, and timm asks for several files) and has no setting to stop that, so a Hub that does not
+answer within 3 s makes the loader run in offline mode instead: a cached copy still loads, a missing one
+fails at once.
 """
 
 from __future__ import annotations
@@ -80,17 +86,14 @@ def is_unreachable(exc: BaseException | None) -> bool:
     return False
 
 
-def offline_requested() -> bool:
-    """Whether the user asked for offline mode (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``)."""
-    from huggingface_hub import is_offline_mode
-
-    return is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-
-
 @functools.lru_cache(maxsize=4)
 def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the Hub (``HF_ENDPOINT``, default huggingface.co) opens within
-    ``timeout`` seconds; asked once per process and endpoint."""
+    """Whether a TCP connection to the Hub (``huggingface_hub.constants.ENDPOINT``: ``HF_ENDPOINT``, default
+    huggingface.co) opens within ``timeout`` seconds; asked once per process and endpoint.
+
+    The one network probe of ``lightning_recipes``: :func:`hub_call` asks it only for a Hub id while
+    offline mode is not set, to spare the loader ``huggingface_hub``'s retries.
+    """
     if endpoint is None:
         from huggingface_hub import constants
 
@@ -115,21 +118,21 @@ def hint(name: str, family: Family, reason: str | None = None) -> str:
         True
     """
     if reason is None:
-        reason = (
-            "HF_HUB_OFFLINE is set" if offline_requested() else "the Hugging Face Hub could not be reached"
-        )
+        from huggingface_hub import is_offline_mode
+
+        reason = "HF_HUB_OFFLINE is set" if is_offline_mode() else "the Hugging Face Hub could not be reached"
     repo = name.split(":", 1)[1] if name.startswith(("hf-hub:", "hf_hub:")) else name
     short = repo.split("/")[-1]
     if family == "timm":
         repo = repo if "/" in repo else f"timm/{repo}"
         fix = (
             f"on a machine with network access run `hf download {repo} --local-dir ./{short}` and use "
-            f"backbone `local-dir:./{short}`, or set pretrained: false to start from random weights"
+            f"model_name_or_path `local-dir:./{short}`, or set pretrained: false to start from random weights"
         )
     elif family == "datasets":
         fix = (
             f"on a machine with network access run `hf download {repo} --repo-type dataset --local-dir "
-            f"./{short}`, or give local files (train_file/val_file/test_file, or train_files)"
+            f"./{short}`, or give local files (train_file/val_file/test_file)"
         )
     else:
         fix = (
@@ -153,8 +156,9 @@ def hub_call(
     A local path that does not exist is a ``FileNotFoundError`` naming it; an unreachable or unknown
     Hub id a :class:`PretrainedLoadError` with :func:`hint`; anything else propagates unchanged.
     ``remote`` says whether the call may need the Hub (default: ``name`` is not an existing local
-    path); then, unless offline mode is set, the Hub is asked once (:func:`hub_reachable`) and, if it
-    does not answer, the loader runs offline (a cached copy loads, a missing one fails at once).
+    path); then, unless offline mode is set (``HF_HUB_OFFLINE``), the Hub is asked once
+    (:func:`hub_reachable`) and, if it does not answer, the loader runs offline (a cached copy loads, a
+    missing one fails at once).
 
     Example::
 
@@ -167,8 +171,11 @@ def hub_call(
         raise FileNotFoundError(f"{what} folder {name!r} not found")
     if remote is None:
         remote = not (looks_like_local_path(name) or Path(name).expanduser().exists())
-    unanswered = remote and not offline_requested() and not hub_reachable()
+    from huggingface_hub import is_offline_mode
+
     from lightning_recipes._compat import hub_offline
+
+    unanswered = remote and not is_offline_mode() and not hub_reachable()
 
     try:
         with hub_offline() if unanswered else nullcontext():

@@ -1,11 +1,10 @@
-"""Building weights inside a run without changing the run: the caller's random state is put back."""
+"""Drawing random numbers without changing the caller's: a zoo build, ``suggest``'s random-init backbone."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 #: The environment variables ``seed_everything`` sets; a build puts them back as they were.
 SEED_ENV_VARS = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
@@ -39,27 +38,3 @@ def random_state_untouched() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def build_trainer(**settings: Any) -> Any:
-    """The quiet one-CPU ``Trainer`` a zoo build trains its source task with: no logger, checkpoints,
-    progress bar, model summary or validation; ``settings`` (``max_epochs``, ``max_steps``,
-    ``gradient_clip_val``, ...) are added to these.
-
-    Example::
-
-        >>> build_trainer(max_epochs=2).max_epochs
-        2
-    """
-    import lightning as L
-
-    quiet = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "limit_val_batches": 0,
-    }
-    return L.Trainer(**quiet, **settings)

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_recipes import zoo
+from lightning_recipes._random_state import random_state_untouched
+from lightning_recipes.registry import ZOO
 
 
 @dataclass
@@ -156,7 +157,7 @@ def image_features(
 
     own_weights = pretrained is True  # a weights file (or a zoo entry) brings no label names
     model = create_backbone(backbone, pretrained=pretrained)
-    with zoo.random_state_untouched():
+    with random_state_untouched():
         torch.manual_seed(seed)
         random = create_backbone(backbone, pretrained=False)
     config = resolve_data_config({}, model=model)
@@ -166,7 +167,7 @@ def image_features(
     dataset = ImageDataset([(p, 0) for p in sample.items], dm.transforms(training=False))
     images = torch.stack([dataset[i][0] for i in range(len(dataset))])
     batches = list(images.split(64))
-    names = _imagenet_names(model) if own_weights and backbone not in zoo.ZOO else None
+    names = _imagenet_names(model) if own_weights and backbone not in ZOO else None
     matched = match_labels(sample.classes, names) if names else [None] * len(sample.classes)
     logits = None
     if names and all(m is not None for m in matched):
@@ -236,13 +237,15 @@ def text_features(sample: Sample, model_path: str, max_length: int, seed: int) -
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
     from lightning_recipes._hub import hub_call
+    from lightning_recipes.modules._hf import resolve_model_name
     from lightning_recipes.modules.text import mean_pool
     from lightning_recipes.tokenizer import load_tokenizer
 
+    model_path = resolve_model_name(model_path)  # a (built) zoo name: its folder
     tokenizer = load_tokenizer(model_path)
     config = hub_call(model_path, "transformers", "model config", AutoConfig.from_pretrained, model_path)
     encoder = hub_call(model_path, "transformers", "model", AutoModel.from_pretrained, model_path)
-    with zoo.random_state_untouched():
+    with random_state_untouched():
         torch.manual_seed(seed)
         random = AutoModel.from_config(config)
     batches = [

@@ -30,6 +30,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lightning_recipes import preflight, zoo
+from lightning_recipes._process_group import destroy_leftover_process_group
 from lightning_recipes.callbacks.non_finite_guard import NonFiniteGuard
 from lightning_recipes.callbacks.prediction_writer import PredictionWriter
 from lightning_recipes.cluster import (
@@ -57,7 +58,7 @@ USAGE = """usage:
   lightning-recipes fit|validate|test|predict --config RECIPE.yaml [overrides]
   lightning-recipes list [--matrix]   (name, family, scenario, offline; --matrix: family x scenario)
   lightning-recipes suggest --data PATH --backbone NAME [--family image|text]   (which scenario fits)
-  lightning-recipes zoo list | zoo build NAME [NAME...]   (offline-pretrained weights; built on first use)
+  lightning-recipes zoo list | zoo build NAME [NAME...] [--source DIR]   (offline-pretrained weights)
   lightning run RECIPE.yaml --print_config > resolved.yaml   (runs again unchanged)
 """
 RUN_USAGE = """usage: lightning run RECIPE [--KEY=VALUE ...] [--ckpt_path=PATH] [--print_config]
@@ -111,10 +112,12 @@ class LightningRecipesCLI(LightningCLI):
     @override
     def before_instantiate_classes(self) -> None:
         """Options that cannot work together are refused before anything is built
-        (:func:`~lightning_recipes.preflight.check`); resuming from a checkpoint continues the W&B run
-        whose id the checkpoint stores."""
+        (:func:`~lightning_recipes.preflight.check`); zoo models the recipe names are built if they are
+        not yet (:func:`lightning_recipes.zoo.build_missing`, one line each); resuming from a checkpoint
+        continues the W&B run whose id the checkpoint stores."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         preflight.check(config)
+        zoo.build_missing(zoo.names_in(config))
         trainer = config.get("trainer", {})
         apply_resume_id(trainer.get("logger"), config.get("ckpt_path") or requeued_from(trainer))
 
@@ -138,7 +141,8 @@ class LightningRecipesCLI(LightningCLI):
         if isinstance(trainer, RecipeTrainer):
             trainer.callbacks.insert(0, RunDirectory())  # before the callbacks whose folders it sets
         trainer.callbacks.append(CrashCheckpoint())
-        NonFiniteGuard.attach(trainer)  # a NaN/inf loss or monitored metric fails the run: TrainingDiverged
+        # NaN/inf fails the run (TrainingDiverged) unless a guard in the recipe says otherwise (non_finite)
+        NonFiniteGuard.attach(trainer)
         # Predictions are written by a PredictionWriter, unless the recipe configures a writer of its own.
         if not any(isinstance(cb, BasePredictionWriter) for cb in trainer.callbacks):
             trainer.callbacks.append(PredictionWriter())
@@ -420,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: {kind}: {short_error(exc)}\n{hint}\n")
         sys.stderr.flush()
         return 1
+    finally:  # a gloo group left alive can abort the process at exit, after a run that succeeded
+        destroy_leftover_process_group()
     return 0
 
 

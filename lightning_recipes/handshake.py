@@ -13,10 +13,15 @@ model -> data      :class:`InputSpec`: ``data_config`` (timm      image transfor
                    input size, mean, std, crop) and ``tokenizer``  modules tokenise with the model's tokenizer
                    (loaded with the pretrained model)
 data -> model      :class:`DataSpec`: ``label_names`` (and so     the model checks ``num_classes`` and
-                   ``num_classes``), ``max_length``, ``block_size`` stores the names, the length and a
-                   and ``tokenizer`` (one the data trained, e.g.  tokenizer in its checkpoints; block size
-                   BPE on the corpus)                              is checked against the context length
+                   ``num_classes``), ``task``, ``max_length``,    ``task``, stores the names, the length
+                   ``block_size`` and ``tokenizer`` (one the      and a tokenizer in its checkpoints;
+                   data trained, e.g. BPE on the corpus)          block size is checked against the
+                                                                  context length
 =================  =============================================  ========================================
+
+The task (``multiclass``, ``multilabel``, ``regression``) is the data's: a data module states it once
+in its :class:`DataSpec`, and a classifier built for another task is an error when the spec reaches it
+(``ClassificationModule.accept_data_spec``), naming both tasks.
 
 A tokenizer is made by one side: loaded with the pretrained model, or given to / trained by the data
 module when the model has none (from scratch). Both sides with different tokenizers is an error
@@ -44,8 +49,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from lightning_recipes.tokenizer import tokenizer_fingerprint
-
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -66,12 +69,15 @@ class DataSpec:
 
     Args:
         label_names: class (or label) names in id order; ``None`` for regression and language modelling.
+        task: what the labels are: ``multiclass`` (one class per example), ``multilabel`` (several) or
+            ``regression`` (numbers); ``None`` where there are no labels (language modelling).
         max_length: truncation length of text inputs, in tokens.
         block_size: tokens per sequence of a language-modelling corpus.
         tokenizer: a tokenizer the data module made or loaded itself (``None`` when it uses the model's).
     """
 
     label_names: list[str] | None = None
+    task: str | None = None
     max_length: int | None = None
     block_size: int | None = None
     tokenizer: Any = None
@@ -172,6 +178,8 @@ def agree_tokenizer(model_side: Any, data_side: Any, data_name: str) -> Any:
     """
     if model_side is None or data_side is None or model_side is data_side:
         return data_side if model_side is None else model_side
+    from lightning_recipes.tokenizer import tokenizer_fingerprint  # text only: image code never loads it
+
     if tokenizer_fingerprint(model_side) != tokenizer_fingerprint(data_side):
         raise ValueError(
             f"The model brings its own tokenizer ({getattr(model_side, 'name_or_path', '?')!r}) and the data "

@@ -30,10 +30,10 @@ from typing import Any
 SCENARIOS = ("fine-tune", "add-layers", "scratch", "as-is", "adapters")
 #: The ``# Family:`` keywords, in the order of the matrix's rows.
 FAMILIES = ("image", "text", "lm")
-#: Data options that name input files or folders (``root``, ``train_csv``, ``val_file``, ``train_files``...).
-_DATA_PATH_KEY = re.compile(r"^(root|predict_root|\w+_csv|\w+_file|\w+_files)$")
+#: Data options that name input files or folders (``root``, ``predict_root``, ``train_file``...).
+_DATA_PATH_KEY = re.compile(r"^(root|predict_root|\w+_file)$")
 #: Model options that name pretrained weights or a tokenizer.
-_MODEL_KEYS = ("backbone", "model_name_or_path", "tokenizer")
+_MODEL_KEYS = ("model_name_or_path", "tokenizer")
 
 
 def recipes_dir() -> Path:
@@ -134,25 +134,33 @@ def _is_local(value: str) -> bool:
     return value.startswith(("local-dir:", ".", "/", "~"))
 
 
+def _timm_architecture(name: str) -> bool:
+    """A timm architecture name (``resnet18``, ``resnet50.a1_in1k``): built without a download."""
+    import timm
+
+    return timm.is_model(name.split(".")[0])
+
+
 def offline_blockers(config: dict[str, Any], base: Path) -> list[str]:
     """Why a recipe, run as shipped from ``base``, would need the network or data that is not here.
 
     The rule (``docs/recipes.md``): a recipe runs offline here when
 
-    * every model it names (``backbone``, ``model_name_or_path``, ``tokenizer``) is a zoo name
-      (:mod:`lightning_recipes.zoo`, built offline), a local folder that exists (``local-dir:`` or a
-      path starting with ``.``, ``/`` or ``~``, relative to ``base``), or an architecture built with
-      ``pretrained: false`` (for Hugging Face models: with a ``config`` dict, so no config is fetched);
+    * every model it names (``model_name_or_path``, ``tokenizer``) is a zoo name
+      (:mod:`lightning_recipes.registry`; ``lightning run`` builds it offline), a local folder that
+      exists (``local-dir:`` or a path starting with ``.``, ``/`` or ``~``, relative to ``base``), or an
+      architecture built with ``pretrained: false`` (a timm architecture name; for Hugging Face models:
+      with a ``config`` dict, so no config is fetched);
     * its data module reads no Hub ``dataset``, and every file or folder its data options name
-      (``root``, ``*_csv``, ``*_file``, ``*_files``; globs allowed) exists relative to ``base``.
+      (``root``, ``predict_root``, ``*_file``; globs allowed) exists relative to ``base``.
       A data module that generates its data (``DigitsDataModule``) names none.
 
     Example::
 
-        >>> offline_blockers({"model": {"init_args": {"backbone": "resnet50.a1_in1k"}}}, Path("."))
-        ["model backbone 'resnet50.a1_in1k': pretrained weights from the Hub"]
+        >>> offline_blockers({"model": {"init_args": {"model_name_or_path": "resnet50.a1_in1k"}}}, Path("."))
+        ["model model_name_or_path 'resnet50.a1_in1k': pretrained weights from the Hub"]
     """
-    from lightning_recipes import zoo
+    from lightning_recipes.registry import ZOO
 
     blockers = []
     model = (config.get("model") or {}).get("init_args") or {}
@@ -160,12 +168,14 @@ def offline_blockers(config: dict[str, Any], base: Path) -> list[str]:
     for section, args in (("model", model), ("data", data)):
         for key in _MODEL_KEYS:
             value = args.get(key)
-            if not isinstance(value, str) or value in zoo.ZOO:
+            if not isinstance(value, str) or value in ZOO:
                 continue
             if _is_local(value):
                 if not (base / value.removeprefix("local-dir:")).expanduser().is_dir():
                     blockers.append(f"{section} {key} {value!r}: folder not found")
-            elif not (model.get("pretrained") is False and (key == "backbone" or model.get("config"))):
+            elif not (
+                model.get("pretrained") is False and (model.get("config") or _timm_architecture(value))
+            ):
                 blockers.append(f"{section} {key} {value!r}: pretrained weights from the Hub")
     if data.get("dataset"):
         blockers.append(f"data dataset {data['dataset']!r}: a Hub dataset")

@@ -163,7 +163,7 @@ def choose_recipe(family: str, scenario: str, backbone: str) -> Recipe | None:
 
     def rank(recipe: Recipe) -> tuple[bool, bool, str]:
         args = (yaml.safe_load(recipe.path.read_text())["model"].get("init_args")) or {}
-        same = backbone in (args.get("backbone"), args.get("model_name_or_path"))
+        same = backbone == args.get("model_name_or_path")
         return (not same, any(b.startswith("model") for b in recipe.blockers), recipe.name)
 
     return min(usable, key=rank)
@@ -196,8 +196,9 @@ def recipe_command(
     folder without ``val/``/``test/`` is split by ``val_fraction``/``test_fraction`` (0.1 each unless
     the recipe sets them); a text file is the training data with 10 % held out for validation, and a
     training recipe's ``test`` stage becomes ``validate`` (there is no held-out test file); an as-is
-    recipe tests on the whole file (nothing is trained on it). A recipe with the model's own head
-    (``head: pretrained``) gets no ``num_classes``; one with a ``class_map`` gets the names that matched.
+    recipe tests on the whole file (nothing is trained on it). A recipe with the model's own head as-is
+    (``head: pretrained``, no ``num_classes``) gets none; one with a ``class_map`` gets the names that
+    matched.
     """
     import yaml
 
@@ -208,7 +209,7 @@ def recipe_command(
     overrides: dict[str, str] = {}
     if family == "image":
         overrides["data.init_args.root"] = data
-        for key in ("train_csv", "val_csv", "test_csv", "predict_root"):
+        for key in ("train_file", "val_file", "test_file", "predict_root"):
             if data_args.get(key) is not None:
                 overrides[f"data.init_args.{key}"] = "null"
         if details.get("layout") == "class folders":
@@ -216,14 +217,14 @@ def recipe_command(
                 needed = stage in stages or (split == "val" and "fit" in stages)
                 if needed and not data_args.get(f"{split}_fraction"):
                     overrides[f"data.init_args.{split}_fraction"] = "0.1"
-        overrides["model.init_args.backbone"] = backbone
+        overrides["model.init_args.model_name_or_path"] = backbone
         if pretrained and recipe.scenario != "scratch":
             overrides["model.init_args.pretrained"] = pretrained
     else:
         overrides["data.init_args.train_file"] = data
         overrides["data.init_args.text_column"] = details["text_column"]
         overrides["data.init_args.label_column"] = details["label_column"]
-        nulls = ["dataset", "dataset_config", "val_file", "test_file", "predict_file", "labels"]
+        nulls = ["dataset", "dataset_config", "val_file", "test_file", "predict_file", "label_names"]
         if "fit" in stages:
             overrides["data.init_args.val_fraction"] = "0.1"
             nulls.append("train_size")  # train on all of it
@@ -235,7 +236,7 @@ def recipe_command(
             nulls.remove("test_file")
         overrides.update({f"data.init_args.{k}": "null" for k in nulls if data_args.get(k) is not None})
         overrides["model.init_args.model_name_or_path"] = backbone
-    if model_args.get("head") != "model":
+    if model_args.get("head") != "pretrained" or model_args.get("num_classes") is not None:
         overrides["model.init_args.num_classes"] = str(len(classes))
     if "class_map" in model_args and details.get("label_map"):
         overrides["model.init_args.class_map"] = json.dumps({c: [n] for c, n in details["label_map"].items()})
@@ -280,7 +281,9 @@ def suggest(
         seed: seed of the subsample, the random-init backbone and the probe's folds.
     """
     from lightning_recipes import _suggest_data as sd
+    from lightning_recipes import zoo
 
+    zoo.build_missing([backbone])  # a zoo name is built (once) before it is measured
     family = family or sd.detect_family(data)
     if family not in DATA_CLASS:
         raise ValueError(f"--family {family!r}: suggest measures image or text classification data")

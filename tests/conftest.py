@@ -24,6 +24,9 @@ if "lo" in {name for _, name in socket.if_nameindex()}:
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LIGHTNING_RECIPES_SHARED", REPO / ".." / "shared")).resolve()
+# The zoo builds its SST-2 classifier and its Shakespeare GPT-2 from the project's shared folder, which
+# it is given explicitly (`zoo build --source DIR` or this variable): for the tests, the checkout's.
+os.environ["LIGHTNING_RECIPES_SHARED"] = str(SHARED)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -119,18 +122,29 @@ def write_corpus():
     return write
 
 
+DESTROY_LEFTOVER_GROUP = """
+
+import torch.distributed as _dist
+
+if _dist.is_available() and _dist.is_initialized():
+    _dist.destroy_process_group()
+"""
+
+
 @pytest.fixture
 def run_script(tmp_path: Path):
     """``run(source, *args, env=None, cwd=tmp_path)``: run Python ``source`` as a script in a new process.
 
     For multi-process (DDP) tests: the script is written to ``tmp_path``, run with the repository on
     ``PYTHONPATH`` and ``env`` added to the environment; the test fails with the script's stderr unless
-    it exits 0. Returns the ``CompletedProcess`` (``stdout``/``stderr`` as text).
+    it exits 0. Returns the ``CompletedProcess`` (``stdout``/``stderr`` as text). The script ends by
+    destroying a process group its Trainer left alive, as docs/multi_gpu.md tells users' scripts to
+    (gloo aborts now and then at interpreter exit with a live group).
     """
 
     def run(source: str, *args: object, env: dict[str, str] | None = None, cwd: Path | None = None):
         script = tmp_path / "script.py"
-        script.write_text(source)
+        script.write_text(source + DESTROY_LEFTOVER_GROUP)
         proc = subprocess.run(
             [sys.executable, str(script), *map(str, args)],
             env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},

@@ -1,8 +1,8 @@
 """DDP in spawned CPU processes for tests that cannot re-launch pytest (``strategy="ddp"`` would).
 
-Lightning destroys the process group at exit only for NCCL, and ``lightning_recipes`` registers an
-``atexit`` handler that destroys any group left (``lightning_recipes/_process_group.py``); but a
-``multiprocessing`` child never runs ``atexit`` handlers, and with torch 2.15's gloo a child that exits
+Lightning destroys the process group at exit only for NCCL, and a ``lightning-recipes`` command destroys
+any group left when it ends (``lightning_recipes/_process_group.py``); but a ``multiprocessing`` child
+never reaches that end (nor runs ``atexit`` handlers), and with torch's gloo a child that exits
 with its group alive aborts now and then ("terminate called without an active exception", SIGABRT)
 after its work is done, failing a run that succeeded. :class:`SpawnedDDP` destroys the group when the
 strategy tears down, in the child.

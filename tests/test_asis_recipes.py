@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from lightning_recipes import zoo
+from lightning_recipes import registry
+from lightning_recipes._random_state import SEED_ENV_VARS
 from lightning_recipes.cli import LightningRecipesCLI
 from lightning_recipes.recipes import read_description
 
@@ -57,17 +58,17 @@ def image_setup(recipe: Path, tmp_path: Path, image_folder, monkeypatch) -> tupl
     or test_resnet's own (random) ImageNet classifier on a tiny cats/dogs folder with val/ and test/."""
     if "DigitsDataModule" in recipe.read_text():
         monkeypatch.setitem(
-            zoo.ZOO, "test_resnet.digits04", zoo.DigitsWeights("test_resnet", (0, 1, 2, 3, 4), 1)
+            registry.ZOO, "test_resnet.digits04", registry.DigitsWeights("test_resnet", (0, 1, 2, 3, 4), 1)
         )
-        for name in zoo.SEED_ENV_VARS:
+        for name in SEED_ENV_VARS:
             monkeypatch.delenv(name, raising=False)
         args = [
-            "--model.init_args.backbone=test_resnet.digits04",
+            "--model.init_args.model_name_or_path=test_resnet.digits04",
             f"--data.init_args.root={tmp_path / 'digits'}",
         ]
         return [*args, "--data.init_args.batch_size=16"], ["0", "1", "2", "3", "4"]
     root = image_folder(splits=("val", "test"), classes=("cats", "dogs"), per_class=4)
-    args = ["--model.init_args.backbone=test_resnet", "--model.init_args.pretrained=false"]
+    args = ["--model.init_args.model_name_or_path=test_resnet", "--model.init_args.pretrained=false"]
     data = [
         f"--data.init_args.{k}" for k in (f"root={root}", "image_size=32", "num_workers=0", "batch_size=4")
     ]
@@ -99,7 +100,7 @@ def text_setup(recipe: Path, tmp_path: Path) -> tuple[list[str], list[str]]:
         f"--model.init_args.model_name_or_path={folder}",
         "--data.init_args.dataset=null",
         *(f"--data.init_args.{split}_file={tsv}" for split in ("train", "test", "predict")),
-        "--data.init_args.labels=[negative,positive]",
+        "--data.init_args.label_names=[negative,positive]",
         "--data.init_args.eval_batch_size=4",
         "--data.init_args.num_workers=0",
         f"--data.init_args.cache_dir={tmp_path / 'cache'}",

@@ -15,7 +15,8 @@ import pytest
 import torch
 import yaml
 
-from lightning_recipes import ImageClassifier, zoo
+from lightning_recipes import ImageClassifier, registry
+from lightning_recipes._random_state import SEED_ENV_VARS
 from lightning_recipes.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +46,12 @@ def tiny_recipe(tmp_path, image_folder) -> Path:
         },
         "model": {
             "class_path": "lightning_recipes.ImageClassifier",
-            "init_args": {"backbone": "test_resnet", "pretrained": False, "num_classes": 3, "lr": 0.01},
+            "init_args": {
+                "model_name_or_path": "test_resnet",
+                "pretrained": False,
+                "num_classes": 3,
+                "lr": 0.01,
+            },
         },
         "data": {
             "class_path": "lightning_recipes.ImageDataModule",
@@ -112,7 +118,7 @@ def test_subcommands_and_resume(tiny_recipe, tmp_path, capsys):
     ("override", "expected"),
     [
         ("--model.init_args.foo=3", "Option 'foo' is not accepted"),
-        ("--model.init_args.backbone=resnet1800", "Unknown backbone 'resnet1800'"),
+        ("--model.init_args.model_name_or_path=resnet1800", "Unknown backbone 'resnet1800'"),
         ("--data.init_args.root=/no/such/folder", "/no/such/folder does not exist"),
         ("--trainer.max_epochs=abc", "trainer.max_epochs"),
     ],
@@ -146,12 +152,12 @@ def test_the_error_message_is_one_write(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def tiny_zoo(tmp_path, monkeypatch) -> zoo.DigitsWeights:
+def tiny_zoo(tmp_path, monkeypatch) -> registry.DigitsWeights:
     """A cold cache and a zoo entry that builds in seconds (test_resnet, digits 0 and 1, one epoch)."""
     monkeypatch.setenv("LIGHTNING_RECIPES_CACHE", str(tmp_path / "cache"))
-    weights = zoo.DigitsWeights("test_resnet", (0, 1), epochs=1)
-    monkeypatch.setitem(zoo.ZOO, "test_resnet.digits01", weights)
-    for name in zoo.SEED_ENV_VARS:
+    weights = registry.DigitsWeights("test_resnet", (0, 1), epochs=1)
+    monkeypatch.setitem(registry.ZOO, "test_resnet.digits01", weights)
+    for name in SEED_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     return weights
 
@@ -177,7 +183,9 @@ def test_zoo_list_and_build(tiny_zoo, capsys):
         "data/tinyshakespeare/input.txt (300 x 32 x 128 tokens)",
     ]
     assert main(["zoo", "build", "test_resnet.digits01"]) == 0
-    assert capsys.readouterr().out.strip() == f"test_resnet.digits01: built {path}"
+    building, built = capsys.readouterr().out.strip().splitlines()
+    assert building.startswith("lightning_recipes: building zoo model test_resnet.digits01 (test_resnet")
+    assert built == f"test_resnet.digits01: built {path}"
     assert path.is_file()
     assert listed()["test_resnet.digits01"] == ["test_resnet", "digits 0,1 (1 epochs)", "yes", str(path)]
     assert main(["zoo", "build", "test_resnet.digits01", "test_resnet.digits01"]) == 0

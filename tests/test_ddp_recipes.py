@@ -107,7 +107,7 @@ def test_image_recipe_with_freezing_lr_finder_and_wandb_under_lightning_run(tmp_
         "--data.init_args.image_size=32",
         "--data.init_args.batch_size=3",  # 5 images per rank: batches of 3 and 2 (BatchNorm needs 2)
         "--data.init_args.num_workers=0",
-        "--model.init_args.backbone=test_resnet",
+        "--model.init_args.model_name_or_path=test_resnet",
         "--model.init_args.pretrained=false",
         "--model.init_args.num_classes=3",
     ]
@@ -151,7 +151,7 @@ def lm_overrides(tmp_path: Path, text_file: Path, tiny_pretrained: Path) -> list
     """An LM recipe on the tiny GPT-2 and corpus: 2 sequences of 32 tokens per batch."""
     return [
         f"--model.init_args.model_name_or_path={tiny_pretrained}",
-        f"--data.init_args.train_files={text_file.parent / '*.txt'}",
+        f"--data.init_args.train_file={text_file.parent / '*.txt'}",
         "--data.init_args.block_size=32",
         "--data.init_args.batch_size=2",
         "--data.init_args.num_workers=0",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def test_image_model_hands_its_data_config_and_takes_the_class_names(image_folde
     connect(model, data)
     assert data.resolved_data_config()["input_size"] == model.data_config["input_size"]
     assert data.resolved_data_config()["mean"] == model.data_config["mean"]
-    assert model.label_names == data.classes and data.num_classes == 2
+    assert model.label_names == data.label_names and data.num_classes == 2
     explicit = ImageDataModule(root=str(root), data_config={"input_size": (3, 24, 24)})
     connect(model, explicit)  # an explicit data_config wins over the model's
     assert explicit.resolved_data_config()["input_size"] == (3, 24, 24)
@@ -74,6 +75,53 @@ def datamodule(folder: Path, **kwargs) -> TextDataModule:
         train_file=str(folder / "train.csv"), val_file=str(folder / "dev.csv"), text_column="text",
         cache_dir=str(folder / "cache"), **kwargs,
     )  # fmt: skip
+
+
+def test_the_data_states_the_task_and_a_model_of_another_is_refused(tmp_path: Path, image_folder) -> None:
+    root = image_folder(splits=("",), classes=("a", "b"), per_class=2)
+    (root / "multi.csv").write_text("path,label\na/0.png,a|b\nb/0.png,b\na/1.png,a\nb/1.png,a|b\n")
+    multilabel = ImageDataModule(train_file=str(root / "multi.csv"), label_separator="|", val_fraction=0.0)
+    assert multilabel.data_spec().task == "multilabel"
+    assert ImageDataModule(root=str(root), val_fraction=0.0).data_spec().task == "multiclass"
+    message = (
+        "The data module's task is 'multilabel' but the model's is task='multiclass'; they must agree: set "
+        "model task: multilabel (model.init_args.task in a recipe)"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        connect(ImageClassifier("test_resnet", num_classes=2, pretrained=False), multilabel)
+    model = ImageClassifier("test_resnet", num_classes=2, pretrained=False, task="multilabel")
+    connect(model, multilabel)  # the same task: the names are adopted
+    assert model.label_names == ["a", "b"]
+
+    bert = tiny_bert_folder(tmp_path / "bert")
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in ("train", "dev"):
+        (folder / f"{name}.csv").write_text("text,label\ngood film,0.9\nawful movie,0.1\n")
+    regression = datamodule(folder, task="regression")
+    assert regression.data_spec().task == "regression"
+    with pytest.raises(ValueError, match="task is 'regression' but the model's is task='multiclass'"):
+        connect(TextClassifier(str(bert), num_classes=2), regression)
+    connect(TextClassifier(str(bert), num_classes=1, task="regression"), regression)
+    spec = DataSpec(label_names=["x", "y"], task="multiclass")
+    with pytest.raises(ValueError, match="task is 'multiclass' but the model's is task='multilabel'"):
+        model.accept_data_spec(spec)  # wherever the spec reaches the model, not only through connect
+    assert DataSpec(label_names=["x", "y"]).task is None  # a data module that does not say: no check
+
+
+def test_label_names_of_model_and_data_share_one_logger(tmp_path: Path, image_folder) -> None:
+    """Lightning logs the model's and the data module's hyperparameters together and refuses a key the two
+    give different values: ``label_names`` (the option of both) stays the model's."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    root = image_folder(splits=("",), classes=("a", "b"), per_class=4)
+    data = ImageDataModule(root=str(root), label_names=["b", "a"], val_fraction=0.5, image_size=16)
+    model = ImageClassifier("test_resnet", num_classes=2, pretrained=False, label_names=None)
+    connect(model, data)
+    trainer = L.Trainer(max_steps=1, limit_val_batches=1, logger=CSVLogger(tmp_path),
+                        enable_checkpointing=False, enable_progress_bar=False)  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    assert model.label_names == ["b", "a"] and "label_names" not in data.hparams_initial
 
 
 def test_text_tokenizer_goes_model_to_data_and_a_different_one_is_refused(tmp_path: Path) -> None:
@@ -157,18 +205,29 @@ def test_no_module_reaches_back_up_the_chain() -> None:
     )
 
 
-def test_renamed_options_warn_and_still_work(tmp_path: Path) -> None:
+def test_renamed_options_have_one_name_and_no_alias(tmp_path: Path) -> None:
     scratch = CausalLM(config=TINY_GPT2)
     scratch.save_pretrained(tmp_path / "lm")
-    with pytest.deprecated_call(match="`pretrained_model_name_or_path` was renamed `model_name_or_path`"):
-        lm = CausalLM(pretrained_model_name_or_path=str(tmp_path / "lm"))
+    lm = CausalLM(model_name_or_path=str(tmp_path / "lm"))
     assert lm.hparams.model_name_or_path == str(tmp_path / "lm")
-    with pytest.raises(ValueError, match="not both"):
-        CausalLM(model_name_or_path="a", pretrained_model_name_or_path="b")
-    with pytest.deprecated_call(match="`dataset_config_name` was renamed `dataset_config`"):
-        dm = TextCorpusDataModule(dataset="wikitext", dataset_config_name="raw", bpe_vocab_size=300)
+    with pytest.raises(TypeError, match="pretrained_model_name_or_path"):
+        CausalLM(pretrained_model_name_or_path=str(tmp_path / "lm"))
+    dm = TextCorpusDataModule(dataset="wikitext", dataset_config="raw", bpe_vocab_size=300)
     assert dm.dataset_config == "raw"
+    with pytest.raises(TypeError, match="dataset_config_name"):
+        TextCorpusDataModule(dataset="wikitext", dataset_config_name="raw", bpe_vocab_size=300)
     bert = tiny_bert_folder(tmp_path / "bert")
-    with pytest.deprecated_call(match="`tokenizer_name_or_path` was renamed `tokenizer`"):
-        model = TextClassifier(str(bert), tokenizer_name_or_path=str(bert))
+    model = TextClassifier(str(bert), tokenizer=str(bert))
     assert model.hparams.tokenizer == str(bert) and model.tokenizer is not None
+    with pytest.raises(TypeError, match="tokenizer_name_or_path"):
+        TextClassifier(str(bert), tokenizer_name_or_path=str(bert))
+    for old in ({"classes": ["a"]}, {"train_csv": "x.csv"}):
+        with pytest.raises(TypeError, match=next(iter(old))):
+            ImageDataModule(root=str(tmp_path), **old)
+    with pytest.raises(TypeError, match="backbone"):
+        ImageClassifier(backbone="test_resnet", pretrained=False)
+    with pytest.raises(TypeError, match="labels"):
+        TextDataModule(train_file="x.csv", labels=["a"])
+    with pytest.raises(TypeError, match="train_files"):
+        TextCorpusDataModule(train_files="x.txt")
+    assert importlib.util.find_spec("lightning_recipes._deprecation") is None

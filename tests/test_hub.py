@@ -1,4 +1,5 @@
-"""Hub failures: one place (_hub.hub_call), fast when the Hub does not answer, hints that fit the family."""
+"""Hub failures: one place (_hub.hub_call), HF_HUB_OFFLINE honoured, fast when the Hub does not answer,
+hints that fit the family, one network probe in the whole package."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import constants
-from huggingface_hub.errors import OfflineModeIsEnabled
+from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
+import lightning_recipes
 from lightning_recipes import CausalLM, ImageClassifier, TextClassifier, TextDataModule
 from lightning_recipes._hub import PretrainedLoadError, hint, hub_call, hub_reachable
 
@@ -40,6 +42,31 @@ def test_an_unanswering_hub_fails_at_once_in_offline_mode(hub_down) -> None:
         hub_call("org/model", "transformers", "model", loader)
     assert seen == [True]  # the loader ran offline: no request, no retry storm
     assert constants.HF_HUB_OFFLINE is False  # offline mode was only for that call
+    assert hub_reachable.cache_info().misses == 1  # the Hub was asked once for all three
+
+
+def test_offline_mode_set_by_the_user_is_honoured_without_a_probe(monkeypatch) -> None:
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets at import
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    hub_reachable.cache_clear()
+
+    def loader() -> None:  # what transformers raises for a model that is not in the cache, offline
+        raise OSError("not cached") from LocalEntryNotFoundError("outgoing traffic has been disabled")
+
+    with pytest.raises(PretrainedLoadError, match="HF_HUB_OFFLINE is set, and 'org/model' is neither"):
+        hub_call("org/model", "transformers", "model", loader)
+    assert hub_reachable.cache_info().misses == 0  # no probe: offline mode says it all
+
+
+def test_the_hub_probe_is_the_only_network_probe_of_the_package() -> None:
+    package = Path(lightning_recipes.__file__).parent
+    words = ("socket", "urlopen", "httpx", "requests.")
+    probing = sorted(
+        path.relative_to(package).as_posix()
+        for path in package.rglob("*.py")
+        if any(word in path.read_text() for word in words)
+    )
+    assert probing == ["_hub.py"]  # W&B's fallback relies on wandb's own errors
 
 
 def test_hints_fit_the_family() -> None:

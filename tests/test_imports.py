@@ -1,4 +1,6 @@
-"""The import graph of the package: every module imports alone, no cycles, text code loads no image code."""
+"""The import graph of the package: every module imports alone, no cycles, the core never reaches the
+application, and importing one public class loads only what it needs (text code no image code, image code
+no text code, neither the zoo's building)."""
 
 from __future__ import annotations
 
@@ -134,7 +136,7 @@ print(json.dumps(failures))
 
 def test_import_graph_has_no_cycle():
     graph, modules = import_graph(), package_modules()
-    assert "lightning_recipes.zoo" in graph["lightning_recipes.modules.image"]  # the parser sees imports
+    assert "lightning_recipes.registry" in graph["lightning_recipes.modules.image"]  # the parser sees imports
     cycles = find_cycles(graph)
     assert not cycles, "import cycles between lightning_recipes modules:\n" + "\n".join(
         describe(cycle, graph, modules) for cycle in cycles
@@ -158,7 +160,8 @@ import lightning, torch
 pil = {m for m in sys.modules if m == "PIL" or m.startswith("PIL.")}
 import lightning_recipes.data.text
 new = {m for m in sys.modules if m == "PIL" or m.startswith("PIL.")} - pil
-image = {"timm"} | {f"lightning_recipes.{m}" for m in ("data.image", "data.digits", "modules.image", "zoo")}
+ours = ("data.image", "data.digits", "modules.image", "zoo", "zoo.image")
+image = {"timm"} | {f"lightning_recipes.{m}" for m in ours}
 print(sorted(new | (image & set(sys.modules))))
 """
     proc = subprocess.run(
@@ -171,3 +174,79 @@ print(sorted(new | (image & set(sys.modules))))
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+#: The core floor: it only trains (modules, data modules, callbacks, the handshake, the compat layer, the
+#: zoo's registry) ...
+CORE = ("modules", "data", "callbacks", "_compat", "handshake", "registry")
+#: ... and these helpers, which it may use; every other module is the application (the CLI, recipes, run
+#: directories, cluster, suggest, the zoo's building, the W&B fallback), which the core never imports.
+CORE_HELPERS = {"_hub", "cache", "eval_samples", "schedulers", "tokenizer"}
+
+
+def test_the_core_never_imports_the_application():
+    graph = import_graph()
+    core = {m for m in graph if m.removeprefix("lightning_recipes.").split(".")[0] in CORE}
+    reached, stack = set(), sorted(core)
+    while stack:
+        for target in graph[stack.pop()]:
+            if target not in reached:
+                reached.add(target)
+                stack.append(target)
+    outside = {m.removeprefix("lightning_recipes.") for m in reached - core} - CORE_HELPERS
+    assert not outside, (
+        f"the core imports application modules (directly or through others): {sorted(outside)}"
+    )
+    assert {"zoo", "zoo.image", "cli", "suggest"} <= {m.removeprefix("lightning_recipes.") for m in graph}
+
+
+def loaded_by(statement: str) -> tuple[list[str], list[str]]:
+    """The package modules ``statement`` loads in a fresh interpreter (without the ``lightning_recipes.``
+    prefix), and the third-party packages it loads beyond those ``import lightning, torch`` load."""
+    code = f"""
+import json, sys
+import lightning, torch
+before = set(sys.modules)
+{statement}
+ours = sorted(m.removeprefix("lightning_recipes.") for m in sys.modules if m.startswith("lightning_recipes"))
+new = set(sys.modules) - before
+theirs = sorted({{m.split(".")[0] for m in new if not m.startswith("lightning_recipes")}})
+print(json.dumps([ours, theirs]))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours, theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    return ours, theirs
+
+
+#: What every module class loads: the package, the base classes and what they use.
+BASE = [
+    "_compat", "_compat._libraries", "_compat._lightning", "_hub", "cache", "handshake", "lightning_recipes",
+    "modules", "modules._base", "modules._trainable_checkpoint", "registry", "schedulers",
+]  # fmt: skip
+CLASSIFIER = ["eval_samples", "modules._class_map", "modules._classification", "modules._heads"]
+HF = ["modules._hf", "modules._layers", "tokenizer"]
+
+
+def test_image_classifier_loads_no_text_code_and_no_zoo_building():
+    """17 package modules (23 before the zoo's registry: the zoo's building, its text and GPT-2 code, the
+    tokenizer module); no third-party package beyond what Lightning loads (timm loads on first use)."""
+    ours, theirs = loaded_by("from lightning_recipes import ImageClassifier")
+    assert ours == sorted([*BASE, *CLASSIFIER, "modules.image"])
+    assert theirs == []
+
+
+def test_text_classifier_and_causal_lm_load_no_image_code_and_no_zoo_building():
+    ours, theirs = loaded_by("from lightning_recipes import TextClassifier")
+    assert ours == sorted([*BASE, *CLASSIFIER, *HF, "modules._text_export", "modules.text"])
+    assert theirs == []
+    ours, theirs = loaded_by("from lightning_recipes import CausalLM")
+    assert ours == sorted([*BASE, *HF, "modules._generation", "modules._top_blocks", "modules.causal_lm"])
+    assert theirs == []

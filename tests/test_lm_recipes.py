@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 
-from lightning_recipes import CausalLM, zoo
-from lightning_recipes._zoo_lm import CorpusGPT2
+from lightning_recipes import CausalLM, registry
 from lightning_recipes.cli import main
 from lightning_recipes.data.bpe import train_bpe_tokenizer
+from lightning_recipes.registry import GPT2Weights
 
 REPO = Path(__file__).resolve().parents[1]
 LM = REPO / "recipes" / "lm"
@@ -64,7 +64,7 @@ def test_scratch_recipe_trains_its_tokenizer_and_checkpoints_reload(tmp_path, te
         "gpt2_scratch_shakespeare.yaml",
         tmp_path,
         f"--model.init_args.config={json.dumps(TINY)}",
-        f"--data.init_args.train_files={text_file}",
+        f"--data.init_args.train_file={text_file}",
         "--data.init_args.bpe_vocab_size=300",
         f"--data.init_args.tokenizer_dir={tokenizer_dir}",
         "--data.init_args.block_size=32",
@@ -87,7 +87,7 @@ def test_finetune_recipe_on_a_local_model_folder(tmp_path, text_file, tiny_pretr
         "gpt2_finetune.yaml",
         tmp_path,
         f"--model.init_args.model_name_or_path={tiny_pretrained}",
-        f"--data.init_args.train_files={text_file.parent / '*.txt'}",
+        f"--data.init_args.train_file={text_file.parent / '*.txt'}",
         f"--data.init_args.tokenizer={tiny_pretrained}",
         "--data.init_args.block_size=32",
         "--data.init_args.batch_size=4",
@@ -103,7 +103,7 @@ def test_evaluate_recipe_reports_the_perplexity_of_the_model_as_is(
         "gpt2_evaluate.yaml",
         tmp_path,
         f"--model.init_args.model_name_or_path={tiny_pretrained}",
-        f"--data.init_args.val_files={text_file}",
+        f"--data.init_args.val_file={text_file}",
         f"--data.init_args.tokenizer={tiny_pretrained}",
         "--data.init_args.block_size=64",
         capsys=capsys,
@@ -123,7 +123,7 @@ def test_lora_recipe_trains_the_adapter_only_and_reloads(tmp_path, text_file, ti
         "gpt2_lora.yaml",
         tmp_path,
         f"--model.init_args.model_name_or_path={tiny_pretrained}",
-        f"--data.init_args.train_files={text_file.parent / '*.txt'}",
+        f"--data.init_args.train_file={text_file.parent / '*.txt'}",
         f"--data.init_args.tokenizer={tiny_pretrained}",
         "--data.init_args.block_size=32",
         "--data.init_args.batch_size=4",
@@ -143,7 +143,7 @@ def test_offline_lora_recipe_adapts_a_local_model(tmp_path, text_file, tiny_pret
         "gpt2_mini_lora_local.yaml",
         tmp_path,
         f"--model.init_args.model_name_or_path={tiny_pretrained}",
-        f"--data.init_args.train_files={text_file}",
+        f"--data.init_args.train_file={text_file}",
         "--data.init_args.block_size=32",
         capsys=capsys,
     )
@@ -157,18 +157,18 @@ ZOO_TINY = {"n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 64, "vocab_s
 
 
 @pytest.fixture
-def tiny_zoo(tmp_path: Path, monkeypatch, write_corpus) -> CorpusGPT2:
-    """``gpt2-mini.shakespeare`` replaced by a tiny GPT-2 pretrained (40 steps) on a toy corpus; its build is
-    cached in the session's cache, so only the first test pays for it."""
+def tiny_zoo(tmp_path: Path, monkeypatch, write_corpus) -> GPT2Weights:
+    """``gpt2-mini.shakespeare`` replaced by a tiny GPT-2 pretrained (40 steps) on a toy corpus; `lightning
+    run` builds it before the first run, in the session's cache, so only the first test pays for it."""
     monkeypatch.setenv("LIGHTNING_RECIPES_SHARED", str(tmp_path / "shared"))
     source = write_corpus(tmp_path / "shared" / "toy.txt", lines=400, seed=1)
     # sentences separated like the tables' rows (each one a document, then EOS), not by newlines
     source.write_text("<|endoftext|>".join(source.read_text().splitlines()))
-    entry = CorpusGPT2(
+    entry = GPT2Weights(
         "gpt2-mini.shakespeare", "toy.txt", "https://example.org/toy.txt", None,
         **ZOO_TINY, block_size=32, batch_size=8, steps=40, lr=1e-2,
     )  # fmt: skip
-    monkeypatch.setitem(zoo.ZOO, "gpt2-mini.shakespeare", entry)
+    monkeypatch.setitem(registry.ZOO, "gpt2-mini.shakespeare", entry)
     return entry
 
 
@@ -196,7 +196,7 @@ def run_recipe(recipe: str, tmp_path: Path, *overrides: str, capsys) -> tuple[di
 
 def table_overrides(sentences: dict[str, Path], *splits: str) -> list[str]:
     return [
-        f"--data.init_args.{split}_files={sentences['train' if split == 'train' else 'dev']}"
+        f"--data.init_args.{split}_file={sentences['train' if split == 'train' else 'dev']}"
         for split in splits
     ]
 

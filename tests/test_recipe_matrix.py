@@ -94,19 +94,19 @@ def test_offline_rule(tmp_path):
     def blockers(model: dict, data: dict | None = None) -> list[str]:
         return offline_blockers({"model": {"init_args": model}, "data": {"init_args": data or {}}}, tmp_path)
 
-    assert blockers({"backbone": "resnet10t.digits04"}) == []  # the zoo builds offline
-    assert blockers({"backbone": "local-dir:./weights"}) == []
-    assert blockers({"backbone": "resnet18", "pretrained": False}) == []  # architecture only
-    hub = "model backbone 'resnet18': pretrained weights from the Hub"
-    assert blockers({"backbone": "resnet18"}) == [hub]
-    missing = "model backbone 'local-dir:./nope': folder not found"
-    assert blockers({"backbone": "local-dir:./nope"}) == [missing]
+    assert blockers({"model_name_or_path": "resnet10t.digits04"}) == []  # the zoo builds offline
+    assert blockers({"model_name_or_path": "local-dir:./weights"}) == []
+    assert blockers({"model_name_or_path": "resnet18", "pretrained": False}) == []  # architecture only
+    hub = "model model_name_or_path 'resnet18': pretrained weights from the Hub"
+    assert blockers({"model_name_or_path": "resnet18"}) == [hub]
+    missing = "model model_name_or_path 'local-dir:./nope': folder not found"
+    assert blockers({"model_name_or_path": "local-dir:./nope"}) == [missing]
     assert blockers({"model_name_or_path": "bert-base-uncased", "pretrained": False}) == [
         "model model_name_or_path 'bert-base-uncased': pretrained weights from the Hub"  # its config.json
     ]
     config = {"model_type": "bert"}
     assert blockers({"model_name_or_path": "bert", "pretrained": False, "config": config}) == []
-    assert blockers({"config": {}}, {"train_files": "texts/*.txt", "tokenizer_dir": "runs/tok"}) == []
+    assert blockers({"config": {}}, {"train_file": "texts/*.txt", "tokenizer_dir": "runs/tok"}) == []
     assert blockers({"config": {}}, {"train_file": "my.csv", "dataset": "nyu-mll/glue"}) == [
         "data dataset 'nyu-mll/glue': a Hub dataset",
         "data train_file 'my.csv': not found (your data)",

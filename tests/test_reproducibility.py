@@ -1,5 +1,5 @@
-"""Same command, same seed, same metrics: on a cold zoo cache (the backbone is built inside the run)
-and on a warm one (it is read from the cache)."""
+"""Same command, same seed, same metrics: on a cold zoo cache (`lightning run` builds the backbone after
+seeding, before the run) and on a warm one (it is read from the cache)."""
 
 from __future__ import annotations
 

@@ -104,7 +104,7 @@ def test_every_block_is_a_file_the_tests_use():
     "class_path, own",
     [
         ("my_project.MyClassifier", ["--model.width", "--model.head_dropout"]),
-        ("my_project.text.MyTextClassifier", ["--model.width", "--model.layer_lr_decay"]),
+        ("my_project.text.MyTextClassifier", ["--model.width", "--model.layer_decay"]),
         ("my_project.lm.MyCausalLM", ["--model.top_k", "--model.config"]),
     ],
 )
@@ -138,7 +138,7 @@ def test_recipe_runs_end_to_end_and_reloads(project, run_script):
         CLI_SCRIPT,
         "run",
         "my_digits.yaml",
-        "--model.init_args.backbone=test_resnet",  # tiny, random init: no network
+        "--model.init_args.model_name_or_path=test_resnet",  # tiny, random init: no network
         "--model.init_args.pretrained=false",
         f"--model.init_args.width={width}",
         "--model.init_args.lr=0.01",
@@ -190,7 +190,7 @@ def test_noisy_images_takes_part_in_the_handshake(project, image_folder):
 
     root = image_folder(splits=("",), per_class=4)
     data = NoisyImages(noise_std=0.5, root=str(root), val_fraction=0.25, batch_size=4, image_size=16)
-    model = MyClassifier(width=8, backbone="test_resnet", pretrained=False, num_classes=3)
+    model = MyClassifier(width=8, model_name_or_path="test_resnet", pretrained=False, num_classes=3)
     connect(model, data)
     assert model.label_names == ["a", "b", "c"] and data.model_data_config == model.data_config
     data.setup("fit")

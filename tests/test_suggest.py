@@ -109,17 +109,21 @@ def test_every_suggested_command_parses(family, scenario, tmp_path, capsys, monk
     classes = [f"c{i}" for i in range(7)]
     config = parse(sg.recipe_command(recipe, family, data, "my-backbone", classes, details), capsys)
     model, args = config["model"]["init_args"], config["data"]["init_args"]
-    if model.get("head") != "model":
-        assert model["num_classes"] == 7
+    recipe_model = yaml.safe_load(recipe.path.read_text())["model"].get("init_args") or {}
+    if recipe_model.get("head") != "pretrained" or recipe_model.get("num_classes") is not None:
+        assert model["num_classes"] == 7  # a head that trains: the data's classes
+    else:
+        assert model.get("num_classes") is None  # the pretrained head as-is: its own labels
     stages = config["stages"]
     if family == "image":
-        assert args["root"] == data and model["backbone"] == "my-backbone"
+        assert args["root"] == data and model["model_name_or_path"] == "my-backbone"
         # a folder without splits is split for every stage that needs one
         assert ("fit" not in stages and "validate" not in stages) or args["val_fraction"] > 0
         assert "test" not in stages or args["test_fraction"] > 0
     else:
         assert (args["train_file"], args["text_column"], args["label_column"]) == (data, "review", "stars")
-        assert args.get("dataset") is None and args.get("val_file") is None and args.get("labels") is None
+        assert args.get("dataset") is None and args.get("val_file") is None
+        assert args.get("label_names") is None
         assert model["model_name_or_path"] == "my-backbone"
         if "fit" in stages:  # validated on 10 % of the file; no test file to test on
             assert args["val_fraction"] == 0.1 and "test" not in stages and args.get("test_file") is None
@@ -262,7 +266,7 @@ def test_zoo_backbone_quadrants(quadrant, tmp_path, capsys):
     assert m.probed <= sg.MAX_EXAMPLES and m.as_is is None
     config = parse(result.command, capsys)
     assert config["data"]["init_args"]["root"] == str(data)
-    assert config["model"]["init_args"]["backbone"] == "resnet10t.digits04"
+    assert config["model"]["init_args"]["model_name_or_path"] == "resnet10t.digits04"
 
 
 @pytest.mark.slow

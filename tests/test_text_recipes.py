@@ -93,7 +93,7 @@ def overrides(model_dir: Path, data_dir: Path, scratch: bool = False) -> list[st
         f"--data.init_args.val_file={data_dir / 'dev.tsv'}",
         f"--data.init_args.test_file={data_dir / 'dev.tsv'}",
         "--data.init_args.train_size=null",
-        "--data.init_args.labels=[negative,positive]",
+        "--data.init_args.label_names=[negative,positive]",
         "--data.init_args.batch_size=4",
         "--data.init_args.num_workers=0",
         f"--data.init_args.cache_dir={data_dir / 'cache'}",
@@ -196,7 +196,8 @@ def test_add_layers_recipe_trains_the_head_alone_then_unfreezes_with_decayed_lrs
     model_dir, data_dir = tiny_bert_and_tsv
     recipe = REPO / "recipes" / "text" / "sst2_minilm_add_layers_local.yaml"
     unfreeze = yaml.safe_load(recipe.read_text())["trainer"]["callbacks"][0]["init_args"]
-    head_lr = yaml.safe_load(recipe.read_text())["model"]["init_args"]["lr"]
+    model_args = yaml.safe_load(recipe.read_text())["model"]["init_args"]
+    head_lr = model_args["lr"]
     trainable: list[list[bool]] = []  # per epoch: is each layer group (bottom to top) trainable
 
     def record(self: TextClassifier) -> None:  # the module's hook runs after the callbacks'
@@ -223,7 +224,7 @@ def test_add_layers_recipe_trains_the_head_alone_then_unfreezes_with_decayed_lrs
             if key.startswith("lr-AdamW/") and value:
                 lrs.setdefault(key.removeprefix("lr-AdamW/"), {})[epoch_of[int(row["step"])]] = float(value)
     top = head_lr * unfreeze["backbone_lr_ratio"]
-    decay = unfreeze["layer_decay"]
+    decay = model_args["layer_decay"]
     assert lrs["head"] == pytest.approx({e: head_lr for e in range(epochs)})
     assert lrs["backbone.2"] == pytest.approx({1: top, 2: top, 3: top})
     assert lrs["backbone.1"] == pytest.approx({2: top * decay, 3: top * decay})

@@ -1,15 +1,22 @@
-"""The zoo's fine-tuned text classifier: built like TextClassifier(head="pretrained"), loaded as-is."""
+"""The zoo's fine-tuned text classifier (lightning_recipes/zoo/text.py): TextClassifier(head="pretrained")
+fine-tuned by a Trainer, built from an explicit shared folder, loaded as-is once built."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 
-from lightning_recipes import TextClassifier, zoo
-from lightning_recipes._zoo_text import FinetunedTextClassifier, _SourceTextClassifier, shared_file
+from lightning_recipes import TextClassifier, registry, zoo
+from lightning_recipes._random_state import SEED_ENV_VARS
+from lightning_recipes.registry import TextClassifierWeights, ZooNotBuiltError
+from lightning_recipes.schedulers import WarmupDecay
+from lightning_recipes.zoo.text import source_model
+
+LABELS = ("negative", "positive")
 
 
 def tiny_encoder(folder: Path) -> Path:
@@ -28,13 +35,16 @@ def tiny_encoder(folder: Path) -> Path:
     return folder
 
 
-def test_source_model_matches_text_classifier_with_its_own_head(tmp_path: Path):
-    """Same parts, draws, parameter groups and outputs as TextClassifier(head="pretrained", num_classes=2)."""
-    encoder = str(tiny_encoder(tmp_path / "enc"))
+def test_source_model_is_text_classifier_with_its_own_head(tmp_path: Path):
+    """The zoo fine-tunes TextClassifier(head="pretrained", num_classes=2) itself: same parts, draws,
+    parameter groups and outputs as one built by hand, and its warm-up/linear-decay schedule per step."""
+    encoder = tiny_encoder(tmp_path / "enc")
+    entry = TextClassifierWeights("tiny.sst2", "enc", "train.tsv", LABELS)
     L.seed_everything(0, verbose=False)
-    source = _SourceTextClassifier(encoder, ["negative", "positive"], lr=1e-4)
+    source = source_model(entry, encoder)
     L.seed_everything(0, verbose=False)
-    reference = TextClassifier(encoder, head="pretrained", num_classes=2, lr=1e-4)
+    reference = TextClassifier(str(encoder), head="pretrained", num_classes=2, lr=1e-4)
+    assert isinstance(source, TextClassifier) and source.label_names == list(LABELS)
     assert list(source.state_dict()) == list(reference.state_dict())
     for a, b in zip(source.state_dict().values(), reference.state_dict().values(), strict=True):
         assert torch.equal(a, b)
@@ -42,23 +52,38 @@ def test_source_model_matches_text_classifier_with_its_own_head(tmp_path: Path):
     assert groups == [(g["name"], g["lr"], len(g["params"])) for g in reference.param_groups()]
     batch = dict(source.tokenizer(["good film", "dull"], padding=True, return_tensors="pt"))
     assert torch.equal(source.eval()(batch), reference.eval()(batch))
+    schedule = source.scheduler_factory
+    assert isinstance(schedule, partial) and schedule.func is WarmupDecay
+    assert (
+        schedule.keywords == {"warmup_ratio": 0.1, "decay": "linear"} and source.scheduler_interval == "step"
+    )
 
 
-def test_build_caches_a_finetuned_folder_that_loads_by_name_as_is(tmp_path: Path, monkeypatch):
+@pytest.fixture
+def tiny_sst2(tmp_path: Path, monkeypatch) -> tuple[TextClassifierWeights, Path]:
+    """A zoo entry fine-tuning a tiny encoder on 16 toy sentences of a shared folder, in a cold cache."""
     shared = tmp_path / "shared"
     tiny_encoder(shared / "enc")
     rows = ["good film\t1", "bad film\t0", "fun film\t1", "dull film\t0"] * 8
     (shared / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
-    monkeypatch.setenv("LIGHTNING_RECIPES_SHARED", str(shared))
     monkeypatch.setenv("LIGHTNING_RECIPES_CACHE", str(tmp_path / "cache"))
-    for name in zoo.SEED_ENV_VARS:
+    for name in SEED_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
-    entry = FinetunedTextClassifier("tiny.sst2", "enc", "train.tsv", ("negative", "positive"), train_size=16)
-    monkeypatch.setitem(zoo.ZOO, "tiny.sst2", entry)
+    entry = TextClassifierWeights("tiny.sst2", "enc", "train.tsv", LABELS, train_size=16)
+    monkeypatch.setitem(registry.ZOO, "tiny.sst2", entry)
+    return entry, shared
+
+
+def test_build_caches_a_finetuned_folder_that_loads_by_name_as_is(tiny_sst2, monkeypatch, capsys):
+    entry, shared = tiny_sst2
+    monkeypatch.delenv("LIGHTNING_RECIPES_SHARED")  # the folder is given with --source
+    with pytest.raises(ZooNotBuiltError, match=r"zoo build tiny.sst2.*enc, train.tsv.*--source DIR"):
+        TextClassifier("tiny.sst2", head="pretrained")  # the core never builds
     before = torch.get_rng_state()
-    assert zoo.main(["build", "tiny.sst2"]) == 0
+    assert zoo.main(["build", "tiny.sst2", "--source", str(shared)]) == 0
     assert torch.equal(torch.get_rng_state(), before)  # the caller's random state is untouched
     folder = entry.path()
+    assert capsys.readouterr().out.splitlines()[-1] == f"tiny.sst2: built {folder}"
     assert (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
 
     model = TextClassifier("tiny.sst2", head="pretrained").eval()
@@ -69,20 +94,24 @@ def test_build_caches_a_finetuned_folder_that_loads_by_name_as_is(tmp_path: Path
 
     hf = AutoModelForSequenceClassification.from_pretrained(folder)
     assert hf.config.id2label == {0: "negative", 1: "positive"}
-    assert not torch.equal(hf.classifier.weight, _untrained_classifier(shared / "enc"))  # it was trained
-
-
-def _untrained_classifier(encoder: Path) -> torch.Tensor:
     L.seed_everything(0, verbose=False)
-    return _SourceTextClassifier(str(encoder), ["negative", "positive"], lr=1e-4).model.classifier.weight
+    untrained = source_model(entry, shared / "enc").model.classifier.weight
+    assert not torch.equal(hf.classifier.weight, untrained)  # it was trained
 
 
-def test_missing_shared_files_say_where_they_were_looked_for(tmp_path: Path, monkeypatch):
-    monkeypatch.setenv("LIGHTNING_RECIPES_SHARED", str(tmp_path))
+def test_missing_shared_files_say_where_they_were_looked_for(tiny_sst2, tmp_path: Path, monkeypatch):
+    entry, shared = tiny_sst2
+    monkeypatch.setitem(
+        registry.ZOO, "tiny.sst2", TextClassifierWeights("tiny.sst2", "enc", "no/such.tsv", LABELS)
+    )
     with pytest.raises(
-        FileNotFoundError, match=r"no/such.tsv is not on this machine \(looked in .*LIGHTNING"
+        FileNotFoundError, match=rf"'tiny.sst2' is built from no/such.tsv, not found in {shared}"
     ):
-        shared_file("no/such.tsv")
+        zoo.build("tiny.sst2", source=shared)
+    monkeypatch.setenv("LIGHTNING_RECIPES_SHARED", str(tmp_path / "elsewhere"))
+    with pytest.raises(FileNotFoundError, match=r"enc, not found in .*elsewhere \(.*--source DIR"):
+        zoo.build("tiny.sst2")
+    assert not list((tmp_path / "cache").glob("weights/*"))  # nothing half-built
     with pytest.raises(
         ValueError, match="zoo name 'resnet10t.digits04' is a timm backbone, not a transformers model"
     ):

@@ -18,7 +18,7 @@ _EXPORTS = {
     "GradientMonitor": "lightning_recipes.callbacks.gradient_monitor",
     "LRFinder": "lightning_recipes.callbacks.lr_finder",
     "NonFiniteGuard": "lightning_recipes.callbacks.non_finite_guard",
-    "TrainingDiverged": "lightning_recipes.callbacks.non_finite_guard",
+    "TrainingDiverged": "lightning_recipes.callbacks._diverged",
     "PredictionWriter": "lightning_recipes.callbacks.prediction_writer",
     "ProgressLog": "lightning_recipes.callbacks.progress_log",
 }

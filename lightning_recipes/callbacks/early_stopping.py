@@ -1,5 +1,5 @@
-"""EarlyStopping: Lightning's, failing fast on a monitor key that is never logged, with a NaN/inf policy,
-saying in one line why it stopped."""
+"""EarlyStopping: Lightning's, failing fast on a monitor key that is never logged, counting NaN/inf as no
+improvement, saying in one line why it stopped."""
 
 from __future__ import annotations
 
@@ -15,11 +15,9 @@ from typing_extensions import override
 
 from lightning_recipes import _compat
 
-NonFinite = Literal["stop", "ignore"]
-
 
 class EarlyStopping(_LightningEarlyStopping):
-    """Lightning's ``EarlyStopping`` with an early check of the monitor key and a policy for NaN/inf values.
+    """Lightning's ``EarlyStopping`` with an early check of the monitor key; NaN/inf is no improvement.
 
     What it adds to Lightning's callback:
 
@@ -28,14 +26,16 @@ class EarlyStopping(_LightningEarlyStopping):
       keys that do exist and the closest matches. Lightning's own check runs only after the first
       training epoch, and only with ``strict=True``; here it runs whatever ``strict`` says, because a
       key that no validation ever logs is a configuration error, not a transient gap.
-    * **NaN/inf monitored values**: ``non_finite="stop"`` stops training (Lightning's ``check_finite``);
-      ``non_finite="ignore"`` counts the value as no improvement (it may still exhaust ``patience``),
-      so a single bad validation does not end the run and ``-inf`` can never become the best score.
-      ``non_finite_count`` counts such values.
+    * **NaN/inf monitored values do not stop training here**: whether a NaN/inf ends the run is
+      :class:`~lightning_recipes.callbacks.NonFiniteGuard`'s decision (its ``non_finite``; by default it
+      stops the run with ``TrainingDiverged``), so Lightning's ``check_finite`` is always ``False``. A
+      value the guard lets through counts as no improvement (it may still exhaust ``patience``): a single
+      bad validation does not end the run, and ``-inf`` never becomes the best score nor reaches a
+      threshold. ``non_finite_count`` counts such values.
     * **Every stop says why**, in one line (rank zero, logged by Lightning's ``lightning.pytorch``
       logger): ``EarlyStopping: stopped training at epoch 3: val/loss = 2.6 did not improve on 2 for
-      2 checks (patience 2).``, or ``... val/loss = nan is not finite (non_finite='stop').``, or the
-      threshold reached. Lightning's own messages still need ``verbose=True``.
+      2 checks (patience 2).``, or the threshold reached. Lightning's own messages still need
+      ``verbose=True``.
     * State (``wait_count``, ``best_score``, ``stopped_epoch``, ``patience``, ``non_finite_count``) is
       saved in checkpoints and restored on resume (Lightning's ``state_dict`` plus the count).
 
@@ -43,11 +43,10 @@ class EarlyStopping(_LightningEarlyStopping):
         monitor: logged key to watch, e.g. ``"val/loss"`` or ``"val/acc"``.
         min_delta, patience, verbose, mode, strict, stopping_threshold, divergence_threshold,
             check_on_train_epoch_end, log_rank_zero_only: as in Lightning's ``EarlyStopping``.
-        non_finite: ``"stop"`` or ``"ignore"`` (count as no improvement).
 
     Example::
 
-        >>> es = EarlyStopping(monitor="val/loss", patience=2, non_finite="ignore")
+        >>> es = EarlyStopping(monitor="val/loss", patience=2)
         >>> [es._evaluate_stopping_criteria(torch.tensor(v))[0] for v in (1.0, float("nan"), float("-inf"))]
         [False, False, True]
         >>> es.best_score.item(), es.non_finite_count, es.wait_count
@@ -62,14 +61,11 @@ class EarlyStopping(_LightningEarlyStopping):
         verbose: bool = False,
         mode: Literal["min", "max"] = "min",
         strict: bool = True,
-        non_finite: NonFinite = "stop",
         stopping_threshold: float | None = None,
         divergence_threshold: float | None = None,
         check_on_train_epoch_end: bool | None = None,
         log_rank_zero_only: bool = False,
     ) -> None:
-        if non_finite not in ("stop", "ignore"):
-            raise ValueError(f"non_finite must be 'stop' or 'ignore', got {non_finite!r}")
         super().__init__(
             monitor=monitor,
             min_delta=min_delta,
@@ -77,13 +73,12 @@ class EarlyStopping(_LightningEarlyStopping):
             verbose=verbose,
             mode=mode,
             strict=strict,
-            check_finite=non_finite == "stop",
+            check_finite=False,  # NonFiniteGuard decides what a NaN/inf does; here it is no improvement
             stopping_threshold=stopping_threshold,
             divergence_threshold=divergence_threshold,
             check_on_train_epoch_end=check_on_train_epoch_end,
             log_rank_zero_only=log_rank_zero_only,
         )
-        self.non_finite = non_finite
         self.non_finite_count = 0
         self._monitor_seen = False
         self._decision: tuple[bool, Tensor] | None = None
@@ -147,8 +142,6 @@ class EarlyStopping(_LightningEarlyStopping):
         best = float(self.best_score)
         if not here:
             why = f"another process met the stopping criteria ({value} here)"
-        elif not torch.isfinite(current) and self.non_finite == "stop":
-            why = f"{value} is not finite (non_finite='stop')"
         elif self.stopping_threshold is not None and self.monitor_op(current, self.stopping_threshold):
             why = f"{value} reached stopping_threshold {self.stopping_threshold}"
         elif self.divergence_threshold is not None and self.monitor_op(-current, -self.divergence_threshold):
@@ -173,8 +166,6 @@ class EarlyStopping(_LightningEarlyStopping):
         if torch.isfinite(current):
             return super()._evaluate_stopping_criteria(current)
         self.non_finite_count += 1
-        if self.non_finite == "stop":
-            return super()._evaluate_stopping_criteria(current)
         self.wait_count += 1
         reason = f"Monitored metric {self.monitor} = {current} is not finite; counted as no improvement."
         if self.wait_count >= self.patience:

@@ -24,51 +24,12 @@ from typing_extensions import override
 from lightning_recipes import _compat
 from lightning_recipes.callbacks._feature_cache import FeatureCache
 from lightning_recipes.callbacks._lr_groups import add_scaled_group, schedulers_of
+from lightning_recipes.modules._base import backbone_layer_groups, check_layer_decay, layer_lr_scales
 
 
 def _keep_eval(module: nn.Module, args: Any) -> None:
     """Forward pre-hook of a frozen BatchNorm: whatever ``train()`` said, normalise with the running stats."""
     module.training = False
-
-
-def layer_groups(pl_module: pl.LightningModule) -> list[list[nn.Parameter]]:
-    """The backbone's parameters in layer groups, bottom (input side) to top.
-
-    ``pl_module.layer_groups()`` is used when the module has it (a list of ``nn.Module`` blocks, bottom
-    to top); else timm's ``group_matcher(coarse=True)`` of the backbone (stem, stages, ...); else the
-    backbone's children that hold parameters. Backbone parameters no group claims (a pooler, a final
-    norm) join the top group.
-
-    Example::
-
-        >>> from torch import nn
-        >>> m = pl.LightningModule()
-        >>> m.backbone = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 3))
-        >>> [len(g) for g in layer_groups(m)]
-        [2, 2]
-    """
-    backbone: nn.Module = pl_module.backbone
-    groups: list[list[nn.Parameter]]
-    if callable(getattr(pl_module, "layer_groups", None)):
-        groups = [list(block.parameters()) for block in pl_module.layer_groups()]
-    elif callable(getattr(backbone, "group_matcher", None)):
-        named = dict(backbone.named_parameters())
-        grouped = _compat.timm_group_parameters(backbone)
-        groups = [[named[name] for name in names] for _, names in sorted(grouped.items())]
-    else:
-        groups = [list(child.parameters()) for child in backbone.children()]
-    seen: set[int] = set()
-    unique = []
-    for group in groups:
-        kept = [p for p in group if id(p) not in seen]
-        seen.update(id(p) for p in kept)
-        if kept:
-            unique.append(kept)
-    rest = [p for p in backbone.parameters() if id(p) not in seen]
-    if not unique:
-        return [rest] if rest else []
-    unique[-1] = unique[-1] + rest
-    return unique
 
 
 class FreezeUnfreeze(BaseFinetuning):
@@ -77,8 +38,9 @@ class FreezeUnfreeze(BaseFinetuning):
     Works with every ``lightning_recipes`` module (``backbone``/``head``, named ``param_groups()``) and
     with any ``LightningModule`` that has a ``backbone`` and whose ``configure_optimizers`` leaves out
     parameters with ``requires_grad=False`` (parameters already in the optimizer are unfrozen but not
-    added twice). The backbone is split into layer groups by :func:`layer_groups`. With several
-    optimizers, the unfrozen groups go to the first one.
+    added twice). The backbone is split into the module's layer groups
+    (:func:`~lightning_recipes.modules._base.backbone_layer_groups`: the same groups that the module's
+    ``layer_decay`` gives learning rates). With several optimizers, the unfrozen groups go to the first one.
 
     Schedule (epochs count from 0), in terms of how many layer groups, from the top, are trainable:
 
@@ -88,12 +50,14 @@ class FreezeUnfreeze(BaseFinetuning):
 
     Learning rates: a group unfrozen while the head's learning rate is ``lr`` gets
     ``lr * backbone_lr_ratio * layer_decay ** d``, ``d`` its depth below the top group (discriminative
-    learning rates; ``layer_decay=None`` means 1). Every entry with ``lr`` in its name (``lr``,
+    learning rates). ``layer_decay`` is the module's (``TransferModule(layer_decay=...)``, or a
+    ``layer_decay`` attribute of any other module; unset means 1): the callback decides when each group
+    trains, the module how its groups' learning rates relate. Every entry with ``lr`` in its name (``lr``,
     ``initial_lr``, ``max_lr``, ``min_lr``) is scaled the same way, and the LR schedulers' per-group
     lists (``base_lrs``, ``min_lrs``, ``lr_lambdas``...) are extended, so cosine, one-cycle and plateau
     schedules go on across the unfreeze with the backbone at a fixed ratio of the head. New optimizer
     groups are named ``"backbone"`` (all at once, no decay) or ``"backbone.<i>"`` (layer group ``i``,
-    0 = bottom).
+    0 = bottom), as the module names them.
 
     BatchNorm: with ``train_bn=False`` (default, best for small data sets) BatchNorm layers of frozen
     groups stay in eval mode, their running statistics untouched, also after ``model.train()`` (a
@@ -139,7 +103,6 @@ class FreezeUnfreeze(BaseFinetuning):
             Overrides ``unfreeze_at_epoch``.
         gradual_every: unfreeze one more layer group every this many epochs from ``unfreeze_at_epoch``.
         backbone_lr_ratio: backbone LR as a fraction of the head's LR at the time of unfreezing.
-        layer_decay: per-group LR decay below the top group (ULMFiT uses ``1 / 2.6``).
         train_bn: let BatchNorm layers of frozen groups train (params and running statistics).
         verbose: log each unfreeze with the new groups' learning rates.
         cache_features: cache the frozen backbone's features (see above).
@@ -171,7 +134,6 @@ class FreezeUnfreeze(BaseFinetuning):
         milestones: list[int] | None = None,
         gradual_every: int | None = None,
         backbone_lr_ratio: float = 0.1,
-        layer_decay: float | None = None,
         train_bn: bool = False,
         verbose: bool = False,
         cache_features: bool = False,
@@ -201,24 +163,22 @@ class FreezeUnfreeze(BaseFinetuning):
             raise ValueError(f"gradual_every must be >= 1, got {gradual_every}")
         if backbone_lr_ratio <= 0:
             raise ValueError(f"backbone_lr_ratio must be > 0, got {backbone_lr_ratio}")
-        if layer_decay is not None and not 0 < layer_decay <= 1:
-            raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
         self.unfreeze_at_epoch = unfreeze_at_epoch
         self.milestones = list(milestones) if milestones is not None else None
         self.gradual_every = gradual_every
         self.backbone_lr_ratio = backbone_lr_ratio
-        self.layer_decay = layer_decay
         self.train_bn = train_bn
         self.verbose = verbose
         self.stage = 0  # number of layer groups, counted from the top, that are trainable
         self._restored_stage = 0
         self._groups: list[list[nn.Parameter]] = []
+        self._layer_decay: float | None = None  # the module's, read in freeze_before_training
         self._bn_hooks: dict[nn.Module, Any] = {}
 
     # -- schedule --------------------------------------------------------------------------------
     @property
     def _per_layer(self) -> bool:
-        return self.layer_decay is not None or self.milestones is not None or self.gradual_every is not None
+        return self._layer_decay is not None or self.milestones is not None or self.gradual_every is not None
 
     def target_stage(self, epoch: int, num_groups: int) -> int:
         """How many layer groups (from the top) should be trainable at ``epoch``.
@@ -258,7 +218,9 @@ class FreezeUnfreeze(BaseFinetuning):
                 "unfreezing the backbone would train the pretrained weights under it. Drop FreezeUnfreeze "
                 "for an adapter run, or drop the adapter to fine-tune in stages"
             )
-        self._groups = layer_groups(pl_module)
+        self._layer_decay = getattr(pl_module, "layer_decay", None)
+        check_layer_decay(self._layer_decay)
+        self._groups = backbone_layer_groups(pl_module)
         for p in pl_module.backbone.parameters():
             p.requires_grad = False
         if self.train_bn:
@@ -350,7 +312,8 @@ class FreezeUnfreeze(BaseFinetuning):
             for p in self._groups[i]:
                 p.requires_grad = True
         if self._per_layer:
-            blocks = [(f"backbone.{i}", self._groups[i], self._ratio(n - 1 - i)) for i in newly]
+            scales = layer_lr_scales(n, self._layer_decay)
+            blocks = [(f"backbone.{i}", self._groups[i], self.backbone_lr_ratio * scales[i]) for i in newly]
         else:
             blocks = [("backbone", [p for i in newly for p in self._groups[i]], self.backbone_lr_ratio)]
         if trainer.optimizers:  # the first optimizer (the only one of lightning_recipes modules) gets them
@@ -367,9 +330,6 @@ class FreezeUnfreeze(BaseFinetuning):
             rank_zero_info(
                 f"FreezeUnfreeze: epoch {trainer.current_epoch}, {target}/{n} groups trainable, lrs {lrs}"
             )
-
-    def _ratio(self, depth: int) -> float:
-        return self.backbone_lr_ratio * (self.layer_decay or 1.0) ** depth
 
     def _refresh_bn(self, pl_module: pl.LightningModule) -> None:
         fully_unfrozen = self.stage >= len(self._groups)

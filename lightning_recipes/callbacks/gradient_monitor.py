@@ -1,4 +1,4 @@
-"""GradientMonitor: grad norm before clipping, fraction of steps clipped, per-group norms, bad-step skips."""
+"""GradientMonitor: grad norm before clipping, fraction of steps clipped, per-group norms, fp16 overflows."""
 
 from __future__ import annotations
 
@@ -19,35 +19,32 @@ from lightning_recipes import _compat
 
 
 class GradientMonitor(Callback):
-    """Log gradient norms before the Trainer clips them and the fraction clipped; optionally skip bad steps.
+    """Log gradient norms before the Trainer clips them, the fraction clipped and the fp16 scaler's skips.
 
     Runs in ``on_before_optimizer_step``, which Lightning calls after the backward pass and after AMP
     unscaling (``16-mixed``; a ``fused=True`` optimizer unscales inside its step, so the monitor
     divides by the loss scale itself) and *before* gradient clipping (``gradient_clip_val`` and the modules'
-    adaptive clipping), so the norms are the true, unclipped ones. Gradients are not changed, except
-    with ``skip_non_finite``. Logged (on step, ``prefix`` ``grad/``):
+    adaptive clipping), so the norms are the true, unclipped ones. It only measures: gradients are never
+    changed (what a NaN/inf gradient does is :class:`~lightning_recipes.callbacks.NonFiniteGuard`'s
+    ``non_finite``, which skips steps after this monitor has seen them). Logged (on step, ``prefix``
+    ``grad/``):
 
     * ``grad/norm``: global 2-norm of all gradients of the optimizer;
     * ``grad/clipped_fraction``: fraction of steps so far whose gradients the Trainer clipped
       (``norm > gradient_clip_val`` for ``gradient_clip_algorithm="norm"``, largest absolute gradient
-      ``> gradient_clip_val`` for ``"value"``); 0 when the Trainer does not clip;
+      ``> gradient_clip_val`` for ``"value"``; a step whose norm is NaN/inf is not counted); 0 when
+      the Trainer does not clip;
     * ``grad/norm/<group>`` with ``per_group=True``: 2-norm per optimizer parameter group, by its
       ``name`` (``head``, ``backbone``, ``backbone.3``...; the group index when unnamed);
-    * ``grad/skipped_steps`` with ``skip_non_finite=True``: steps skipped so far because a gradient was
-      NaN/inf. A skipped step drops the gradients (``grad = None``), so the optimizer leaves the weights
-      and its state as they were. Under DDP gradients are already all-reduced, so all ranks skip together.
-      The first skip of a run is logged in one line (rank zero), and each training epoch with skips ends
-      with one line counting them (``GradientMonitor: epoch 0: skipped 2 of 8 optimizer steps ...``).
     * ``grad/scale`` and ``grad/scaler_skipped_steps`` under ``16-mixed`` (fp16 with Lightning's grad
       scaler): the loss scale, and the steps the scaler skipped because the scaled fp16 gradients
       overflowed. Overflow is how the scaler finds its scale, so these steps are the scaler's, not bad
-      steps: ``skip_non_finite`` leaves them to it (weights and optimizer state untouched, the scale
-      halved) and each epoch with overflow ends with one line counting them. A run whose every step
+      steps (the scaler leaves weights and optimizer state untouched and halves the scale); each
+      epoch with overflow ends with one line counting them. A run whose every step
       overflows therefore says so once per epoch instead of finishing quietly untrained.
 
     Args:
         per_group: also log one norm per optimizer parameter group.
-        skip_non_finite: skip optimizer steps whose gradients are not finite, and count them.
         norm_type: the p of the p-norm (``2.0``; ``inf`` for the largest absolute value).
         prefix: prefix of the logged keys.
 
@@ -66,26 +63,21 @@ class GradientMonitor(Callback):
     def __init__(
         self,
         per_group: bool = False,
-        skip_non_finite: bool = False,
         norm_type: float = 2.0,
         prefix: str = "grad/",
     ) -> None:
         if norm_type <= 0:
             raise ValueError(f"norm_type must be > 0 (or inf), got {norm_type}")
         self.per_group = per_group
-        self.skip_non_finite = skip_non_finite
         self.norm_type = float(norm_type)
         self.prefix = prefix
         self.steps = 0
         self.clipped_steps = 0
-        self.skipped_steps = 0
         self.scaler_skipped_steps = 0
         self.last_norm: float | None = None
         self.last_group_norms: dict[str, float] = {}
         self.epoch_steps = 0
-        self.epoch_skipped_steps = 0
         self.epoch_scaler_skipped_steps = 0
-        self._skip_announced = False
 
     @staticmethod
     def grad_norms(
@@ -153,13 +145,9 @@ class GradientMonitor(Callback):
             # unscale_ found the overflow too: scaler.step will skip this step and halve the scale
             self.scaler_skipped_steps += 1
             self.epoch_scaler_skipped_steps += 1
-        elif not math.isfinite(norm) and self.skip_non_finite:
-            self._skip(trainer, optimizer, norm)
-        elif self._is_clipped(trainer, optimizer, norm):
+        elif math.isfinite(norm) and self._is_clipped(trainer, optimizer, norm):
             self.clipped_steps += 1
         metrics[f"{self.prefix}clipped_fraction"] = self.clipped_steps / self.steps
-        if self.skip_non_finite:
-            metrics[f"{self.prefix}skipped_steps"] = float(self.skipped_steps)
         if scaler is not None:
             metrics[f"{self.prefix}scaler_skipped_steps"] = float(self.scaler_skipped_steps)
         if self.per_group:
@@ -167,32 +155,12 @@ class GradientMonitor(Callback):
         for key, value in metrics.items():
             pl_module.log(key, value, on_step=True, on_epoch=False)
 
-    def _skip(self, trainer: pl.Trainer, optimizer: Optimizer, norm: float) -> None:
-        self.skipped_steps += 1
-        self.epoch_skipped_steps += 1
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                p.grad = None
-        if not self._skip_announced:
-            self._skip_announced = True
-            rank_zero_info(
-                f"GradientMonitor: skipped the optimizer step at epoch {trainer.current_epoch},"
-                f" global step {trainer.global_step}: gradient norm {norm} is not finite;"
-                " weights left unchanged (skip_non_finite=True; each epoch with skips ends with a count)."
-            )
-
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.epoch_steps = self.epoch_skipped_steps = self.epoch_scaler_skipped_steps = 0
+        self.epoch_steps = self.epoch_scaler_skipped_steps = 0
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.epoch_skipped_steps:
-            rank_zero_info(
-                f"GradientMonitor: epoch {trainer.current_epoch}: skipped {self.epoch_skipped_steps} of"
-                f" {self.epoch_steps} optimizer steps with non-finite gradients"
-                f" ({self.skipped_steps} in total)."
-            )
         if self.epoch_scaler_skipped_steps:
             scale = trainer.precision_plugin.scaler.get_scale()
             rank_zero_info(
@@ -208,7 +176,6 @@ class GradientMonitor(Callback):
         return {
             "steps": self.steps,
             "clipped_steps": self.clipped_steps,
-            "skipped_steps": self.skipped_steps,
             "scaler_skipped_steps": self.scaler_skipped_steps,
         }
 
@@ -216,7 +183,6 @@ class GradientMonitor(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.steps = state_dict.get("steps", 0)
         self.clipped_steps = state_dict.get("clipped_steps", 0)
-        self.skipped_steps = state_dict.get("skipped_steps", 0)
         self.scaler_skipped_steps = state_dict.get("scaler_skipped_steps", 0)
 
 

@@ -1,130 +1,91 @@
-"""NonFiniteGuard: a run whose weights or losses turn NaN/inf fails loudly; no NaN checkpoint, no NaN test."""
+"""NonFiniteGuard: the one place that decides what a NaN/inf does (stop the run, skip a step, tolerate)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
+from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_recipes.callbacks._finite import all_finite, constant_buffers, is_loss_key, non_finite_weights
-from lightning_recipes.callbacks.gradient_monitor import GradientMonitor
+from lightning_recipes.callbacks._diverged import TrainingDiverged, learning_rates
+from lightning_recipes.callbacks._finite import (
+    all_finite,
+    constant_buffers,
+    is_loss_key,
+    last_finite_checkpoint,
+    non_finite_weights,
+    would_be_best,
+)
 
+NonFinite = Literal["stop", "skip", "tolerate"]
+_POLICIES = ("stop", "skip", "tolerate")
 
-class TrainingDiverged(RuntimeError):
-    """Raised by :class:`NonFiniteGuard` when the weights, a logged loss or a monitored metric is NaN/inf.
-
-    The message is one line. For a fit (``stage="fit"``): where (epoch, global step), what was not
-    finite, the learning rate of each optimizer group and the last checkpoint whose monitored values were
-    finite (every checkpoint the guard lets a ``ModelCheckpoint`` write has finite weights). For an
-    evaluation stage (``"validate"``, ``"test"``, ``"predict"``): what was not finite and the checkpoint
-    the weights were loaded from. The same facts are attributes: ``epoch``, ``step``, ``what``,
-    ``learning_rates`` (``{group name: lr}``, prefixed with ``"<optimizer index>/"`` when there are
-    several optimizers), ``last_finite_checkpoint`` and ``weights_from`` (paths or ``None``), ``stage``
-    and ``weights_finite`` (``False`` when the weights themselves are NaN/inf, on this process or
-    another: no checkpoint of them is worth keeping).
-    """
-
-    def __init__(
-        self,
-        epoch: int,
-        step: int,
-        what: str,
-        learning_rates: dict[str, float],
-        last_finite_checkpoint: str | None,
-        stage: str = "fit",
-        weights_finite: bool = True,
-        weights_from: str | None = None,
-    ) -> None:
-        self.epoch, self.step, self.what = epoch, step, what
-        self.learning_rates, self.last_finite_checkpoint = learning_rates, last_finite_checkpoint
-        self.stage, self.weights_finite, self.weights_from = stage, weights_finite, weights_from
-        if stage == "fit":
-            lrs = ", ".join(f"{name}={lr:.3g}" for name, lr in learning_rates.items()) or "none"
-            message = (
-                f"Training diverged at epoch {epoch}, global step {step}: {what}. Learning rates: {lrs}. "
-                f"Last checkpoint with finite monitored values: {last_finite_checkpoint or 'none'}. "
-                "Lower the learning rate or clip gradients (trainer.gradient_clip_val) and run again."
-            )
-        else:
-            weights = weights_from or "the model's own (no checkpoint loaded)"
-            message = (
-                f"Evaluation ({stage}) failed: {what}. "
-                f"Weights: {weights}. NaN/inf weights or losses give no {stage} results; "
-                "use a checkpoint with finite weights."
-            )
-        super().__init__(message)
-
-    def __reduce__(self) -> tuple[Any, ...]:  # picklable (spawned DDP processes), with its attributes
-        return type(self), (
-            self.epoch,
-            self.step,
-            self.what,
-            self.learning_rates,
-            self.last_finite_checkpoint,
-            self.stage,
-            self.weights_finite,
-            self.weights_from,
-        )
+__all__ = ["NonFinite", "NonFiniteGuard", "TrainingDiverged", "learning_rates"]
 
 
 class NonFiniteGuard(Callback):
-    """Stop a run whose weights, logged losses or monitored metrics are NaN/inf: :class:`TrainingDiverged`.
+    """Decide what a NaN/inf weight, loss, gradient or monitored metric does; by default stop the run with
+    :class:`TrainingDiverged`. No other callback decides it.
 
     ``lightning run`` and the ``lightning-recipes`` subcommands add one to every run (unless the recipe
     lists its own), so a diverged run ends with ``error: TrainingDiverged: ...`` and exit code 1
-    instead of a "best" checkpoint, a test and a summary.
+    instead of a "best" checkpoint, a test and a summary. ``non_finite`` says how lenient it is:
 
-    * **Weights** (every parameter and floating-point buffer, BatchNorm's running statistics included;
-      buffers holding ±inf without NaN when the stage starts are constants, masks, and left out): after
-      every optimizer step (``on_train_batch_end`` when ``global_step`` moved, so once per step under
-      gradient accumulation), and when fit (its sanity check or first step) or an evaluation stage
-      starts, on the weights it was built with or loaded (``trainer.ckpt_path``). One pass and one
-      device sync per step: their extremes (which cannot overflow) are finite or not (:func:`all_finite`).
-    * **The training loss**, in ``on_before_backward``: a non-finite loss stops the run *before* its
-      backward pass and optimizer step. With a :class:`~lightning_recipes.callbacks.GradientMonitor`
-      that has ``skip_non_finite=True`` (which drops such steps), up to ``max_consecutive_skips`` steps
-      in a row are let through first.
-    * **Every logged loss** (a key whose last component contains ``loss``: ``train/loss``,
-      ``val/loss_epoch``, ``test/loss/dataloader_idx_0``...) and **monitored metrics** (the ``monitor``
-      of every ``ModelCheckpoint`` and ``EarlyStopping``, plus ``monitor`` given here): the validation's
-      at the end of each validation (not the sanity check, whose two batches are not the validation),
-      the training's at the end of each training epoch, and the losses of a ``validate``/``test``
-      stage at its end, so no test reports NaN metrics as results.
+    * ``"stop"`` (default): any of the values below that is NaN/inf stops the run.
+    * ``"skip"``: an optimizer step whose training loss or gradients are NaN/inf is skipped (gradients
+      dropped, ``grad = None``: weights and optimizer state stay as they were), up to
+      ``max_consecutive_skips`` in a row; the next one stops the run. The training values a skipped step
+      logged are let through in its epoch. Under ``16-mixed`` the fp16 grad scaler skips overflowing
+      steps itself (how it finds its scale): not counted, except that a NaN/inf loss counts towards the
+      bound. Skips are counted (``skipped_steps``, logged as ``grad/skipped_steps``, in checkpoints),
+      announced once, and each training epoch with skips ends with a count.
+    * ``"tolerate"``: as ``"skip"``, and a NaN/inf value of a metric an ``EarlyStopping`` monitors is let
+      through at a validation or training epoch end (:class:`~lightning_recipes.callbacks.EarlyStopping`
+      counts it as no improvement, so it may still exhaust ``patience``).
 
-    The guard runs ahead of the checkpoint callbacks (it moves itself there in ``setup``), so it stops
-    the run before a ``ModelCheckpoint`` saves NaN weights or records a NaN/inf score (Lightning's
-    ``ModelCheckpoint`` keeps a NaN as its best when it has no other score yet, and a ``-inf`` loss
-    always). What is let through, on purpose: the monitored key of an ``EarlyStopping`` with
-    ``non_finite="ignore"`` (Lightning's ``check_finite=False``), and the values a step logged whose
-    loss a ``GradientMonitor(skip_non_finite=True)`` skipped (in that training epoch), unless an
-    ``EarlyStopping`` stops on that key's NaN/inf or a ``ModelCheckpoint`` would make the value its best.
-    Never the weights. Under DDP/FSDP every decision is reduced across processes
-    (``strategy.reduce_boolean_decision``), so all ranks stop at the same step.
+    Never let through: NaN/inf weights, a loss or metric other than those above, a value a
+    ``ModelCheckpoint`` would make its best (Lightning's keeps a NaN as its best while it has no other
+    score, and a ``-inf`` loss always), anything in a ``validate``/``test`` stage. Checked
+    (docs/non_finite.md has the details): **the weights** (parameters and floating-point buffers, less
+    ±inf constants such as masks) after every optimizer step and when a stage starts, one device sync
+    (:func:`all_finite`); **the training loss** in ``on_before_backward``, before its backward pass;
+    with ``"skip"``/``"tolerate"`` **the gradients** in ``on_before_optimizer_step`` (after AMP
+    unscaling, before clipping); **every logged loss** (a key whose last component contains ``loss``)
+    and **monitored metrics** (the ``monitor`` of every ``ModelCheckpoint`` and ``EarlyStopping``, plus
+    ``monitor`` given here) at the end of each validation (not the sanity check), training epoch and
+    ``validate``/``test`` stage, so no test reports NaN metrics as results.
+
+    Order: the guard decides before the callbacks that act on a value: ahead of the checkpoint callbacks,
+    so it stops the run before a ``ModelCheckpoint`` saves NaN weights or records a NaN/inf score
+    (Lightning keeps checkpoint callbacks last in ``trainer.callbacks``, when the Trainer is built and
+    when ``configure_callbacks`` adds some), and best ahead of ``EarlyStopping`` (which would otherwise
+    count the value first). :meth:`attach` puts a guard there. With ``"skip"``/``"tolerate"`` it drops a
+    skipped step's gradients in ``on_before_optimizer_step``, so callbacks that read them there
+    (``GradientMonitor``) must come before it: in a recipe, list it after them. Under DDP/FSDP every
+    decision is reduced across processes (``strategy.reduce_boolean_decision``), so all ranks stop, or
+    skip, at the same step.
 
     Args:
+        non_finite: ``"stop"``, ``"skip"`` or ``"tolerate"`` (see above).
+        max_consecutive_skips: with ``"skip"``/``"tolerate"``, how many optimizer steps in a row may be
+            skipped before the run is stopped.
         monitor: further logged keys to check at the end of each validation and training epoch.
-        max_consecutive_skips: with a ``GradientMonitor(skip_non_finite=True)``, how many consecutive
-            steps with a non-finite loss it may skip before the run is stopped.
 
     Example::
 
-        >>> err = TrainingDiverged(
-        ...     epoch=1, step=5, what="the training loss is nan",
-        ...     learning_rates={"head": 1e6, "backbone": 1e6}, last_finite_checkpoint=None,
-        ... )
-        >>> print(*str(err).split(". "), sep=".\\n")
-        Training diverged at epoch 1, global step 5: the training loss is nan.
-        Learning rates: head=1e+06, backbone=1e+06.
-        Last checkpoint with finite monitored values: none.
-        Lower the learning rate or clip gradients (trainer.gradient_clip_val) and run again.
+        >>> NonFiniteGuard(non_finite="skip", max_consecutive_skips=3).non_finite
+        'skip'
+        >>> NonFiniteGuard(non_finite="ignore")
+        Traceback (most recent call last):
+        ...
+        ValueError: NonFiniteGuard: non_finite must be 'stop', 'skip' or 'tolerate', got 'ignore'
         >>> layer = torch.nn.Linear(2, 2)
         >>> with torch.no_grad():
         ...     layer.bias[0] = float("nan")
@@ -132,15 +93,29 @@ class NonFiniteGuard(Callback):
         ['bias']
     """
 
-    def __init__(self, monitor: list[str] | None = None, max_consecutive_skips: int = 10) -> None:
+    def __init__(
+        self,
+        non_finite: NonFinite = "stop",
+        max_consecutive_skips: int = 10,
+        monitor: list[str] | None = None,
+    ) -> None:
+        if non_finite not in _POLICIES:
+            raise ValueError(
+                f"NonFiniteGuard: non_finite must be 'stop', 'skip' or 'tolerate', got {non_finite!r}"
+            )
         if max_consecutive_skips < 0:
             raise ValueError(f"max_consecutive_skips must be >= 0, got {max_consecutive_skips}")
-        self.monitor = list(monitor or [])
+        self.non_finite = non_finite
         self.max_consecutive_skips = max_consecutive_skips
-        self.consecutive_non_finite = 0
-        self.let_through = 0  # non-finite logged values let through (EarlyStopping ignore, skipped steps)
+        self.monitor = list(monitor or [])
+        self.consecutive_skips = 0  # optimizer steps skipped in a row (the scaler's too, for a NaN/inf loss)
+        self.skipped_steps = 0  # steps whose gradients the guard dropped (in checkpoints)
+        self.epoch_steps = self.epoch_skipped_steps = 0
+        self.let_through = 0  # non-finite logged values let through (tolerated metrics, skipped steps')
         self._loss_let_through = False  # this batch's loss was let through
+        self._step_loss_let_through = False  # a loss of this optimizer step was let through
         self._epoch_let_through = 0  # losses let through in this training epoch
+        self._skip_announced = False
         self._checked_step = -1  # global step whose weights were checked last
         self._start_checked = False  # this stage's weights were checked when it started
         self._constants: set[str] = set()  # buffers holding ±inf at the start: masks, not weights
@@ -149,29 +124,31 @@ class NonFiniteGuard(Callback):
 
     @classmethod
     def attach(cls, trainer: pl.Trainer) -> NonFiniteGuard:
-        """Add a guard to ``trainer`` ahead of its checkpoint callbacks, or return the one it has."""
+        """Return ``trainer``'s guard, or add a stopping one just ahead of its first early-stopping or
+        checkpoint callback (at the end without one). The list is replaced, not mutated."""
         guard = next((cb for cb in trainer.callbacks if isinstance(cb, cls)), None)
         if guard is None:
             guard = cls()
-            trainer.callbacks.append(guard)
-            guard._run_before_checkpoints(trainer)
-        return guard
-
-    def _run_before_checkpoints(self, trainer: pl.Trainer) -> None:
-        # Lightning calls hooks in `trainer.callbacks` order and moves checkpoint callbacks to the end when
-        # the Trainer is built; one appended afterwards (by the CLI) must still see the metrics first. The
-        # list is replaced, not mutated, so a hook loop running over the old one is not disturbed.
-        callbacks = list(trainer.callbacks)
-        first = next((i for i, cb in enumerate(callbacks) if isinstance(cb, Checkpoint)), None)
-        if first is not None and callbacks.index(self) > first:
-            callbacks.remove(self)
-            callbacks.insert(first, self)
+            callbacks = list(trainer.callbacks)
+            acting = (EarlyStopping, Checkpoint)
+            first = next((i for i, cb in enumerate(callbacks) if isinstance(cb, acting)), len(callbacks))
+            callbacks.insert(first, guard)
             trainer.callbacks = callbacks
+        return guard
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._run_before_checkpoints(trainer)
         self._start_checked = False
+        if stage != TrainerFn.FITTING or self.non_finite != "tolerate":
+            return
+        for cb in trainer.early_stopping_callbacks:
+            if getattr(cb, "check_finite", False):  # it would stop on the values the guard lets through
+                raise ValueError(
+                    f"NonFiniteGuard(non_finite='tolerate') lets a NaN/inf {cb.monitor} through, but "
+                    f"{type(cb).__name__}(monitor={cb.monitor!r}) has check_finite=True and would stop "
+                    "the run on it. Use lightning_recipes.callbacks.EarlyStopping (NaN/inf counts as no "
+                    "improvement) or pass check_finite=False."
+                )
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -183,14 +160,14 @@ class NonFiniteGuard(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.consecutive_non_finite = 0
+        self.consecutive_skips = 0
         self.let_through = 0
         self._checked_step = trainer.global_step
         self._check_weights_at_start(trainer, pl_module)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._epoch_let_through = 0
+        self._epoch_let_through = self.epoch_steps = self.epoch_skipped_steps = 0
 
     # -- weights ------------------------------------------------------------------------------------
 
@@ -247,27 +224,60 @@ class NonFiniteGuard(Callback):
             self._loss_let_through = False
             self._check_logged(trainer, pl_module, self.monitored_keys(trainer))
 
-    # -- training loss ------------------------------------------------------------------------------
+    # -- training loss and gradients: stop, or skip the step ------------------------------------------
 
-    def _skipping(self, trainer: pl.Trainer) -> bool:
-        return any(isinstance(cb, GradientMonitor) and cb.skip_non_finite for cb in trainer.callbacks)
+    def _in_a_row(self) -> str:
+        n = self.consecutive_skips
+        return f" ({n + 1} steps in a row; {n} skipped before this one)" if n else ""
 
     @override
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
         finite = bool(torch.isfinite(loss.detach()).all())
         if not trainer.strategy.reduce_boolean_decision(not finite, all=False):
-            self.consecutive_non_finite = 0
             return
-        self.consecutive_non_finite += 1
-        if self._skipping(trainer) and self.consecutive_non_finite <= self.max_consecutive_skips:
-            self._loss_let_through = True
+        if self.non_finite != "stop" and self.consecutive_skips < self.max_consecutive_skips:
+            self._loss_let_through = self._step_loss_let_through = True  # its gradients: NaN/inf, skipped
             self._epoch_let_through += 1
             return
         value = "not finite on another process" if finite else f"{_item(loss)}"
-        what = f"the training loss is {value}"
-        if self.consecutive_non_finite > 1:
-            what += f" ({self.consecutive_non_finite} steps in a row; GradientMonitor skipped the others)"
-        raise self._diverged(trainer, pl_module, what)
+        raise self._diverged(trainer, pl_module, f"the training loss is {value}{self._in_a_row()}")
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
+        if self.non_finite == "stop":  # NaN/inf gradients make NaN/inf weights: checked after the step
+            return
+        self.epoch_steps += 1
+        loss_let_through, self._step_loss_let_through = self._step_loss_let_through, False
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:  # 16-mixed: the scaler skips
+            bad, skip = loss_let_through, False  # overflowing steps itself; only a NaN/inf loss counts here
+        else:
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            bad = skip = trainer.strategy.reduce_boolean_decision(not all_finite(grads), all=False)
+        if not bad:
+            self.consecutive_skips = 0
+        elif self.consecutive_skips >= self.max_consecutive_skips:  # a finite loss, NaN/inf gradients
+            raise self._diverged(trainer, pl_module, f"the gradients are not finite{self._in_a_row()}")
+        else:
+            self.consecutive_skips += 1
+        if skip:
+            self._skip(trainer, optimizer)
+        pl_module.log("grad/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+
+    def _skip(self, trainer: pl.Trainer, optimizer: Optimizer) -> None:
+        self.skipped_steps += 1
+        self.epoch_skipped_steps += 1
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        if not self._skip_announced:
+            self._skip_announced = True
+            rank_zero_info(
+                f"NonFiniteGuard: skipped the optimizer step at epoch {trainer.current_epoch},"
+                f" global step {trainer.global_step}: the gradients are not finite; weights left unchanged"
+                f" (non_finite={self.non_finite!r}; each epoch with skips ends with a count)."
+            )
 
     # -- logged losses and monitored metrics --------------------------------------------------------
 
@@ -292,6 +302,12 @@ class NonFiniteGuard(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.epoch_skipped_steps:
+            rank_zero_info(
+                f"NonFiniteGuard: epoch {trainer.current_epoch}: skipped {self.epoch_skipped_steps} of"
+                f" {self.epoch_steps} optimizer steps with non-finite gradients"
+                f" ({self.skipped_steps} in total)."
+            )
         metrics = trainer.callback_metrics  # the epoch's aggregates (before the module's hook logs more)
         losses = [k for k in metrics if k not in self._eval_keys and is_loss_key(k)]
         self._check_logged(trainer, pl_module, [*losses, *self.monitored_keys(trainer)])
@@ -336,19 +352,17 @@ class NonFiniteGuard(Callback):
             )
 
     def _tolerated(self, trainer: pl.Trainer, key: str, value: Tensor) -> bool:
-        """Whether a NaN/inf ``key`` is let through: an ``EarlyStopping`` ignores it, or it was logged by a
-        training step whose loss a ``GradientMonitor`` skipped (this epoch); and no ``EarlyStopping``
-        stops on it, no checkpoint would make it its best. Evaluation stages tolerate nothing."""
-        if trainer.state.fn != TrainerFn.FITTING:
+        """Whether a NaN/inf ``key`` is let through during fit: with ``"tolerate"``, a key an
+        ``EarlyStopping`` monitors; with ``"skip"`` or ``"tolerate"``, another training key logged in an
+        epoch whose loss was let through (a skipped step's); and no checkpoint would make it its best."""
+        if trainer.state.fn != TrainerFn.FITTING or self.non_finite == "stop":
             return False
-        stoppers = [cb for cb in trainer.early_stopping_callbacks if cb.monitor == key]
-        if any(cb.check_finite for cb in stoppers):
-            return False
-        skipped = self._epoch_let_through > 0 and key not in self._eval_keys
-        if not stoppers and not skipped:
-            return False
-        return not any(
-            getattr(cb, "monitor", None) == key and _would_be_best(cb, value)
+        if any(cb.monitor == key for cb in trainer.early_stopping_callbacks):
+            allowed = self.non_finite == "tolerate"
+        else:
+            allowed = self._epoch_let_through > 0 and key not in self._eval_keys
+        return allowed and not any(
+            getattr(cb, "monitor", None) == key and would_be_best(cb, value)
             for cb in trainer.checkpoint_callbacks
         )
 
@@ -367,67 +381,26 @@ class NonFiniteGuard(Callback):
             what += "" if weights_finite else f"; the weights are not finite either {where}"
         fn = trainer.state.fn
         stage = "fit" if fn in (None, TrainerFn.FITTING) else str(fn.value)
+        # every file saved while the monitored values were finite; a `last` one unless one was let through
+        last_finite = last_finite_checkpoint(trainer, self.let_through == 0) if stage == "fit" else None
         return TrainingDiverged(
             epoch=trainer.current_epoch,
             step=trainer.global_step,
             what=what,
             learning_rates=learning_rates(trainer),
-            last_finite_checkpoint=self.last_finite_checkpoint(trainer) if stage == "fit" else None,
+            last_finite_checkpoint=last_finite,
             stage=stage,
             weights_finite=weights_finite,
             weights_from=str(trainer.ckpt_path) if trainer.ckpt_path else None,
         )
 
-    def last_finite_checkpoint(self, trainer: pl.Trainer) -> str | None:
-        """The newest file a checkpoint callback saved while the values it monitors were finite, or ``None``.
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped_steps": self.skipped_steps}
 
-        A ``ModelCheckpoint``'s top-k files with a finite score, and its ``last`` file (or, without a
-        ``monitor``, the files it saved) unless a non-finite monitored value was let through, which it may
-        hold. The guard stops runs before any checkpoint records non-finite weights or another value.
-        """
-        found: list[tuple[int, int, str]] = []
-        for cb in trainer.checkpoint_callbacks:
-            paths = []
-            if getattr(cb, "monitor", None):
-                paths += [(1, p) for p, s in getattr(cb, "best_k_models", {}).items() if _finite(s)]
-                if not self.let_through:
-                    paths.append((0, getattr(cb, "last_model_path", "")))
-            else:
-                paths += [(1, getattr(cb, "best_model_path", "")), (0, getattr(cb, "last_model_path", ""))]
-            found += [
-                (Path(p).stat().st_mtime_ns, rank, str(p)) for rank, p in paths if p and Path(p).is_file()
-            ]
-        return max(found)[2] if found else None
-
-
-def learning_rates(trainer: pl.Trainer) -> dict[str, float]:
-    """``{group name: lr}`` of the trainer's optimizers (``"<i>/<name>"`` with several optimizers).
-
-    Groups are named by their ``name`` (``head``, ``backbone``...) or ``group <index>``.
-    """
-    rates: dict[str, float] = {}
-    optimizers = trainer.optimizers
-    for i, optimizer in enumerate(optimizers):
-        for j, group in enumerate(optimizer.param_groups):
-            name = str(group.get("name", f"group {j}"))
-            rates[name if len(optimizers) == 1 else f"{i}/{name}"] = float(group["lr"])
-    return rates
-
-
-def _would_be_best(checkpoint: Any, value: Tensor) -> bool:
-    """Whether ``ModelCheckpoint`` would make the non-finite ``value`` its best score (lightning 2.6.6:
-    NaN is stored as the worst infinity and then wins only while no other score exists; an infinity
-    in the good direction always wins). ``save_top_k=0`` never saves on a score."""
-    if getattr(checkpoint, "save_top_k", 1) == 0:
-        return False
-    v = value.item()
-    worst = math.isnan(v) or ((v > 0) == (getattr(checkpoint, "mode", "min") == "min"))
-    best = getattr(checkpoint, "best_model_score", None)
-    return not worst or best is None or not _finite(best)
-
-
-def _finite(value: Any) -> bool:
-    return bool(torch.isfinite(torch.as_tensor(value)).all())
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped_steps = state_dict.get("skipped_steps", 0)
 
 
 def _item(value: Tensor) -> str:

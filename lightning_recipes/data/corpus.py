@@ -14,7 +14,6 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_recipes._compat import dataset_fingerprint
-from lightning_recipes._deprecation import renamed
 from lightning_recipes._hub import hub_call
 from lightning_recipes.cache import default_cache_dir
 from lightning_recipes.data._blocks import Prompts, TokenBlocks, chunk_blocks, expand_files
@@ -41,7 +40,7 @@ class TextCorpusDataModule(L.LightningDataModule):
     times), so later runs and every DDP rank load it in milliseconds. The token stream is cut into
     consecutive ``block_size`` blocks (see :func:`chunk_blocks`: the final remainder of fewer than
     ``block_size`` tokens is dropped). Without
-    ``val_files``/``test_files`` (or dataset splits), a seeded random ``val_fraction``/``test_fraction``
+    ``val_file``/``test_file`` (or dataset splits), a seeded random ``val_fraction``/``test_fraction``
     of the training blocks is held out. Batches are ``{"input_ids": LongTensor[batch, block_size]}``.
 
     The tokenizer is the model's, handed over by the handshake (:func:`~lightning_recipes.connect`); a
@@ -52,11 +51,12 @@ class TextCorpusDataModule(L.LightningDataModule):
     :meth:`prepare_tokenizer` makes it (loads, trains or reuses the trained one) explicitly.
 
     Args:
-        train_files: text file(s) or glob(s) (UTF-8), e.g. ``data/*.txt``; table files (``.csv``, ``.tsv``,
-            ``.jsonl``, ``.json``, ``.parquet``) give the rows of their ``text_column`` (e.g. SST-2's
-            ``train.tsv`` with ``text_column: sentence``).
-        val_files, test_files: held-out text files; default: ``val_fraction``/``test_fraction`` of train.
-            Without ``train_files`` they serve ``validate``/``test`` only (evaluating a model as-is).
+        train_file: text file(s) or glob(s) (UTF-8), e.g. ``data/*.txt``, or a list of them; table files
+            (``.csv``, ``.tsv``, ``.jsonl``, ``.json``, ``.parquet``) give the rows of their ``text_column``
+            (e.g. SST-2's ``train.tsv`` with ``text_column: sentence``).
+        val_file, test_file: held-out text file(s) or glob(s), as ``train_file``; default:
+            ``val_fraction``/``test_fraction`` of train. Without ``train_file`` they serve
+            ``validate``/``test`` only (evaluating a model as-is).
         dataset: instead of files, a ``datasets`` dataset: a folder written by ``save_to_disk`` or a
             name for ``datasets.load_dataset`` (e.g. ``wikitext``); splits ``train``/``validation``/``test``.
         dataset_config: the dataset's configuration (e.g. ``wikitext-2-raw-v1``).
@@ -74,7 +74,6 @@ class TextCorpusDataModule(L.LightningDataModule):
         add_eos: append the tokenizer's EOS token after every document (file or dataset row).
         predict_file: prompts for ``predict`` (a UTF-8 text file, one prompt per line), which
             :class:`~lightning_recipes.CausalLM` continues; batches are ``{"meta": {"prompt": [...]}}``.
-        dataset_config_name: deprecated name of ``dataset_config``.
 
     Example::
 
@@ -92,9 +91,9 @@ class TextCorpusDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        train_files: str | list[str] | None = None,
-        val_files: str | list[str] | None = None,
-        test_files: str | list[str] | None = None,
+        train_file: str | list[str] | None = None,
+        val_file: str | list[str] | None = None,
+        test_file: str | list[str] | None = None,
         dataset: str | None = None,
         dataset_config: str | None = None,
         text_column: str = "text",
@@ -110,26 +109,18 @@ class TextCorpusDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         add_eos: bool = True,
         predict_file: str | None = None,
-        dataset_config_name: str | None = None,
     ) -> None:
         super().__init__()
-        dataset_config = renamed(
-            "TextCorpusDataModule",
-            "dataset_config_name",
-            dataset_config_name,
-            "dataset_config",
-            dataset_config,
-        )
-        files = (train_files, val_files, test_files)
+        files = (train_file, val_file, test_file)
         if dataset is not None and any(f is not None for f in files):
-            raise ValueError("Give text files (train_files/val_files/test_files) or a dataset, not both")
+            raise ValueError("Give text files (train_file/val_file/test_file) or a dataset, not both")
         if dataset is None and all(f is None for f in files) and predict_file is None:
             raise ValueError(
-                "Give train_files (text files/globs; val_files/test_files alone to only evaluate, "
+                "Give train_file (text files/globs; val_file/test_file alone to only evaluate, "
                 "predict_file alone to only generate) or dataset (a datasets dataset)"
             )
-        if bpe_vocab_size is not None and dataset is None and train_files is None:
-            raise ValueError("bpe_vocab_size trains a tokenizer on the training text: give train_files too")
+        if bpe_vocab_size is not None and dataset is None and train_file is None:
+            raise ValueError("bpe_vocab_size trains a tokenizer on the training text: give train_file too")
         if tokenizer is not None and bpe_vocab_size is not None:
             raise ValueError(
                 "Give at most one of tokenizer (a Hugging Face id or folder) or bpe_vocab_size "
@@ -146,7 +137,7 @@ class TextCorpusDataModule(L.LightningDataModule):
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
         self.save_hyperparameters()  # Lightning's record of the call; the code reads the attributes below
-        self.train_files, self.val_files, self.test_files = train_files, val_files, test_files
+        self.train_file, self.val_file, self.test_file = train_file, val_file, test_file
         self.dataset, self.dataset_config, self.text_column = dataset, dataset_config, text_column
         self.tokenizer_name, self.bpe_vocab_size, self.tokenizer_dir = (
             tokenizer,
@@ -167,7 +158,7 @@ class TextCorpusDataModule(L.LightningDataModule):
 
     # -- sources ---------------------------------------------------------------------------------
     def _split_files(self, split: str) -> list[Path]:
-        return expand_files(getattr(self, f"{split}_files"))
+        return expand_files(getattr(self, f"{split}_file"))
 
     def _load_dataset(self) -> Any:
         if self._dataset is None:
@@ -207,7 +198,7 @@ class TextCorpusDataModule(L.LightningDataModule):
     def _has_source(self, split: str) -> bool:
         if self.dataset is not None:
             return self._dataset_split(split) is not None
-        return getattr(self, f"{split}_files") is not None
+        return getattr(self, f"{split}_file") is not None
 
     def _documents(self, split: str) -> Iterator[list[str]]:
         """The split's text as lists of pieces, one list per document."""
@@ -263,7 +254,7 @@ class TextCorpusDataModule(L.LightningDataModule):
         """The block size (none with only prompts to predict) and the tokenizer (the model's, or the one
         this data module made)."""
         texts = self.dataset is not None or any(
-            f is not None for f in (self.train_files, self.val_files, self.test_files)
+            f is not None for f in (self.train_file, self.val_file, self.test_file)
         )
         return DataSpec(block_size=self.block_size if texts else None, tokenizer=self.prepare_tokenizer())
 
@@ -374,7 +365,7 @@ class TextCorpusDataModule(L.LightningDataModule):
             if sum(counts.values()) >= n:
                 raise ValueError(
                     f"{n} block(s) of {self.block_size} tokens are too few to hold out {counts}: "
-                    "add text, lower block_size or give val_files"
+                    "add text, lower block_size or give val_file"
                 )
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
             start = 0
@@ -387,7 +378,7 @@ class TextCorpusDataModule(L.LightningDataModule):
         )
 
     def _loader(self, dataset: TokenBlocks | None, split: str, shuffle: bool = False) -> DataLoader:
-        hint = f"give {split}_files (or a dataset with that split) or set {split}_fraction > 0"
+        hint = f"give {split}_file (or a dataset with that split) or set {split}_fraction > 0"
         return split_loader(dataset, split, hint, self.batch_size, self.num_workers, shuffle=shuffle)
 
     def train_dataloader(self) -> DataLoader:

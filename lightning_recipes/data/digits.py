@@ -68,7 +68,7 @@ class DigitsDataModule(ImageDataModule):
         >>> import tempfile
         >>> dm = DigitsDataModule(digits=[5, 6], root=tempfile.mkdtemp(), num_workers=0)
         >>> dm.setup("fit")
-        >>> dm.classes, len(dm.train_set) > 100
+        >>> dm.label_names, len(dm.train_set) > 100
         (['5', '6'], True)
     """
 
@@ -92,7 +92,7 @@ class DigitsDataModule(ImageDataModule):
         self.cache = Path(root) if root else default_cache_dir() / "digits"
         super().__init__(
             root=str(self.cache / "pending"),
-            classes=[str(d) for d in digits],
+            label_names=[str(d) for d in digits],
             seed=seed,
             batch_size=batch_size,
             num_workers=num_workers,

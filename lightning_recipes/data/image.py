@@ -1,4 +1,4 @@
-"""ImageDataModule: class-subfolder image folders or ``path,label`` CSVs, with timm transforms."""
+"""ImageDataModule: class-subfolder image folders or ``path,label`` CSV files, with timm transforms."""
 
 from __future__ import annotations
 
@@ -127,22 +127,24 @@ class ImageDataModule(L.LightningDataModule):
       (also used for ``val``/``test`` when those folders are missing);
     * ``root`` with ``val/<class>/`` and/or ``test/<class>/`` and no ``train/``: evaluation only (a model
       used as-is), the classes read from those folders;
-    * ``train_csv`` (and optionally ``val_csv``, ``test_csv``) with columns ``path,label``; paths are
-      relative to the CSV. With ``label_separator`` (e.g. ``"|"``) labels are multi-hot (multi-label task).
+    * ``train_file`` (and optionally ``val_file``, ``test_file``): CSV files with columns ``path,label``;
+      paths are relative to the CSV. With ``label_separator`` (e.g. ``"|"``) labels are multi-hot
+      (multi-label task).
 
     Transforms come from timm (``create_transform``): input size, interpolation, mean and std follow
     ``data_config``, or the model's ``data_config`` handed over by the handshake
     (:func:`~lightning_recipes.connect`: ``ImageClassifier`` gives its backbone's), or timm's ImageNet
-    defaults (with a warning). The class names go the other way (:meth:`data_spec`).
+    defaults (with a warning). The class names and the task go the other way (:meth:`data_spec`):
+    ``multilabel`` with ``label_separator``, else ``multiclass``.
     ``train_transform`` passes augmentation options to timm for training (``hflip``, ``scale``,
     ``auto_augment``, ``re_prob``...); ``augment=False`` trains on eval transforms.
 
     Args:
         root: image folder (see layouts above).
-        train_csv, val_csv, test_csv: ``path,label`` CSV files.
+        train_file, val_file, test_file: ``path,label`` CSV files.
         predict_root: folder of images (any depth, sorted by path) for ``predict``; default: the test
             split. Predict batches are ``(images, targets, {"path": [...]})``.
-        classes: class names in id order; default: sorted names found in the training data.
+        label_names: class names in id order; default: sorted names found in the training data.
         label_separator: separator of several labels in a CSV cell, for multi-label data.
         val_fraction, test_fraction, seed: the stratified split used when ``val``/``test`` are absent.
         batch_size, num_workers: DataLoader settings.
@@ -162,7 +164,7 @@ class ImageDataModule(L.LightningDataModule):
         ...         Image.fromarray(np.full((8, 8, 3), i * 20, np.uint8)).save(root / c / f"{i}.png")
         >>> dm = ImageDataModule(root=str(root), val_fraction=0.2, batch_size=4, num_workers=0, image_size=16)
         >>> dm.setup("fit")
-        >>> dm.classes, len(dm.train_set), len(dm.val_set)
+        >>> dm.label_names, len(dm.train_set), len(dm.val_set)
         (['cat', 'dog'], 16, 4)
         >>> next(iter(dm.train_dataloader()))[0].shape
         torch.Size([4, 3, 16, 16])
@@ -171,11 +173,11 @@ class ImageDataModule(L.LightningDataModule):
     def __init__(
         self,
         root: str | None = None,
-        train_csv: str | None = None,
-        val_csv: str | None = None,
-        test_csv: str | None = None,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
         predict_root: str | None = None,
-        classes: list[str] | None = None,
+        label_names: list[str] | None = None,
         label_separator: str | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.0,
@@ -189,23 +191,27 @@ class ImageDataModule(L.LightningDataModule):
         mode: str = "RGB",
     ) -> None:
         super().__init__()
-        if (root is None) == (train_csv is None):
-            raise ValueError("Give exactly one of root (an image folder) or train_csv (a path,label CSV)")
+        if (root is None) == (train_file is None):
+            raise ValueError("Give exactly one of root (an image folder) or train_file (a path,label CSV)")
         if not (
             0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0
         ):
             raise ValueError(
                 f"val_fraction={val_fraction} and test_fraction={test_fraction} must sum below 1"
             )
-        self.save_hyperparameters()  # Lightning's record of the call; the code reads the attributes below
+        # Lightning's record of the call (the code reads the attributes below), less label_names: the model
+        # has that option too, Lightning requires the two records to agree where they share a key, and the
+        # names reach the model through the handshake and are saved with it.
+        self.save_hyperparameters(ignore=["label_names"])
         self.root, self.predict_root = root, predict_root
-        self.csvs = {"train": train_csv, "val": val_csv, "test": test_csv}
+        self.files = {"train": train_file, "val": val_file, "test": test_file}
         self.label_separator = label_separator
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
         self.batch_size, self.num_workers = batch_size, num_workers
         self.data_config, self.image_size, self.mode = data_config, image_size, mode
         self.augment, self.train_transform = augment, train_transform
-        self.classes = list(classes) if classes else None
+        #: class names in id order; ``None`` until given or read (``data_spec``/``setup``)
+        self.label_names = list(label_names) if label_names else None
         self.model_data_config: dict[str, Any] | None = None  # from the handshake
         self.train_set = self.val_set = self.test_set = self.predict_set = None
         self._split_rows: dict[str, list[tuple[Path, list[str]]] | None] | None = None
@@ -215,9 +221,14 @@ class ImageDataModule(L.LightningDataModule):
         return self.label_separator is not None
 
     @property
+    def task(self) -> str:
+        """``multilabel`` with ``label_separator`` (several labels per image), else ``multiclass``."""
+        return "multilabel" if self.multilabel else "multiclass"
+
+    @property
     def num_classes(self) -> int | None:
         """The number of classes; ``None`` until known (given, or read by ``data_spec``/``setup``)."""
-        return None if self.classes is None else len(self.classes)
+        return None if self.label_names is None else len(self.label_names)
 
     # -- the handshake ---------------------------------------------------------------------------
     def accept_input_spec(self, spec: InputSpec) -> None:
@@ -225,26 +236,26 @@ class ImageDataModule(L.LightningDataModule):
         self.model_data_config = spec.data_config
 
     def data_spec(self) -> DataSpec:
-        """The class names: ``classes``, else the sorted class names found in the training data."""
+        """The class names (``label_names``, else the sorted names in the training data) and the task."""
         self._rows()
-        return DataSpec(label_names=list(self.classes))
+        return DataSpec(label_names=list(self.label_names), task=self.task)
 
     # -- samples ---------------------------------------------------------------------------------
     def _encode(self, labels: list[str], source: Path) -> Any:
-        unknown = [label for label in labels if label not in self.classes]
+        unknown = [label for label in labels if label not in self.label_names]
         if unknown:
-            raise ValueError(f"Unknown label(s) {unknown} in {source}; known classes: {self.classes}")
-        ids = [self.classes.index(label) for label in labels]
+            raise ValueError(f"Unknown label(s) {unknown} in {source}; known classes: {self.label_names}")
+        ids = [self.label_names.index(label) for label in labels]
         if not self.multilabel:
             return ids[0]
-        target = torch.zeros(len(self.classes))
+        target = torch.zeros(len(self.label_names))
         target[ids] = 1.0
         return target
 
     def _labelled(self, split: str) -> list[tuple[Path, list[str]]] | None:
         """``(path, [labels])`` of one split as given on disk, or ``None`` where the split is absent."""
         if self.root is None:
-            path = self.csvs[split]
+            path = self.files[split]
             return None if path is None else _csv_samples(Path(path), self.label_separator)
         root = Path(self.root)
         if not root.is_dir():
@@ -266,16 +277,16 @@ class ImageDataModule(L.LightningDataModule):
         return train_test_split(rows, test_size=fraction, random_state=seed, stratify=stratify)
 
     def _rows(self) -> dict[str, list[tuple[Path, list[str]]] | None]:
-        """The rows of each split (read and split once); sets ``classes`` when they were not given."""
+        """The rows of each split (read and split once); sets ``label_names`` when they were not given."""
         if self._split_rows is None:
             rows = {split: self._labelled(split) for split in ("train", "val", "test")}
             for split, fraction in (("test", self.test_fraction), ("val", self.val_fraction)):
                 if rows[split] is None and fraction > 0 and rows["train"] is not None:
                     share = fraction / (1.0 - (self.test_fraction if split == "val" else 0.0))
                     rows["train"], rows[split] = self._split(rows["train"], share, self.seed)
-            if self.classes is None:
+            if self.label_names is None:
                 labelled = rows["train"] or (rows["val"] or []) + (rows["test"] or [])
-                self.classes = sorted({label for _, labels in labelled for label in labels})
+                self.label_names = sorted({label for _, labels in labelled for label in labels})
             self._split_rows = rows
         return self._split_rows
 
@@ -342,7 +353,7 @@ class ImageDataModule(L.LightningDataModule):
             self.predict_set = ImageDataset(samples, self.transforms(training=False), mode, with_path=True)
 
     def _loader(self, dataset: Dataset | None, split: str, shuffle: bool = False) -> DataLoader:
-        hint = f"add a {split}/ folder or {split}_csv, or set {split}_fraction > 0"
+        hint = f"add a {split}/ folder or {split}_file, or set {split}_fraction > 0"
         if split == "predict":
             hint = "set predict_root (a folder of images), or give a test split (predicted without one)"
         return split_loader(dataset, split, hint, self.batch_size, self.num_workers, shuffle=shuffle)

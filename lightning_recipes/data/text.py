@@ -35,11 +35,11 @@ class TextDataModule(L.LightningDataModule):
     ``train_file`` (+ ``val_file``, ``test_file``) in csv, tsv, json, jsonl or parquet. Without a
     validation split, ``val_fraction`` of the training data is held out (seeded).
 
-    Labels: class ids come from a ``ClassLabel`` column, or from ``labels`` (names in id order; string
-    or integer values map to them), else from the sorted distinct values of the training split. They
-    are exposed as ``label_names`` and handed to the model by the handshake (:meth:`data_spec`), so
-    predictions come back as names. Multi-label columns hold lists or ``label_separator``-joined
-    strings; regression labels are floats.
+    Labels: class ids come from a ``ClassLabel`` column, or from ``label_names`` (names in id order;
+    string or integer values map to them), else from the sorted distinct values of the training split.
+    They are exposed as ``label_names`` and handed to the model by the handshake (:meth:`data_spec`)
+    with the ``task``, so predictions come back as names. Multi-label columns hold lists or
+    ``label_separator``-joined strings; regression labels are floats.
 
     Tokenisation runs once (``prepare_data``) and is cached by ``datasets`` under ``cache_dir``, keyed
     by the data, the tokenizer and these options. Batches are padded to their longest sequence
@@ -53,8 +53,9 @@ class TextDataModule(L.LightningDataModule):
             the test split. Predict batches also hold ``"meta"`` (the texts, for the prediction writer).
         text_column: column of the text; ``text_pair_column``: second text of sentence-pair tasks.
         label_column: column of the label.
-        labels: class names in id order.
-        task: ``multiclass``, ``multilabel`` or ``regression``.
+        label_names: class names in id order.
+        task: ``multiclass``, ``multilabel`` or ``regression``; the handshake hands it to the model, which
+            must have been built for the same task.
         label_separator: separator of several labels in one string cell (multi-label).
         train_split, val_split, test_split: split names of a Hub dataset (``test_split: validation``
             tests on the dev set when the test labels are hidden, as in GLUE).
@@ -110,7 +111,7 @@ class TextDataModule(L.LightningDataModule):
         text_column: str = "sentence",
         text_pair_column: str | None = None,
         label_column: str = "label",
-        labels: list[str] | None = None,
+        label_names: list[str] | None = None,
         task: Literal["multiclass", "multilabel", "regression"] = "multiclass",
         label_separator: str | None = None,
         train_split: str = "train",
@@ -144,7 +145,10 @@ class TextDataModule(L.LightningDataModule):
                 "Give at most one of tokenizer (a Hugging Face id or folder) or wordpiece_vocab_size "
                 "(train a WordPiece tokenizer on the training text); with neither, the model's is used"
             )
-        self.save_hyperparameters()  # Lightning's record of the call; the code reads the attributes below
+        # Lightning's record of the call (the code reads the attributes below), less label_names: the model
+        # has that option too, Lightning requires the two records to agree where they share a key, and the
+        # names reach the model through the handshake and are saved with it.
+        self.save_hyperparameters(ignore=["label_names"])
         self.dataset, self.dataset_config, self.dataset_revision = dataset, dataset_config, dataset_revision
         self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file}
         self.text_column, self.text_pair_column = text_column, text_pair_column
@@ -156,7 +160,7 @@ class TextDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.group_by_length, self.pad_to_multiple_of = group_by_length, pad_to_multiple_of
         self.cache_dir = cache_dir
-        self.labels = LabelEncoder(label_column, task, labels, label_separator)
+        self.label_encoder = LabelEncoder(label_column, task, label_names, label_separator)
         self.tokenizer: Any = None  # the model's (handshake) or ``tokenizer``'s, see accept_input_spec
         self.train_set = self.val_set = self.test_set = self.predict_set = None
         self.lengths: dict[str, list[int]] = {}
@@ -177,16 +181,18 @@ class TextDataModule(L.LightningDataModule):
         self.tokenizer = agree_tokenizer(spec.tokenizer, own, name)
 
     def data_spec(self) -> DataSpec:
-        """Class names (read from the training labels unless given), ``max_length`` and the tokenizer
-        (trained here, with ``wordpiece_vocab_size``)."""
+        """Class names (read from the training labels unless given), the task, ``max_length`` and the
+        tokenizer (trained here, with ``wordpiece_vocab_size``)."""
         self._fit_labels()
         tokenizer = self.prepare_tokenizer() if self.wordpiece_vocab_size else self.tokenizer
-        return DataSpec(label_names=self.label_names, max_length=self.max_length, tokenizer=tokenizer)
+        return DataSpec(
+            label_names=self.label_names, task=self.task, max_length=self.max_length, tokenizer=tokenizer
+        )
 
     @property
     def label_names(self) -> list[str] | None:
         """Class names in id order; ``None`` before the labels are read (``data_spec``/``setup``)."""
-        return self.labels.names
+        return self.label_encoder.names
 
     @property
     def num_classes(self) -> int | None:
@@ -282,7 +288,7 @@ class TextDataModule(L.LightningDataModule):
     def _check_columns(self, split: str, ds: Any) -> None:
         needed = [self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
         if split != "predict":
-            needed.append(self.labels.column)
+            needed.append(self.label_encoder.column)
         for column in needed:
             if column not in ds.column_names:
                 raise ValueError(
@@ -290,13 +296,14 @@ class TextDataModule(L.LightningDataModule):
                 )
 
     def _fit_labels(self) -> None:
-        if not self.labels.ids and self.task != "regression":
-            self.labels.fit(self._raw()["train"])
+        if not self.label_encoder.ids and self.task != "regression":
+            self.label_encoder.fit(self._raw()["train"])
 
     def _tokenize(self, split: str, ds: Any) -> Any:
         tokenizer = self.prepare_tokenizer()
-        labelled = split != "predict" and self.labels.column in ds.column_names
-        text, pair, labels, max_length = self.text_column, self.text_pair_column, self.labels, self.max_length
+        labelled = split != "predict" and self.label_encoder.column in ds.column_names
+        text, pair, max_length = self.text_column, self.text_pair_column, self.max_length
+        labels = self.label_encoder
 
         keep_text = split == "predict"  # the texts travel with predict batches, for the prediction writer
 
@@ -343,7 +350,7 @@ class TextDataModule(L.LightningDataModule):
                 out[split] = None
                 continue
             if split != "predict":
-                self.labels.check(split, ds)
+                self.label_encoder.check(split, ds)
             out[split] = self._tokenize(split, ds)
         return out
 

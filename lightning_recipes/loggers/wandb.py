@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import netrc
 import os
-import socket
 import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 import lightning as L
 import yaml
@@ -25,59 +22,38 @@ RUN_ID_KEY = "wandb_run_id"
 OFFLINE_MODES = ("offline", "dryrun")
 
 
-def has_credentials() -> bool:
-    """Whether W&B can authenticate without prompting: ``WANDB_API_KEY`` or a netrc login for the host.
+def offline_reason(mode: str | None) -> str | None:
+    """Why the run must be offline before trying the server (``None``: try online).
 
-    The host is that of ``WANDB_BASE_URL`` (default ``https://api.wandb.ai``); the netrc file is
-    ``$NETRC`` or ``~/.netrc`` (where ``wandb login`` writes).
-    """
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
-    path = os.environ.get("NETRC") or str(Path.home() / ".netrc")
-    try:
-        return netrc.netrc(path).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def server_reachable(timeout: float) -> bool:
-    """Whether a TCP connection to the W&B server (``WANDB_BASE_URL``) opens within ``timeout`` seconds."""
-    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-    port = url.port or (80 if url.scheme == "http" else 443)
-    try:
-        with socket.create_connection((url.hostname or "api.wandb.ai", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def offline_reason(mode: str | None, connect_timeout: float) -> str | None:
-    """Why the run must be offline (``None``: go online). ``mode`` is an explicit ``wandb.init`` mode.
+    ``mode`` is an explicit ``wandb.init`` mode; without one, wandb's own setting counts (``WANDB_MODE``,
+    ``wandb offline``). Credentials are looked up by wandb itself, without a prompt and without the
+    network (``wandb.login(prompt=False, verify=False)``: ``WANDB_API_KEY``, ``wandb login``'s netrc
+    entry, an identity token file).
 
     Example::
 
-        >>> offline_reason("offline", 1.0)
+        >>> offline_reason("offline")
         'offline mode was requested'
     """
-    mode = mode or os.environ.get("WANDB_MODE")
+    import wandb
+
+    mode = mode or wandb.setup().settings.mode
     if mode in OFFLINE_MODES:
         return "offline mode was requested"
     if mode == "disabled":
         return None
-    if not has_credentials():
-        return "no W&B credentials (WANDB_API_KEY or a `wandb login` netrc entry)"
-    if connect_timeout > 0 and not server_reachable(connect_timeout):
-        return f"the W&B server did not answer within {connect_timeout:g} s"
+    if not wandb.login(prompt=False, verify=False):
+        return "no W&B credentials (WANDB_API_KEY or `wandb login`)"
     return None
 
 
 class WandbLogger(_LightningWandbLogger):
     """Lightning's ``WandbLogger`` for recipes: typed options, offline fallback, bounded checkpoint uploads.
 
-    * Without credentials (``WANDB_API_KEY`` or ``wandb login``), with an unreachable server, or with
-      ``offline: true`` / ``WANDB_MODE=offline``, the run is recorded offline (no hang, no prompt) and
-      one line says where it lives and the ``wandb sync`` command that uploads it later.
+    * Without credentials (``WANDB_API_KEY`` or ``wandb login``), when ``wandb.init`` cannot reach the
+      server within ``init_timeout`` seconds (wandb's ``CommError``), or with ``offline: true`` /
+      ``WANDB_MODE=offline``, the run is recorded offline (no hang, no prompt) and one line says why,
+      where it lives and the ``wandb sync`` command that uploads it later.
     * Only rank zero creates the run (Lightning's ``rank_zero_experiment``): one run per training.
     * ``log_model=True`` uploads the best and the last checkpoint of each ``ModelCheckpoint`` at the
       end of training (aliases ``best``/``last``/``latest``; at most two files per training),
@@ -100,7 +76,9 @@ class WandbLogger(_LightningWandbLogger):
         log_model: upload checkpoints as artifacts: ``False``, ``True`` (best and last, at the end) or
             ``"all"`` (best and last, whenever they change).
         model_ttl_days: delete uploaded checkpoint versions this many days after upload (W&B TTL policy).
-        connect_timeout: seconds to wait for the W&B server before falling back to offline (0: no check).
+        init_timeout: seconds ``wandb.init`` may take to start the run online before it falls back to
+            offline (wandb's ``init_timeout`` setting, whose own default is 90 s; a ``settings`` argument
+            given as a ``wandb.Settings`` keeps its own).
         prefix, checkpoint_name, anonymous, dir, version, add_file_policy: as in Lightning's ``WandbLogger``.
         **kwargs: other ``wandb.init`` arguments.
 
@@ -125,7 +103,7 @@ class WandbLogger(_LightningWandbLogger):
         offline: bool = False,
         log_model: bool | Literal["all"] = False,
         model_ttl_days: float | None = None,
-        connect_timeout: float = 3.0,
+        init_timeout: float = 15.0,
         prefix: str = "",
         checkpoint_name: str | None = None,
         anonymous: bool | None = None,
@@ -136,6 +114,8 @@ class WandbLogger(_LightningWandbLogger):
     ) -> None:
         if model_ttl_days is not None and model_ttl_days <= 0:
             raise ValueError(f"model_ttl_days must be > 0 (or None for no TTL), got {model_ttl_days}")
+        if init_timeout <= 0:
+            raise ValueError(f"init_timeout must be > 0 seconds (wandb's default is 90), got {init_timeout}")
         extra = {"tags": tags, "group": group, "entity": entity, "notes": notes, "job_type": job_type}
         # LightningCLI fills **kwargs with every wandb.init default (resume=None...): keep only real values,
         # so that Lightning's resume="allow" survives.
@@ -164,7 +144,7 @@ class WandbLogger(_LightningWandbLogger):
         if save_dir is not None:
             Path(save_dir).mkdir(parents=True, exist_ok=True)
         self.model_ttl_days = model_ttl_days
-        self.connect_timeout = connect_timeout
+        self.init_timeout = init_timeout
         self.offline_reason: str | None = None
 
     @property
@@ -175,11 +155,7 @@ class WandbLogger(_LightningWandbLogger):
             import wandb
 
             if wandb.run is None:
-                init_kwargs = _compat.wandb_init_kwargs(self)
-                self.offline_reason = offline_reason(init_kwargs.get("mode"), self.connect_timeout)
-                if self.offline_reason is not None:
-                    init_kwargs["mode"] = "offline"
-                run = _compat.lightning_wandb_experiment(self)
+                run = self._start_run()
                 if self.offline_reason is not None and getattr(run, "dir", None):
                     run_dir = Path(run.dir).parent
                     print(
@@ -189,6 +165,27 @@ class WandbLogger(_LightningWandbLogger):
                         flush=True,
                     )
                 return run
+        return _compat.lightning_wandb_experiment(self)
+
+    def _start_run(self) -> Any:
+        """``wandb.init`` online, or offline with :attr:`offline_reason` set when it cannot be online."""
+        import wandb
+
+        init_kwargs = _compat.wandb_init_kwargs(self)
+        self.offline_reason = offline_reason(init_kwargs.get("mode"))
+        if self.offline_reason is None:
+            settings = init_kwargs.get("settings")
+            if settings is None or isinstance(settings, dict):
+                init_kwargs["settings"] = {"init_timeout": self.init_timeout, **(settings or {})}
+            try:
+                return _compat.lightning_wandb_experiment(self)
+            except wandb.errors.CommError as exc:  # wandb's error for a server it could not talk to
+                # wandb's message on one line, without its advice to pass init_timeout to wandb.init
+                detail = " ".join(str(exc).split("\nConsider")[0].split()) or type(exc).__name__
+                self.offline_reason = (
+                    f"wandb.init could not reach the W&B server within {self.init_timeout:g} s ({detail})"
+                )
+        init_kwargs["mode"] = "offline"
         return _compat.lightning_wandb_experiment(self)
 
     @property

@@ -32,12 +32,77 @@ def default_optimizer(params: Iterable[Any]) -> Optimizer:
     return torch.optim.AdamW(params, weight_decay=0.01)
 
 
+def backbone_layer_groups(module: nn.Module) -> list[list[nn.Parameter]]:
+    """The parameters of ``module.backbone`` in layer groups, bottom (input side) to top.
+
+    The one grouping of the backbone: layer-wise LR decay (``TransferModule(layer_decay=...)``) gives
+    each group its own learning rate, and :class:`~lightning_recipes.callbacks.FreezeUnfreeze` unfreezes
+    the groups top first. ``module.layer_groups()`` (its blocks as ``nn.Module`` s, bottom to top: the
+    text and LM modules' embeddings, then each transformer block) when the module has it; else timm's
+    ``group_matcher(coarse=True)`` of the backbone (stem, stages, ...: the timm CNNs); else the
+    backbone's children that hold parameters. A parameter belongs to the first group that claims it;
+    backbone parameters no group claims (a pooler, a final norm) join the top group.
+
+    Example::
+
+        >>> m = nn.Module()
+        >>> m.backbone = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 3))
+        >>> [len(g) for g in backbone_layer_groups(m)]
+        [2, 2]
+    """
+    backbone: nn.Module = module.backbone
+    groups: list[list[nn.Parameter]]
+    if callable(getattr(module, "layer_groups", None)):
+        groups = [list(block.parameters()) for block in module.layer_groups()]
+    elif callable(getattr(backbone, "group_matcher", None)):
+        named = dict(backbone.named_parameters())
+        grouped = _compat.timm_group_parameters(backbone)
+        groups = [[named[name] for name in names] for _, names in sorted(grouped.items())]
+    else:
+        groups = [list(child.parameters()) for child in backbone.children()]
+    seen: set[int] = set()
+    unique = []
+    for group in groups:
+        kept = [p for p in group if id(p) not in seen]
+        seen.update(id(p) for p in kept)
+        if kept:
+            unique.append(kept)
+    rest = [p for p in backbone.parameters() if id(p) not in seen]
+    if not unique:
+        return [rest] if rest else []
+    unique[-1] = unique[-1] + rest
+    return unique
+
+
+def layer_lr_scales(count: int, layer_decay: float | None) -> list[float]:
+    """Learning-rate factor of each of ``count`` layer groups (bottom to top) relative to the top group:
+    ``layer_decay ** depth``, ``depth`` the number of groups above it (``None``: all ``1``).
+
+    Example::
+
+        >>> layer_lr_scales(3, 0.5), layer_lr_scales(2, None)
+        ([0.25, 0.5, 1.0], [1.0, 1.0])
+    """
+    decay = 1.0 if layer_decay is None else layer_decay
+    return [decay ** (count - 1 - i) for i in range(count)]
+
+
+def check_layer_decay(layer_decay: float | None) -> None:
+    """Refuse a ``layer_decay`` outside ``(0, 1]`` (``None``, no decay, is fine)."""
+    if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+        raise ValueError(
+            f"layer_decay must be in (0, 1] (each layer group's LR is layer_decay times the one above; "
+            f"e.g. 0.9), or None for one backbone group; got {layer_decay}"
+        )
+
+
 class TransferModule(L.LightningModule):
     """Base of all lightning_recipes modules: a ``backbone``, a new ``head`` and one parameter group each.
 
     Subclasses build ``self.backbone`` and ``self.head``. The optimizer sees two named groups,
     ``"head"`` at ``lr`` and ``"backbone"`` at ``backbone_lr`` (``lr`` when unset); parameters with
-    ``requires_grad=False`` are left out, so a frozen backbone costs no optimizer state.
+    ``requires_grad=False`` are left out, so a frozen backbone costs no optimizer state. With
+    ``layer_decay`` the backbone is one group per layer group of :func:`backbone_layer_groups` instead.
 
     The handshake with the data module (:mod:`lightning_recipes.handshake`) is :meth:`input_spec`
     (nothing here) and :meth:`accept_data_spec` (nothing to check here); subclasses extend both.
@@ -48,6 +113,11 @@ class TransferModule(L.LightningModule):
     Args:
         lr: learning rate of the head (and of the backbone unless ``backbone_lr`` is set).
         backbone_lr: learning rate of the backbone; a fine-tuning default is ``lr / 10``.
+        layer_decay: layer-wise learning-rate decay (timm's ``layer_decay``, e.g. ``0.9``): the backbone's
+            layer groups (:func:`backbone_layer_groups`) become groups ``"backbone.<i>"`` (0 = bottom), the
+            top one at ``backbone_lr`` and each below at ``layer_decay`` times the one above. ``None``: one
+            ``"backbone"`` group. :class:`~lightning_recipes.callbacks.FreezeUnfreeze` unfreezes the same
+            groups at the same ratios to one another.
         optimizer: a callable taking parameter groups, e.g. ``torch.optim.SGD`` or, in YAML,
             ``{class_path: torch.optim.SGD, init_args: {momentum: 0.9}}``. Default: AdamW, weight decay 0.01.
         lr_scheduler: a callable taking the optimizer, e.g. a ``CosineAnnealingLR`` with ``T_max`` set.
@@ -72,6 +142,7 @@ class TransferModule(L.LightningModule):
         self,
         lr: float = 1e-3,
         backbone_lr: float | None = None,
+        layer_decay: float | None = None,
         optimizer: OptimizerFactory | None = None,
         lr_scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "epoch",
@@ -89,8 +160,10 @@ class TransferModule(L.LightningModule):
             raise ValueError(f"lr must be > 0 and backbone_lr >= 0, got lr={lr}, backbone_lr={backbone_lr}")
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        check_layer_decay(layer_decay)
         self.lr = lr
         self.backbone_lr = backbone_lr
+        self.layer_decay = layer_decay
         self.optimizer_factory = optimizer or default_optimizer
         self.scheduler_factory = lr_scheduler
         self.scheduler_interval = scheduler_interval
@@ -175,17 +248,30 @@ class TransferModule(L.LightningModule):
             )
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the head group: the head's, less any the backbone holds (a tied output layer)."""
+        backbone = {id(p) for p in self.backbone.parameters()}
+        return [p for p in self.head.parameters() if id(p) not in backbone]
+
     def param_groups(self) -> list[dict[str, Any]]:
-        """Named parameter groups (head first) holding only trainable parameters; empty groups are dropped."""
+        """Named parameter groups (head first) holding only trainable parameters; empty groups are dropped.
+
+        ``"head"`` at ``lr``, then ``"backbone"`` at ``backbone_lr``, or with ``layer_decay`` one group per
+        layer group, ``"backbone.0"`` (bottom) ... ``"backbone.<n-1>"`` (top, at ``backbone_lr``).
+        """
         backbone_lr = self.lr if self.backbone_lr is None else self.backbone_lr
-        groups = [
-            {"name": "head", "params": [p for p in self.head.parameters() if p.requires_grad], "lr": self.lr},
-            {
-                "name": "backbone",
-                "params": [p for p in self.backbone.parameters() if p.requires_grad],
-                "lr": backbone_lr,
-            },
-        ]
+        groups = [{"name": "head", "params": self.head_parameters(), "lr": self.lr}]
+        if self.layer_decay is None:
+            groups.append({"name": "backbone", "params": list(self.backbone.parameters()), "lr": backbone_lr})
+        else:
+            blocks = backbone_layer_groups(self)
+            scales = layer_lr_scales(len(blocks), self.layer_decay)
+            groups += [
+                {"name": f"backbone.{i}", "params": params, "lr": backbone_lr * scale}
+                for i, (params, scale) in enumerate(zip(blocks, scales, strict=True))
+            ]
+        for group in groups:
+            group["params"] = [p for p in group["params"] if p.requires_grad]
         return [g for g in groups if g["params"]]
 
     def configure_optimizers(self) -> Any:

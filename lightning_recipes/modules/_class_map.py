@@ -127,24 +127,20 @@ def class_logits(logits: Tensor, ids: Sequence[Sequence[int]]) -> Tensor:
     return torch.stack([logits[..., list(group)].logsumexp(-1) for group in ids], dim=-1)
 
 
-def check_head_options(owner: str, head: str, num_classes: int | None, class_map: object) -> str:
-    """The ``head`` choice of ``ImageClassifier`` and ``TextClassifier``, checked: ``new`` or ``pretrained``
-    (the model's own head; ``model``, its old name, still works with a deprecation warning); returns the
-    canonical name. ``class_map`` maps that head's pretrained labels, so it needs ``head="pretrained"``
-    without a ``num_classes`` (which would give the architecture's head with new weights).
+def check_head_options(owner: str, head: str, num_classes: int | None, class_map: object) -> None:
+    """Check the ``head`` choice of ``ImageClassifier`` and ``TextClassifier``: ``new`` or ``pretrained``
+    (the model's own head). ``class_map`` maps that head's pretrained labels, so it needs
+    ``head="pretrained"`` without a ``num_classes`` (which would give the architecture's head with new
+    weights).
 
     Example::
 
         >>> check_head_options("ImageClassifier", "pretrained", None, {"cat": ["tabby, tabby cat"]})
-        'pretrained'
+        >>> check_head_options("ImageClassifier", "model", None, None)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: ImageClassifier: head='model' is not one of 'new' (a new trainable head) or ...
     """
-    if head == "model":
-        from lightning.pytorch.utilities import rank_zero_deprecation
-
-        rank_zero_deprecation(
-            f"{owner}: head='model' was renamed head='pretrained'; the old name goes in 0.3"
-        )
-        head = "pretrained"
     if head not in ("new", "pretrained"):
         raise ValueError(
             f"{owner}: head={head!r} is not one of 'new' (a new trainable head) or 'pretrained' (the "
@@ -155,4 +151,3 @@ def check_head_options(owner: str, head: str, num_classes: int | None, class_map
             "class_map maps the pretrained head's own labels: give head='pretrained' and leave num_classes "
             f"out (got head={head!r}, num_classes={num_classes})"
         )
-    return head

@@ -76,7 +76,8 @@ class ClassificationModule(TransferModule):
             checks it against the data. Default: ``len(label_names)``, else 2 for a new head, else
             the number of the pretrained model's labels with its own head.
         task: ``multiclass`` (softmax + cross-entropy), ``multilabel`` (sigmoid + BCE) or
-            ``regression`` (MSE, or Huber with ``huber_delta``).
+            ``regression`` (MSE, or Huber with ``huber_delta``); the handshake checks it against the
+            data's task.
         label_names: class names in id order; default: the data module's, through the handshake.
         class_map: with the pretrained model's own head: ``{data class: pretrained label or list of
             labels}``; a label is a name of :attr:`output_names`, one comma-separated part of one
@@ -182,13 +183,21 @@ class ClassificationModule(TransferModule):
         return self.labels or [f"LABEL_{i}" for i in range(self.num_classes)]
 
     def accept_data_spec(self, spec: DataSpec) -> None:
-        """Check that the data has ``num_classes`` classes and adopt its class names.
+        """Check that the data's task is the model's and that it has ``num_classes`` classes, and adopt its
+        class names.
 
         With ``class_map``: check that each class of the data is mapped (and each mapped class is in
         the data), and order the classes as the data's ids. With the pretrained head and no
         ``class_map``: check that the data's classes are the pretrained labels.
         """
         super().accept_data_spec(spec)
+        if spec.task is not None and spec.task != self.task:
+            raise ValueError(
+                f"The data module's task is {spec.task!r} but the model's is task={self.task!r}; they must "
+                f"agree: set model task: {spec.task} (model.init_args.task in a recipe), or make the data "
+                f"{self.task!r} (TextDataModule's task; ImageDataModule is 'multilabel' with "
+                "label_separator, else 'multiclass')"
+            )
         names = spec.label_names
         if names is None or self.task == "regression":
             return

@@ -1,5 +1,5 @@
-"""What the Hugging Face modules share: a full model split into registered ``backbone``/``head`` parts,
-config building and finding the tokenizer that comes with a model."""
+"""What the Hugging Face modules share: zoo names resolved to their built folders, a full model split into
+registered ``backbone``/``head`` parts, config building and finding the tokenizer that comes with a model."""
 
 from __future__ import annotations
 
@@ -10,10 +10,32 @@ from typing import Any
 import lightning as L
 from torch import nn
 
+from lightning_recipes import registry
 from lightning_recipes._hub import hub_call, looks_like_local_path
 from lightning_recipes.tokenizer import load_tokenizer
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model")
+
+
+def resolve_model_name(name: str | None) -> str | None:
+    """A zoo name of a transformers model (``gpt2-mini.shakespeare``) becomes the folder it is built to
+    (:func:`lightning_recipes.registry.built`: a clear error when it is not built yet); other names come
+    back unchanged.
+
+    Example::
+
+        >>> resolve_model_name("gpt2"), resolve_model_name(None)
+        ('gpt2', None)
+    """
+    entry = registry.ZOO.get(name) if name is not None else None
+    if entry is None:
+        return name
+    if entry.library != "transformers":
+        raise ValueError(
+            f"zoo name {name!r} is a {entry.library} backbone, not a transformers model: use it as "
+            f"ImageClassifier(model_name_or_path={name!r}); `lightning-recipes zoo list` shows every zoo name"
+        )
+    return str(registry.built(name))
 
 
 def find_tokenizer(model_name_or_path: str, tokenizer: str | None, revision: str | None) -> Any:

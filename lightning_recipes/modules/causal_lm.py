@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
-from lightning_recipes._deprecation import renamed
+from lightning_recipes._hub import hub_call, looks_like_local_path
 from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
 from lightning_recipes.modules._base import TransferModule
 from lightning_recipes.modules._generation import continue_prompts, generate_texts
@@ -23,12 +23,12 @@ from lightning_recipes.modules._hf import (
     find_tokenizer,
     load_pretrained_causal_lm,
     pretrained_base,
+    resolve_model_name,
     untie_output_embeddings,
 )
 from lightning_recipes.modules._layers import transformer_layer_groups
 from lightning_recipes.modules._top_blocks import add_top_blocks
 from lightning_recipes.tokenizer import restore_tokenizer, store_tokenizer
-from lightning_recipes.zoo import resolve_model_name
 
 
 class CausalLM(HFParts, TransferModule):
@@ -37,11 +37,13 @@ class CausalLM(HFParts, TransferModule):
     Four transfer scenarios, picked by the arguments:
 
     * **fine-tune**: ``model_name_or_path`` (Hub id, local folder or zoo name such as
-      ``gpt2-mini.shakespeare``, built offline on first use; see :mod:`lightning_recipes.zoo`); ``config``
+      ``gpt2-mini.shakespeare``, once built: ``lightning-recipes zoo build NAME``); ``config``
       entries, if any, override the pretrained config (e.g. ``{resid_pdrop: 0.0}``;
       ``{tie_word_embeddings: false}`` gives ``lm_head`` its own copy of the pretrained embeddings);
     * **from scratch**: ``config`` only, the arguments of the model's config class (``model_type``
-      defaults to ``gpt2``: ``{n_layer: 6, n_embd: 384, n_head: 6, vocab_size: 8192}``);
+      defaults to ``gpt2``: ``{n_layer: 6, n_embd: 384, n_head: 6, vocab_size: 8192}``); or
+      ``model_name_or_path`` with ``pretrained=False``: that model's architecture (its ``config.json``,
+      ``config`` entries overriding it) with random weights;
     * **add-layers**: ``new_top_blocks`` new transformer blocks on top of the pretrained body and an
       untied ``lm_head`` (see below); with :class:`~lightning_recipes.callbacks.FreezeUnfreeze` the body
       stays frozen while they train, then is unfrozen at a lower LR;
@@ -55,7 +57,7 @@ class CausalLM(HFParts, TransferModule):
     :meth:`param_groups` lists it once, in the **backbone** group (where the embedding lives), so
     freezing the backbone freezes the output projection too, and the head group is empty (and dropped)
     unless the head has weights of its own. :meth:`layer_groups` lists the backbone from the embeddings
-    to the last block (with the final norm), for gradual unfreezing.
+    to the last block (with the final norm), for gradual unfreezing and ``layer_decay``.
 
     With ``new_top_blocks=k`` (see :mod:`~lightning_recipes.modules._top_blocks`), ``k`` copies of the
     top block, initialised as the identity, run after the body; ``self.head`` holds them and an untied
@@ -68,14 +70,19 @@ class CausalLM(HFParts, TransferModule):
     devices, not an average of per-batch perplexities), ``test/loss`` and ``test/ppl``.
 
     The tokenizer comes from ``tokenizer``, else from the pretrained folder/id; a model from scratch
-    without one takes the data module's (e.g. a BPE tokenizer it trained) through the handshake
+    (as with :class:`~lightning_recipes.TextClassifier`, no pretrained weights: no tokenizer either, unless
+    ``tokenizer`` is given) takes the data module's (e.g. a BPE tokenizer it trained) through the handshake
     (:func:`~lightning_recipes.connect`), which also checks the data's block size against the context
     length. Checkpoints store the model config and the tokenizer files, so
     ``CausalLM.load_from_checkpoint(path)`` rebuilds offline, without the Hub.
 
     Args:
-        model_name_or_path: Hugging Face Hub id, local folder or zoo name of a causal LM.
-        config: config arguments: the whole config from scratch, or overrides of the pretrained one.
+        model_name_or_path: Hugging Face Hub id, local folder or zoo name of a causal LM; ``None`` (with
+            ``config``) builds the model from scratch.
+        pretrained: load the pretrained weights; ``False`` builds the architecture of
+            ``model_name_or_path`` with random weights (from scratch), as ``TextClassifier``'s ``pretrained``.
+        config: config arguments: the whole config from scratch, or overrides of the one of
+            ``model_name_or_path``.
         tokenizer: Hub id or folder of the tokenizer (default: that of the pretrained model).
         revision: branch, tag or commit of the Hub id (model and tokenizer).
         gradient_checkpointing: recompute activations in the backward pass (less memory, ~30 % slower).
@@ -84,8 +91,7 @@ class CausalLM(HFParts, TransferModule):
             ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``seed``, ``num_return_sequences``...);
             greedy by default.
         new_top_blocks: add-layers: this many new blocks on top of the body, with an untied ``lm_head``.
-        pretrained_model_name_or_path: deprecated name of ``model_name_or_path``.
-        **kwargs: ``backbone_lr``, ``optimizer``, ``lr_scheduler``... (see
+        **kwargs: ``backbone_lr``, ``layer_decay``, ``optimizer``, ``lr_scheduler``... (see
             :class:`~lightning_recipes.TransferModule`).
 
     Example::
@@ -101,6 +107,7 @@ class CausalLM(HFParts, TransferModule):
     def __init__(
         self,
         model_name_or_path: str | None = None,
+        pretrained: bool = True,
         config: dict[str, Any] | None = None,
         tokenizer: str | None = None,
         revision: str | None = None,
@@ -108,20 +115,10 @@ class CausalLM(HFParts, TransferModule):
         lr: float = 5e-5,
         generation: dict[str, Any] | None = None,
         new_top_blocks: int = 0,
-        pretrained_model_name_or_path: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(lr=lr, **kwargs)
-        model_name_or_path = renamed(
-            "CausalLM",
-            "pretrained_model_name_or_path",
-            pretrained_model_name_or_path,
-            "model_name_or_path",
-            model_name_or_path,
-        )
         self.save_hyperparameters()
-        self.hparams.model_name_or_path = model_name_or_path
-        self.hparams.pop("pretrained_model_name_or_path", None)
         if model_name_or_path is None and config is None:
             raise ValueError(
                 "CausalLM needs model_name_or_path (a Hub id such as 'gpt2' or a local folder) "
@@ -130,10 +127,13 @@ class CausalLM(HFParts, TransferModule):
             )
         from transformers import AutoModelForCausalLM
 
-        self.from_scratch = model_name_or_path is None
-        source = resolve_model_name(model_name_or_path)  # a zoo name: the folder it is built to
-        if self.from_scratch:
+        #: random weights: no ``model_name_or_path`` (built from ``config``), or ``pretrained=False``
+        self.from_scratch = model_name_or_path is None or not pretrained
+        source = resolve_model_name(model_name_or_path)  # a zoo name: the folder it was built to
+        if model_name_or_path is None:
             model = AutoModelForCausalLM.from_config(build_config(config, default_type="gpt2"))
+        elif self.from_scratch:  # the architecture of model_name_or_path, config entries overriding it
+            model = AutoModelForCausalLM.from_config(_architecture(source, revision, config or {}))
         else:
             overrides = dict(config or {})
             untie = overrides.get("tie_word_embeddings") is False
@@ -172,20 +172,11 @@ class CausalLM(HFParts, TransferModule):
 
     # -- the freezing contract -------------------------------------------------------------------
     @override
-    def param_groups(self) -> list[dict[str, Any]]:
-        """``head`` and ``backbone`` groups, each parameter once: a tied ``lm_head`` belongs to the backbone.
-
-        Parameters of ``self.model`` outside both (rare) join the head group, so none is left untrained.
-        """
-        backbone = list(self.backbone.parameters())
-        seen = {id(p) for p in backbone}
-        head = [p for p in self.model.parameters() if id(p) not in seen]
-        backbone_lr = self.lr if self.backbone_lr is None else self.backbone_lr
-        groups = [
-            {"name": "head", "params": [p for p in head if p.requires_grad], "lr": self.lr},
-            {"name": "backbone", "params": [p for p in backbone if p.requires_grad], "lr": backbone_lr},
-        ]
-        return [g for g in groups if g["params"]]
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Every parameter of ``self.model`` outside the backbone: a tied ``lm_head`` belongs to the backbone,
+        and parameters outside both (rare) join the head group, so none is left untrained."""
+        seen = {id(p) for p in self.backbone.parameters()}
+        return [p for p in self.model.parameters() if id(p) not in seen]
 
     @override
     def configure_optimizers(self) -> Any:
@@ -436,3 +427,13 @@ class CausalLM(HFParts, TransferModule):
         tokenizer = restore_tokenizer(checkpoint)
         if tokenizer is not None and self.tokenizer is None:
             self.set_tokenizer(tokenizer)
+
+
+def _architecture(name: str, revision: str | None, overrides: dict[str, Any]) -> Any:
+    """The transformers config of model ``name`` (Hub id or folder) with ``overrides`` applied."""
+    from transformers import AutoConfig
+
+    path = str(Path(name).expanduser()) if looks_like_local_path(name) else name
+    return hub_call(
+        name, "transformers", "model config", AutoConfig.from_pretrained, path, revision=revision, **overrides
+    )

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lightning_recipes import zoo
+from lightning_recipes import registry
 from lightning_recipes._hub import hub_call
 from lightning_recipes.handshake import InputSpec
 from lightning_recipes.modules._class_map import check_head_options, unique_names
@@ -18,7 +18,7 @@ from lightning_recipes.modules._classification import ClassificationModule
 from lightning_recipes.modules._heads import ClassificationHead
 
 # The same choices, with the same meaning, as TextClassifier's ``head``.
-HeadKind = Literal["new", "pretrained", "model"]  # "model": deprecated name of "pretrained"
+HeadKind = Literal["new", "pretrained"]
 _SYNSET = re.compile(r"n\d{8}")
 
 
@@ -29,7 +29,8 @@ def create_backbone(
 
     Args:
         name: a timm model name (``resnet18``, ``convnext_tiny.fb_in22k``), ``local-dir:/folder``,
-            ``hf-hub:org/name`` or a lightning_recipes zoo name (``resnet10t.digits04``).
+            ``hf-hub:org/name`` or a lightning_recipes zoo name (``resnet10t.digits04``) whose weights are
+            built (``lightning-recipes zoo build NAME``; see :mod:`lightning_recipes.registry`).
         pretrained: ``True`` for the model's pretrained weights, ``False`` for random init, or the
             path of a local weights file (``.safetensors``/``.pth``) for this architecture.
         in_chans: input channels.
@@ -45,8 +46,15 @@ def create_backbone(
     import timm
 
     overlay: dict[str, Any] = {}
-    if name in zoo.ZOO:
-        name, overlay = zoo.ZOO[name].resolve(pretrained=bool(pretrained))
+    entry = registry.ZOO.get(name)
+    if entry is not None and not isinstance(entry, registry.DigitsWeights):
+        raise ValueError(
+            f"zoo name {name!r} is a {entry.library} model, not a timm backbone: use it as a "
+            "TextClassifier's or CausalLM's model_name_or_path; `lightning-recipes zoo list` shows the zoo"
+        )
+    if entry is not None:  # built weights only: `lightning-recipes zoo build NAME` builds them
+        overlay = {**entry.overlay(), **({"file": str(registry.built(name))} if pretrained else {})}
+        name = entry.arch
     elif isinstance(pretrained, str):
         if not Path(pretrained).is_file():
             raise FileNotFoundError(
@@ -54,7 +62,7 @@ def create_backbone(
             )
         overlay = {"file": str(Path(pretrained).resolve())}
     if not name.startswith(("local-dir:", "hf-hub:", "hf_hub:")) and not timm.is_model(name.split(".")[0]):
-        close = difflib.get_close_matches(name, timm.list_models() + sorted(zoo.ZOO), n=5, cutoff=0.6)
+        close = difflib.get_close_matches(name, timm.list_models() + sorted(registry.ZOO), n=5, cutoff=0.6)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise ValueError(f"Unknown backbone {name!r}: not a timm model name.{hint} See `timm.list_models()`.")
     if name.startswith("local-dir:") and not Path(name.removeprefix("local-dir:")).is_dir():
@@ -123,7 +131,8 @@ class ImageClassifier(ClassificationModule):
     hands it to the data module (see :func:`~lightning_recipes.connect`).
 
     Args:
-        backbone: timm model name or ``local-dir:/folder`` (see :func:`create_backbone`).
+        model_name_or_path: timm model name, ``local-dir:/folder``, ``hf-hub:org/name`` or zoo name (see
+            :func:`create_backbone`); it becomes ``self.backbone``.
         pretrained: load pretrained weights (``True``), random init (``False``) or a local weights file.
         head: ``new`` (a ``ClassificationHead``) or ``pretrained`` (the model's own classifier; with
             ``num_classes`` left out, its pretrained outputs; a ``num_classes`` of another size gives the
@@ -132,7 +141,8 @@ class ImageClassifier(ClassificationModule):
         in_chans: input channels of the images.
         drop_path_rate: stochastic depth in the backbone, where timm supports it.
         **kwargs: ``num_classes``, ``task``, ``label_names``, ``class_map``, the loss options (see
-            ``ClassificationModule``) and ``lr``, ``backbone_lr``, ``optimizer``... (see ``TransferModule``).
+            ``ClassificationModule``) and ``lr``, ``backbone_lr``, ``layer_decay``, ``optimizer``...
+            (see ``TransferModule``).
 
     Example::
 
@@ -144,13 +154,13 @@ class ImageClassifier(ClassificationModule):
         ['head', 'backbone']
         >>> asis = ImageClassifier("test_resnet", pretrained=False, head="pretrained",
         ...                        class_map={"cat": ["tabby cat", "tiger cat"], "dog": "n02099601"})
-        >>> asis.labels, asis(torch.randn(2, 3, 32, 32)).shape  # 1,000 ImageNet logits, scored as 2 classes
+        >>> asis.label_names, asis(torch.randn(2, 3, 32, 32)).shape  # 1,000 ImageNet logits, as 2 classes
         (['cat', 'dog'], torch.Size([2, 1000]))
     """
 
     def __init__(
         self,
-        backbone: str = "resnet18",
+        model_name_or_path: str = "resnet18",
         pretrained: bool | str = True,
         head: HeadKind = "new",
         hidden_dim: int | None = None,
@@ -161,36 +171,38 @@ class ImageClassifier(ClassificationModule):
         **kwargs: Any,
     ) -> None:
         num_classes = kwargs.get("num_classes")
-        head = check_head_options("ImageClassifier", head, num_classes, kwargs.get("class_map"))
+        check_head_options("ImageClassifier", head, num_classes, kwargs.get("class_map"))
         super().__init__(**kwargs)
         self.save_hyperparameters()
         self.head_kind = head
         extra = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
         if head == "new":
-            self.backbone = create_backbone(backbone, pretrained=pretrained, in_chans=in_chans, **extra)
+            self.backbone = create_backbone(
+                model_name_or_path, pretrained=pretrained, in_chans=in_chans, **extra
+            )
             self.head = ClassificationHead(
                 self.backbone.num_features, self.num_classes, hidden_dim, dropout, activation
             )
         else:
-            self._take_model_head(backbone, pretrained, in_chans, num_classes, extra)
-        self.setup_adapter(self.backbone, _base(backbone, pretrained))
+            self._take_model_head(model_name_or_path, pretrained, in_chans, num_classes, extra)
+        self.setup_adapter(self.backbone, _base(model_name_or_path, pretrained))
 
     def _take_model_head(
-        self, backbone: str, pretrained: bool | str, in_chans: int, num_classes: int | None, extra: dict
+        self, name: str, pretrained: bool | str, in_chans: int, num_classes: int | None, extra: dict
     ) -> None:
         """``head='pretrained'``: the timm model's own classifier becomes ``self.head``, the rest the
         backbone."""
-        model = create_backbone(backbone, pretrained, in_chans, num_classes=num_classes, **extra)
+        model = create_backbone(name, pretrained, in_chans, num_classes=num_classes, **extra)
         if not model.num_classes:
             raise ValueError(
-                f"head='pretrained': backbone {backbone!r} has no classifier (its weights are features only: "
+                f"head='pretrained': model {name!r} has no classifier (its weights are features only: "
                 "timm gives num_classes=0). Use head='new' with num_classes to train one, or pick weights "
                 "with a classifier (e.g. an ImageNet-1k tag such as resnet50.a1_in1k)."
             )
         classifier = model.pretrained_cfg.get("classifier")
         if not isinstance(classifier, str):
             raise ValueError(
-                f"head='pretrained': {backbone!r} has several classifiers {classifier} (e.g. a distilled "
+                f"head='pretrained': {name!r} has several classifiers {classifier} (e.g. a distilled "
                 "model); "
                 "only models with one classifier module are supported: use head='new'"
             )
@@ -245,12 +257,13 @@ class ImageClassifier(ClassificationModule):
         return save_image_classifier(self, Path(folder), merge)
 
 
-def _base(backbone: str, pretrained: bool | str) -> dict[str, Any] | None:
+def _base(name: str, pretrained: bool | str) -> dict[str, Any] | None:
     """Where the pretrained backbone comes from, with local paths made absolute; ``None`` for random init."""
     if not pretrained:
         return None
-    if backbone.startswith("local-dir:"):
-        backbone = "local-dir:" + str(Path(backbone.removeprefix("local-dir:")).expanduser().resolve())
+    if name.startswith("local-dir:"):
+        name = "local-dir:" + str(Path(name.removeprefix("local-dir:")).expanduser().resolve())
     if isinstance(pretrained, str):
         pretrained = str(Path(pretrained).expanduser().resolve())
-    return {"source": backbone, "revision": None, "hparams": {"backbone": backbone, "pretrained": pretrained}}
+    hparams = {"model_name_or_path": name, "pretrained": pretrained}
+    return {"source": name, "revision": None, "hparams": hparams}

@@ -12,8 +12,6 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_recipes import zoo
-from lightning_recipes._deprecation import renamed
 from lightning_recipes._hub import hub_call
 from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
 from lightning_recipes.modules._class_map import check_head_options
@@ -25,6 +23,7 @@ from lightning_recipes.modules._hf import (
     enable_gradient_checkpointing,
     find_tokenizer,
     pretrained_base,
+    resolve_model_name,
 )
 from lightning_recipes.modules._layers import transformer_layer_groups
 from lightning_recipes.modules._text_export import export_new_head, label_config
@@ -32,7 +31,7 @@ from lightning_recipes.tokenizer import restore_tokenizer, store_tokenizer
 
 # jsonargparse checks a class_path against the callable's return type: ``Any`` rejects every class.
 Pooling = Literal["cls", "mean"]
-HeadKind = Literal["new", "pretrained", "model"]  # "model": deprecated name of "pretrained"
+HeadKind = Literal["new", "pretrained"]
 _INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -66,7 +65,7 @@ class TextClassifier(HFParts, ClassificationModule):
     architecture's head is trained (new weights unless the pretrained ones have that many labels).
 
     :meth:`layer_groups` returns the encoder's blocks bottom to top (embeddings, then each layer),
-    for layer-wise freezing; ``layer_lr_decay`` turns :meth:`param_groups` into one group per block.
+    for gradual unfreezing and ``layer_decay`` (one optimizer group per block, see ``TransferModule``).
     Batches are the dicts of :class:`~lightning_recipes.TextDataModule` (``input_ids``,
     ``attention_mask``, ..., ``labels``).
 
@@ -83,7 +82,7 @@ class TextClassifier(HFParts, ClassificationModule):
 
     Args:
         model_name_or_path: Hub id (``distilbert-base-uncased``), local folder of a transformers model,
-            or a zoo name (``minilm-l6.sst2``, built offline on first use; ``lightning-recipes zoo list``);
+            or a built zoo name (``minilm-l6.sst2``: ``lightning-recipes zoo build minilm-l6.sst2``);
             ``None`` (with ``config``) builds the model from scratch.
         pretrained: load the pretrained weights; ``False`` builds the architecture with random weights.
         config: a transformers config as a dict (``config.to_dict()``; ``model_type`` picks the
@@ -95,14 +94,11 @@ class TextClassifier(HFParts, ClassificationModule):
             without ``num_classes``).
         pooling: ``cls`` (first token) or ``mean`` (masked mean of tokens), for ``head="new"``.
         hidden_dim, dropout, activation: the new head (see ``ClassificationHead``).
-        layer_lr_decay: layer-wise learning-rate decay: the top block trains at ``backbone_lr`` and each
-            block below at ``layer_lr_decay`` times the one above (e.g. ``0.9``); ``None`` keeps one group.
         gradient_checkpointing: recompute activations in the backward pass to save memory.
         lr: learning rate of the head (a fine-tuning default for pretrained encoders).
-        tokenizer_name_or_path: deprecated name of ``tokenizer``.
         **kwargs: ``num_classes``, ``task``, ``label_names``, ``class_map`` and the loss options (see
-            ``ClassificationModule``); ``backbone_lr``, ``optimizer``, ``lr_scheduler``... (see
-            ``TransferModule``).
+            ``ClassificationModule``); ``backbone_lr``, ``layer_decay``, ``optimizer``, ``lr_scheduler``...
+            (see ``TransferModule``).
 
     Example::
 
@@ -110,14 +106,13 @@ class TextClassifier(HFParts, ClassificationModule):
         >>> config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
         ...                     intermediate_size=32).to_dict()
         >>> model = TextClassifier("tiny-bert", num_classes=3, pretrained=False, config=config,
-        ...                        layer_lr_decay=0.5, lr=1e-3, backbone_lr=1e-4)
+        ...                        layer_decay=0.5, lr=1e-3, backbone_lr=1e-4)
         >>> model({"input_ids": torch.tensor([[2, 7, 9, 3]])}).shape
         torch.Size([1, 3])
         >>> len(model.layer_groups())
         3
         >>> [(g["name"], g["lr"]) for g in model.param_groups()]  # doctest: +NORMALIZE_WHITESPACE
-        [('head', 0.001), ('backbone.embeddings', 2.5e-05), ('backbone.layer0', 5e-05),
-         ('backbone.layer1', 0.0001)]
+        [('head', 0.001), ('backbone.0', 2.5e-05), ('backbone.1', 5e-05), ('backbone.2', 0.0001)]
     """
 
     def __init__(
@@ -132,22 +127,15 @@ class TextClassifier(HFParts, ClassificationModule):
         hidden_dim: int | None = None,
         dropout: float = 0.1,
         activation: str = "gelu",
-        layer_lr_decay: float | None = None,
         gradient_checkpointing: bool = False,
         lr: float = 2e-5,
-        tokenizer_name_or_path: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(lr=lr, **kwargs)
-        tokenizer = renamed(
-            "TextClassifier", "tokenizer_name_or_path", tokenizer_name_or_path, "tokenizer", tokenizer
-        )
         num_classes = kwargs.get("num_classes")
-        head = check_head_options("TextClassifier", head, num_classes, kwargs.get("class_map"))
+        check_head_options("TextClassifier", head, num_classes, kwargs.get("class_map"))
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling={pooling!r} is not one of ('cls', 'mean')")
-        if layer_lr_decay is not None and not 0.0 < layer_lr_decay <= 1.0:
-            raise ValueError(f"layer_lr_decay must be in (0, 1] (or None), got {layer_lr_decay}")
         if model_name_or_path is None and config is None:
             raise ValueError(
                 "TextClassifier needs model_name_or_path (a Hub id such as 'distilbert-base-uncased' or a "
@@ -158,13 +146,12 @@ class TextClassifier(HFParts, ClassificationModule):
         self.save_hyperparameters()
         self.head_kind = head
         self.pooling = pooling
-        self.layer_lr_decay = layer_lr_decay
         self.max_length: int | None = None  # the data's, from the handshake
         #: random weights built from ``config``: no ``model_name_or_path``, or ``pretrained=False``
         self.from_scratch = model_name_or_path is None or not pretrained
-        if pretrained or config is None:  # a checkpoint reload needs no build
-            # a zoo name: the folder it is built to (config, weights, tokenizer)
-            model_name_or_path = zoo.resolve_model_name(model_name_or_path)
+        if pretrained or config is None:  # a checkpoint reload needs no built folder
+            # a zoo name: the folder it was built to (config, weights, tokenizer); never built here
+            model_name_or_path = resolve_model_name(model_name_or_path)
 
         if config is not None:
             hf_config = build_config(config)
@@ -233,30 +220,10 @@ class TextClassifier(HFParts, ClassificationModule):
         base = None if self.from_scratch else pretrained_base(model_name_or_path, revision)
         self.setup_adapter(self.backbone, base)
 
-    # -- layer groups and learning rates -------------------------------------------------------------
+    # -- layer groups (their learning rates: ``TransferModule.param_groups``) -----------------------
     def layer_groups(self) -> list[nn.Module]:
         """The backbone's blocks bottom (input side) to top: the embeddings, then each transformer layer."""
         return transformer_layer_groups(self.backbone)
-
-    @override
-    def param_groups(self) -> list[dict[str, Any]]:
-        """``head`` and ``backbone`` groups; with ``layer_lr_decay``, ``backbone.embeddings``,
-        ``backbone.layer0`` ... ``backbone.layerN`` (bottom to top) at ``backbone_lr * decay**depth``."""
-        if self.layer_lr_decay is None:
-            return super().param_groups()
-        top_lr = self.lr if self.backbone_lr is None else self.backbone_lr
-        blocks = self.layer_groups()
-        names = ["backbone.embeddings"] + [f"backbone.layer{i}" for i in range(len(blocks) - 1)]
-        params = [list(block.parameters()) for block in blocks]
-        seen = {id(p) for ps in params for p in ps}
-        params[-1] += [p for p in self.backbone.parameters() if id(p) not in seen]
-        groups = [
-            {"name": "head", "params": [p for p in self.head.parameters() if p.requires_grad], "lr": self.lr}
-        ]
-        for depth, (name, ps) in enumerate(zip(names, params, strict=True)):
-            decay = self.layer_lr_decay ** (len(blocks) - 1 - depth)
-            groups.append({"name": name, "params": [p for p in ps if p.requires_grad], "lr": top_lr * decay})
-        return [g for g in groups if g["params"]]
 
     # -- forward ---------------------------------------------------------------------------------
     @override
@@ -370,7 +337,6 @@ class TextClassifier(HFParts, ClassificationModule):
         hparams.update(config=self.hf_config().to_dict(), tokenizer=None)
         if not self.stores_trainable_only():
             hparams["pretrained"] = False
-        hparams.pop("tokenizer_name_or_path", None)
         checkpoint["text_max_length"] = self.max_length
         store_tokenizer(checkpoint, self.tokenizer)
 

@@ -1,4 +1,5 @@
-"""EarlyStopping: missing monitor key fails at the first validation, NaN/inf policy, state in checkpoints."""
+"""EarlyStopping: missing monitor key fails at the first validation, NaN/inf as no improvement (what a NaN
+does is NonFiniteGuard's decision), state in checkpoints."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_recipes.callbacks import EarlyStopping
+from lightning_recipes.callbacks import EarlyStopping, NonFiniteGuard, TrainingDiverged
 
 
 class Scripted(L.LightningModule):
@@ -45,7 +46,7 @@ def fit(tmp_path, model, callback, max_epochs=10, ckpt_path=None, **kwargs):
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=max_epochs,
-        callbacks=[callback],
+        callbacks=callback if isinstance(callback, list) else [callback],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -101,20 +102,30 @@ def test_patience_stops_training(tmp_path, caplog):
     ]
 
 
-def test_non_finite_stop_policy(tmp_path, caplog):
-    es = EarlyStopping(monitor="val/loss", patience=5, non_finite="stop")
-    with caplog.at_level(logging.INFO):
-        fit(tmp_path, Scripted([3.0, float("nan"), 1.0]), es)
-    assert es.stopped_epoch == 1 and es.non_finite_count == 1
-    assert stop_lines(caplog) == [
-        "EarlyStopping: stopped training at epoch 1: val/loss = nan is not finite (non_finite='stop')."
-    ]
+def test_a_nan_stops_the_run_by_the_guards_decision(tmp_path, caplog):
+    es = EarlyStopping(monitor="val/loss", patience=5)
+    with caplog.at_level(logging.INFO), pytest.raises(TrainingDiverged) as info:
+        fit(tmp_path, Scripted([3.0, float("nan"), 1.0]), [es, NonFiniteGuard()])  # guard: non_finite="stop"
+    # at the validation's end, before EarlyStopping's check at the training epoch's end: it saw no NaN
+    assert info.value.epoch == 1 and es.non_finite_count == es.wait_count == 0
+    assert info.value.what == "val/loss = nan (monitored by EarlyStopping)"
+    assert stop_lines(caplog) == []  # EarlyStopping itself never stops on a NaN/inf
 
 
-def test_non_finite_ignore_policy_counts_as_no_improvement(tmp_path, caplog):
-    es = EarlyStopping(monitor="val/loss", patience=3, non_finite="ignore")
+def test_without_a_guard_nan_never_stops_training_here(tmp_path):
+    es = EarlyStopping(monitor="val/loss", patience=5)
+    assert es.check_finite is False
+    trainer = fit(tmp_path, Scripted([3.0, float("nan"), 1.0]), es, max_epochs=3)
+    assert trainer.current_epoch == 3 and es.non_finite_count == 1 and es.best_score.item() == 1.0
+    with pytest.raises(TypeError, match="check_finite"):  # no second place deciding what a NaN does
+        EarlyStopping(monitor="val/loss", check_finite=True)
+
+
+def test_tolerated_non_finite_values_count_as_no_improvement(tmp_path, caplog):
+    es = EarlyStopping(monitor="val/loss", patience=3)
+    values = [3.0, float("nan"), float("-inf"), 1.0, 2.0, 2.0, 2.0]
     with caplog.at_level(logging.INFO):
-        trainer = fit(tmp_path, Scripted([3.0, float("nan"), float("-inf"), 1.0, 2.0, 2.0, 2.0]), es)
+        trainer = fit(tmp_path, Scripted(values), [es, NonFiniteGuard("tolerate")])
     assert es.non_finite_count == 2
     assert es.best_score.item() == 1.0  # -inf never became the best score; 1.0 at epoch 3 reset the wait
     assert es.stopped_epoch == 6 and trainer.current_epoch == 7
@@ -150,21 +161,22 @@ def test_missing_monitor_hint_reads_naturally():
 
 
 def test_state_is_in_checkpoint_and_restored(tmp_path):
-    es = EarlyStopping(monitor="val/loss", patience=3, non_finite="ignore")
-    trainer = fit(tmp_path, Scripted([3.0, float("nan"), 4.0]), es, max_epochs=3)
+    es = EarlyStopping(monitor="val/loss", patience=3)
+    trainer = fit(
+        tmp_path, Scripted([3.0, float("nan"), 4.0]), [es, NonFiniteGuard("tolerate")], max_epochs=3
+    )
     path = tmp_path / "es.ckpt"
     trainer.save_checkpoint(path)
     saved = torch.load(path, weights_only=False)["callbacks"][es.state_key]
     assert saved["wait_count"] == 2 and saved["non_finite_count"] == 1 and float(saved["best_score"]) == 3.0
 
-    resumed = EarlyStopping(monitor="val/loss", patience=3, non_finite="ignore")
+    resumed = EarlyStopping(monitor="val/loss", patience=3)
     trainer = fit(
-        tmp_path, Scripted([3.0, float("nan"), 4.0, 5.0, 0.5]), resumed, max_epochs=10, ckpt_path=path
+        tmp_path,
+        Scripted([3.0, float("nan"), 4.0, 5.0, 0.5]),
+        [resumed, NonFiniteGuard("tolerate")],
+        max_epochs=10,
+        ckpt_path=path,
     )
     # one more epoch without improvement exhausts the patience carried over from the checkpoint
     assert resumed.stopped_epoch == 3 and trainer.current_epoch == 4
-
-
-def test_bad_non_finite_value():
-    with pytest.raises(ValueError, match="non_finite"):
-        EarlyStopping(monitor="val/loss", non_finite="skip")

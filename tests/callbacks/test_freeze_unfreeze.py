@@ -82,9 +82,9 @@ class Recorder(L.Callback):
 
 def test_gradual_unfreeze_trainable_groups_and_discriminative_lrs(tmp_path):
     rec = Recorder()
-    cb = FreezeUnfreeze(unfreeze_at_epoch=1, gradual_every=1, backbone_lr_ratio=0.5, layer_decay=0.5)
+    cb = FreezeUnfreeze(unfreeze_at_epoch=1, gradual_every=1, backbone_lr_ratio=0.5)
     trainer(tmp_path, [cb, rec], max_epochs=4, limit_train_batches=1, limit_val_batches=0).fit(
-        Toy(), loader()
+        Toy(layer_decay=0.5), loader()
     )
     assert rec.trainable == [
         [False, False, False],
@@ -182,16 +182,6 @@ def test_train_bn_keeps_batchnorm_trainable(tmp_path):
     assert not model.backbone[0].weight.requires_grad
 
 
-def test_timm_backbone_is_grouped_by_stage(tmp_path):
-    from lightning_recipes.callbacks.freeze_unfreeze import layer_groups
-    from lightning_recipes.modules.image import ImageClassifier
-
-    model = ImageClassifier("test_resnet", num_classes=2, pretrained=False)
-    groups = layer_groups(model)
-    assert len(groups) == 5  # stem + 4 stages
-    assert sum(len(g) for g in groups) == len(list(model.backbone.parameters()))
-
-
 def test_user_module_with_plain_optimizer(tmp_path):
     class User(L.LightningModule):
         def __init__(self):
@@ -220,14 +210,26 @@ def test_user_module_with_plain_optimizer(tmp_path):
     assert groups[1]["lr"] == pytest.approx(0.002)
     assert not torch.equal(model.backbone.weight, w0)
 
+    class Layered(User):  # not a TransferModule: a `layer_decay` attribute is the module's decay
+        layer_decay = 0.5
+
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8))
+
+    t = trainer(tmp_path, [FreezeUnfreeze(unfreeze_at_epoch=1, backbone_lr_ratio=0.2)], max_epochs=2)
+    t.fit(Layered(), loader())
+    lrs = [(g.get("name"), g["lr"]) for g in t.optimizers[0].param_groups]
+    assert lrs == [(None, 0.01), ("backbone.1", pytest.approx(0.002)), ("backbone.0", pytest.approx(0.001))]
+
 
 def test_bad_arguments_and_missing_backbone(tmp_path):
     with pytest.raises(ValueError, match="milestones"):
         FreezeUnfreeze(milestones=[3, 1])
     with pytest.raises(ValueError, match="not both"):
         FreezeUnfreeze(milestones=[1], gradual_every=1)
-    with pytest.raises(ValueError, match="layer_decay"):
-        FreezeUnfreeze(layer_decay=2.0)
+    with pytest.raises(ValueError, match="layer_decay must be in"):
+        Toy(layer_decay=2.0)
 
     class NoBackbone(L.LightningModule):
         def __init__(self):
@@ -278,8 +280,10 @@ def test_lr_schedulers_keep_working_across_unfreeze(tmp_path, kind):
 
 def _fit(tmp_path, max_epochs, ckpt_in=None, ckpt_out=None, unfreeze_at=2):
     torch.manual_seed(0)
-    model = Toy(lr=0.05, lr_scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=4))
-    cb = FreezeUnfreeze(unfreeze_at_epoch=unfreeze_at, backbone_lr_ratio=0.5, layer_decay=0.5)
+    model = Toy(
+        lr=0.05, lr_scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=4), layer_decay=0.5
+    )
+    cb = FreezeUnfreeze(unfreeze_at_epoch=unfreeze_at, backbone_lr_ratio=0.5)
     t = trainer(tmp_path, [cb], max_epochs=max_epochs, limit_train_batches=3, limit_val_batches=0)
     t.fit(model, loader(), ckpt_path=ckpt_in)
     if ckpt_out:
@@ -377,12 +381,12 @@ def test_ddp_ranks_hold_identical_weights_after_unfreeze(tmp_path, run_script):
 
 @pytest.mark.slow
 def test_real_efficientnet_frozen_epoch_keeps_pretrained_weights_and_bn_stats(shared_dir, tmp_path):
-    from lightning_recipes.callbacks.freeze_unfreeze import layer_groups
+    from lightning_recipes.modules._base import backbone_layer_groups
     from lightning_recipes.modules.image import ImageClassifier
 
     weights = shared_dir / "models" / "efficientnet_lite0"
-    model = ImageClassifier(f"local-dir:{weights}", num_classes=3, pretrained=True, lr=0.01)
-    assert len(layer_groups(model)) == 8  # stem + 7 stages
+    model = ImageClassifier(f"local-dir:{weights}", num_classes=3, pretrained=True, lr=0.01, layer_decay=0.5)
+    assert len(backbone_layer_groups(model)) == 8  # stem + 7 stages
     start = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     ends = []
 
@@ -391,7 +395,7 @@ def test_real_efficientnet_frozen_epoch_keeps_pretrained_weights_and_bn_stats(sh
             ends.append({k: v.clone() for k, v in pl_module.backbone.state_dict().items()})
 
     x, y = torch.randn(16, 3, 64, 64), torch.randint(0, 3, (16,))
-    cb = FreezeUnfreeze(unfreeze_at_epoch=1, gradual_every=1, layer_decay=0.5)
+    cb = FreezeUnfreeze(unfreeze_at_epoch=1, gradual_every=1)
     trainer(tmp_path, [cb, Keep()], max_epochs=2, limit_train_batches=2).fit(
         model, DataLoader(TensorDataset(x, y), batch_size=8)
     )

@@ -1,4 +1,5 @@
-"""GradientMonitor and clipping: pre-clip norms, clipped norm within the limit (fp32, bf16), AGC, skips."""
+"""GradientMonitor and clipping: pre-clip norms, clipped norm within the limit (fp32, bf16), AGC; steps that
+NonFiniteGuard(non_finite="skip") skips are measured by the monitor first."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_recipes.callbacks import GradientMonitor
+from lightning_recipes.callbacks import GradientMonitor, NonFiniteGuard
 from lightning_recipes.modules._base import TransferModule
 
 
@@ -182,7 +183,11 @@ def test_agc_clips_backbone_unitwise_and_leaves_head(tmp_path):
     assert (unitwise_norm(head_grad) > unitwise_norm(weights["head.weight"]) * factor).any()
 
 
-def test_skip_non_finite_steps(tmp_path, caplog):
+def lines(caplog, prefix: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(prefix)]
+
+
+def test_a_step_the_guard_skips_is_measured_first(tmp_path, caplog):
     torch.manual_seed(0)
     model = Toy(lr=0.05, nan_at_step=1)
     snapshots = []
@@ -191,17 +196,22 @@ def test_skip_non_finite_steps(tmp_path, caplog):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             snapshots.append({n: p.detach().clone() for n, p in pl_module.named_parameters()})
 
-    monitor = GradientMonitor(skip_non_finite=True)
+    monitor, guard = GradientMonitor(), NonFiniteGuard("skip")
+    log = NormLog(monitor)
     with caplog.at_level(logging.INFO):
-        trainer = fit(tmp_path, model, [monitor, Snap()], limit_train_batches=3)
-    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("GradientMonitor:")] == [
-        "GradientMonitor: skipped the optimizer step at epoch 0, global step 1: "
-        "gradient norm nan is not finite; weights left unchanged "
-        "(skip_non_finite=True; each epoch with skips ends with a count).",
-        "GradientMonitor: epoch 0: skipped 1 of 3 optimizer steps with non-finite gradients (1 in total).",
+        trainer = fit(tmp_path, model, [monitor, log, guard, Snap()], limit_train_batches=3)
+    assert lines(caplog, "NonFiniteGuard:") == [
+        "NonFiniteGuard: skipped the optimizer step at epoch 0, global step 1: "
+        "the gradients are not finite; weights left unchanged "
+        "(non_finite='skip'; each epoch with skips ends with a count).",
+        "NonFiniteGuard: epoch 0: skipped 1 of 3 optimizer steps with non-finite gradients (1 in total).",
     ]
-    assert monitor.skipped_steps == 1
+    assert lines(caplog, "GradientMonitor:") == []  # the monitor only measures
+    assert guard.skipped_steps == 1
     assert trainer.callback_metrics["grad/skipped_steps"].item() == 1.0
+    # the monitor saw the skipped step's gradients before the guard dropped them; not counted as clipped
+    assert math.isnan(log.norms[1]) and math.isfinite(log.norms[2]) and monitor.steps == 3
+    assert monitor.clipped_steps == 0
     for name, value in snapshots[0].items():  # step 1 (NaN) left the weights as they were
         assert torch.equal(value, snapshots[1][name]), name
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -215,34 +225,34 @@ class NaNEveryOtherStep(Toy):
 
 
 def test_skips_are_announced_once_then_counted_per_epoch(tmp_path, caplog):
-    from lightning_recipes.callbacks import NonFiniteGuard
-
-    monitor = GradientMonitor(skip_non_finite=True)
+    monitor = GradientMonitor()
     with caplog.at_level(logging.INFO):
         fit(
             tmp_path,
             NaNEveryOtherStep(lr=0.05),
-            [monitor, NonFiniteGuard()],
+            [monitor, NonFiniteGuard("skip")],
             limit_train_batches=4,
             max_epochs=2,
         )
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("GradientMonitor:")]
-    assert len(lines) == 3 and lines[0].startswith(
-        "GradientMonitor: skipped the optimizer step at epoch 0, global"
+    said = lines(caplog, "NonFiniteGuard:")
+    assert len(said) == 3 and said[0].startswith(
+        "NonFiniteGuard: skipped the optimizer step at epoch 0, global"
     )
-    assert lines[1:] == [
-        f"GradientMonitor: epoch {e}: skipped 2 of 4 optimizer steps with non-finite gradients"
+    assert said[1:] == [
+        f"NonFiniteGuard: epoch {e}: skipped 2 of 4 optimizer steps with non-finite gradients"
         f" ({2 * e + 2} in total)."
         for e in (0, 1)
     ]
+    assert monitor.steps == 8
 
 
 def test_state_dict_roundtrip():
-    monitor = GradientMonitor()
-    monitor.steps, monitor.clipped_steps, monitor.skipped_steps = 10, 4, 1
-    restored = GradientMonitor()
+    monitor, guard = GradientMonitor(), NonFiniteGuard("skip")
+    monitor.steps, monitor.clipped_steps, guard.skipped_steps = 10, 4, 1
+    restored, restored_guard = GradientMonitor(), NonFiniteGuard("skip")
     restored.load_state_dict(monitor.state_dict())
-    assert (restored.steps, restored.clipped_steps, restored.skipped_steps) == (10, 4, 1)
+    restored_guard.load_state_dict(guard.state_dict())
+    assert (restored.steps, restored.clipped_steps, restored_guard.skipped_steps) == (10, 4, 1)
     with pytest.raises(ValueError, match="norm_type"):
         GradientMonitor(norm_type=0)
 

@@ -18,7 +18,7 @@ from test_gradient_monitor import NormLog, PostClip
 from torch.utils.data import DataLoader
 
 from lightning_recipes import TextClassifier
-from lightning_recipes.callbacks import GradientMonitor
+from lightning_recipes.callbacks import GradientMonitor, NonFiniteGuard
 
 BERT = {"model_type": "bert", "vocab_size": 32, "hidden_size": 16, "num_hidden_layers": 2,
         "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 32}  # fmt: skip
@@ -92,14 +92,15 @@ class Scales(L.Callback):
 @pytest.mark.parametrize("device", ["cpu", CUDA])
 def test_fp16_grad_scaler_accumulation_checkpointing_and_clipping_together(tmp_path, caplog, device) -> None:
     """A scale of 2**19 overflows fp16 at first: the scaler skips those steps and halves the scale; the
-    monitor counts them as the scaler's (not as bad steps), and every step taken is unscaled and clipped."""
+    monitor counts them as the scaler's, a skipping guard leaves them to it (not bad steps), and every
+    step taken is unscaled and clipped."""
     torch.manual_seed(0)
     model = TextClassifier(
         "bert", pretrained=False, config=BERT, num_classes=2, lr=0.05, gradient_checkpointing=True
     )
     limit = 0.05
-    monitor, post, scales = GradientMonitor(per_group=True, skip_non_finite=True), PostClip(), Scales()
-    log = NormLog(monitor)
+    monitor, post, scales = GradientMonitor(per_group=True), PostClip(), Scales()
+    log, guard = NormLog(monitor), NonFiniteGuard("skip")
     trainer = L.Trainer(
         accelerator=device,
         devices=1,
@@ -107,7 +108,7 @@ def test_fp16_grad_scaler_accumulation_checkpointing_and_clipping_together(tmp_p
         plugins=[fp16(2.0**19, device)],
         accumulate_grad_batches=2,
         gradient_clip_val=limit,
-        callbacks=[monitor, log, post, scales],
+        callbacks=[monitor, log, guard, post, scales],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -121,7 +122,8 @@ def test_fp16_grad_scaler_accumulation_checkpointing_and_clipping_together(tmp_p
     # each overflow halved the scale; the scaler took the other steps (PostClip sees only those)
     halvings = [later == now / 2 for now, later in zip(scales.scales, scales.scales[1:], strict=False)]
     assert halvings == overflowed[:-1]
-    assert monitor.scaler_skipped_steps == sum(overflowed) and monitor.skipped_steps == 0
+    assert monitor.scaler_skipped_steps == sum(overflowed) and guard.skipped_steps == 0
+    assert guard.consecutive_skips == 0  # finite losses: the scaler's overflows are not bad steps
     assert len(post.norms) == 8 - sum(overflowed)
     taken = [n for n, o in zip(log.norms, overflowed, strict=True) if not o]
     assert all(n < 100 for n in taken)  # unscaled: the scaled norms are ~2**16 times larger
@@ -130,6 +132,7 @@ def test_fp16_grad_scaler_accumulation_checkpointing_and_clipping_together(tmp_p
         assert after == pytest.approx(min(before, limit), rel=1e-3)
     assert trainer.callback_metrics["grad/scale"] == scales.scales[-1]
     assert trainer.callback_metrics["grad/scaler_skipped_steps"] == sum(overflowed)
+    assert not [r for r in caplog.records if r.getMessage().startswith("NonFiniteGuard:")]
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("GradientMonitor:")]
     assert lines == [
         f"GradientMonitor: epoch 0: the fp16 grad scaler skipped {sum(overflowed)} of 8 optimizer steps whose"
@@ -171,7 +174,7 @@ import lightning as L, torch, torch.nn.functional as F, sys
 from lightning.pytorch.plugins import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from lightning_recipes.callbacks import GradientMonitor
+from lightning_recipes.callbacks import GradientMonitor, NonFiniteGuard
 
 
 class Toy(L.LightningModule):
@@ -194,7 +197,7 @@ class Check(L.Callback):
     def on_train_end(self, trainer, pl_module):
         flat = torch.cat([p.detach().float().flatten() for p in pl_module.parameters()])
         every = trainer.strategy.all_gather(flat)
-        skipped = trainer.strategy.all_gather(torch.tensor(float(monitor.skipped_steps)))
+        skipped = trainer.strategy.all_gather(torch.tensor(float(guard.skipped_steps)))
         by_scaler = trainer.strategy.all_gather(torch.tensor(float(monitor.scaler_skipped_steps)))
         scaler = trainer.precision_plugin.scaler
         scale = trainer.strategy.all_gather(torch.tensor(scaler.get_scale() if scaler else 0.0))
@@ -206,11 +209,11 @@ class Check(L.Callback):
 
 g = torch.Generator().manual_seed(0)
 data = TensorDataset(torch.randn(64, 4, generator=g), torch.randint(0, 3, (64,), generator=g))
-monitor = GradientMonitor(skip_non_finite=True)
+monitor, guard = GradientMonitor(), NonFiniteGuard("skip")
 amp = {"precision": "bf16-mixed"} if sys.argv[2] == "bf16-mixed" else {
     "plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))]}
 trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", **amp, max_epochs=1,
-                    accumulate_grad_batches=2, gradient_clip_val=0.5, callbacks=[monitor, Check()],
+                    accumulate_grad_batches=2, gradient_clip_val=0.5, callbacks=[monitor, guard, Check()],
                     logger=False, enable_checkpointing=False, enable_progress_bar=False,
                     enable_model_summary=False, default_root_dir=sys.argv[1])
 trainer.fit(Toy(), DataLoader(data, batch_size=4))
@@ -222,7 +225,7 @@ trainer.fit(Toy(), DataLoader(data, batch_size=4))
 def test_a_non_finite_step_is_skipped_on_every_rank(tmp_path, run_script, precision: str) -> None:
     out = run_script(SKIP_IN_SYNC, tmp_path, precision, env={"PYTHONWARNINGS": "ignore"}).stdout
     # 8 batches per rank, 2 per optimizer step: 4 steps, the one with rank 1's NaN skipped on both ranks:
-    # by GradientMonitor under bf16, by the grad scaler under fp16 (which halves its scale on both ranks)
+    # by NonFiniteGuard under bf16, by the grad scaler under fp16 (which halves its scale on both ranks)
     if precision == "bf16-mixed":
         expected = "skipped [1.0, 1.0] by scaler [0.0, 0.0] scale [0.0, 0.0]"
     else:

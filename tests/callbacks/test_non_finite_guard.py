@@ -140,11 +140,14 @@ def test_non_finite_monitored_value_never_becomes_the_best_checkpoint(tmp_path, 
 
 
 def test_guard_runs_before_checkpoint_callbacks_and_is_attached_once(tmp_path):
-    mc = checkpoint(tmp_path)
-    trainer = L.Trainer(callbacks=[mc], logger=False, enable_progress_bar=False)
+    mc, monitor, es = checkpoint(tmp_path), GradientMonitor(), EarlyStopping(monitor="val/loss")
+    trainer = trainer_for(tmp_path, [mc, monitor, es], guard=False)
     guard = NonFiniteGuard.attach(trainer)
-    assert NonFiniteGuard.attach(trainer) is guard
-    assert trainer.callbacks.index(guard) < trainer.callbacks.index(mc)
+    assert NonFiniteGuard.attach(trainer) is guard and guard.non_finite == "stop"
+    order = [monitor, guard, es, mc]  # ahead of the callbacks that act on a value
+    assert [cb for cb in trainer.callbacks if cb in order] == order
+    trainer.fit(Scripted(), loader(), loader())  # Lightning keeps that order; the guard re-sorts nothing
+    assert [cb for cb in trainer.callbacks if cb in order] == order
     own = NonFiniteGuard(monitor=["val/acc"])
     trainer = L.Trainer(callbacks=[own, mc], logger=False, enable_progress_bar=False)
     assert NonFiniteGuard.attach(trainer) is own
@@ -152,32 +155,77 @@ def test_guard_runs_before_checkpoint_callbacks_and_is_attached_once(tmp_path):
 
 
 def test_skipped_steps_are_let_through_up_to_max_consecutive_skips(tmp_path):
-    model, monitor = Scripted(nan_steps={1, 2}), GradientMonitor(skip_non_finite=True)
-    trainer = fit(tmp_path, model, [monitor, checkpoint(tmp_path)])
-    assert monitor.skipped_steps == 2 and trainer.global_step == 6
+    model, guard = Scripted(nan_steps={1, 2}), NonFiniteGuard("skip")
+    trainer = fit(tmp_path, model, [GradientMonitor(), guard, checkpoint(tmp_path)])
+    assert guard.skipped_steps == 2 and trainer.global_step == 6
     model = Scripted(nan_steps={1, 2, 3})
-    guard = NonFiniteGuard(max_consecutive_skips=2)
+    guard = NonFiniteGuard("skip", max_consecutive_skips=2)
     with pytest.raises(TrainingDiverged, match=r"global step 3: the training loss is nan \(3 steps in a row"):
-        fit(tmp_path, model, [GradientMonitor(skip_non_finite=True), guard])
+        fit(tmp_path, model, [GradientMonitor(), guard])
+    assert guard.skipped_steps == 2 and model.backward_steps == [0, 1, 2]  # stopped before backward
     with pytest.raises(TrainingDiverged, match="global step 1"):  # without skipping: the first one
         fit(tmp_path, Scripted(nan_steps={1}), [GradientMonitor()])
 
 
-def test_early_stopping_ignore_is_honoured_unless_the_value_would_become_best(tmp_path):
-    es, mc = EarlyStopping(monitor="val/loss", non_finite="ignore", patience=5), checkpoint(tmp_path)
-    fit(tmp_path, Scripted(val=[1.0, float("nan"), 0.5]), [es, mc])
+class NanGradient(Scripted):
+    """A finite loss whose gradients are NaN at ``grad_steps`` (0 * inf in the backward pass)."""
+
+    def __init__(self, grad_steps) -> None:
+        super().__init__()
+        self.grad_steps = set(grad_steps)
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        if self.global_step in self.grad_steps:
+            loss = loss + (self.head.bias * 0).sum().sqrt()  # d sqrt(x)/dx at 0: inf, times 0: NaN
+        return loss
+
+
+@pytest.mark.parametrize("non_finite", ["skip", "tolerate"])
+def test_steps_with_finite_loss_and_non_finite_gradients_are_skipped_and_bounded(tmp_path, non_finite):
+    model, guard = NanGradient(grad_steps={1}), NonFiniteGuard(non_finite)
+    trainer = fit(tmp_path, model, [guard])
+    assert guard.skipped_steps == 1 and trainer.global_step == 6 and guard.consecutive_skips == 0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    guard = NonFiniteGuard(non_finite, max_consecutive_skips=1)
+    with pytest.raises(TrainingDiverged) as info:
+        fit(tmp_path, NanGradient(grad_steps={1, 2}), [guard])
+    assert (info.value.step, info.value.weights_finite) == (2, True)
+    assert info.value.what == "the gradients are not finite (2 steps in a row; 1 skipped before this one)"
+    # stop (the default): the step is taken and its NaN weights stop the run after it
+    with pytest.raises(TrainingDiverged, match="global step 2: the weights are not finite after the"):
+        fit(tmp_path, NanGradient(grad_steps={1}), [])
+
+
+def test_tolerate_lets_an_early_stopping_key_through_unless_the_value_would_become_best(tmp_path):
+    es, mc = EarlyStopping(monitor="val/loss", patience=5), checkpoint(tmp_path)
+    fit(tmp_path, Scripted(val=[1.0, float("nan"), 0.5]), [es, NonFiniteGuard("tolerate"), mc])
     assert es.non_finite_count == 1 and mc.best_model_score.item() == 0.5
-    es, mc = EarlyStopping(monitor="val/loss", non_finite="ignore", patience=5), checkpoint(tmp_path / "b")
+    es, mc = EarlyStopping(monitor="val/loss", patience=5), checkpoint(tmp_path / "b")
     with pytest.raises(TrainingDiverged, match="epoch 0, .*val/loss = nan .*Last checkpoint .*: none"):
-        fit(tmp_path, Scripted(val=[float("nan"), 1.0]), [es, mc])  # no finite best yet: it would be the best
+        # no finite best yet: it would be the best
+        fit(tmp_path, Scripted(val=[float("nan"), 1.0]), [es, NonFiniteGuard("tolerate"), mc])
 
 
-def test_early_stopping_stop_policy_also_fails_the_run(tmp_path):
-    es = EarlyStopping(monitor="val/loss", non_finite="stop")
+@pytest.mark.parametrize("non_finite", ["stop", "skip"])
+def test_a_monitored_nan_fails_the_run_unless_tolerated(tmp_path, non_finite):
+    es = EarlyStopping(monitor="val/loss")
     with pytest.raises(
-        TrainingDiverged, match=r"val/loss = nan \(monitored by EarlyStopping, ModelCheckpoint\)"
+        TrainingDiverged, match=r"epoch 1, .*val/loss = nan \(monitored by EarlyStopping, ModelCheckpoint\)"
     ):
-        fit(tmp_path, Scripted(val=[1.0, float("nan")]), [es, checkpoint(tmp_path)])
+        guard = NonFiniteGuard(non_finite)
+        fit(tmp_path, Scripted(val=[1.0, float("nan")]), [guard, es, checkpoint(tmp_path)])
+    assert es.non_finite_count == es.wait_count == 0  # the guard, listed first, decided first
+
+
+def test_tolerate_refuses_an_early_stopping_that_would_stop_on_nan_itself(tmp_path):
+    from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
+
+    es = LightningEarlyStopping(monitor="val/loss")  # check_finite=True: it would decide too
+    with pytest.raises(ValueError, match=r"non_finite='tolerate'.*check_finite=True.*check_finite=False"):
+        fit(tmp_path, Scripted(), [es, NonFiniteGuard("tolerate")])
+    es = LightningEarlyStopping(monitor="val/loss", check_finite=False)
+    fit(tmp_path, Scripted(val=[1.0, float("nan")]), [es, NonFiniteGuard("tolerate")])
 
 
 def test_a_finite_run_is_unchanged(tmp_path):
@@ -194,6 +242,8 @@ def test_a_finite_run_is_unchanged(tmp_path):
 def test_bad_argument():
     with pytest.raises(ValueError, match="max_consecutive_skips"):
         NonFiniteGuard(max_consecutive_skips=-1)
+    with pytest.raises(ValueError, match=r"non_finite must be 'stop', 'skip' or 'tolerate', got 'ignore'"):
+        NonFiniteGuard(non_finite="ignore")
 
 
 # ---- weights, every logged loss, evaluation stages (issue: a diverged run never passes) ---------------
@@ -413,11 +463,11 @@ def test_evaluation_refuses_non_finite_weights_naming_the_checkpoint(tmp_path, s
     getattr(trainer_for(tmp_path, [], limit_test_batches=1), stage)(Poisoned(), loader(), ckpt_path=None)
 
 
-def test_early_stopping_ignore_tolerates_its_own_key_and_nothing_else(tmp_path):
+def test_tolerate_lets_early_stopping_keys_through_and_nothing_else(tmp_path):
     def run(model):
-        es = EarlyStopping(monitor="val/loss", non_finite="ignore", patience=5)
+        es = EarlyStopping(monitor="val/loss", patience=5)
         mc = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/acc", mode="max", save_last=True)
-        return fit(tmp_path, model, [es, mc]), es
+        return fit(tmp_path, model, [es, NonFiniteGuard("tolerate"), mc]), es
 
     logs = {"val": {"val/acc": [0.5, 0.6, 0.7]}}
     trainer, es = run(Poisoned(val=[1.0, NAN, 0.5], logs=logs))  # the issue's case, made an opt-in
@@ -432,12 +482,12 @@ def test_early_stopping_ignore_tolerates_its_own_key_and_nothing_else(tmp_path):
 
 def test_skipped_steps_tolerate_their_training_losses_but_no_validation_loss(tmp_path):
     # Step 1 (the last of epoch 0) is skipped: train/loss_step and train/loss_epoch are NaN, let through.
-    monitor = GradientMonitor(skip_non_finite=True)
-    trainer = fit(tmp_path, Poisoned(nan_steps={1}, epoch_loss=True), [monitor, checkpoint(tmp_path)])
-    assert monitor.skipped_steps == 1 and trainer.global_step == 6
+    guard = NonFiniteGuard("skip")
+    trainer = fit(tmp_path, Poisoned(nan_steps={1}, epoch_loss=True), [guard, checkpoint(tmp_path)])
+    assert guard.skipped_steps == 1 and trainer.global_step == 6
     assert all(finite_files(tmp_path / "ckpt").values())
     with pytest.raises(TrainingDiverged, match="epoch 0, global step 2: val/loss = nan"):
-        fit(tmp_path, Poisoned(nan_steps={1}, val=[NAN]), [GradientMonitor(skip_non_finite=True)])
+        fit(tmp_path, Poisoned(nan_steps={1}, val=[NAN]), [NonFiniteGuard("skip")])
 
 
 @pytest.mark.parametrize(

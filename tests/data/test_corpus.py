@@ -22,7 +22,7 @@ def corpus(tmp_path: Path, write_corpus) -> dict[str, Path]:
 
 def make(corpus: dict[str, Path], **kwargs) -> TextCorpusDataModule:
     options = {
-        "train_files": str(corpus["root"] / "*.txt"),
+        "train_file": str(corpus["root"] / "*.txt"),
         "tokenizer": str(corpus["tokenizer"]),
         "block_size": 16,
         "batch_size": 4,
@@ -86,9 +86,9 @@ def test_split_is_seeded(corpus: dict[str, Path]) -> None:
     assert val_rows(1) != val_rows(2)
 
 
-def test_val_files_replace_the_random_split(corpus: dict[str, Path], tmp_path: Path, write_corpus) -> None:
+def test_val_file_replaces_the_random_split(corpus: dict[str, Path], tmp_path: Path, write_corpus) -> None:
     held_out = write_corpus(tmp_path / "held_out.txt", lines=30, seed=99)
-    dm = make(corpus, val_files=str(held_out))
+    dm = make(corpus, val_file=str(held_out))
     dm.setup("fit")
     assert torch.equal(dm.val_set.blocks, chunk_blocks(dm.tokenize("val"), 16))
     assert torch.equal(dm.train_set.blocks, chunk_blocks(dm.tokenize("train"), 16))
@@ -96,8 +96,8 @@ def test_val_files_replace_the_random_split(corpus: dict[str, Path], tmp_path: P
         dm.test_dataloader()
 
 
-def test_val_files_alone_serve_evaluation(corpus: dict[str, Path]) -> None:
-    dm = make(corpus, train_files=None, val_files=str(corpus["root"] / "part1.txt"))
+def test_val_file_alone_serves_evaluation(corpus: dict[str, Path]) -> None:
+    dm = make(corpus, train_file=None, val_file=str(corpus["root"] / "part1.txt"))
     dm.setup("validate")
     assert dm.train_set is None and dm.test_set is None
     assert torch.equal(dm.val_set.blocks, chunk_blocks(dm.tokenize("val"), 16))
@@ -186,15 +186,15 @@ def test_bad_input_names_the_problem(corpus: dict[str, Path], tmp_path: Path, wr
         make(corpus, bpe_vocab_size=300)
     with pytest.raises(ValueError, match="needs a tokenizer.*connect"):  # neither, and no model connected
         make(corpus, tokenizer=None).prepare_tokenizer()
-    with pytest.raises(ValueError, match="Give train_files"):
+    with pytest.raises(ValueError, match="Give train_file"):
         TextCorpusDataModule(tokenizer="x")
     with pytest.raises(ValueError, match="not both"):
-        TextCorpusDataModule(train_files="a.txt", dataset="wikitext", tokenizer="x")
-    with pytest.raises(ValueError, match="give train_files too"):
-        TextCorpusDataModule(val_files="a.txt", bpe_vocab_size=300)
+        TextCorpusDataModule(train_file="a.txt", dataset="wikitext", tokenizer="x")
+    with pytest.raises(ValueError, match="give train_file too"):
+        TextCorpusDataModule(val_file="a.txt", bpe_vocab_size=300)
     tiny = write_corpus(tmp_path / "tiny.txt", lines=1, seed=0)
     with pytest.raises(ValueError, match="fewer tokens than block_size=512"):
-        make(corpus, train_files=str(tiny), block_size=512).setup("fit")
+        make(corpus, train_file=str(tiny), block_size=512).setup("fit")
 
 
 def test_dataset_from_a_local_folder_of_json_files(corpus: dict[str, Path], tmp_path: Path) -> None:
@@ -226,17 +226,17 @@ def test_table_files_give_the_rows_of_text_column(corpus: dict[str, Path], tmp_p
     sentences = ["a good film .", 'it \'s "bad" , really', "the king said"]
     rows = "".join(f"{s}\t{i % 2}\ttitle {i}\n" for i, s in enumerate(sentences))
     table.write_text("sentence\tlabel\ttitle\n" + rows)
-    dm = make(corpus, train_files=str(table), text_column="sentence", val_fraction=0.0)
+    dm = make(corpus, train_file=str(table), text_column="sentence", val_fraction=0.0)
     tok = dm.prepare_tokenizer()
     eos = [tok.eos_token_id]
     expected = [t for s in sentences for t in tok(s, add_special_tokens=False)["input_ids"] + eos]
     assert dm.tokenize("train").tolist() == expected  # each row one document; quotes kept, labels left out
-    titles = make(corpus, train_files=str(table), text_column="title", val_fraction=0.0).tokenize("train")
+    titles = make(corpus, train_file=str(table), text_column="title", val_fraction=0.0).tokenize("train")
     assert tok.decode(titles.tolist()) == "title 0<|endoftext|>title 1<|endoftext|>title 2<|endoftext|>"
     with pytest.raises(ValueError, match=r"Column 'text' not in train file .*reviews.tsv.*'sentence'"):
-        make(corpus, train_files=str(table), val_fraction=0.0).tokenize("train")
+        make(corpus, train_file=str(table), val_fraction=0.0).tokenize("train")
     with pytest.raises(ValueError, match="Column 'label' of train file .* holds int64, not text"):
-        make(corpus, train_files=str(table), text_column="label", val_fraction=0.0).tokenize("train")
+        make(corpus, train_file=str(table), text_column="label", val_fraction=0.0).tokenize("train")
     bpe = TextCorpusDataModule(
         str(table), text_column="sentence", bpe_vocab_size=270, cache_dir=str(tmp_path)
     )

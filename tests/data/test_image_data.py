@@ -19,7 +19,7 @@ def test_split_folders(image_folder):
     root = image_folder(splits=("train", "val", "test"), per_class=4)
     data = dm(root=str(root))
     data.setup("fit")
-    assert data.classes == ["a", "b", "c"] and data.num_classes == 3
+    assert data.label_names == ["a", "b", "c"] and data.num_classes == 3
     assert (len(data.train_set), len(data.val_set), len(data.test_set)) == (12, 12, 12)
     images, targets = next(iter(data.test_dataloader()))
     assert images.shape == (4, 3, 16, 16) and targets.dtype == torch.long
@@ -41,11 +41,11 @@ def test_csv_single_and_multi_label(tmp_path, image_folder):
     root = image_folder(splits=("",), per_class=2)
     rows = [f"{p.relative_to(root)},{p.parent.name}" for p in sorted(root.rglob("*.png"))]
     (root / "train.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
-    data = dm(train_csv=str(root / "train.csv"), val_fraction=0.0)
+    data = dm(train_file=str(root / "train.csv"), val_fraction=0.0)
     data.setup()
-    assert data.classes == ["a", "b", "c"] and len(data.train_set) == 6
+    assert data.label_names == ["a", "b", "c"] and len(data.train_set) == 6
     (root / "multi.csv").write_text("path,label\na/0.png,a|c\nb/0.png,b\n")
-    multi = dm(train_csv=str(root / "multi.csv"), label_separator="|", val_fraction=0.0)
+    multi = dm(train_file=str(root / "multi.csv"), label_separator="|", val_fraction=0.0)
     multi.setup()
     assert multi.multilabel and multi.train_set.samples[0][1].tolist() == [1.0, 0.0, 1.0]
 
@@ -76,20 +76,20 @@ def test_errors_name_the_problem(tmp_path, image_folder):
     with pytest.raises(ValueError, match=r"Unknown label\(s\) \['zebra'\].*known classes: \['a', 'b', 'c'\]"):
         dm(root=str(root)).setup()
     (root / "train" / "a" / "broken.png").write_bytes(b"not an image")
-    data = dm(root=str(root), classes=["a", "b", "c", "zebra"])
+    data = dm(root=str(root), label_names=["a", "b", "c", "zebra"])
     data.setup()
     broken = [i for i, (p, _) in enumerate(data.train_set.samples) if p.name == "broken.png"][0]
     with pytest.raises(ValueError, match="Cannot read image .*broken.png"):
         data.train_set[broken]
     (tmp_path / "bad.csv").write_text("file,target\nx.png,a\n")
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['label', 'path'\]"):
-        dm(train_csv=str(tmp_path / "bad.csv")).setup()
+        dm(train_file=str(tmp_path / "bad.csv")).setup()
 
 
 def test_digits_subset_and_few_shot_cap(tmp_path):
     data = DigitsDataModule(digits=[7, 3], train_per_class=5, root=str(tmp_path), image_size=32)
     data.setup()
-    assert data.classes == ["7", "3"]
+    assert data.label_names == ["7", "3"]
     assert Counter(t for _, t in data.train_set.samples) == {0: 5, 1: 5}
     assert len(data.test_set) > 80
     with pytest.raises(ValueError, match="digits must be distinct"):

@@ -71,7 +71,7 @@ def test_tsv_with_integer_labels_and_names(tokenizer_dir: Path, tmp_path: Path) 
     # SST-2's layout: sentence<TAB>label with 0/1; quotes inside a sentence must survive (no CSV quoting).
     rows = [('a "good" film', 1), ("bad film", 0), ("dull", 0)]
     train = write_csv(tmp_path / "train.tsv", rows, ("sentence", "label"), "\t")
-    dm = make_dm(tokenizer_dir, train, text_column="sentence", labels=["negative", "positive"])
+    dm = make_dm(tokenizer_dir, train, text_column="sentence", label_names=["negative", "positive"])
     assert dm.label_names == ["negative", "positive"] and dm.num_classes == 2
     assert dm.train_set["labels"] == [1, 0, 0]
     assert len(dm.train_set) == 3

@@ -59,7 +59,7 @@ def test_data_module_trains_on_its_training_split_and_hands_it_to_a_model_from_s
 ) -> None:
     train = write_tsv(tmp_path / "train.tsv", [(s, i % 2) for i, s in enumerate(SENTENCES * 4)])
     dev = write_tsv(tmp_path / "dev.tsv", [("an awful movie", 0), ("zany film", 1)])  # words only in dev
-    options = {"train_file": train, "val_file": dev, "labels": ["neg", "pos"], "batch_size": 4,
+    options = {"train_file": train, "val_file": dev, "label_names": ["neg", "pos"], "batch_size": 4,
                "wordpiece_vocab_size": 100, "cache_dir": str(tmp_path / "cache")}  # fmt: skip
     model, dm = scratch_model(), TextDataModule(**options)
     assert model.tokenizer is None and model.from_scratch

@@ -158,11 +158,24 @@ def make_trainer(tmp_path: Path, logger, max_epochs: int = 2, **kwargs) -> L.Tra
 
 
 @pytest.fixture
-def no_credentials(monkeypatch, tmp_path):
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("WANDB_IDENTITY_TOKEN_FILE", raising=False)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+def wandb_env(monkeypatch):
+    """For a test that changes wandb's environment: wandb reads it once per process (``wandb.setup``), so
+    its settings are torn down before the test and after it (``wandb.teardown``, both public)."""
+    import wandb
+
+    wandb.teardown()
+    yield monkeypatch
+    wandb.finish()
+    wandb.teardown()
+
+
+@pytest.fixture
+def no_credentials(wandb_env, tmp_path):
+    wandb_env.delenv("WANDB_API_KEY", raising=False)
+    wandb_env.delenv("WANDB_IDENTITY_TOKEN_FILE", raising=False)
+    wandb_env.delenv("WANDB_MODE", raising=False)
+    wandb_env.setenv("NETRC", str(tmp_path / "no-netrc"))
+    wandb_env.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))  # no settings file with a key
 
 
 @pytest.fixture(autouse=True)
@@ -178,7 +191,7 @@ def _finish_wandb():
 
 
 def test_offline_fallback_without_credentials(no_credentials, tmp_path, capsys):
-    logger = WandbLogger(project="demo", save_dir=str(tmp_path), connect_timeout=0)
+    logger = WandbLogger(project="demo", save_dir=str(tmp_path))
     run = logger.experiment
     assert logger.offline and "no W&B credentials" in logger.offline_reason
     (run_dir,) = offline_runs(tmp_path)
@@ -189,16 +202,19 @@ def test_offline_fallback_without_credentials(no_credentials, tmp_path, capsys):
     ]
 
 
-def test_offline_fallback_when_server_unreachable(no_credentials, monkeypatch, tmp_path, capsys):
-    netrc = tmp_path / "netrc"
-    netrc.write_text("machine 127.0.0.1 login user password " + "x" * 40 + "\n")
+def test_offline_fallback_when_server_unreachable(no_credentials, wandb_env, tmp_path, capsys):
+    netrc = tmp_path / "netrc"  # what `wandb login` writes (the machine is the server's host:port)
+    netrc.write_text("machine 127.0.0.1:9 login user password " + "x" * 40 + "\n")
     netrc.chmod(0o600)
-    monkeypatch.setenv("NETRC", str(netrc))
-    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # discard port: refused at once
-    logger = WandbLogger(project="demo", save_dir=str(tmp_path), connect_timeout=2)
-    assert logger.experiment.id
-    assert logger.offline and "did not answer" in logger.offline_reason
-    assert "wandb sync" in capsys.readouterr().err
+    wandb_env.setenv("NETRC", str(netrc))
+    wandb_env.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # discard port: refused at once
+    logger = WandbLogger(project="demo", save_dir=str(tmp_path), init_timeout=1)
+    run = logger.experiment
+    assert run.id and logger.offline
+    assert logger.offline_reason.startswith("wandb.init could not reach the W&B server within 1 s (")
+    assert "127.0.0.1:9" in logger.offline_reason  # wandb's own error: what it tried
+    (run_dir,) = offline_runs(tmp_path)
+    assert f"upload it with `wandb sync {run_dir}`" in capsys.readouterr().err
 
 
 def test_offline_run_records_config_history_curves_and_checkpoints(tmp_path):
@@ -350,6 +366,8 @@ def test_binary_curves_to_wandb(tmp_path):
 def test_arguments():
     with pytest.raises(ValueError, match="model_ttl_days"):
         WandbLogger(model_ttl_days=0)
+    with pytest.raises(ValueError, match="init_timeout must be > 0"):
+        WandbLogger(init_timeout=0)
     logger = WandbLogger(project="p", group="g", entity="e", offline=True)
     assert logger.offline and logger._wandb_init["group"] == "g" and logger._wandb_init["entity"] == "e"
 
@@ -358,6 +376,7 @@ DDP_SCRIPT = textwrap.dedent(
     """
     import sys
     import lightning as L
+    import torch.distributed as dist
     sys.path.insert(0, {tests!r})
     from test_wandb_logger import Tiny, TinyData
     from lightning_recipes.loggers import WandbLogger
@@ -367,6 +386,7 @@ DDP_SCRIPT = textwrap.dedent(
                         limit_val_batches=2, logger=logger, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(Tiny(), TinyData())
+    dist.destroy_process_group()  # a script's own CPU DDP run ends so (docs/multi_gpu.md)
     """
 )
 

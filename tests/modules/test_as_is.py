@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lightning_recipes import DataSpec, ImageClassifier, TextClassifier, zoo
+from lightning_recipes import DataSpec, ImageClassifier, TextClassifier, registry, zoo
+from lightning_recipes._random_state import SEED_ENV_VARS
 from lightning_recipes.modules._class_map import resolve_class_map, resolve_label
 
 CATS = ["tabby cat", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"]
@@ -94,10 +95,11 @@ def test_head_choices_and_class_map_need_the_models_own_head():
         ValueError, match=r"ImageClassifier: head='own' is not one of 'new' .* or 'pretrained'"
     ):
         ImageClassifier("test_resnet", pretrained=False, head="own")
-    # the old name of head="pretrained" still works, with a deprecation warning, and is stored renamed
-    with pytest.warns(Warning, match="head='model' was renamed head='pretrained'"):
-        old = ImageClassifier("test_resnet", pretrained=False, head="model", num_classes=3)
-    assert old.head_kind == old.hparams.head == "pretrained"
+    # the old name of head="pretrained" is gone (no alias): an unknown choice like any other
+    with pytest.raises(ValueError, match=r"head='model' is not one of 'new' .* or 'pretrained'"):
+        ImageClassifier("test_resnet", pretrained=False, head="model", num_classes=3)
+    own = ImageClassifier("test_resnet", pretrained=False, head="pretrained", num_classes=3)
+    assert own.head_kind == own.hparams.head == "pretrained"
     with pytest.raises(
         ValueError, match="class_map maps the pretrained head's own labels: give head='pretrained'"
     ):
@@ -118,22 +120,24 @@ def test_own_head_on_weights_without_a_classifier_is_an_error(tmp_path: Path):
     assert (
         ImageClassifier(f"local-dir:{folder}", num_classes=2).head[-1].out_features == 2
     )  # a new head: fine
-    with pytest.raises(ValueError, match=r"head='pretrained': backbone 'local-dir:.*' has no classifier"):
+    with pytest.raises(ValueError, match=r"head='pretrained': model 'local-dir:.*' has no classifier"):
         ImageClassifier(f"local-dir:{folder}", head="pretrained")
 
 
 @pytest.fixture
 def tiny_digits_zoo(tmp_path, monkeypatch) -> str:
     monkeypatch.setenv("LIGHTNING_RECIPES_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(zoo.ZOO, "test_resnet.digits01", zoo.DigitsWeights("test_resnet", (0, 1), epochs=1))
-    for name in zoo.SEED_ENV_VARS:
+    entry = registry.DigitsWeights("test_resnet", (0, 1), epochs=1)
+    monkeypatch.setitem(registry.ZOO, "test_resnet.digits01", entry)
+    for name in SEED_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
+    zoo.build("test_resnet.digits01")
     return "test_resnet.digits01"
 
 
 def test_zoo_model_as_is_keeps_its_trained_head_and_digit_names(tiny_digits_zoo):
     asis = ImageClassifier(tiny_digits_zoo, head="pretrained")
-    saved = load_file(str(zoo.ZOO[tiny_digits_zoo].path()))
+    saved = load_file(str(registry.built(tiny_digits_zoo)))
     assert asis.labels == ["0", "1"] and asis.output_names == ["0", "1"]
     assert torch.equal(asis.head.weight, saved["fc.weight"]) and torch.equal(asis.head.bias, saved["fc.bias"])
     # A new head on the same weights loads the backbone only, unchanged.

@@ -165,6 +165,22 @@ def test_save_pretrained_round_trip_and_offline_checkpoint_of_a_pretrained_model
     assert reloaded.model.config.resid_pdrop == 0.0
 
 
+def test_pretrained_false_builds_the_architecture_with_random_weights(assets, tmp_path: Path) -> None:
+    lm = tiny_lm(assets)
+    folder = lm.save_pretrained(tmp_path / "export")
+    scratch = CausalLM(model_name_or_path=str(folder), pretrained=False, config={"resid_pdrop": 0.0})
+    assert scratch.from_scratch and scratch.hparams.pretrained is False
+    config, source = scratch.model.config, lm.model.config
+    assert (config.n_layer, config.n_embd, config.n_positions) == (source.n_layer, source.n_embd, 64)
+    assert config.resid_pdrop == 0.0  # config entries override the architecture's, as when fine-tuning
+    assert not torch.equal(scratch.backbone.wte.weight, lm.backbone.wte.weight)  # random, not pretrained
+    # as TextClassifier's pretrained=False: no pretrained tokenizer either, unless one is given
+    assert scratch.tokenizer is None
+    named = CausalLM(model_name_or_path=str(folder), pretrained=False, tokenizer=str(assets["tokenizer"]))
+    assert named.from_scratch and len(named.tokenizer) == 300
+    assert not CausalLM(model_name_or_path=str(folder)).from_scratch  # pretrained=True: the default
+
+
 def test_untying_a_pretrained_model_copies_the_embeddings(
     assets, tmp_path: Path, tiny_trainer_kwargs
 ) -> None:
@@ -293,8 +309,8 @@ def test_block_size_beyond_the_context_fails_at_setup(assets, tmp_path: Path, ti
 def test_freeze_unfreeze_unfreezes_an_untied_model_layer_group_by_group(assets, tiny_trainer_kwargs) -> None:
     from lightning_recipes.callbacks import FreezeUnfreeze
 
-    lm = tiny_lm(assets, config={"tie_word_embeddings": False}, lr=1e-2)
-    callback = FreezeUnfreeze(unfreeze_at_epoch=1, gradual_every=1, layer_decay=0.5)
+    lm = tiny_lm(assets, config={"tie_word_embeddings": False}, lr=1e-2, layer_decay=0.5)
+    callback = FreezeUnfreeze(unfreeze_at_epoch=1, gradual_every=1)
     batches = DataLoader([{"input_ids": torch.randint(0, 300, (2, 8))}] * 2, batch_size=None)
     trainer = L.Trainer(**{**tiny_trainer_kwargs, "max_epochs": 4, "callbacks": [callback]})
     trainer.fit(lm, batches)

@@ -1,18 +1,14 @@
 from __future__ import annotations
 
-import logging
-import os
-import random
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from lightning_recipes import ImageClassifier, ImageDataModule, zoo
+from lightning_recipes import ImageClassifier, ImageDataModule
 from lightning_recipes._hub import PretrainedLoadError
 
 
@@ -152,103 +148,6 @@ def test_class_names_from_connect_survive_the_checkpoint(tmp_path, image_folder)
     trainer.strategy.connect(model)
     trainer.save_checkpoint(tmp_path / "model.ckpt")
     assert ImageClassifier.load_from_checkpoint(tmp_path / "model.ckpt").label_names == ["a", "b", "c"]
-
-
-def test_zoo_backbone_is_pretrained_on_the_source_task():
-    """resnet10t.digits04 is built once (trained on digits 0-4) and cached; pretrained=False: random."""
-    pretrained = ImageClassifier("resnet10t.digits04", num_classes=5, pretrained=True)
-    scratch = ImageClassifier("resnet10t.digits04", num_classes=5, pretrained=False)
-    assert pretrained.data_config["input_size"] == (3, 32, 32)
-    differs = [
-        not torch.equal(a, b)
-        for a, b in zip(
-            pretrained.backbone.state_dict().values(), scratch.backbone.state_dict().values(), strict=True
-        )
-    ]
-    assert any(differs)
-    assert Path(pretrained.backbone.pretrained_cfg["file"]).is_file()
-
-
-@pytest.fixture
-def tiny_zoo(tmp_path, monkeypatch) -> str:
-    """A zoo entry that builds in seconds (test_resnet, digits 0 and 1, one epoch), in a cold cache."""
-    monkeypatch.setenv("LIGHTNING_RECIPES_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(zoo.ZOO, "test_resnet.digits01", zoo.DigitsWeights("test_resnet", (0, 1), epochs=1))
-    for name in zoo.SEED_ENV_VARS:  # put back after the test whatever seed_everything sets in it
-        monkeypatch.delenv(name, raising=False)
-    return "test_resnet.digits01"
-
-
-def random_state() -> dict:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-        "env": {name: os.environ.get(name) for name in zoo.SEED_ENV_VARS},
-    }
-
-
-def assert_same_random_state(before: dict, after: dict) -> None:
-    assert torch.equal(before["torch"], after["torch"])
-    assert len(before["cuda"]) == len(after["cuda"])
-    assert all(torch.equal(a, b) for a, b in zip(before["cuda"], after["cuda"], strict=True))
-    (kind, keys, pos, gauss, cached), (kind2, keys2, pos2, gauss2, cached2) = before["numpy"], after["numpy"]
-    assert (kind, pos, gauss, cached) == (kind2, pos2, gauss2, cached2) and np.array_equal(keys, keys2)
-    assert before["python"] == after["python"]
-    assert before["env"] == after["env"]
-
-
-@pytest.mark.parametrize("seeded", [True, False], ids=["after-seed_everything", "unseeded"])
-def test_zoo_build_leaves_the_random_state_untouched(tiny_zoo, seeded, caplog):
-    if seeded:
-        L.seed_everything(3, workers=True)  # sets PL_GLOBAL_SEED and PL_SEED_WORKERS
-    torch.rand(3), np.random.rand(3), random.random()  # somewhere in the streams
-    before = random_state()
-    assert before["env"]["PL_GLOBAL_SEED"] == ("3" if seeded else None)
-    weights = zoo.ZOO[tiny_zoo]
-    assert not weights.path().exists()
-    with caplog.at_level(logging.INFO):
-        assert weights.build() == weights.path() and weights.path().is_file()
-    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("lightning_recipes:")]
-    assert "random state is left untouched" in line and str(weights.path()) in line
-    assert_same_random_state(before, random_state())
-    assert weights.build() == weights.path()  # cached: returned at once
-    assert_same_random_state(before, random_state())
-
-
-def test_zoo_backbone_gives_the_same_model_on_a_cold_and_a_warm_cache(tiny_zoo):
-    """A build on first use inside a seeded run changes nothing the run draws afterwards."""
-
-    def seeded_model() -> tuple[ImageClassifier, torch.Tensor]:
-        L.seed_everything(7)
-        model = ImageClassifier(tiny_zoo, num_classes=3, pretrained=True)
-        return model, torch.rand(4)  # the next draw (the run's data order, dropout...)
-
-    assert not zoo.ZOO[tiny_zoo].path().exists()
-    cold, cold_next = seeded_model()
-    assert zoo.ZOO[tiny_zoo].path().is_file()
-    warm, warm_next = seeded_model()
-    for a, b in zip(cold.state_dict().values(), warm.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
-    assert torch.equal(cold.head[-1].weight, warm.head[-1].weight)
-    assert torch.equal(cold_next, warm_next)
-
-
-def test_zoo_source_model_matches_image_classifier():
-    """The zoo trains a model built like ImageClassifier(arch, pretrained=False): same draws, same weights."""
-    L.seed_everything(0, verbose=False)
-    source = zoo._SourceClassifier("test_resnet", num_classes=5, lr=2e-3)
-    L.seed_everything(0, verbose=False)
-    reference = ImageClassifier("test_resnet", num_classes=5, pretrained=False, lr=2e-3)
-    assert list(source.state_dict()) == list(reference.state_dict())
-    for a, b in zip(source.state_dict().values(), reference.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
-    assert [g["lr"] for g in source.configure_optimizers().param_groups] == [
-        g["lr"] for g in reference.configure_optimizers().param_groups
-    ]
-    x = torch.randn(2, 3, 32, 32)
-    assert torch.equal(source.eval()(x), reference.eval()(x))
 
 
 @pytest.mark.slow

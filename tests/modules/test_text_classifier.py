@@ -150,25 +150,28 @@ def test_layer_groups_bottom_to_top(tmp_path: Path, kind: str) -> None:
     assert groups[1] is layers[0] and groups[2] is layers[1]
 
 
-def test_layer_lr_decay_param_groups(tiny_bert: Path) -> None:
+def test_layer_decay_param_groups(tiny_bert: Path) -> None:
     model = TextClassifier(
-        str(tiny_bert), num_classes=2, head="pretrained", lr=1e-3, backbone_lr=1e-4, layer_lr_decay=0.5
+        str(tiny_bert), num_classes=2, head="pretrained", lr=1e-3, backbone_lr=1e-4, layer_decay=0.5
     )
     groups = {g["name"]: g for g in model.param_groups()}
-    assert list(groups) == ["head", "backbone.embeddings", "backbone.layer0", "backbone.layer1"]
+    assert list(groups) == ["head", "backbone.0", "backbone.1", "backbone.2"]  # embeddings, layer 0, layer 1
     assert groups["head"]["lr"] == 1e-3
-    assert groups["backbone.layer1"]["lr"] == pytest.approx(1e-4)
-    assert groups["backbone.layer0"]["lr"] == pytest.approx(5e-5)
-    assert groups["backbone.embeddings"]["lr"] == pytest.approx(2.5e-5)
+    assert groups["backbone.2"]["lr"] == pytest.approx(1e-4)
+    assert groups["backbone.1"]["lr"] == pytest.approx(5e-5)
+    assert groups["backbone.0"]["lr"] == pytest.approx(2.5e-5)
+    blocks = model.layer_groups()
+    for i, block in enumerate(blocks[:-1]):  # the same blocks as layer_groups(), bottom to top
+        assert [id(p) for p in groups[f"backbone.{i}"]["params"]] == [id(p) for p in block.parameters()]
     # Every backbone parameter is in exactly one group; the pooler (outside the layers) joins the top one.
     grouped = [id(p) for name, g in groups.items() if name != "head" for p in g["params"]]
     assert sorted(grouped) == sorted(id(p) for p in model.backbone.parameters())
-    assert any(p is model.backbone.pooler.dense.weight for p in groups["backbone.layer1"]["params"])
+    assert any(p is model.backbone.pooler.dense.weight for p in groups["backbone.2"]["params"])
     # Frozen blocks leave the optimizer.
     for p in model.layer_groups()[0].parameters():
         p.requires_grad_(False)
     names = [g["name"] for g in model.param_groups()]
-    assert names == ["head", "backbone.layer0", "backbone.layer1"]
+    assert names == ["head", "backbone.1", "backbone.2"]
     optimizer = model.configure_optimizers()
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-3, 5e-5, 1e-4])
 
@@ -181,8 +184,8 @@ def test_without_decay_two_groups(tiny_bert: Path) -> None:
 def test_invalid_arguments(tiny_bert: Path) -> None:
     with pytest.raises(ValueError, match="pooling='max'"):
         TextClassifier(str(tiny_bert), pooling="max")
-    with pytest.raises(ValueError, match="layer_lr_decay"):
-        TextClassifier(str(tiny_bert), layer_lr_decay=1.5)
+    with pytest.raises(ValueError, match="layer_decay must be in"):
+        TextClassifier(str(tiny_bert), layer_decay=1.5)
     with pytest.raises(ValueError, match="label_names has 3 names"):
         TextClassifier(str(tiny_bert), num_classes=2, label_names=["a", "b", "c"])
 
@@ -347,7 +350,7 @@ def test_minilm_finetunes_on_sst2_slice(shared_dir: Path, tmp_path: Path) -> Non
         train_file=str(shared_dir / "data/sst2/train.tsv"),
         val_file=str(shared_dir / "data/sst2/dev.tsv"),
         text_column="sentence",
-        labels=["negative", "positive"],
+        label_names=["negative", "positive"],
         train_size=2000,
         batch_size=32,
         eval_batch_size=128,

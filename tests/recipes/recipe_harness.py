@@ -31,12 +31,11 @@ Size = Literal["tiny", "full"]
 
 #: Every recipe key the harness may change, and why; nothing else is changed.
 ALLOWED: dict[str, str] = {
-    "model.init_args.backbone": "pretrained timm weights from the Hub or the zoo -> a stand-in folder",
-    "model.init_args.model_name_or_path": "pretrained transformers weights (Hub or zoo) -> a stand-in folder",
+    "model.init_args.model_name_or_path": "pretrained timm/transformers weights (Hub or zoo) -> a stand-in",
     "data.init_args.root": "the user's image folder (a placeholder) -> a local image folder",
     "data.init_args.dataset": "a Hub dataset -> a local copy in the Hub's layout (configs, splits, labels)",
-    "data.init_args.train_files": "the user's text files (a placeholder) -> local text files",
-    "data.init_args.val_files": "the user's text files (a placeholder) -> local text files",
+    "data.init_args.train_file": "the user's corpus text files (a placeholder) -> local text files",
+    "data.init_args.val_file": "the user's corpus text files (a placeholder) -> local text files",
     "trainer.max_epochs": "size: 1 epoch, or up to the epoch FreezeUnfreeze unfreezes at (add-layers)",
     "trainer.limit_train_batches": "size: 2 training batches per epoch",
     "trainer.limit_val_batches": "size: 1 validation batch",
@@ -226,9 +225,9 @@ def exists(value: str, cwd: Path) -> bool:
 
 def is_hub_model(name: str, cwd: Path) -> bool:
     """A Hub id or a zoo name (``org/name``, ``resnet50.a1_in1k``), not a local folder or ``local-dir:``."""
-    from lightning_recipes import zoo
+    from lightning_recipes.registry import ZOO
 
-    if name in zoo.ZOO:
+    if name in ZOO:
         return True
     if name.startswith("local-dir:"):
         return not (cwd / name.removeprefix("local-dir:")).is_dir()
@@ -248,7 +247,7 @@ def unfreeze_epoch(config: dict[str, Any]) -> int | None:
 
 def overrides(recipe: Path, standins: StandIns, cwd: Path) -> dict[str, Any]:
     """``{key: value}``: the changes that run ``recipe`` here (only keys of :data:`ALLOWED`)."""
-    from lightning_recipes import zoo
+    from lightning_recipes.registry import ZOO
 
     config = load(recipe)
     model, data = config["model"]["init_args"], config["data"].get("init_args") or {}
@@ -260,13 +259,13 @@ def overrides(recipe: Path, standins: StandIns, cwd: Path) -> dict[str, Any]:
     # -- weights: Hub ids always; zoo names and ../shared weights only in the tiny suite (the slow one runs
     # them as shipped: the zoo builds them, ../shared has them)
     if kind == "ImageClassifier":
-        name = model["backbone"]
+        name = model["model_name_or_path"]
         local = name.startswith("local-dir:") and not tiny
         if model.get("pretrained", True) and (tiny or is_hub_model(name, cwd)) and not local:
-            digits = name in zoo.ZOO
+            digits = name in ZOO
             classes = 5 if digits else 1000  # the zoo's digits 0-4 head, or ImageNet's
             labels = [str(d) for d in range(5)] if digits else None
-            changes["model.init_args.backbone"] = standins.timm(name, classes, labels)
+            changes["model.init_args.model_name_or_path"] = standins.timm(name, classes, labels)
     elif model.get("model_name_or_path"):
         name = model["model_name_or_path"]
         zoo_name = name in ZOO_TEXT
@@ -290,11 +289,12 @@ def overrides(recipe: Path, standins: StandIns, cwd: Path) -> dict[str, Any]:
         if data["dataset"] != "nyu-mll/glue" or data.get("dataset_config") != "sst2":
             raise NeedsMore(f"{recipe}: no local copy of the Hub dataset {data['dataset']!r} here")
         changes["data.init_args.dataset"] = standins.glue_sst2()
-    for key in ("train_files", "val_files"):
+    corpus = config["data"]["class_path"].endswith("TextCorpusDataModule")
+    for key in ("train_file", "val_file") if corpus else ():
         if data.get(key) and not exists(data[key], cwd):
             changes[f"data.init_args.{key}"] = standins.texts()
-    for key in ("train_file", "val_file", "test_file", "test_files", "predict_file"):
-        if data.get(key) and not exists(data[key], cwd):
+    for key in ("train_file", "val_file", "test_file", "predict_file"):
+        if f"data.init_args.{key}" not in changes and data.get(key) and not exists(data[key], cwd):
             raise NeedsMore(
                 f"{recipe}: data {key}={data[key]!r} is missing and the harness has no copy of it"
             )

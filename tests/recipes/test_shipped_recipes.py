@@ -19,9 +19,9 @@ import pytest
 import torch
 from recipe_harness import ALLOWED, StandIns, arguments, is_hub_model, load, overrides, sandbox
 
-from lightning_recipes import zoo
 from lightning_recipes.cli import main
 from lightning_recipes.recipes import list_recipes
+from lightning_recipes.registry import ZOO
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = list_recipes()
@@ -101,8 +101,8 @@ def hub_weights(recipe) -> bool:
     """Whether the recipe's weights come from the Hub (the others run as shipped in the slow suite:
     tests/test_recipe_matrix.py runs every offline recipe with its real ``../shared`` or zoo weights)."""
     init = load(recipe.path)["model"]["init_args"]
-    name = init.get("backbone") or init.get("model_name_or_path")
-    return bool(name) and init.get("pretrained", True) and name not in zoo.ZOO and is_hub_model(name, REPO)
+    name = init.get("model_name_or_path")
+    return bool(name) and init.get("pretrained", True) and name not in ZOO and is_hub_model(name, REPO)
 
 
 #: Full-size cases too slow for CI's 2 CPU cores, with the reason (the tiny suite runs them as shipped).
