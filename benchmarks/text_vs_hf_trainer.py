@@ -222,7 +222,8 @@ def main() -> None:
             for name in names:
                 if name.startswith("lightning"):
                     mean = "mean-pooling" in name
-                    result = run_lightning(args, dm, "new" if mean else "pretrained", "mean" if mean else "cls")
+                    head, pooling = ("new", "mean") if mean else ("pretrained", "cls")
+                    result = run_lightning(args, dm, head, pooling)
                 else:
                     result = run_hf_trainer(args, dm, group_by_length="group_by_length" in name)
                 runs.setdefault(name, []).append(result)

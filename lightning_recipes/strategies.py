@@ -20,15 +20,15 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_recipes import _compat
-from lightning_recipes.modules._layers import transformer_blocks
-from lightning_recipes.modules._trainable_checkpoint import BASE_KEY, check_frozen
+from lightning_recipes.modules._adapters import BASE_KEY, check_frozen
+from lightning_recipes.modules._hf import transformer_blocks
 
 
 def transformer_block_classes(pl_module: nn.Module) -> set[type[nn.Module]]:
     """The classes of the transformer blocks of ``pl_module``'s ``backbone`` (else of ``pl_module``).
 
     The blocks are the longest ``nn.ModuleList`` (BERT ``encoder.layer``, DistilBERT
-    ``transformer.layer``, GPT-2 ``h``); see :func:`~lightning_recipes.modules._layers.transformer_blocks`.
+    ``transformer.layer``, GPT-2 ``h``); see :func:`~lightning_recipes.modules._hf.transformer_blocks`.
 
     Example::
 

@@ -86,6 +86,50 @@ def image_folder(tmp_path: Path):
     return make
 
 
+@pytest.fixture
+def tiny_recipe(tmp_path, image_folder) -> Path:
+    """A complete recipe: 2 epochs of a tiny timm ResNet on a toy image folder, CSV logs, checkpoints."""
+    import yaml
+
+    root = image_folder(splits=("train", "val", "test"), per_class=4)
+    recipe = {
+        "seed_everything": 0,
+        "stages": ["fit", "test"],
+        "trainer": {
+            "accelerator": "cpu",
+            "max_epochs": 2,
+            "default_root_dir": str(tmp_path / "run"),
+            "enable_progress_bar": False,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(tmp_path / "run")},
+            },
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"monitor": "val/acc", "mode": "max", "save_last": True},
+                }
+            ],
+        },
+        "model": {
+            "class_path": "lightning_recipes.ImageClassifier",
+            "init_args": {
+                "model_name_or_path": "test_resnet",
+                "pretrained": False,
+                "num_classes": 3,
+                "lr": 0.01,
+            },
+        },
+        "data": {
+            "class_path": "lightning_recipes.ImageDataModule",
+            "init_args": {"root": str(root), "batch_size": 6, "num_workers": 0, "image_size": 32},
+        },
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text("# A tiny recipe for tests.\n" + yaml.safe_dump(recipe))
+    return path
+
+
 @pytest.fixture(scope="session")
 def write_corpus():
     """``write(path, lines=200, seed=0)``: a seeded toy corpus, one random sentence over 19 words per line."""
@@ -120,6 +164,33 @@ def write_corpus():
         return path
 
     return write
+
+
+@pytest.fixture
+def tiny_bert(tmp_path: Path) -> Path:
+    """A 2-layer, 32-wide BERT with random weights and a tiny WordPiece tokenizer (``tiny_text_models``)."""
+    from tiny_text_models import make_model
+
+    return make_model(tmp_path / "tiny-bert", "bert")
+
+
+@pytest.fixture
+def tiny_distilbert(tmp_path: Path) -> Path:
+    """The same as ``tiny_bert``, a DistilBERT."""
+    from tiny_text_models import make_model
+
+    return make_model(tmp_path / "tiny-distilbert", "distilbert")
+
+
+@pytest.fixture
+def sentiment_csv(tmp_path: Path) -> Path:
+    """train/dev CSVs (``text,label`` with labels ``pos``/``neg``), 24 and 12 rows."""
+    from tiny_text_models import NEGATIVE, POSITIVE
+
+    for name, repeat in (("train", 2), ("dev", 1)):
+        rows = [f"{t},pos" for t in POSITIVE] + [f"{t},neg" for t in NEGATIVE]
+        (tmp_path / f"{name}.csv").write_text("text,label\n" + "\n".join(rows * repeat) + "\n")
+    return tmp_path
 
 
 DESTROY_LEFTOVER_GROUP = """

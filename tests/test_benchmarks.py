@@ -65,6 +65,18 @@ EXPECTED: dict[str, list[dict[str, dict[str, tuple[float, float] | set[str]]]]] 
             "backbone frozen (FreezeUnfreeze)": {"images/s": POS, "epoch cost vs all layers": POS},
         },
     ],
+    "import_cost.py": [
+        {
+            tree: {
+                "package modules loaded": POS,
+                "import, median s (range)": POS,
+                "package's own, median ms": POS,
+                ".py files": POS,
+                "lines": POS,
+            }
+            for tree in ("baseline HEAD", "this tree")
+        },
+    ],
     "lm_transfer_vs_scratch.py": [
         {
             arm: {"test/ppl": PPL, "best from-scratch ppl / this": POS, "wall time (s)": POS}

@@ -14,10 +14,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from cli_process import start_run, stop, wait_for_epoch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
-from test_cli import start_run, stop, tiny_recipe, wait_for_epoch  # noqa: F401  (tiny_recipe: a fixture)
 
 from lightning_recipes.callbacks import ProgressLog
 from lightning_recipes.cli import requeued_from
@@ -145,7 +145,7 @@ def test_requeued_from_finds_lightnings_hpc_checkpoint(tmp_path, monkeypatch, sl
 
 
 @pytest.mark.slow
-def test_a_requeued_slurm_job_resumes_in_the_same_run_directory(tiny_recipe, tmp_path) -> None:  # noqa: F811
+def test_a_requeued_slurm_job_resumes_in_the_same_run_directory(tiny_recipe, tmp_path) -> None:
     """SIGUSR1: Lightning saves hpc_ckpt_1.ckpt and requeues; the job starts again and continues in place."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -3,7 +3,7 @@
 Each fits a tiny model of a family (and a LoRA adapter) with one FSDP unit per block, activation
 checkpointing and ``bf16-mixed``, checks the units and the wrappers while it trains, that the loss
 falls, and that the checkpoint reloads on CPU to the weights FSDP trained. Two processes (sharded
-for real) run in ``tests/test_fsdp_recipes.py`` (slow). The GPU cases: ``python -m pytest -m gpu``.
+for real) run in ``tests/recipes/test_fsdp_recipes.py`` (slow). The GPU cases: ``python -m pytest -m gpu``.
 """
 
 from __future__ import annotations

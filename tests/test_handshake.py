@@ -168,7 +168,7 @@ def test_plain_lightning_objects_take_no_part() -> None:
 
     model = ImageClassifier("test_resnet", num_classes=2, pretrained=False)
     connect(model, Plain())  # nothing to exchange, nothing raised
-    assert model.labels is None
+    assert model._label_names is None
     assert DataSpec(label_names=["a", "b"]).num_classes == 2 and InputSpec().tokenizer is None
 
 

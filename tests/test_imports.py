@@ -178,7 +178,7 @@ print(sorted(new | (image & set(sys.modules))))
 
 #: The core floor: it only trains (modules, data modules, callbacks, the handshake, the compat layer, the
 #: zoo's registry) ...
-CORE = ("modules", "data", "callbacks", "_compat", "handshake", "registry")
+CORE = ("modules", "data", "callbacks", "_compat", "handshake", "registry", "strategies")
 #: ... and these helpers, which it may use; every other module is the application (the CLI, recipes, run
 #: directories, cluster, suggest, the zoo's building, the W&B fallback), which the core never imports.
 CORE_HELPERS = {"_hub", "cache", "eval_samples", "schedulers", "tokenizer"}
@@ -229,14 +229,14 @@ print(json.dumps([ours, theirs]))
 #: What every module class loads: the package, the base classes and what they use.
 BASE = [
     "_compat", "_compat._libraries", "_compat._lightning", "_hub", "cache", "handshake", "lightning_recipes",
-    "modules", "modules._base", "modules._trainable_checkpoint", "registry", "schedulers",
+    "modules", "modules._base", "modules._adapters", "registry", "schedulers",
 ]  # fmt: skip
-CLASSIFIER = ["eval_samples", "modules._class_map", "modules._classification", "modules._heads"]
-HF = ["modules._hf", "modules._layers", "tokenizer"]
+CLASSIFIER = ["eval_samples", "modules._heads", "modules._classification"]
+HF = ["modules._hf", "tokenizer"]
 
 
 def test_image_classifier_loads_no_text_code_and_no_zoo_building():
-    """17 package modules (23 before the zoo's registry: the zoo's building, its text and GPT-2 code, the
+    """16 package modules (23 before the two floors: the zoo's building, its text and GPT-2 code, the
     tokenizer module); no third-party package beyond what Lightning loads (timm loads on first use)."""
     ours, theirs = loaded_by("from lightning_recipes import ImageClassifier")
     assert ours == sorted([*BASE, *CLASSIFIER, "modules.image"])
@@ -245,8 +245,8 @@ def test_image_classifier_loads_no_text_code_and_no_zoo_building():
 
 def test_text_classifier_and_causal_lm_load_no_image_code_and_no_zoo_building():
     ours, theirs = loaded_by("from lightning_recipes import TextClassifier")
-    assert ours == sorted([*BASE, *CLASSIFIER, *HF, "modules._text_export", "modules.text"])
+    assert ours == sorted([*BASE, *CLASSIFIER, *HF, "modules.text"])
     assert theirs == []
     ours, theirs = loaded_by("from lightning_recipes import CausalLM")
-    assert ours == sorted([*BASE, *HF, "modules._generation", "modules._top_blocks", "modules.causal_lm"])
+    assert ours == sorted([*BASE, *HF, "modules._lm_parts", "modules.causal_lm"])
     assert theirs == []

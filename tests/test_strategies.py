@@ -1,6 +1,6 @@
 """TransformerFSDP: the policies it builds from the recipe's model, and the refusals.
 
-FSDP training itself (one CPU process here, two in the slow ``test_fsdp_recipes.py``) is in
+FSDP training itself (one CPU process here, two in the slow ``tests/recipes/test_fsdp_recipes.py``) is in
 ``tests/test_fsdp.py``.
 """
 

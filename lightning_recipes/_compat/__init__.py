@@ -3,7 +3,7 @@
 The callbacks, schedulers and loggers of ``lightning_recipes`` reach into Lightning, torch and timm
 where no public API does what they need (a mid-fit LR sweep, a re-wrapped DDP model, a scheduler
 resized to new parameter groups...). Each such use is a small function or constant here, with the
-versions it was checked against, and one test in ``tests/test_compat.py`` that fails with a message
+versions it was checked against, and one test in ``tests/_compat/`` that fails with a message
 naming the library and version when an upgrade breaks it. Where a private method of a parent class
 is *overridden* (the override has to stay in the subclass), a constant here lists the names relied
 upon and the test checks that the parent still has them with the expected signature.

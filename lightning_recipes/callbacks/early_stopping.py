@@ -155,7 +155,7 @@ class EarlyStopping(_LightningEarlyStopping):
         return f"EarlyStopping: stopped training at epoch {epoch}: {why}."
 
     # Overrides a private method of Lightning's EarlyStopping: the name and signature relied upon are
-    # `_compat.EARLY_STOPPING_OVERRIDES`, checked by tests/test_compat.py.
+    # `_compat.EARLY_STOPPING_OVERRIDES`, checked by tests/_compat/test_compat_early_stopping.py.
     @override
     def _evaluate_stopping_criteria(self, current: Tensor) -> tuple[bool, str | None]:
         should_stop, reason = self._criteria(current)

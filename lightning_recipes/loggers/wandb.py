@@ -194,7 +194,7 @@ class WandbLogger(_LightningWandbLogger):
         return _compat.wandb_init_kwargs(self).get("mode") in OFFLINE_MODES
 
     # Overrides a private method of Lightning's WandbLogger: the name and signature relied upon are
-    # `_compat.WANDB_LOGGER_OVERRIDES`, checked by tests/test_compat.py.
+    # `_compat.WANDB_LOGGER_OVERRIDES`, checked by tests/_compat/test_compat_wandb_logger.py.
     def _scan_and_log_checkpoints(self, checkpoint_callback: ModelCheckpoint) -> None:
         """Upload the best and the last checkpoint when they are new or changed (bounded: two files)."""
         import wandb

@@ -1,20 +1,34 @@
-"""Adapters (LoRA, IA3, LoHa, ...) from ``peft`` on a module's backbone: defaults, wrapping, merging, errors.
+"""Adapters (LoRA, IA3, LoHa, ...) from ``peft`` on a module's backbone, their export, and checkpoints
+that hold only what trained.
 
 A module with ``adapter=<peft config>`` injects the adapter layers into its pretrained model in place
 (``peft.get_peft_model``), so ``self.backbone`` keeps its forward and now also holds the adapter weights;
 peft freezes every pretrained weight, and the new head stays trainable. The ``peft.PeftModel`` wrapper
 is kept beside the module (unregistered, so no weight is stored twice) for ``save_pretrained`` and merging.
+``save_pretrained`` writes a peft adapter folder (``merge=False``) or merged weights in the format of the
+model's ecosystem (``merge=True``), and the timm folder of an :class:`ImageClassifier`.
+
+Trainable-only checkpoints (adapter runs and frozen-backbone runs alike) keep the trainable parameters
+and the buffers; the frozen weights are left out and replaced by where they come from,
+``{"source", "revision"}``, and a SHA-256 fingerprint of their values. Loading rebuilds the module from
+its pretrained source, checks the fingerprint of the frozen weights it got, and fills them in, so the
+loaded model equals the saved one.
 """
 
 from __future__ import annotations
 
 import copy
 import enum
+import hashlib
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+
+from lightning_recipes import _compat
 
 if TYPE_CHECKING:
     from peft import PeftConfig, PeftModel
@@ -182,3 +196,123 @@ def merged_copies(peft_model: PeftModel, *others: nn.Module) -> tuple[nn.Module,
             "Linear/Conv1D/ungrouped Conv2d layers, IA3Config, LoHaConfig, LoKrConfig"
         ) from exc
     return (merged, *copies[1:])
+
+
+#: The new head's weights beside a peft adapter folder (the head is not part of the peft model).
+HEAD_FILE = "head.safetensors"
+
+
+def save_adapter(module: Any, folder: Path, head: nn.Module | None) -> Path:
+    """Write ``module.peft_model`` as a peft adapter folder (``adapter_config.json`` +
+    ``adapter_model.safetensors``, which ``peft.PeftModel.from_pretrained(base, folder)`` loads) and
+    ``head``'s weights as :data:`HEAD_FILE` (``None``: the head is inside the peft model)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    module.peft_model.save_pretrained(str(folder))
+    if head is not None:
+        save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(folder / HEAD_FILE))
+    return folder
+
+
+def save_image_classifier(module: Any, folder: Path, merge: bool) -> Path:
+    """Write an :class:`~lightning_recipes.ImageClassifier`: a peft adapter folder (adapter, ``merge=False``)
+    or a timm folder (``config.json`` + ``model.safetensors``) with the head as timm's classifier."""
+    from timm.models import save_for_hf
+
+    if module.peft_model is not None and not merge:
+        return save_adapter(module, folder, module.head)
+    linears = [m for m in module.head if isinstance(m, nn.Linear)]
+    if len(linears) != 1:
+        raise ValueError(
+            f"save_pretrained writes the head as timm's classifier, one Linear layer, but this head has "
+            f"{len(linears)} (hidden_dim={module.hparams.get('hidden_dim')}): build the model with "
+            "hidden_dim=None, or save an adapter run with merge=False"
+        )
+    if module.peft_model is not None:
+        (backbone,) = merged_copies(module.peft_model)
+    else:
+        backbone = copy.deepcopy(module.backbone)
+    backbone.reset_classifier(module.num_classes)
+    backbone.get_classifier().load_state_dict(linears[0].state_dict())
+    labels = {"label_names": module.label_names}
+    save_for_hf(backbone, str(folder), model_config=labels, safe_serialization=True)
+    return folder
+
+
+#: Checkpoint key of the base description: ``{"source", "revision", "fingerprint", "frozen_weights"}``.
+BASE_KEY = "lightning_recipes_base"
+
+
+def fingerprint(state: Mapping[str, Tensor], keys: Iterable[str]) -> str:
+    """SHA-256 of the named tensors (names, dtypes, shapes and bytes), in sorted name order.
+
+    Example::
+
+        >>> a = {"w": torch.ones(2), "b": torch.zeros(1)}
+        >>> fingerprint(a, ["w"]) == fingerprint({"w": torch.ones(2)}, ["w"]) != fingerprint(a, ["w", "b"])
+        True
+    """
+    digest = hashlib.sha256()
+    for key in sorted(keys):
+        tensor = state[key].detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{key}|{tensor.dtype}|{tuple(state[key].shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def trainable_keys(module: nn.Module, state: Mapping[str, Any]) -> set[str]:
+    """State-dict keys of ``module``'s trainable parameters (every tied name) and of its buffers.
+
+    ``module`` may be FSDP-wrapped (its names then hold FSDP's infixes, which its state dict does not).
+    """
+    kept = {n for n, p in module.named_parameters(remove_duplicate=False) if p.requires_grad}
+    kept |= {n for n, _ in module.named_buffers(remove_duplicate=False)}
+    return {_compat.unwrapped_name(n) for n in kept} & set(state)
+
+
+def keep_trainable(module: nn.Module, checkpoint: dict[str, Any], source: Mapping[str, Any]) -> None:
+    """Drop the frozen weights from ``checkpoint["state_dict"]``; record ``source`` and their fingerprint."""
+    state = checkpoint["state_dict"]
+    kept = trainable_keys(module, state)
+    frozen = [k for k in state if k not in kept]
+    checkpoint[BASE_KEY] = {
+        **source,
+        "fingerprint": fingerprint(state, frozen),
+        "frozen_weights": len(frozen),
+    }
+    checkpoint["state_dict"] = {k: v for k, v in state.items() if k in kept}
+
+
+def check_frozen(own: Mapping[str, Tensor], checkpoint: dict[str, Any], trained: Iterable[str]) -> list[str]:
+    """The keys of ``own`` (the rebuilt model's full state dict) left out of a trainable-only checkpoint
+    whose kept keys are ``trained``, after checking their fingerprint against the checkpoint's.
+
+    Raises:
+        ValueError: the rebuilt base has other weights (or another architecture) than the one trained on.
+    """
+    base = checkpoint[BASE_KEY]
+    trained = set(trained)
+    frozen = [k for k in own if k not in trained]
+    found = fingerprint(own, frozen)
+    if len(frozen) != base["frozen_weights"] or found != base["fingerprint"]:
+        raise ValueError(
+            f"This checkpoint holds only the trained weights; the frozen ones come from its base "
+            f"{base['source']!r} (revision {base.get('revision')!r}), which was loaded, but its weights are "
+            f"not those the checkpoint was trained on ({len(frozen)} frozen tensors with fingerprint "
+            f"{found[:16]}, expected {base['frozen_weights']} with {base['fingerprint'][:16]}). Point the "
+            "model at the same base weights (model_name_or_path/backbone and revision) to load it."
+        )
+    return frozen
+
+
+def restore_frozen(module: nn.Module, checkpoint: dict[str, Any]) -> None:
+    """Fill a trainable-only checkpoint's state dict with ``module``'s (rebuilt) frozen weights, after
+    checking their fingerprint (:func:`check_frozen`); a full checkpoint is left as it is, and so is one
+    whose state dict FSDP loaded itself (``TransformerFSDP.load_checkpoint`` checks those).
+    """
+    if BASE_KEY not in checkpoint or "state_dict" not in checkpoint:
+        return
+    state = checkpoint["state_dict"]
+    own = module.state_dict()
+    state.update({k: own[k] for k in check_frozen(own, checkpoint, state)})

@@ -14,7 +14,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from lightning_recipes import _compat
 from lightning_recipes.handshake import DataSpec, InputSpec
-from lightning_recipes.modules import _trainable_checkpoint
+from lightning_recipes.modules import _adapters
 from lightning_recipes.schedulers import WarmupDecay
 
 if TYPE_CHECKING:
@@ -215,10 +215,10 @@ class TransferModule(L.LightningModule):
             if hparams is not None:
                 hparams.update(self._base.get("hparams", {}))
             source = {"source": self._base["source"], "revision": self._base.get("revision")}
-            _trainable_checkpoint.keep_trainable(self, checkpoint, source)
+            _adapters.keep_trainable(self, checkpoint, source)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        _trainable_checkpoint.restore_frozen(self, checkpoint)
+        _adapters.restore_frozen(self, checkpoint)
 
     def input_spec(self) -> InputSpec:
         """What the data module must know about this model's inputs (see ``lightning_recipes.connect``)."""

@@ -15,7 +15,7 @@ from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 from lightning_recipes.eval_samples import RealSamples
 from lightning_recipes.handshake import META_KEY, CachedFeatures, DataSpec, split_meta
 from lightning_recipes.modules._base import TransferModule
-from lightning_recipes.modules._class_map import LabelRef, class_logits, resolve_class_map
+from lightning_recipes.modules._heads import LabelRef, class_logits, resolve_class_map
 
 Task = Literal["multiclass", "multilabel", "regression"]
 TASKS = ("multiclass", "multilabel", "regression")
@@ -67,7 +67,7 @@ class ClassificationModule(TransferModule):
     pretrained labels (:attr:`output_names`: ImageNet's, a zoo model's, a text model's ``id2label``),
     and predictions name them. ``class_map`` scores a labelled data set with them instead: each data
     class gets the probability mass of its pretrained labels, renormalised over all mapped labels
-    (``logsumexp`` of their logits, :func:`~lightning_recipes.modules._class_map.class_logits`); the
+    (``logsumexp`` of their logits, :func:`~lightning_recipes.modules._heads.class_logits`); the
     loss, metrics, curves and predictions then speak the data's classes. The handshake checks that
     every class of the data is mapped.
 
@@ -122,7 +122,7 @@ class ClassificationModule(TransferModule):
                 f"names); got task={task!r}, label_names={label_names}"
             )
         self.task = task
-        self.labels = list(label_names) if label_names is not None else None
+        self._label_names = list(label_names) if label_names is not None else None
         self.class_map = dict(class_map) if class_map is not None else None
         #: The pretrained model's own label names, with its own head (:meth:`use_model_outputs`).
         self.output_names: list[str] | None = None
@@ -158,18 +158,19 @@ class ClassificationModule(TransferModule):
         self.output_names = list(names)
         self._output_aliases = dict(aliases or {})
         if self.class_map is None:
-            if self.labels is not None and len(self.labels) != len(names):
+            given = self._label_names
+            if given is not None and len(given) != len(names):
                 raise ValueError(
-                    f"label_names has {len(self.labels)} names but the pretrained head has {len(names)} "
+                    f"label_names has {len(given)} names but the pretrained head has {len(names)} "
                     f"labels ({list(names)[:5]}...); leave label_names out to use the pretrained ones"
                 )
-            self.labels = self.labels or list(names)
+            self._label_names = self._label_names or list(names)
             self._set_num_classes(len(names))
             return
         mapped = resolve_class_map(self.class_map, self.output_names, self._output_aliases)
         if len(mapped) < 2:
             raise ValueError(f"class_map maps one class {list(mapped)}; a classifier needs 2 or more")
-        self.labels, self._class_ids = list(mapped), list(mapped.values())
+        self._label_names, self._class_ids = list(mapped), list(mapped.values())
         self._set_num_classes(len(mapped))
 
     def class_logits(self, logits: Tensor) -> Tensor:
@@ -180,7 +181,7 @@ class ClassificationModule(TransferModule):
     @property
     def label_names(self) -> list[str]:
         """Class names in id order (``LABEL_<i>`` where none are known)."""
-        return self.labels or [f"LABEL_{i}" for i in range(self.num_classes)]
+        return self._label_names or [f"LABEL_{i}" for i in range(self.num_classes)]
 
     def accept_data_spec(self, spec: DataSpec) -> None:
         """Check that the data's task is the model's and that it has ``num_classes`` classes, and adopt its
@@ -204,11 +205,12 @@ class ClassificationModule(TransferModule):
         if self._class_ids is not None:
             self._order_mapped_classes(list(names))
             return
-        if self.output_names is not None and list(names) != self.labels:
-            unknown = [n for n in names if n not in self.labels]
+        if self.output_names is not None and list(names) != self._label_names:
+            known = self._label_names or []
+            unknown = [n for n in names if n not in known]
             raise ValueError(
                 f"The data's classes {list(names)[:20]} are not the pretrained head's labels (the model has "
-                f"{len(self.labels)}: {self.labels[:5]}...; {unknown[:5]} are not among them). To score this "
+                f"{len(known)}: {known[:5]}...; {unknown[:5]} are not among them). To score this "
                 "data as-is, give model class_map: {data class: [pretrained label names or ids]} "
                 "(model.init_args.class_map in a recipe); to train a head of the model's own architecture "
                 f"instead, give num_classes: {len(names)}."
@@ -219,14 +221,16 @@ class ClassificationModule(TransferModule):
                 f"num_classes={self.num_classes}: set model num_classes: {len(names)} "
                 "(model.init_args.num_classes in a recipe)"
             )
-        if self.labels is None:
-            self.labels = list(names)
-        elif list(names) != self.labels:
-            raise ValueError(f"The data's class names {list(names)} differ from the model's {self.labels}")
+        if self._label_names is None:
+            self._label_names = list(names)
+        elif list(names) != self._label_names:
+            raise ValueError(
+                f"The data's class names {list(names)} differ from the model's {self._label_names}"
+            )
 
     def _order_mapped_classes(self, names: list[str]) -> None:
-        assert self._class_ids is not None and self.labels is not None
-        mapped = dict(zip(self.labels, self._class_ids, strict=True))
+        assert self._class_ids is not None and self._label_names is not None
+        mapped = dict(zip(self._label_names, self._class_ids, strict=True))
         unmapped = [n for n in names if n not in mapped]
         if unmapped:
             raise ValueError(
@@ -240,18 +244,18 @@ class ClassificationModule(TransferModule):
                 f"class_map maps {extra}, which the data does not have (its classes: {names}); remove them, "
                 "since their labels would take probability mass from the data's classes"
             )
-        self.labels, self._class_ids = names, [mapped[n] for n in names]
+        self._label_names, self._class_ids = names, [mapped[n] for n in names]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Class names adopted from the data travel with the weights, and come back on load.
         super().on_save_checkpoint(checkpoint)
-        checkpoint[LABEL_NAMES_KEY] = self.labels
+        checkpoint[LABEL_NAMES_KEY] = self._label_names
         if self.output_names is not None:
             checkpoint[OUTPUTS_KEY] = {"names": self.output_names, "class_ids": self._class_ids}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        self.labels = checkpoint.get(LABEL_NAMES_KEY, self.labels)
+        self._label_names = checkpoint.get(LABEL_NAMES_KEY, self._label_names)
         outputs = checkpoint.get(OUTPUTS_KEY)
         if outputs is not None:
             self.output_names, self._class_ids = outputs["names"], outputs["class_ids"]

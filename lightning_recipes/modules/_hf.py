@@ -1,5 +1,9 @@
 """What the Hugging Face modules share: zoo names resolved to their built folders, a full model split into
-registered ``backbone``/``head`` parts, config building and finding the tokenizer that comes with a model."""
+registered ``backbone``/``head`` parts, config building, finding the tokenizer that comes with a model,
+the layer groups of a transformer body (bottom to top, for gradual unfreezing, LR decay and FSDP units)
+and the export of a :class:`~lightning_recipes.TextClassifier` as a transformers sequence-classification
+model.
+"""
 
 from __future__ import annotations
 
@@ -146,3 +150,121 @@ def untie_output_embeddings(model: nn.Module) -> None:
     if out is not None and out.weight is inp.weight:
         out.weight = nn.Parameter(inp.weight.detach().clone())
     model.config.tie_word_embeddings = False
+
+
+def transformer_blocks(backbone: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """The transformer blocks of ``backbone``: the name of the longest ``nn.ModuleList`` in it, and it.
+
+    ``None`` when ``backbone`` holds no ``nn.ModuleList``.
+
+    Example::
+
+        >>> body = nn.Module()
+        >>> body.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(2))
+        >>> transformer_blocks(body)[0], transformer_blocks(nn.Linear(2, 2))
+        ('blocks', None)
+    """
+    lists = [(name, m) for name, m in backbone.named_modules() if isinstance(m, nn.ModuleList)]
+    return max(lists, key=lambda item: len(item[1])) if lists else None
+
+
+def transformer_layer_groups(backbone: nn.Module) -> list[nn.Module]:
+    """``[embeddings and everything before the blocks, block 0, ..., last block + everything after]``.
+
+    The blocks are the longest ``nn.ModuleList`` in ``backbone`` (BERT ``encoder.layer``, DistilBERT
+    ``transformer.layer``, GPT-2 ``h``, Llama ``layers``). Modules registered before it, at every level
+    of the path to it (embeddings, dropout), form the first group; modules after it (a final norm, a
+    pooler) join the last block. Several modules in one group come as an ``nn.ModuleList`` (a view that
+    holds the same modules); a single module comes as itself. A backbone without a ``ModuleList`` is
+    one group.
+
+    Example::
+
+        >>> body = nn.Module()
+        >>> body.embed = nn.Embedding(5, 4)
+        >>> body.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(2))
+        >>> body.norm = nn.LayerNorm(4)
+        >>> [sum(p.numel() for p in g.parameters()) for g in transformer_layer_groups(body)]
+        [20, 20, 28]
+    """
+    found = transformer_blocks(backbone)
+    if found is None:
+        return [backbone]
+    blocks_name, blocks = found
+    before: list[nn.Module] = []
+    after: list[nn.Module] = []
+    parent = backbone
+    for part in blocks_name.split("."):
+        children = list(parent.named_children())  # skips children set to None
+        names = [name for name, _ in children]
+        i = names.index(part)
+        before += [m for _, m in children[:i]]
+        after = [m for _, m in children[i + 1 :]] + after
+        parent = children[i][1]
+    groups: list[nn.Module] = [before[0] if len(before) == 1 else nn.ModuleList(before)] if before else []
+    groups += list(blocks)
+    if after:
+        groups[-1] = nn.ModuleList([groups[-1], *after])
+    return groups
+
+
+# The new-head settings that equal an architecture's own sequence-classification head:
+# model_type -> (activation, {our head layer index: HF parameter prefix}).
+EXPORTABLE_HEADS = {
+    "bert": ("tanh", {1: "bert.pooler.dense", 4: "classifier"}),
+    "distilbert": ("relu", {1: "pre_classifier", 4: "classifier"}),
+}
+PROBLEM_TYPES = {
+    "multiclass": "single_label_classification",
+    "multilabel": "multi_label_classification",
+    "regression": "regression",
+}
+
+
+def label_config(config: Any, names: list[str], task: str) -> Any:
+    """Set ``num_labels``, ``id2label``/``label2id`` and ``problem_type`` of a transformers config."""
+    config.num_labels = len(names)
+    config.id2label = dict(enumerate(names))
+    config.label2id = {n: i for i, n in enumerate(names)}
+    config.problem_type = PROBLEM_TYPES[task]
+    return config
+
+
+def export_new_head(model: Any) -> nn.Module:
+    """An ``AutoModelForSequenceClassification`` holding a ``TextClassifier``'s backbone and new head.
+
+    Works when the head equals the architecture's own: ``pooling="cls"``, ``hidden_dim`` = hidden size
+    and ``activation`` ``tanh`` (BERT) or ``relu`` (DistilBERT); other heads raise a ``ValueError``.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    config = model.backbone.config
+    hp = model.hparams
+    activation, mapping = EXPORTABLE_HEADS.get(config.model_type, (None, {}))
+    if not (
+        activation
+        and model.pooling == "cls"
+        and hp.hidden_dim == config.hidden_size
+        and hp.activation == activation
+    ):
+        supported = {
+            k: f"pooling=cls, hidden_dim=hidden size, activation={a}"
+            for k, (a, _) in EXPORTABLE_HEADS.items()
+        }
+        raise ValueError(
+            f"save_pretrained cannot express this head (model_type={config.model_type!r}, pooling="
+            f"{model.pooling!r}, hidden_dim={hp.hidden_dim}, activation={hp.activation!r}) as a "
+            f"transformers classification head. Use head='pretrained', or a new head matching {supported}."
+        )
+    export_config = label_config(type(config).from_dict(config.to_dict()), model.label_names, model.task)
+    exported = AutoModelForSequenceClassification.from_config(export_config)
+    base = getattr(exported, exported.base_model_prefix)
+    missing, _ = base.load_state_dict(model.backbone.state_dict(), strict=False)
+    state = exported.state_dict()
+    for index, prefix in mapping.items():
+        for key, value in model.head[index].state_dict().items():
+            state[f"{prefix}.{key}"] = value
+    exported.load_state_dict(state)
+    if any(not k.startswith("pooler.") for k in missing):
+        raise RuntimeError(f"Exporting lost backbone weights {missing}")
+    return exported

@@ -15,7 +15,6 @@ from typing_extensions import override
 from lightning_recipes._hub import hub_call, looks_like_local_path
 from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
 from lightning_recipes.modules._base import TransferModule
-from lightning_recipes.modules._generation import continue_prompts, generate_texts
 from lightning_recipes.modules._hf import (
     HFParts,
     build_config,
@@ -24,10 +23,10 @@ from lightning_recipes.modules._hf import (
     load_pretrained_causal_lm,
     pretrained_base,
     resolve_model_name,
+    transformer_layer_groups,
     untie_output_embeddings,
 )
-from lightning_recipes.modules._layers import transformer_layer_groups
-from lightning_recipes.modules._top_blocks import add_top_blocks
+from lightning_recipes.modules._lm_parts import add_top_blocks, continue_prompts, generate_texts
 from lightning_recipes.tokenizer import restore_tokenizer, store_tokenizer
 
 
@@ -59,7 +58,7 @@ class CausalLM(HFParts, TransferModule):
     unless the head has weights of its own. :meth:`layer_groups` lists the backbone from the embeddings
     to the last block (with the final norm), for gradual unfreezing and ``layer_decay``.
 
-    With ``new_top_blocks=k`` (see :mod:`~lightning_recipes.modules._top_blocks`), ``k`` copies of the
+    With ``new_top_blocks=k`` (see :mod:`~lightning_recipes.modules._lm_parts`), ``k`` copies of the
     top block, initialised as the identity, run after the body; ``self.head`` holds them and an untied
     ``lm_head``; ``self.backbone`` is the body without them, so freezing it leaves the new layers trainable.
 
@@ -388,7 +387,7 @@ class CausalLM(HFParts, TransferModule):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if self.peft_model is not None and not merge:
-            from lightning_recipes.modules._adapter_export import save_adapter
+            from lightning_recipes.modules._adapters import save_adapter
 
             save_adapter(self, folder, None)
         elif self.peft_model is not None:

@@ -13,9 +13,8 @@ from torch import Tensor
 from lightning_recipes import registry
 from lightning_recipes._hub import hub_call
 from lightning_recipes.handshake import InputSpec
-from lightning_recipes.modules._class_map import check_head_options, unique_names
 from lightning_recipes.modules._classification import ClassificationModule
-from lightning_recipes.modules._heads import ClassificationHead
+from lightning_recipes.modules._heads import ClassificationHead, check_head_options, unique_names
 
 # The same choices, with the same meaning, as TextClassifier's ``head``.
 HeadKind = Literal["new", "pretrained"]
@@ -252,7 +251,7 @@ class ImageClassifier(ClassificationModule):
         ``adapter_model.safetensors``, for ``PeftModel.from_pretrained(timm_backbone, folder)``) and the
         head as ``head.safetensors``.
         """
-        from lightning_recipes.modules._adapter_export import save_image_classifier
+        from lightning_recipes.modules._adapters import save_image_classifier
 
         return save_image_classifier(self, Path(folder), merge)
 

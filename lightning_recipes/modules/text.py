@@ -14,19 +14,19 @@ from typing_extensions import override
 
 from lightning_recipes._hub import hub_call
 from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
-from lightning_recipes.modules._class_map import check_head_options
 from lightning_recipes.modules._classification import ClassificationModule
-from lightning_recipes.modules._heads import ClassificationHead
+from lightning_recipes.modules._heads import ClassificationHead, check_head_options
 from lightning_recipes.modules._hf import (
     HFParts,
     build_config,
     enable_gradient_checkpointing,
+    export_new_head,
     find_tokenizer,
+    label_config,
     pretrained_base,
     resolve_model_name,
+    transformer_layer_groups,
 )
-from lightning_recipes.modules._layers import transformer_layer_groups
-from lightning_recipes.modules._text_export import export_new_head, label_config
 from lightning_recipes.tokenizer import restore_tokenizer, store_tokenizer
 
 # jsonargparse checks a class_path against the callable's return type: ``Any`` rejects every class.
@@ -361,7 +361,7 @@ class TextClassifier(HFParts, ClassificationModule):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if self.peft_model is not None and not merge:
-            from lightning_recipes.modules._adapter_export import save_adapter
+            from lightning_recipes.modules._adapters import save_adapter
 
             save_adapter(self, folder, self.head)
         elif self.peft_model is not None:

@@ -11,13 +11,13 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from tiny_text_models import make_model
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_recipes import ImageClassifier, TextClassifier, TextDataModule, connect
 from lightning_recipes.callbacks import FreezeUnfreeze
 from lightning_recipes.callbacks._feature_cache import FeatureCache
 from lightning_recipes.handshake import CachedFeatures
-from tests.modules.test_text_classifier import make_model
 
 
 class Record(L.Callback):

@@ -283,7 +283,7 @@ def _sharded_norms(rank: int, init: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.slow  # two processes, like every multi-process test (tests/test_fsdp_recipes.py runs it in FSDP)
+@pytest.mark.slow  # two processes, like every multi-process test (recipes/test_fsdp_recipes.py: FSDP)
 def test_sharded_gradients_give_the_norms_of_the_whole_gradients(tmp_path) -> None:
     """Under FSDP each rank holds a shard of every gradient: the norms are reduced over the ranks."""
     import torch.multiprocessing as mp

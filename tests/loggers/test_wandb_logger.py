@@ -1,160 +1,23 @@
-"""WandbLogger: offline fallback, what an offline run records (read back from its files), resume by run id."""
+"""WandbLogger: offline fallback, what an offline run records (read back from its files), resume by run id.
+
+Through the CLI (``lightning run``) and under DDP: test_wandb_logger_cli.py.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import struct
-import textwrap
-import time
-from pathlib import Path
-
-import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
-
-from lightning_recipes import DataSpec, connect
-from lightning_recipes.callbacks import CurveLogger
-from lightning_recipes.loggers import (
-    LoggerSaveConfigCallback,
-    WandbLogger,
-    WandbRunId,
-    apply_resume_id,
-    run_id_from_checkpoint,
+from offline_wandb_runs import (
+    Tiny,
+    TinyData,
+    _finish_wandb,  # noqa: F401  (autouse: each test's wandb run finished)
+    make_trainer,
+    offline_runs,
+    read_offline_run,
 )
-from lightning_recipes.modules._classification import ClassificationModule
 
-# ---- reading an offline run: the .wandb transaction log (LevelDB-log framing of protobuf Records) ----
-
-
-def read_records(path: Path) -> list:
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data, block, pos, buf, records = path.read_bytes(), 32768, 7, b"", []
-    assert data[:4] == b":W&B"
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:  # block trailer
-            pos += left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if length == 0 and kind == 0:
-            pos += left
-            continue
-        buf += data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):  # FULL or LAST chunk
-            record = pb.Record()
-            record.ParseFromString(buf)
-            records.append(record)
-            buf = b""
-    return records
-
-
-def read_offline_run(run_dir: Path) -> dict:
-    """Run id, project, tags, config, metric history, artifacts and table files of an offline run."""
-    (log,) = run_dir.glob("run-*.wandb")
-    # wandb-core may still be writing after `finish()` returns: wait for the run's exit record.
-    deadline = time.monotonic() + 60
-    records = read_records(log)
-    while not any(r.WhichOneof("record_type") == "exit" for r in records):
-        assert time.monotonic() < deadline, f"{log} has no exit record: the run did not finish"
-        time.sleep(0.2)
-        records = read_records(log)
-    run = {"config": {}, "config_keys": [], "history": [], "artifacts": [], "tables": {}}
-    for record in records:
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            run.update(id=record.run.run_id, project=record.run.project, name=record.run.display_name)
-            run["tags"] = list(record.run.tags)
-            for item in record.run.config.update:
-                run["config"][item.key] = json.loads(item.value_json)
-                run["config_keys"].append(item.key)
-        elif kind == "config":
-            for item in record.config.update:
-                run["config"][item.key] = json.loads(item.value_json)
-                run["config_keys"].append(item.key)
-        elif kind == "history":
-            row = {}
-            for item in record.history.item:
-                key = "/".join(item.nested_key) if item.nested_key else item.key
-                row[key] = json.loads(item.value_json)
-            run["history"].append(row)
-        elif kind == "artifact":
-            a = record.artifact
-            run["artifacts"].append(
-                {"name": a.name, "type": a.type, "aliases": list(a.aliases), "ttl": a.ttl_duration_seconds}
-            )
-    media = run_dir / "files" / "media" / "table"
-    for table in sorted(media.rglob("*.table.json")):
-        run["tables"][table.relative_to(media).as_posix()] = json.loads(table.read_text())
-    return run
-
-
-def offline_runs(save_dir: Path) -> list[Path]:
-    return sorted((save_dir / "wandb").glob("offline-run-*"))
-
-
-# ---- a tiny classifier -------------------------------------------------------------------------------
-
-
-class Tiny(ClassificationModule):
-    def __init__(self, num_classes: int = 3, lr: float = 0.05) -> None:
-        super().__init__(num_classes=num_classes, lr=lr)
-        self.save_hyperparameters()
-        self.backbone = nn.Linear(4, 8)
-        self.head = nn.Linear(8, num_classes)
-
-    def forward(self, x):
-        return self.head(self.backbone(x).relu())
-
-    def logits_and_target(self, batch):
-        x, y = batch
-        return self(x), y
-
-
-class TinyData(L.LightningDataModule):
-    classes = ["red", "green", "blue"]
-
-    def __init__(self, n: int = 45, batch_size: int = 8) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.y = torch.arange(n) % 3
-        self.x = torch.randn(n, 4, generator=g) + torch.nn.functional.one_hot(self.y, 4) * 2
-        self.batch_size = batch_size
-
-    def accept_input_spec(self, spec):
-        pass
-
-    def data_spec(self):  # the handshake hands these class names to the model
-        return DataSpec(label_names=self.classes)
-
-    def train_dataloader(self):
-        return DataLoader(TensorDataset(self.x, self.y), batch_size=self.batch_size, shuffle=True)
-
-    def val_dataloader(self):
-        return DataLoader(TensorDataset(self.x, self.y), batch_size=self.batch_size)
-
-    test_dataloader = val_dataloader
-
-
-def make_trainer(tmp_path: Path, logger, max_epochs: int = 2, **kwargs) -> L.Trainer:
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/acc", mode="max", save_last=True)
-    return L.Trainer(
-        accelerator="cpu",
-        max_epochs=max_epochs,
-        logger=logger,
-        callbacks=[checkpoint, CurveLogger(thresholds=21, max_points=40), WandbRunId()],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        default_root_dir=str(tmp_path),
-        **kwargs,
-    )
+from lightning_recipes import connect
+from lightning_recipes.loggers import WandbLogger, apply_resume_id, run_id_from_checkpoint
 
 
 @pytest.fixture
@@ -176,15 +39,6 @@ def no_credentials(wandb_env, tmp_path):
     wandb_env.delenv("WANDB_MODE", raising=False)
     wandb_env.setenv("NETRC", str(tmp_path / "no-netrc"))
     wandb_env.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))  # no settings file with a key
-
-
-@pytest.fixture(autouse=True)
-def _finish_wandb():
-    yield
-    import wandb
-
-    if wandb.run is not None:
-        wandb.finish()
 
 
 # ---- tests ---------------------------------------------------------------------------------------
@@ -291,55 +145,6 @@ def test_resume_continues_the_run(tmp_path):
     assert apply_resume_id(None, last) is None and apply_resume_id(config, tmp_path / "missing.ckpt") is None
 
 
-def test_cli_logs_the_recipe_once_and_resumes_from_a_checkpoint(tmp_path):
-    from lightning.pytorch.cli import LightningCLI
-
-    class ResumingCLI(LightningCLI):  # what LightningRecipesCLI does
-        def before_instantiate_classes(self) -> None:
-            config = self.config[self.subcommand] if self.subcommand else self.config
-            self.resumed = apply_resume_id(config.get("trainer", {}).get("logger"), config.get("ckpt_path"))
-
-    def cli(*extra: str) -> ResumingCLI:
-        args = [
-            "fit",
-            "--trainer.limit_train_batches=2",
-            "--trainer.limit_val_batches=2",
-            "--trainer.enable_progress_bar=false",
-            f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.logger=lightning_recipes.loggers.WandbLogger",
-            "--trainer.logger.project=cli",
-            f"--trainer.logger.save_dir={tmp_path}",
-            "--trainer.logger.tags=[a,b]",
-            "--model.lr=0.01",
-            *extra,
-        ]
-        kwargs = {"save_config_callback": LoggerSaveConfigCallback, "save_config_kwargs": {"overwrite": True}}
-        return ResumingCLI(Tiny, TinyData, args=args, **kwargs)
-
-    first = cli("--trainer.max_epochs=1")
-    first.trainer.validate(first.model, first.datamodule)  # a second stage does not log the config again
-    run_id = first.trainer.logger.experiment.id
-    first.trainer.logger.experiment.finish()
-    assert first.resumed is None
-    (run_dir,) = offline_runs(tmp_path)
-    run = read_offline_run(run_dir)
-    assert run["config_keys"].count("recipe") == 1
-    recipe = run["config"]["recipe"]
-    recipe = recipe.get("value", recipe)
-    assert recipe["trainer"]["max_epochs"] == 1 and recipe["model"]["lr"] == 0.01
-    assert recipe["trainer"]["logger"]["init_args"]["tags"] == ["a", "b"]
-    assert run["tags"] == ["a", "b"]
-
-    checkpoint = first.trainer.checkpoint_callback.best_model_path
-    assert run_id_from_checkpoint(checkpoint) == run_id  # stored by LoggerSaveConfigCallback
-    second = cli("--trainer.max_epochs=2", f"--ckpt_path={checkpoint}")
-    assert second.resumed == run_id and second.trainer.logger.experiment.id == run_id
-    assert second.trainer.logger._wandb_init["resume"] == "allow"  # not reset by the CLI's kwargs defaults
-    assert second.trainer.current_epoch == 2  # it did resume the training
-    second.trainer.logger.experiment.finish()
-    assert [read_offline_run(d)["id"] for d in offline_runs(tmp_path)] == [run_id, run_id]
-
-
 def test_binary_curves_to_wandb(tmp_path):
     from lightning_recipes.callbacks.curve_logger import CurveMetrics, log_to_wandb
 
@@ -370,83 +175,3 @@ def test_arguments():
         WandbLogger(init_timeout=0)
     logger = WandbLogger(project="p", group="g", entity="e", offline=True)
     assert logger.offline and logger._wandb_init["group"] == "g" and logger._wandb_init["entity"] == "e"
-
-
-DDP_SCRIPT = textwrap.dedent(
-    """
-    import sys
-    import lightning as L
-    import torch.distributed as dist
-    sys.path.insert(0, {tests!r})
-    from test_wandb_logger import Tiny, TinyData
-    from lightning_recipes.loggers import WandbLogger
-
-    logger = WandbLogger(project="ddp", save_dir=sys.argv[1])
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, limit_train_batches=2,
-                        limit_val_batches=2, logger=logger, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
-    trainer.fit(Tiny(), TinyData())
-    dist.destroy_process_group()  # a script's own CPU DDP run ends so (docs/multi_gpu.md)
-    """
-)
-
-
-@pytest.mark.slow
-def test_one_run_for_two_processes(tmp_path, run_script):
-    proc = run_script(
-        DDP_SCRIPT.format(tests=str(Path(__file__).parent)),
-        tmp_path,
-        env={"WANDB_MODE": "offline", "MASTER_PORT": str(29600 + os.getpid() % 1000)},
-    )
-    (run_dir,) = offline_runs(tmp_path)
-    assert any("val/acc" in row for row in read_offline_run(run_dir)["history"])
-    assert proc.stderr.count("upload it with `wandb sync") == 1
-
-
-RECIPE = """\
-# A tiny recipe: W&B offline, curves, fit then test.
-seed_everything: 0
-stages: [fit, test]
-trainer:
-  max_epochs: 1
-  accelerator: cpu
-  limit_train_batches: 2
-  limit_val_batches: 2
-  enable_progress_bar: false
-  enable_model_summary: false
-  default_root_dir: {root}
-  logger:
-    class_path: lightning_recipes.loggers.WandbLogger
-    init_args: {{project: tiny, save_dir: {root}/runs, tags: [tiny]}}
-  callbacks:
-    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{monitor: val/acc, mode: max, save_last: true}}
-    - class_path: lightning_recipes.callbacks.CurveLogger
-      init_args: {{thresholds: 21}}
-model:
-  class_path: test_wandb_logger.Tiny
-data:
-  class_path: test_wandb_logger.TinyData
-"""
-
-
-def test_lightning_run_logs_recipe_prints_table_and_resumes_the_run(tmp_path, capsys):
-    import wandb
-
-    from lightning_recipes.cli import main
-
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(RECIPE.format(root=tmp_path))
-    assert main(["run", str(recipe)]) == 0
-    wandb.finish()  # each `lightning run` is its own process
-    out = capsys.readouterr().out
-    assert "Per-class metrics (test" in out and "macro avg" in out  # printed at the end of the test stage
-    (first,) = offline_runs(tmp_path / "runs")
-    run = read_offline_run(first)
-    assert run["config_keys"].count("recipe") == 1 and run["tags"] == ["tiny"]
-    last = next((tmp_path / "runs").rglob("last.ckpt"))
-    assert run_id_from_checkpoint(last) == run["id"]
-
-    assert main(["run", str(recipe), "--trainer.max_epochs=2", f"--ckpt_path={last}"]) == 0
-    wandb.finish()
-    assert [read_offline_run(d)["id"] for d in offline_runs(tmp_path / "runs")] == [run["id"], run["id"]]

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_recipes import CausalLM, ImageClassifier, TextClassifier
-from lightning_recipes.modules._trainable_checkpoint import BASE_KEY
+from lightning_recipes.modules._adapters import BASE_KEY
 
 TEXT = {"input_ids": torch.tensor([[2, 7, 9, 3, 0], [2, 11, 12, 13, 3]]), "attention_mask": torch.ones(2, 5)}
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from lightning_recipes import DataSpec, ImageClassifier, TextClassifier, registry, zoo
 from lightning_recipes._random_state import SEED_ENV_VARS
-from lightning_recipes.modules._class_map import resolve_class_map, resolve_label
+from lightning_recipes.modules._heads import resolve_class_map, resolve_label
 
 CATS = ["tabby cat", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"]
 DOG_IDS = list(range(151, 269))  # ImageNet-1k's 118 dog breeds
@@ -25,13 +25,13 @@ def imagenet_asis(**kwargs) -> ImageClassifier:
 
 def test_own_head_predictions_name_the_imagenet_labels():
     model = imagenet_asis().eval()
-    assert model.num_classes == 1000 and model.output_names == model.labels
-    assert model.labels[281] == "tabby, tabby cat" and model.labels[151] == "Chihuahua"
-    assert model.labels[134] == "crane (n02012849)" and model.labels[517] == "crane (n03126707)"
+    assert model.num_classes == 1000 and model.output_names == model.label_names
+    assert model.label_names[281] == "tabby, tabby cat" and model.label_names[151] == "Chihuahua"
+    assert model.label_names[134] == "crane (n02012849)" and model.label_names[517] == "crane (n03126707)"
     out = model.predict_step((torch.randn(3, 3, 32, 32), {"path": ["a", "b", "c"]}), 0)
-    assert out["probabilities"].shape == (3, 1000) and out["label_names"] == model.labels
+    assert out["probabilities"].shape == (3, 1000) and out["label_names"] == model.label_names
     top = out["probabilities"].argmax(-1).tolist()
-    assert out["labels"] == [model.labels[i] for i in top]
+    assert out["labels"] == [model.label_names[i] for i in top]
     # The classifier moved out of the model with its weights: backbone + head = timm's own forward.
     assert isinstance(model.head, torch.nn.Linear) and model.head.out_features == 1000
     assert model.backbone(torch.randn(1, 3, 32, 32)).shape == (1, model.head.in_features)
@@ -39,7 +39,7 @@ def test_own_head_predictions_name_the_imagenet_labels():
 
 def test_class_map_scores_the_renormalised_mass_of_the_mapped_labels():
     model = imagenet_asis(class_map={"cats": CATS, "dogs": DOG_IDS}).eval()
-    assert model.labels == ["cats", "dogs"] and model.num_classes == 2
+    assert model.label_names == ["cats", "dogs"] and model.num_classes == 2
     images = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         p = model(images).softmax(-1)
@@ -60,7 +60,7 @@ def test_class_map_scores_the_renormalised_mass_of_the_mapped_labels():
 def test_class_map_follows_the_datas_class_order_and_needs_every_class():
     model = imagenet_asis(class_map={"dogs": "n02099601", "cats": "tabby cat"})
     model.accept_data_spec(DataSpec(label_names=["cats", "dogs"]))
-    assert model.labels == ["cats", "dogs"] and model._class_ids == [[281], [207]]
+    assert model.label_names == ["cats", "dogs"] and model._class_ids == [[281], [207]]
     with pytest.raises(ValueError, match=r"does not map the data's class\(es\) \['birds'\].*Add 'birds'"):
         imagenet_asis(class_map={"cats": CATS, "dogs": DOG_IDS}).accept_data_spec(
             DataSpec(label_names=["birds", "cats", "dogs"])
@@ -77,7 +77,7 @@ def test_own_head_without_class_map_rejects_data_of_other_classes():
 
 
 def test_bad_labels_name_the_label_and_the_closest_ones():
-    names = imagenet_asis().labels
+    names = imagenet_asis().label_names
     with pytest.raises(ValueError, match=r"no label 'tabby kat'\. Close names: 'tabby cat'"):
         resolve_label("tabby kat", names)
     with pytest.raises(ValueError, match=r"'crane' is ambiguous: it names 'crane \(n02012849\)' \(id 134\)"):
@@ -138,7 +138,7 @@ def tiny_digits_zoo(tmp_path, monkeypatch) -> str:
 def test_zoo_model_as_is_keeps_its_trained_head_and_digit_names(tiny_digits_zoo):
     asis = ImageClassifier(tiny_digits_zoo, head="pretrained")
     saved = load_file(str(registry.built(tiny_digits_zoo)))
-    assert asis.labels == ["0", "1"] and asis.output_names == ["0", "1"]
+    assert asis.label_names == ["0", "1"] and asis.output_names == ["0", "1"]
     assert torch.equal(asis.head.weight, saved["fc.weight"]) and torch.equal(asis.head.bias, saved["fc.bias"])
     # A new head on the same weights loads the backbone only, unchanged.
     new = ImageClassifier(tiny_digits_zoo, num_classes=4)
@@ -156,7 +156,7 @@ def test_image_checkpoint_of_an_as_is_model_reloads_with_its_classes(tmp_path: P
     trainer.strategy.connect(model)
     trainer.save_checkpoint(tmp_path / "asis.ckpt")
     loaded = ImageClassifier.load_from_checkpoint(tmp_path / "asis.ckpt").eval()
-    assert loaded.labels == ["cats", "dogs"] and loaded._class_ids == model._class_ids
+    assert loaded.label_names == ["cats", "dogs"] and loaded._class_ids == model._class_ids
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(
@@ -194,7 +194,7 @@ def test_text_own_head_uses_id2label_and_class_map(tmp_path: Path):
 
     folder = save_tiny_classifier(tmp_path / "sst", {0: "NEGATIVE", 1: "POSITIVE"})
     model = TextClassifier(str(folder), head="pretrained").eval()
-    assert model.labels == ["NEGATIVE", "POSITIVE"] and model.num_classes == 2
+    assert model.label_names == ["NEGATIVE", "POSITIVE"] and model.num_classes == 2
     reference = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     assert torch.equal(model.head["classifier"].weight, reference.classifier.weight)  # the trained head, kept
     [plain] = model.predict_texts(["good film"])
@@ -231,7 +231,7 @@ def test_text_checkpoint_of_an_as_is_model_reloads_offline_with_its_classes(tmp_
     trainer.strategy.connect(model)
     trainer.save_checkpoint(tmp_path / "asis.ckpt")
     loaded = TextClassifier.load_from_checkpoint(tmp_path / "asis.ckpt")
-    assert loaded.labels == ["neg", "pos"] and loaded.output_names == ["NEGATIVE", "POSITIVE"]
+    assert loaded.label_names == ["neg", "pos"] and loaded.output_names == ["NEGATIVE", "POSITIVE"]
     texts = ["good film", "bad film"]
     for got, want in zip(loaded.predict_texts(texts), model.predict_texts(texts), strict=True):
         assert got["label"] == want["label"]

@@ -11,7 +11,8 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import DataLoader
+from spawned_ddp import SpawnedDDP
+from torch.utils.data import DataLoader, Dataset
 
 from lightning_recipes import CausalLM, TextCorpusDataModule, connect
 from lightning_recipes._hub import PretrainedLoadError
@@ -341,3 +342,35 @@ def test_predict_continues_each_prompt_of_the_predict_file(
     assert [r["prompt"] for r in rows] == prompts
     expected = lm.generate(prompts, max_new_tokens=4, eos_token_id=[], return_full_text=False)
     assert [r["continuation"] for r in rows] == expected
+
+
+# ---- under DDP (slow: two CPU processes, gloo): the perplexity of the whole validation set ------------
+
+
+class Uneven(Dataset):
+    """Item ``i`` has ``2 + i`` real tokens of 12: ranks (even/odd items) see different token counts."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ids = torch.randint(0, 64, (12,), generator=torch.Generator().manual_seed(i))
+        mask = (torch.arange(12) < 2 + i).long()
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.slow
+def test_val_perplexity_is_the_same_on_two_processes_as_on_one(tmp_path) -> None:
+    torch.manual_seed(0)
+    lm = CausalLM(config={"n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 16, "vocab_size": 64})
+    common = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_progress_bar": False,
+        "default_root_dir": str(tmp_path),
+    }
+    loader = DataLoader(Uneven(), batch_size=2)
+    (single,) = L.Trainer(devices=1, **common).validate(lm, loader, verbose=False)
+    (ddp,) = L.Trainer(devices=2, strategy=SpawnedDDP(), **common).validate(lm, loader, verbose=False)
+    assert ddp["val/ppl"] == pytest.approx(single["val/ppl"], rel=1e-5)
+    assert ddp["val/loss"] == pytest.approx(single["val/loss"], rel=1e-5)

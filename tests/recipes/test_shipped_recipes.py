@@ -99,7 +99,8 @@ def test_recipe_runs_as_shipped_with_tiny_stand_ins(
 
 def hub_weights(recipe) -> bool:
     """Whether the recipe's weights come from the Hub (the others run as shipped in the slow suite:
-    tests/test_recipe_matrix.py runs every offline recipe with its real ``../shared`` or zoo weights)."""
+    tests/recipes/test_recipe_matrix.py runs every offline recipe with its real ``../shared`` or zoo
+    weights)."""
     init = load(recipe.path)["model"]["init_args"]
     name = init.get("model_name_or_path")
     return bool(name) and init.get("pretrained", True) and name not in ZOO and is_hub_model(name, REPO)

@@ -42,7 +42,7 @@ class CurveLogger(Callback):
     The module's ``validation_step``/``test_step`` must return ``{"preds", "target"}`` with ``preds``
     probabilities (as :class:`~lightning_recipes.modules._classification.ClassificationModule` does) and
     the module must have ``task`` and ``num_classes``; regression modules are skipped. Class names come
-    from the module's ``labels`` (which the handshake fills from the data). Under DDP the samples a
+    from the module's ``label_names`` (which the handshake fills from the data). Under DDP the samples a
     ``DistributedSampler`` repeats to even out the ranks are dropped, so the results equal those of one
     process. The curve folder is ``dirpath``, else ``curves/`` in the TensorBoard/CSV logger's
     ``log_dir``, beside ``ModelCheckpoint``'s ``checkpoints/`` for other loggers (W&B:
@@ -145,8 +145,8 @@ class CurveLogger(Callback):
 
     @staticmethod
     def _class_names(pl_module: L.LightningModule, num_classes: int) -> list[str]:
-        """The module's ``labels`` (its class names, from the handshake), else ``"0"``, ``"1"``..."""
-        names = getattr(pl_module, "labels", None)
+        """The module's ``label_names`` (its class names, from the handshake), else ``"0"``, ``"1"``..."""
+        names = getattr(pl_module, "label_names", None)
         if names is not None and len(names) == num_classes:
             return [str(n) for n in names]
         return [str(i) for i in range(num_classes)]

@@ -13,8 +13,8 @@ import yaml
 from lightning_recipes import TextClassifier
 from lightning_recipes.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
-# As-is recipes (no training) run with a tiny fine-tuned classifier in tests/test_asis_recipes.py.
+REPO = Path(__file__).resolve().parents[2]
+# As-is recipes (no training) run with a tiny fine-tuned classifier in tests/recipes/test_asis_recipes.py.
 RECIPES = sorted(
     p for p in (REPO / "recipes" / "text").glob("*.yaml") if "# Scenario: as-is" not in p.read_text()
 )
@@ -135,7 +135,7 @@ def test_text_recipe_runs_and_checkpoint_reloads(
     best = out.out.split("Best checkpoint:")[1].split()[0]
     assert Path(best).is_file()
     model = TextClassifier.load_from_checkpoint(best)
-    assert model.labels == ["negative", "positive"]
+    assert model.label_names == ["negative", "positive"]
     assert model.head_kind == config["model"]["init_args"].get("head", "new")
     prediction = model.predict_texts(["good film"])[0]
     assert prediction["label"] in ("negative", "positive")

@@ -15,7 +15,7 @@ from lightning_recipes.cli import main
 from lightning_recipes.data.bpe import train_bpe_tokenizer
 from lightning_recipes.registry import GPT2Weights
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LM = REPO / "recipes" / "lm"
 FAST = [
     "--trainer.accelerator=cpu",

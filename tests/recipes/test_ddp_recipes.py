@@ -25,7 +25,7 @@ from test_text_recipes import tiny_bert_and_tsv  # noqa: F401
 
 from lightning_recipes.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LIGHTNING = str(Path(sys.executable).with_name("lightning"))
 TWO = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.num_nodes=1"]
 ONE = [

@@ -14,8 +14,8 @@ from lightning_recipes._random_state import SEED_ENV_VARS
 from lightning_recipes.cli import LightningRecipesCLI
 from lightning_recipes.recipes import read_description
 
-REPO = Path(__file__).resolve().parents[1]
-# The image and text families' as-is recipes (the LM family's are run in tests/test_lm_recipes.py).
+REPO = Path(__file__).resolve().parents[2]
+# The image and text families' as-is recipes (the LM family's are run in tests/recipes/test_lm_recipes.py).
 RECIPES = sorted(
     p
     for family in ("image", "text")
@@ -125,7 +125,7 @@ def test_as_is_recipe_scores_without_training(recipe, tmp_path, image_folder, mo
     after = cli.model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert cli.trainer.global_step == 0 and summary["best_checkpoint"] is None
-    assert cli.model.labels == classes and cli.model.num_classes == len(classes)
+    assert cli.model.label_names == classes and cli.model.num_classes == len(classes)
     assert 0.0 <= summary["metrics"]["test/acc"] <= 1.0
     if "predict" in yaml.safe_load(recipe.read_text())["stages"]:
         with Path(summary["predictions"]).open() as f:

@@ -28,7 +28,7 @@ from lightning_recipes.recipes import (
     recipe_matrix,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 RECIPES = list_recipes()
 OFFLINE = [r for r in RECIPES if r.offline]

@@ -12,7 +12,7 @@ import yaml
 from lightning_recipes.cli import main
 from lightning_recipes.recipes import list_recipes, read_description
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
 IDS = [str(p.relative_to(REPO / "recipes")) for p in RECIPES]
 

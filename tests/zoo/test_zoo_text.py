@@ -87,7 +87,7 @@ def test_build_caches_a_finetuned_folder_that_loads_by_name_as_is(tiny_sst2, mon
     assert (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
 
     model = TextClassifier("tiny.sst2", head="pretrained").eval()
-    assert model.labels == ["negative", "positive"] and model.output_names == ["negative", "positive"]
+    assert model.label_names == ["negative", "positive"] and model.output_names == ["negative", "positive"]
     [out] = model.predict_texts(["good film"])
     assert out["label"] in ("negative", "positive") and sum(out["probabilities"].values()) == pytest.approx(1)
     from transformers import AutoModelForSequenceClassification
