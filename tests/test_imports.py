@@ -248,5 +248,5 @@ def test_text_classifier_and_causal_lm_load_no_image_code_and_no_zoo_building():
     assert ours == sorted([*BASE, *CLASSIFIER, *HF, "modules.text"])
     assert theirs == []
     ours, theirs = loaded_by("from lightning_recipes import CausalLM")
-    assert ours == sorted([*BASE, *HF, "modules._lm_parts", "modules.causal_lm"])
+    assert ours == sorted([*BASE, *HF, "modules._generation", "modules._top_blocks", "modules.causal_lm"])
     assert theirs == []

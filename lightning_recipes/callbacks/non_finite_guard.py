@@ -62,15 +62,10 @@ class NonFiniteGuard(Callback):
     ``monitor`` given here) at the end of each validation (not the sanity check), training epoch and
     ``validate``/``test`` stage, so no test reports NaN metrics as results.
 
-    Order: the guard decides before the callbacks that act on a value: ahead of the checkpoint callbacks,
-    so it stops the run before a ``ModelCheckpoint`` saves NaN weights or records a NaN/inf score
-    (Lightning keeps checkpoint callbacks last in ``trainer.callbacks``, when the Trainer is built and
-    when ``configure_callbacks`` adds some), and best ahead of ``EarlyStopping`` (which would otherwise
-    count the value first). :meth:`attach` puts a guard there. With ``"skip"``/``"tolerate"`` it drops a
-    skipped step's gradients in ``on_before_optimizer_step``, so callbacks that read them there
-    (``GradientMonitor``) must come before it: in a recipe, list it after them. Under DDP/FSDP every
-    decision is reduced across processes (``strategy.reduce_boolean_decision``), so all ranks stop, or
-    skip, at the same step.
+    Order (docs/non_finite.md, "Order"): the guard decides before the checkpoint callbacks and
+    ``EarlyStopping`` act on a value; :meth:`attach` puts a guard there. With ``"skip"``/``"tolerate"``,
+    callbacks that read gradients in ``on_before_optimizer_step`` (``GradientMonitor``) come before it.
+    Under DDP/FSDP every decision is reduced across processes, so all ranks stop, or skip, together.
 
     Args:
         non_finite: ``"stop"``, ``"skip"`` or ``"tolerate"`` (see above).

@@ -77,13 +77,16 @@ class TokenBlocks(Dataset):
 
 
 class Prompts(Dataset):
-    """The lines of a UTF-8 text file (one prompt each, empty ones too) as ``{"meta": {"prompt": line}}``."""
+    """The lines of a text file (one prompt each, empty ones too) as ``{"meta": {"prompt": line}}``."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, encoding: str = "utf-8") -> None:
+        from lightning_recipes.data._text_files import check_decodes
+
         file = Path(path)
         if not file.is_file():
             raise FileNotFoundError(f"predict_file {path!r} does not exist")
-        self.prompts = file.read_text(encoding="utf-8").splitlines()
+        check_decodes(file, encoding, "predict_file")
+        self.prompts = file.read_text(encoding=encoding).splitlines()
 
     def __len__(self) -> int:
         return len(self.prompts)

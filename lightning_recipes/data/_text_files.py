@@ -1,11 +1,11 @@
-"""Reading a text split from a local file, and the length-grouped sampler of the text data module."""
+"""Reading text splits: from a local file, or the splits of a Hub dataset."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import torch
+from lightning_recipes._hub import hub_call
 
 BUILDERS = {
     ".csv": "csv",
@@ -14,54 +14,192 @@ BUILDERS = {
     ".jsonl": "json",
     ".parquet": "parquet",
     ".txt": "text",
+    ".label": "label_text",
 }
+#: ``format`` values: the ``datasets`` builders, and the line formats read here.
+FORMATS = ("csv", "json", "parquet", "text", "label_text", "text_label")
+#: Line formats: ``text`` (one text per line), ``label_text`` (``LABEL text``: the first word is the label,
+#: as in TREC's ``.label`` files), ``text_label`` (``text<delimiter>label``, split at the last delimiter).
+LINE_FORMATS = ("text", "label_text", "text_label")
 
 
-def load_split_file(path: str, split: str, cache_dir: str) -> Any:
-    """One split from a local file; the loader follows the extension."""
+def file_format(path: str | Path, format: str | None = None, delimiter: str | None = None) -> str:
+    """The format a file is read in: ``format`` if given, else by extension (``.txt`` with a ``delimiter``
+    is ``text_label``).
+
+    Example::
+
+        >>> file_format("train.label"), file_format("train.txt"), file_format("train.txt", delimiter=";")
+        ('label_text', 'text', 'text_label')
+    """
+    if format is not None:
+        if format not in FORMATS:
+            raise ValueError(f"format={format!r} is not one of {list(FORMATS)}")
+        return format
+    suffix = Path(path).suffix.lower()
+    if suffix not in BUILDERS:
+        raise ValueError(
+            f"File {str(path)!r}: unsupported extension {suffix!r}; use one of {sorted(BUILDERS)} "
+            f"or set format= to one of {list(FORMATS)}"
+        )
+    return "text_label" if BUILDERS[suffix] == "text" and delimiter else BUILDERS[suffix]
+
+
+def check_decodes(path: str | Path, encoding: str, what: str) -> None:
+    """Raise a ``UnicodeDecodeError`` naming the file, the line and the byte, and the option to set,
+    if ``path`` is not text in ``encoding``."""
+    offset = 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise UnicodeDecodeError(
+                    exc.encoding,
+                    exc.object,
+                    exc.start,
+                    exc.end,
+                    f"{what} {str(path)!r} is not {encoding} text: line {number}, byte {offset + exc.start} "
+                    f"(0x{line[exc.start]:02x}) cannot be decoded. Set encoding= to the file's encoding "
+                    "(e.g. encoding: latin-1)",
+                ) from None
+            offset += len(line)
+
+
+def read_lines(path: str | Path, format: str, encoding: str, delimiter: str | None, what: str) -> Any:
+    """A ``datasets.Dataset`` of a line file: column ``text``, and ``label`` for the labelled formats.
+
+    Example::
+
+        >>> import tempfile
+        >>> file = Path(tempfile.mkdtemp()) / "train.label"
+        >>> _ = file.write_text("DESC:manner How did serfdom develop ?\\nHUM:ind Who is Bach ?\\n")
+        >>> read_lines(file, "label_text", "utf-8", None, "train file")[1]
+        {'text': 'Who is Bach ?', 'label': 'HUM:ind'}
+    """
+    from datasets import Dataset
+
+    check_decodes(path, encoding, what)
+    rows = [row for row in Path(path).read_text(encoding=encoding).splitlines() if row.strip()]
+    if format == "text":
+        return Dataset.from_dict({"text": rows})
+    texts, labels = [], []
+    sep = delimiter or ";"
+    for number, row in enumerate(rows, 1):
+        label, _, text = row.partition(" ") if format == "label_text" else row.rpartition(sep)[::-1]
+        if not _ or not text.strip():
+            shape = "LABEL text" if format == "label_text" else f"text{sep}label"
+            raise ValueError(
+                f"{what} {str(path)!r}, line {number}: {row[:60]!r} is not `{shape}` (format={format!r}); "
+                f"set format= (one of {list(LINE_FORMATS)}) or delimiter= to the file's layout"
+            )
+        texts.append(text.strip())
+        labels.append(label.strip())
+    return Dataset.from_dict({"text": texts, "label": labels})
+
+
+def load_split_file(
+    path: str,
+    split: str,
+    cache_dir: str,
+    encoding: str = "utf-8",
+    delimiter: str | None = None,
+    format: str | None = None,
+) -> Any:
+    """One split from a local file, in ``format`` (default: by extension, see :func:`file_format`)."""
     from datasets import load_dataset
 
     file = Path(path)
+    what = f"{split} file"
     if not file.is_file():
-        raise FileNotFoundError(f"{split} file {path!r} does not exist")
-    builder = BUILDERS.get(file.suffix.lower())
-    if builder is None:
-        raise ValueError(f"{split} file {path!r}: unsupported extension; use one of {sorted(BUILDERS)}")
+        raise FileNotFoundError(f"{what} {path!r} does not exist")
+    builder = file_format(file, format, delimiter)
     if file.stat().st_size == 0:
-        raise ValueError(f"{split} file {path!r} is empty")
-    kwargs: dict[str, Any] = {"delimiter": "\t", "quoting": 3} if file.suffix.lower() == ".tsv" else {}
-    try:
-        ds = load_dataset(
-            builder, data_files={split: str(file.resolve())}, split=split, cache_dir=cache_dir, **kwargs
-        )
-    except ValueError as exc:  # datasets: 'Instruction "train" corresponds to no data!'
-        raise ValueError(f"{split} file {path!r} has no rows (a header only?)") from exc
+        raise ValueError(f"{what} {path!r} is empty")
+    if builder in LINE_FORMATS:
+        ds = read_lines(file, builder, encoding, delimiter, what)
+    else:
+        kwargs: dict[str, Any] = {}
+        if builder != "parquet":
+            check_decodes(file, encoding, what)
+            kwargs["encoding"] = encoding
+        if file.suffix.lower() == ".tsv" and builder == "csv":
+            kwargs.update(delimiter="\t", quoting=3)
+        if delimiter is not None and builder == "csv":
+            kwargs["delimiter"] = delimiter
+        try:
+            ds = load_dataset(
+                builder, data_files={split: str(file.resolve())}, split=split, cache_dir=cache_dir, **kwargs
+            )
+        except ValueError as exc:  # datasets: 'Instruction "train" corresponds to no data!'
+            raise ValueError(f"{what} {path!r} has no rows (a header only?)") from exc
     if len(ds) == 0:
-        raise ValueError(f"{split} file {path!r} has no rows (a header only?)")
+        raise ValueError(f"{what} {path!r} has no rows (a header only?)")
     return ds
 
 
-def length_grouped_sampler(batch_size: int, lengths: list[int], seed: int) -> Any:
-    """transformers' ``LengthGroupedSampler`` drawing a new, seeded order each epoch.
+def read_local_files(
+    files: dict[str, str | None],
+    cache_dir: str,
+    columns: dict[str, str],
+    encoding: str = "utf-8",
+    delimiter: str | None = None,
+    format: str | None = None,
+) -> dict[str, Any]:
+    """``{split: datasets.Dataset | None}`` of ``TextDataModule``'s local files. The line formats' ``text``
+    and ``label`` columns are renamed by ``columns``. A predict file is read by its extension (a ``.txt``
+    file: one text per line) with the ``delimiter`` only if it is a table."""
+    raw = {}
+    for split, path in files.items():
+        if path is None:
+            raw[split] = None
+            continue
+        how = format if split != "predict" else None
+        sep = delimiter if split != "predict" or file_format(path) == "csv" else None
+        ds = load_split_file(path, split, cache_dir, encoding, sep, how)
+        if file_format(path, how, sep) in LINE_FORMATS:
+            ds = ds.rename_columns({k: v for k, v in columns.items() if k in ds.column_names and k != v})
+        raw[split] = ds
+    return raw
 
-    Seeding by ``seed + epoch`` (not the global RNG) gives every DDP rank the same order, which
-    Lightning's ``DistributedSamplerWrapper`` then shards. The epoch is the Trainer's: Lightning calls
-    ``set_epoch`` before each epoch (and forwards it through its DDP wrapper), so a run resumed at
-    epoch N draws epoch N's order; used without Lightning, each iteration moves to the next epoch.
-    """
-    from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-        def set_epoch(self, epoch: int) -> None:
-            self.epoch, self.epoch_given = epoch, True
+def require_columns(
+    ds: Any, needed: list[str], split: str, path: str | None, format: str | None, delimiter: str | None
+) -> None:
+    """Raise naming the columns found, and for a local file how it was read and the option to change."""
+    for column in needed:
+        if column in ds.column_names:
+            continue
+        hint, how = "", file_format(path, format, delimiter) if path else None
+        if how == "text":
+            hint = (
+                f"; {path!r} is read as one text per line (format 'text'): for `text;label` lines set "
+                "delimiter: ';' (format 'text_label'), for `LABEL text` lines format: label_text"
+            )
+        elif how == "csv" and len(ds.column_names) == 1:
+            default = "\t" if Path(path).suffix.lower() == ".tsv" else ","
+            hint = f"; one column: is the separator other than {delimiter or default!r}? Set delimiter="
+        raise ValueError(
+            f"Column {column!r} not found in the {split} data; its columns are {ds.column_names}{hint}"
+        )
 
-        def __iter__(self) -> Any:
-            self.generator = torch.Generator().manual_seed(seed + self.epoch)
-            if not self.epoch_given:
-                self.epoch += 1
-            self.epoch_given = False
-            return super().__iter__()
 
-    sampler = EpochSeededLengthGroupedSampler(batch_size, lengths=lengths)
-    sampler.epoch, sampler.epoch_given = 0, False
-    return sampler
+def load_hub_splits(
+    dataset: str, config: str | None, revision: str | None, splits: dict[str, str | None], cache_dir: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """``({split: datasets.Dataset | None}, {split: why it is absent})`` for the ``splits`` (our split name
+    -> the dataset's) of a Hub dataset. A missing train split is an error; another missing split is
+    recorded, and raised if that split is ever asked for."""
+    from datasets import load_dataset
+
+    loaded = hub_call(
+        dataset, "datasets", "dataset", load_dataset, dataset, config, revision=revision, cache_dir=cache_dir
+    )
+    absent = {}
+    for split, name in splits.items():
+        if name is not None and name not in loaded:
+            message = f"{split}_split={name!r} is not a split of {dataset!r}; it has {list(loaded)}"
+            if split == "train":
+                raise ValueError(message)
+            absent[split] = message
+    return {split: loaded.get(name) if name else None for split, name in splits.items()}, absent

@@ -31,10 +31,16 @@ def files_fingerprint(paths: Sequence[str | Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _read_lines(paths: Sequence[str | Path], chunk_chars: int = 1 << 16) -> Iterator[str]:
-    """Text of ``paths`` in pieces of about ``chunk_chars`` characters, cut at line ends."""
+def _read_lines(
+    paths: Sequence[str | Path], chunk_chars: int = 1 << 16, encoding: str = "utf-8"
+) -> Iterator[str]:
+    """Text of ``paths`` in pieces of about ``chunk_chars`` characters, cut at line ends; a byte
+    ``encoding`` cannot decode is an error naming the file, the line and the byte."""
+    from lightning_recipes.data._text_files import check_decodes
+
     for path in paths:
-        with open(path, encoding="utf-8") as f:
+        check_decodes(path, encoding, "text file")
+        with open(path, encoding=encoding) as f:
             piece: list[str] = []
             size = 0
             for line in f:

@@ -72,8 +72,10 @@ class TextCorpusDataModule(L.LightningDataModule):
         cache_dir: cache of token tensors and trained tokenizers (default ``$LIGHTNING_RECIPES_CACHE``
             or ``~/.cache/lightning_recipes``).
         add_eos: append the tokenizer's EOS token after every document (file or dataset row).
-        predict_file: prompts for ``predict`` (a UTF-8 text file, one prompt per line), which
+        predict_file: prompts for ``predict`` (a text file, one prompt per line), which
             :class:`~lightning_recipes.CausalLM` continues; batches are ``{"meta": {"prompt": [...]}}``.
+        encoding: text encoding of the text, table and prompt files (``latin-1``...); a byte it cannot
+            decode is an error naming the file, line and byte.
 
     Example::
 
@@ -109,6 +111,7 @@ class TextCorpusDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         add_eos: bool = True,
         predict_file: str | None = None,
+        encoding: str = "utf-8",
     ) -> None:
         super().__init__()
         files = (train_file, val_file, test_file)
@@ -154,6 +157,7 @@ class TextCorpusDataModule(L.LightningDataModule):
         self.val_set: TokenBlocks | None = None
         self.test_set: TokenBlocks | None = None
         self.predict_file = predict_file
+        self.encoding = encoding
         self.predict_set: Prompts | None = None
 
     # -- sources ---------------------------------------------------------------------------------
@@ -207,14 +211,14 @@ class TextCorpusDataModule(L.LightningDataModule):
                 if path.suffix.lower() in TABLES:
                     yield from ([text] for text in self._table_column(path, split))
                 else:
-                    yield list(_read_lines([path]))
+                    yield list(_read_lines([path], encoding=self.encoding))
         else:
             for text in self._dataset_split(split)[self.text_column]:
                 yield [text]
 
     def _table_column(self, path: Path, split: str) -> list[str]:
         """The ``text_column`` of a table file, one document per row."""
-        table = load_split_file(str(path), split, str(self.cache_dir / "datasets"))
+        table = load_split_file(str(path), split, str(self.cache_dir / "datasets"), self.encoding)
         if self.text_column not in table.column_names:
             raise ValueError(
                 f"Column {self.text_column!r} not in {split} file {str(path)!r}; it has "
@@ -232,7 +236,8 @@ class TextCorpusDataModule(L.LightningDataModule):
         if self.dataset is None:
             files = self._split_files(split)
             column = f":{self.text_column}" if any(p.suffix.lower() in TABLES for p in files) else ""
-            return "files:" + files_fingerprint(files) + column
+            encoding = "" if self.encoding == "utf-8" else f":{self.encoding}"
+            return "files:" + files_fingerprint(files) + column + encoding
         ds = self._dataset_split(split)
         return f"dataset:{self.dataset}:{self.dataset_config}:{split}:{dataset_fingerprint(ds)}"
 
@@ -278,7 +283,7 @@ class TextCorpusDataModule(L.LightningDataModule):
 
         def train(folder: Path) -> Any:
             files = self._split_files("train") if self.dataset is None else []
-            if files and not any(p.suffix.lower() in TABLES for p in files):
+            if files and self.encoding == "utf-8" and not any(p.suffix.lower() in TABLES for p in files):
                 return train_bpe_tokenizer(files, vocab_size=vocab, output_dir=folder)
             texts = (text for doc in self._documents("train") for text in doc)
             return train_bpe_tokenizer(texts=texts, vocab_size=vocab, output_dir=folder)
@@ -336,7 +341,7 @@ class TextCorpusDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.predict_file is not None and self.predict_set is None:
-            self.predict_set = Prompts(self.predict_file)
+            self.predict_set = Prompts(self.predict_file, self.encoding)
         if self.train_set is not None:
             return
 

@@ -11,20 +11,23 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from lightning_recipes._compat import dataset_fingerprint
-from lightning_recipes._hub import hub_call
 from lightning_recipes.cache import default_cache_dir
 from lightning_recipes.data._labels import LabelEncoder
 from lightning_recipes.data._loader import split_loader
-from lightning_recipes.data._text_files import length_grouped_sampler, load_split_file
+from lightning_recipes.data._text_batches import META_PREFIX, TextCollator, length_grouped_sampler
+from lightning_recipes.data._text_files import (
+    file_format,
+    load_hub_splits,
+    read_local_files,
+    require_columns,
+)
 from lightning_recipes.data._tokenizer_cache import load_or_train_tokenizer
 from lightning_recipes.data.wordpiece import train_wordpiece_tokenizer
-from lightning_recipes.handshake import META_KEY, DataSpec, InputSpec, agree_tokenizer
+from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
 from lightning_recipes.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 SPLITS = ("train", "val", "test", "predict")
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-#: Prefix of the tokenised predict split's columns that keep the raw text (moved to ``batch["meta"]``).
-_META_PREFIX = "meta/"
 
 
 class TextDataModule(L.LightningDataModule):
@@ -32,7 +35,8 @@ class TextDataModule(L.LightningDataModule):
 
     Sources (pick one): ``dataset`` (+ ``dataset_config``), a Hub dataset read with
     ``datasets.load_dataset`` (splits named by ``train_split``/``val_split``/``test_split``), or local
-    ``train_file`` (+ ``val_file``, ``test_file``) in csv, tsv, json, jsonl or parquet. Without a
+    ``train_file`` (+ ``val_file``, ``test_file``) in csv, tsv, json, jsonl, parquet or lines (``.txt``
+    with a ``delimiter``, ``.label``; see ``format``). Without a
     validation split, ``val_fraction`` of the training data is held out (seeded).
 
     Labels: class ids come from a ``ClassLabel`` column, or from ``label_names`` (names in id order;
@@ -76,6 +80,13 @@ class TextDataModule(L.LightningDataModule):
         num_workers: DataLoader workers.
         seed: seed of ``train_size`` and ``val_fraction``.
         cache_dir: ``datasets`` cache (default ``$LIGHTNING_RECIPES_CACHE/datasets``).
+        encoding: text encoding of the local files (``latin-1`` for TREC's originals); a byte it cannot
+            decode is an error naming the file, line and byte.
+        delimiter: column separator of csv/tsv files; a ``.txt`` file's lines are then
+            ``text<delimiter>label``.
+        format: read the train/val/test files as ``csv``, ``json``, ``parquet``, ``text`` (one text per
+            line), ``label_text`` (``LABEL text`` lines, as ``.label`` files are read) or ``text_label``
+            instead of by extension; the line formats' columns are ``text_column`` and ``label_column``.
 
     Example::
 
@@ -130,6 +141,9 @@ class TextDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 42,
         cache_dir: str | None = None,
+        encoding: str = "utf-8",
+        delimiter: str | None = None,
+        format: Literal["csv", "json", "parquet", "text", "label_text", "text_label"] | None = None,
     ) -> None:
         super().__init__()
         if (dataset is None) == (train_file is None):
@@ -160,6 +174,9 @@ class TextDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.group_by_length, self.pad_to_multiple_of = group_by_length, pad_to_multiple_of
         self.cache_dir = cache_dir
+        self.encoding, self.delimiter, self.format = encoding, delimiter, format
+        if train_file is not None:
+            file_format(train_file, format, delimiter)  # an unknown format or extension fails here
         self.label_encoder = LabelEncoder(label_column, task, label_names, label_separator)
         self.tokenizer: Any = None  # the model's (handshake) or ``tokenizer``'s, see accept_input_spec
         self.train_set = self.val_set = self.test_set = self.predict_set = None
@@ -242,42 +259,15 @@ class TextDataModule(L.LightningDataModule):
 
     def _read(self) -> dict[str, Any]:
         cache = self.cache_dir or str(default_cache_dir() / "datasets")
+        raw: dict[str, Any] = {}
         if self.dataset is not None:
-            from datasets import load_dataset
-
-            loaded = hub_call(
-                self.dataset,
-                "datasets",
-                "dataset",
-                load_dataset,
-                self.dataset,
-                self.dataset_config,
-                revision=self.dataset_revision,
-                cache_dir=cache,
+            raw, self._absent = load_hub_splits(
+                self.dataset, self.dataset_config, self.dataset_revision, self.splits, cache
             )
-            for split, name in self.splits.items():
-                if name is not None and name not in loaded:
-                    message = (
-                        f"{split}_split={name!r} is not a split of {self.dataset!r}; it has {list(loaded)}"
-                    )
-                    if split == "train":
-                        raise ValueError(message)
-                    self._absent[split] = message  # raised if that split is ever asked for
-            raw = {split: loaded.get(name) if name else None for split, name in self.splits.items()}
-        else:
-            raw = {
-                s: (load_split_file(f, s, cache) if f else None)
-                for s, f in self.files.items()
-                if s != "predict"
-            }
-        predict_file = self.files["predict"]
-        raw["predict"] = load_split_file(predict_file, "predict", cache) if predict_file else None
-        if (
-            raw["predict"] is not None
-            and Path(predict_file).suffix.lower() == ".txt"
-            and self.text_column != "text"
-        ):
-            raw["predict"] = raw["predict"].rename_column("text", self.text_column)
+        files = self.files if self.dataset is None else {"predict": self.files["predict"]}
+        columns = {"text": self.text_column, "label": self.label_encoder.column}
+        how = {"encoding": self.encoding, "delimiter": self.delimiter, "format": self.format}
+        raw.update(read_local_files(files, cache, columns, **how))
         if self.train_size is not None and self.train_size < len(raw["train"]):
             raw["train"] = raw["train"].shuffle(seed=self.seed).select(range(self.train_size))
         if raw["val"] is None and self.val_fraction > 0:
@@ -289,11 +279,9 @@ class TextDataModule(L.LightningDataModule):
         needed = [self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
         if split != "predict":
             needed.append(self.label_encoder.column)
-        for column in needed:
-            if column not in ds.column_names:
-                raise ValueError(
-                    f"Column {column!r} not found in the {split} data; its columns are {ds.column_names}"
-                )
+        file = self.files.get("train" if split == "val" and not self.files["val"] else split)
+        how = (self.format, self.delimiter) if split != "predict" else (None, None)
+        require_columns(ds, needed, split, file, *how)
 
     def _fit_labels(self) -> None:
         if not self.label_encoder.ids and self.task != "regression":
@@ -315,7 +303,7 @@ class TextDataModule(L.LightningDataModule):
             if labelled:
                 out["labels"] = labels.encode(batch[labels.column])
             if keep_text:
-                out.update({_META_PREFIX + c: batch[c] for c in (text, pair) if c})
+                out.update({META_PREFIX + c: batch[c] for c in (text, pair) if c})
             return out
 
         key = json.dumps(
@@ -380,21 +368,8 @@ class TextDataModule(L.LightningDataModule):
         Predict batches also hold ``"meta"``: ``{text column: [texts]}`` (and the pair column's texts).
         """
         if not hasattr(self, "_collator"):
-            from transformers import DataCollatorWithPadding
-
-            self._collator = DataCollatorWithPadding(
-                self.prepare_tokenizer(), pad_to_multiple_of=self.pad_to_multiple_of
-            )
-        columns = [k for k in features[0] if k.startswith(_META_PREFIX)] if features else []
-        meta = {k.removeprefix(_META_PREFIX): [f[k] for f in features] for k in columns}
-        if columns:
-            features = [{k: v for k, v in f.items() if k not in columns} for f in features]
-        batch = dict(self._collator(features))
-        if self.task != "multiclass" and "labels" in batch:
-            batch["labels"] = batch["labels"].float()
-        if meta:
-            batch[META_KEY] = meta
-        return batch
+            self._collator = TextCollator(self.prepare_tokenizer(), self.task, self.pad_to_multiple_of)
+        return self._collator(features)
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         ds = getattr(self, f"{split}_set")

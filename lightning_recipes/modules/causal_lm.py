@@ -15,6 +15,7 @@ from typing_extensions import override
 from lightning_recipes._hub import hub_call, looks_like_local_path
 from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
 from lightning_recipes.modules._base import TransferModule
+from lightning_recipes.modules._generation import Generation
 from lightning_recipes.modules._hf import (
     HFParts,
     build_config,
@@ -26,11 +27,11 @@ from lightning_recipes.modules._hf import (
     transformer_layer_groups,
     untie_output_embeddings,
 )
-from lightning_recipes.modules._lm_parts import add_top_blocks, continue_prompts, generate_texts
+from lightning_recipes.modules._top_blocks import add_top_blocks
 from lightning_recipes.tokenizer import restore_tokenizer, store_tokenizer
 
 
-class CausalLM(HFParts, TransferModule):
+class CausalLM(Generation, HFParts, TransferModule):
     """A causal (decoder-only) language model from ``transformers``: GPT-2, Pythia, Llama, ...
 
     Four transfer scenarios, picked by the arguments:
@@ -58,7 +59,7 @@ class CausalLM(HFParts, TransferModule):
     unless the head has weights of its own. :meth:`layer_groups` lists the backbone from the embeddings
     to the last block (with the final norm), for gradual unfreezing and ``layer_decay``.
 
-    With ``new_top_blocks=k`` (see :mod:`~lightning_recipes.modules._lm_parts`), ``k`` copies of the
+    With ``new_top_blocks=k`` (see :mod:`~lightning_recipes.modules._top_blocks`), ``k`` copies of the
     top block, initialised as the identity, run after the body; ``self.head`` holds them and an untied
     ``lm_head``; ``self.backbone`` is the body without them, so freezing it leaves the new layers trainable.
 
@@ -318,64 +319,6 @@ class CausalLM(HFParts, TransferModule):
         self._log_eval("test", self.test_nll)
 
     # -- generation and export -------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(
-        self,
-        prompt: str | list[str],
-        max_new_tokens: int = 50,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        do_sample: bool = False,
-        num_return_sequences: int = 1,
-        return_full_text: bool = True,
-        seed: int | None = None,
-        eos_token_id: int | list[int] | None = None,
-        **generate_kwargs: Any,
-    ) -> list[str]:
-        """Continue each prompt with ``transformers``' ``generate``; one string per prompt and sequence.
-
-        Greedy by default; ``do_sample=True`` samples with ``temperature``, ``top_k`` (``None``: all
-        tokens) and ``top_p`` (nucleus). Generation of a sequence stops at ``max_new_tokens`` or at
-        its first EOS token (``eos_token_id``, default the model's), which is not part of the text.
-
-        Args:
-            prompt: a prompt or a list of prompts (batched, left-padded).
-            max_new_tokens: most tokens added to each prompt.
-            temperature, top_k, top_p, do_sample: sampling settings.
-            num_return_sequences: continuations per prompt (consecutive in the result).
-            return_full_text: prompt + continuation (default) or the continuation only.
-            seed: seed for sampling; the global random state is left untouched.
-            eos_token_id: token id(s) that end a sequence.
-            **generate_kwargs: passed to ``model.generate`` (``repetition_penalty``, ``num_beams``...).
-
-        Returns:
-            ``len(prompts) * num_return_sequences`` strings, grouped by prompt.
-        """
-        return generate_texts(
-            self,
-            self._require_tokenizer(),
-            [prompt] if isinstance(prompt, str) else list(prompt),
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            do_sample=do_sample,
-            num_return_sequences=num_return_sequences,
-            return_full_text=return_full_text,
-            seed=seed,
-            eos_token_id=eos_token_id,
-            **generate_kwargs,
-        )
-
-    @override
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Continue each prompt of the batch (``batch["meta"]["prompt"]``, as
-        :class:`~lightning_recipes.TextCorpusDataModule` gives its ``predict_file``) with the
-        ``generation`` options: ``{"continuation": [text per prompt], "meta": {"prompt": [...]}}``
-        (a list of texts per prompt with ``num_return_sequences`` > 1)."""
-        return continue_prompts(self, batch, self.generation)
-
     def save_pretrained(self, folder: str | Path, merge: bool = False) -> Path:
         """Export model and tokenizer in Hugging Face format; ``CausalLM(folder)`` or
         ``AutoModelForCausalLM.from_pretrained(folder)`` load it back.

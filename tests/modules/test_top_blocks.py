@@ -1,4 +1,4 @@
-"""Add-layers on CausalLM (lightning_recipes/modules/_lm_parts.py): new blocks outside the frozen body."""
+"""Add-layers on CausalLM (lightning_recipes/modules/_top_blocks.py): new blocks outside the frozen body."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from lightning_recipes import CausalLM
 from lightning_recipes.callbacks import FreezeUnfreeze
 from lightning_recipes.data.bpe import train_bpe_tokenizer
-from lightning_recipes.modules._lm_parts import BodyView, identity_copy
+from lightning_recipes.modules._top_blocks import BodyView, identity_copy
 
 TINY = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 300}
 
