@@ -80,13 +80,13 @@ class Prompts(Dataset):
     """The lines of a text file (one prompt each, empty ones too) as ``{"meta": {"prompt": line}}``."""
 
     def __init__(self, path: str, encoding: str = "utf-8") -> None:
-        from lightning_recipes.data._text_files import check_decodes
+        from lightning_recipes.data._text_files import located_decode_errors
 
         file = Path(path)
         if not file.is_file():
             raise FileNotFoundError(f"predict_file {path!r} does not exist")
-        check_decodes(file, encoding, "predict_file")
-        self.prompts = file.read_text(encoding=encoding).splitlines()
+        with located_decode_errors(file, encoding, "predict_file"):
+            self.prompts = file.read_text(encoding=encoding).splitlines()
 
     def __len__(self) -> int:
         return len(self.prompts)

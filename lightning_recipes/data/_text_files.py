@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,22 @@ def check_decodes(path: str | Path, encoding: str, what: str) -> None:
             offset += len(line)
 
 
+@contextmanager
+def located_decode_errors(path: str | Path, encoding: str, what: str) -> Iterator[None]:
+    """Reading ``path`` inside this block: a decoding error (also one ``datasets`` wraps) becomes
+    :func:`check_decodes`' error naming the line, the byte and the option; the file is read a second time
+    only then."""
+    try:
+        yield
+    except Exception as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, UnicodeDecodeError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            check_decodes(path, encoding, what)
+        raise
+
+
 def read_lines(path: str | Path, format: str, encoding: str, delimiter: str | None, what: str) -> Any:
     """A ``datasets.Dataset`` of a line file: column ``text``, and ``label`` for the labelled formats.
 
@@ -79,8 +97,8 @@ def read_lines(path: str | Path, format: str, encoding: str, delimiter: str | No
     """
     from datasets import Dataset
 
-    check_decodes(path, encoding, what)
-    rows = [row for row in Path(path).read_text(encoding=encoding).splitlines() if row.strip()]
+    with located_decode_errors(path, encoding, what):
+        rows = [row for row in Path(path).read_text(encoding=encoding).splitlines() if row.strip()]
     if format == "text":
         return Dataset.from_dict({"text": rows})
     texts, labels = [], []
@@ -121,18 +139,17 @@ def load_split_file(
     else:
         kwargs: dict[str, Any] = {}
         if builder != "parquet":
-            check_decodes(file, encoding, what)
             kwargs["encoding"] = encoding
         if file.suffix.lower() == ".tsv" and builder == "csv":
             kwargs.update(delimiter="\t", quoting=3)
         if delimiter is not None and builder == "csv":
             kwargs["delimiter"] = delimiter
-        try:
-            ds = load_dataset(
-                builder, data_files={split: str(file.resolve())}, split=split, cache_dir=cache_dir, **kwargs
-            )
-        except ValueError as exc:  # datasets: 'Instruction "train" corresponds to no data!'
-            raise ValueError(f"{what} {path!r} has no rows (a header only?)") from exc
+        data_files = {split: str(file.resolve())}
+        with located_decode_errors(file, encoding, what):  # outside: a decoding error is a ValueError too
+            try:
+                ds = load_dataset(builder, data_files=data_files, split=split, cache_dir=cache_dir, **kwargs)
+            except ValueError as exc:  # datasets: 'Instruction "train" corresponds to no data!'
+                raise ValueError(f"{what} {path!r} has no rows (a header only?)") from exc
     if len(ds) == 0:
         raise ValueError(f"{what} {path!r} has no rows (a header only?)")
     return ds

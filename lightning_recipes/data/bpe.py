@@ -36,11 +36,10 @@ def _read_lines(
 ) -> Iterator[str]:
     """Text of ``paths`` in pieces of about ``chunk_chars`` characters, cut at line ends; a byte
     ``encoding`` cannot decode is an error naming the file, the line and the byte."""
-    from lightning_recipes.data._text_files import check_decodes
+    from lightning_recipes.data._text_files import located_decode_errors
 
     for path in paths:
-        check_decodes(path, encoding, "text file")
-        with open(path, encoding=encoding) as f:
+        with located_decode_errors(path, encoding, "text file"), open(path, encoding=encoding) as f:
             piece: list[str] = []
             size = 0
             for line in f:

@@ -145,3 +145,18 @@ def test_trec_as_it_comes(shared_dir, tmp_path):
         "LOC",
         "NUM",
     }
+
+
+def test_a_decoding_error_is_located_only_when_one_happened(tmp_path):
+    from lightning_recipes.data._text_files import located_decode_errors
+
+    file = write_latin1(tmp_path / "train.csv", ["text,label", "caf\xe9,pos"])
+    located = pytest.raises(UnicodeDecodeError, match=r"train file .* line 2, byte 14 \(0xe9\)")
+    with located, located_decode_errors(file, "utf-8", "train file"):
+        try:
+            Path(file).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:  # as datasets wraps it
+            raise RuntimeError("An error occurred while generating the dataset") from exc
+    # any other error passes through unchanged
+    with pytest.raises(KeyError, match="other"), located_decode_errors(file, "utf-8", "train file"):
+        raise KeyError("other")

@@ -28,6 +28,8 @@ from lightning_recipes.cli import main
 REPO = Path(__file__).resolve().parents[2]
 LIGHTNING = str(Path(sys.executable).with_name("lightning"))
 TWO = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.num_nodes=1"]
+# the one-process reference validation of the 2-process run's checkpoint: no logger, so it adds no run of its
+# own beside the one under test (the recipes' loggers run as shipped in tests/recipes/test_shipped_recipes.py)
 ONE = [
     "--trainer.accelerator=cpu",
     "--trainer.devices=1",
