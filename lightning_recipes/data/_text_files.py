@@ -124,8 +124,12 @@ def load_split_file(
     delimiter: str | None = None,
     format: str | None = None,
 ) -> Any:
-    """One split from a local file, in ``format`` (default: by extension, see :func:`file_format`)."""
-    from datasets import load_dataset
+    """One split from a local file, in ``format`` (default: by extension, see :func:`file_format`).
+
+    Read with ``Dataset.from_csv``/``from_json``/``from_parquet``, not ``load_dataset``: the latter also
+    sends the Hub a download count for the packaged builder, a network request for a local file.
+    """
+    from datasets import Dataset
 
     file = Path(path)
     what = f"{split} file"
@@ -144,10 +148,10 @@ def load_split_file(
             kwargs.update(delimiter="\t", quoting=3)
         if delimiter is not None and builder == "csv":
             kwargs["delimiter"] = delimiter
-        data_files = {split: str(file.resolve())}
+        read = {"csv": Dataset.from_csv, "json": Dataset.from_json, "parquet": Dataset.from_parquet}[builder]
         with located_decode_errors(file, encoding, what):  # outside: a decoding error is a ValueError too
             try:
-                ds = load_dataset(builder, data_files=data_files, split=split, cache_dir=cache_dir, **kwargs)
+                ds = read(str(file.resolve()), split=split, cache_dir=cache_dir, **kwargs)
             except ValueError as exc:  # datasets: 'Instruction "train" corresponds to no data!'
                 raise ValueError(f"{what} {path!r} has no rows (a header only?)") from exc
     if len(ds) == 0:
