@@ -51,16 +51,12 @@ class NonFiniteGuard(Callback):
       counts it as no improvement, so it may still exhaust ``patience``).
 
     Never let through: NaN/inf weights, a loss or metric other than those above, a value a
-    ``ModelCheckpoint`` would make its best (Lightning's keeps a NaN as its best while it has no other
-    score, and a ``-inf`` loss always), anything in a ``validate``/``test`` stage. Checked
-    (docs/non_finite.md has the details): **the weights** (parameters and floating-point buffers, less
-    ±inf constants such as masks) after every optimizer step and when a stage starts, one device sync
-    (:func:`all_finite`); **the training loss** in ``on_before_backward``, before its backward pass;
-    with ``"skip"``/``"tolerate"`` **the gradients** in ``on_before_optimizer_step`` (after AMP
-    unscaling, before clipping); **every logged loss** (a key whose last component contains ``loss``)
-    and **monitored metrics** (the ``monitor`` of every ``ModelCheckpoint`` and ``EarlyStopping``, plus
-    ``monitor`` given here) at the end of each validation (not the sanity check), training epoch and
-    ``validate``/``test`` stage, so no test reports NaN metrics as results.
+    ``ModelCheckpoint`` would make its best, anything in a ``validate``/``test`` stage. Checked (details
+    in docs/non_finite.md): the weights after every optimizer step and when a stage starts (one device
+    sync, :func:`all_finite`); the training loss before its backward pass; with ``"skip"``/``"tolerate"``
+    the gradients before the optimizer step (after AMP unscaling, before clipping); every logged loss and
+    the metrics a ``ModelCheckpoint``/``EarlyStopping`` (or ``monitor`` here) watches, at the end of each
+    validation, training epoch and ``validate``/``test`` stage.
 
     Order (docs/non_finite.md, "Order"): the guard decides before the checkpoint callbacks and
     ``EarlyStopping`` act on a value; :meth:`attach` puts a guard there. With ``"skip"``/``"tolerate"``,

@@ -38,8 +38,7 @@ class TextCorpusDataModule(L.LightningDataModule):
     text file or row is one document, followed by the EOS token when ``add_eos``) is tokenised once
     and cached as a tensor file keyed by the tokenizer and the sources (paths, sizes, modification
     times), so later runs and every DDP rank load it in milliseconds. The token stream is cut into
-    consecutive ``block_size`` blocks (see :func:`chunk_blocks`: the final remainder of fewer than
-    ``block_size`` tokens is dropped). Without
+    consecutive ``block_size`` blocks (:func:`chunk_blocks` drops a final remainder). Without
     ``val_file``/``test_file`` (or dataset splits), a seeded random ``val_fraction``/``test_fraction``
     of the training blocks is held out. Batches are ``{"input_ids": LongTensor[batch, block_size]}``.
 
@@ -51,9 +50,9 @@ class TextCorpusDataModule(L.LightningDataModule):
     :meth:`prepare_tokenizer` makes it (loads, trains or reuses the trained one) explicitly.
 
     Args:
-        train_file: text file(s) or glob(s) (UTF-8), e.g. ``data/*.txt``, or a list of them; table files
-            (``.csv``, ``.tsv``, ``.jsonl``, ``.json``, ``.parquet``) give the rows of their ``text_column``
-            (e.g. SST-2's ``train.tsv`` with ``text_column: sentence``).
+        train_file: text file(s) or glob(s), e.g. ``data/*.txt``, or a list of them; table files (``.csv``,
+            ``.tsv``, ``.jsonl``, ``.json``, ``.parquet``) give the rows of their ``text_column`` (e.g.
+            SST-2's ``train.tsv`` with ``text_column: sentence``).
         val_file, test_file: held-out text file(s) or glob(s), as ``train_file``; default:
             ``val_fraction``/``test_fraction`` of train. Without ``train_file`` they serve
             ``validate``/``test`` only (evaluating a model as-is).
