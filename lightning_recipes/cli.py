@@ -29,7 +29,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from lightning_recipes import preflight, zoo
+from lightning_recipes import cores, preflight, zoo
 from lightning_recipes._process_group import destroy_leftover_process_group
 from lightning_recipes.callbacks.non_finite_guard import NonFiniteGuard
 from lightning_recipes.callbacks.prediction_writer import PredictionWriter
@@ -134,6 +134,8 @@ class LightningRecipesCLI(LightningCLI):
                 checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
                 self.model.on_load_checkpoint(checkpoint)
             connect(self.model, self.datamodule)
+            for line in cores.fit_run(self.trainer, self.datamodule):  # DataLoader workers to the cores
+                print(line, flush=True)
 
     @override
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:

@@ -1,4 +1,5 @@
-"""ProgressLog: one line per epoch and every N batches, with the fields a cluster user needs."""
+"""ProgressLog: a start line, one line per epoch, every N batches and every N seconds in any stage, with the
+fields a cluster user needs."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from lightning_recipes import ImageClassifier
 from lightning_recipes.callbacks import ProgressLog
 
 LINE = re.compile(
-    r"epoch (\d+)/3 (?:batch (\d+)/5 )?step (\d+)/15 train/loss (\S+)(?: val/loss (\S+) val/acc (\S+))?"
-    r" elapsed \d+:\d\d:\d\d eta (\d+:\d\d:\d\d|\?)$"
+    r"epoch (\d+)/3 (?:batch (\d+)/5 )?step (\d+)/15 \d+\.\d\d s/batch train/loss (\S+)"
+    r"(?: val/loss (\S+) val/acc (\S+))? elapsed \d+:\d\d:\d\d eta (\d+:\d\d:\d\d|\?)$"
 )
 
 
@@ -34,7 +35,8 @@ def test_lines_per_epoch_and_every_n_batches(tmp_path) -> None:
         callbacks=[ProgressLog(every_n_steps=2, stream=out), ModelCheckpoint(monitor="val/acc", mode="max")],
     )
     trainer.fit(ImageClassifier("test_resnet", num_classes=2, pretrained=False), data, data)
-    lines = out.getvalue().splitlines()
+    start, *lines = out.getvalue().splitlines()
+    assert start == "fit: 3 epochs of 5 batches, 15 optimizer steps; a line every 30 s and per epoch"
     matches = [LINE.match(line) for line in lines]
     assert all(matches), lines
     # per epoch: batches 2 and 4 of 5, then the epoch's end with validation loss and the monitored metric
@@ -47,12 +49,51 @@ def test_lines_per_epoch_and_every_n_batches(tmp_path) -> None:
     assert all(m[5] is None for m in matches if m[2])  # mid-epoch lines carry no validation values
 
 
-def test_default_interval_and_bad_value() -> None:
-    class Trainer:
-        num_training_batches = 1000
+def test_lines_every_n_seconds_in_every_stage(tmp_path) -> None:
+    """With a period shorter than a batch, every batch of every stage gets a line (sanity check excluded)."""
+    x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 2, (6,))
+    data = DataLoader(TensorDataset(x, y), batch_size=2)
+    out = io.StringIO()
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        callbacks=[ProgressLog(every_n_seconds=1e-9, stream=out)],
+    )
+    model = ImageClassifier("test_resnet", num_classes=2, pretrained=False)
+    trainer.fit(model, data, data)
+    trainer.test(model, data)
+    trainer.predict(model, data)
+    lines = [line.split(" elapsed")[0] for line in out.getvalue().splitlines()]
+    train = [line.split(" step")[0] for line in lines if line.startswith("epoch 1/1")]
+    assert train == ["epoch 1/1 batch 1/3", "epoch 1/1 batch 2/3", "epoch 1/1"]  # the 3rd ends the epoch
+    assert [line for line in lines if "validate" in line] == [
+        f"epoch 1 validate batch {b}/3" for b in (1, 2, 3)
+    ]
+    assert [line for line in lines if line.startswith(("test", "predict"))] == [
+        *(f"test batch {b}/3" for b in (1, 2, 3)),
+        *(f"predict batch {b}/3" for b in (1, 2, 3)),
+    ]
+    training = [line for line in out.getvalue().splitlines() if line.startswith("epoch 1/1")]
+    assert len(training) == 3 and all(re.search(r" \d+\.\d\d s/batch ", line) for line in training)
 
-    assert ProgressLog().interval(Trainer()) == 100
-    Trainer.num_training_batches = 99
-    assert ProgressLog().interval(Trainer()) == 0 and ProgressLog(every_n_steps=7).interval(Trainer()) == 7
+
+def test_time_and_count_periods_and_bad_values(monkeypatch) -> None:
+    from lightning_recipes.callbacks import progress_log
+
+    now = [100.0]
+    monkeypatch.setattr(progress_log.time, "monotonic", lambda: now[0])
+    log = ProgressLog(every_n_seconds=30, every_n_steps=7)
+    log._last_line = 100.0
+    now[0] = 129.0
+    assert not log.due(1) and log.due(7)  # 29 s: only the count
+    now[0] = 130.0
+    assert log.due(1)  # 30 s since the last line
+    assert not ProgressLog(every_n_seconds=0).due(5)  # neither by time nor by count
     with pytest.raises(ValueError, match="every_n_steps must be >= 0 .* got -1"):
         ProgressLog(every_n_steps=-1)
+    with pytest.raises(ValueError, match="every_n_seconds must be >= 0 .* got -1"):
+        ProgressLog(every_n_seconds=-1)
