@@ -15,6 +15,7 @@ all-gathered, so every rank holds the same cache, bitwise, whatever its sampler 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -222,8 +223,14 @@ class FeatureCache:
                     f"cache_features=True needs map-style DataLoaders that batch with a sampler; got "
                     f"{type(dl).__name__} over {type(getattr(dl, 'dataset', None)).__name__}; {_OFF}"
                 )
-            split = CachedSplit(self._store(trainer, pl_module, dl, training), self.seed)
+            store = self._store(trainer, pl_module, dl, training)
+            split = CachedSplit(store, self.seed)
             split.set_epoch(trainer.current_epoch)
+            where = f"memory-mapped from {store.path}" if store.memory_mapped else "in memory"
+            rank_zero_info(
+                f"FreezeUnfreeze: the frozen epochs' {'training' if training else 'validation'} batches are "
+                f"cached backbone features ({len(store)} examples, {where}) while the backbone is frozen"
+            )
             served.append(DataLoader(split, batch_sampler=dl.batch_sampler, collate_fn=as_is))
         self._originals.setdefault(id(combined), (combined, loaders))
         combined.flattened = served
@@ -264,8 +271,17 @@ class FeatureCache:
             store = FeatureStore.load(folder, (folder / "features.npy").stat().st_size <= budget)
             rank_zero_info(f"FreezeUnfreeze: reusing cached features in {folder}")
         else:
+            what = f"{len(dataset)} {'training' if training else 'validation'} examples" + (
+                f" x {views} augmented views" if views > 1 else ""
+            )
+            rank_zero_info(f"FreezeUnfreeze: computing the frozen backbone's features of {what}, once")
+            start = time.monotonic()
             features, targets = self._compute(trainer, pl_module, dl, training, views)
             store = FeatureStore(features, targets)
+            rank_zero_info(
+                f"FreezeUnfreeze: features of {what} computed in {time.monotonic() - start:.1f} s "
+                f"({features.nbytes / 2**20:.1f} MB)"
+            )
             self.built.append(key)
             if features.nbytes > budget and folder is None:
                 rank_zero_warn(

@@ -3,6 +3,7 @@ augmentation, storage (memory, memory-mapped files, reuse, rebuild), resume, DDP
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
@@ -180,6 +181,31 @@ def test_files_over_budget_are_memory_mapped_reused_and_rebuilt_on_key_change(tm
     third = image_run(tmp_path, cache=True, cache_memory_mb=0, dataset=images(seed=5))  # other data
     assert len(third[2].feature_cache.built) == 1  # the train split is rebuilt, validation reused
     assert len(list((tmp_path / "fc").iterdir())) == 3
+
+
+def test_the_cache_says_when_it_builds_where_and_when_it_serves(tmp_path, caplog):
+    caplog.set_level("INFO", logger="lightning.pytorch.utilities.rank_zero")
+    image_run(tmp_path, cache=True, cache_memory_mb=0, epochs=2)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("FreezeUnfreeze")]
+    assert said[:2] == [
+        "FreezeUnfreeze: computing the frozen backbone's features of 24 training examples, once",
+        said[1],
+    ] and re.fullmatch(
+        r"FreezeUnfreeze: features of 24 training examples computed in [\d.]+ s \([\d.]+ MB\)", said[1]
+    )
+    folder = tmp_path / "fc"
+    served = [m for m in said if "batches are cached" in m]
+    assert len(served) == 2  # training and validation, once each
+    assert served[0].startswith(
+        "FreezeUnfreeze: the frozen epochs' training batches are cached backbone features "
+        f"(24 examples, memory-mapped from {folder}"
+    )
+    caplog.clear()
+    image_run(tmp_path, cache=True, cache_memory_mb=0, epochs=1)  # the same weights and data: reused
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("FreezeUnfreeze")]
+    assert (
+        not any("computing" in m for m in said) and sum("reusing cached features in" in m for m in said) == 2
+    )
 
 
 def test_data_fingerprints_follow_files_transforms_and_tokenisation(tmp_path):
