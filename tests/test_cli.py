@@ -202,11 +202,11 @@ def test_predict_stage_writes_paths_class_names_and_probabilities(
     )
     assert path == Path(run_dir) / "predictions.csv"
     rows = list(csv.DictReader(path.open()))
-    assert list(rows[0]) == ["index", "path", "label", "prob_a", "prob_b", "prob_c"]  # the data's class names
+    assert list(rows[0]) == ["index", "path", "pred_label", "pred_prob_a", "pred_prob_b", "pred_prob_c"]
     assert [r["path"] for r in rows] == [str(p) for p in sorted(unlabelled.rglob("*.png"))]
-    probs = torch.tensor([[float(r[f"prob_{c}"]) for c in "abc"] for r in rows])
+    probs = torch.tensor([[float(r[f"pred_prob_{c}"]) for c in "abc"] for r in rows])  # the data's names
     assert torch.allclose(probs.sum(-1), torch.ones(6), atol=1e-5)
-    assert [r["label"] for r in rows] == ["abc"[i] for i in probs.argmax(-1)]
+    assert [r["pred_label"] for r in rows] == ["abc"[i] for i in probs.argmax(-1)]
     saved = torch.load(path.with_suffix(".pt"))
     assert torch.allclose(saved["probabilities"], probs, atol=1e-6) and saved["index"].tolist() == list(
         range(6)

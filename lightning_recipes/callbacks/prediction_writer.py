@@ -1,4 +1,5 @@
-"""PredictionWriter: one table per ``predict`` run, each input once, with its identity and label names."""
+"""PredictionWriter: one table per ``predict`` run, each input once with its input columns, and the metrics
+where the inputs carry their ground truth."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ from typing_extensions import override
 
 from lightning_recipes.handshake import META_KEY, PREDICTION_CONSTANTS
 
+#: Key of a ``predict_step`` output holding each row's ground truth (class ids, 0/1 rows or values), where
+#: the inputs carry it: the metrics are computed from it; it is not a column (the input's own label is).
+TARGET_KEY = "target"
+#: Prefix of the columns holding what the model predicted, so that none collides with an input column.
+PRED_PREFIX = "pred_"
+
 #: ``(dataloader index, dataset indices or None, predict_step output on the CPU)`` of one batch; the
 #: output is a dict (see :class:`PredictionWriter`) or a tensor of probabilities.
 Chunk = tuple[int, list[int] | None, "dict[str, Any] | Tensor"]
@@ -30,12 +37,20 @@ class PredictionWriter(BasePredictionWriter):
     * ``predictions.csv``, or ``predictions.jsonl`` where a cell holds a list (multi-label: the
       predicted names; several regression targets): one row per input in dataset order, with
       ``index`` (the input's position in the predict data: the row of a text file, the image in
-      sorted path order), the identity columns the batch carried (``path`` of an image; the text,
-      and the pair text, under their column names; ``prompt``), ``label`` (the predicted class name;
-      ``value`` for regression), and one ``prob_<class name>`` column per class.
+      sorted path order), the input columns the batch carried as they are (``path`` of an image and its
+      ``label`` or CSV columns; every column of a text file, its ground-truth label included;
+      ``prompt``; one named ``index`` becomes ``input_index``), then what the model predicted, each
+      under ``pred_``: ``pred_label`` (the class name; ``pred_value`` for regression), one
+      ``pred_prob_<class name>`` per class (``pred_continuation`` of a language model).
     * ``predictions.pt``: the ``predict_step`` outputs joined in the same order: ``index``
-      (LongTensor), ``probabilities`` (Tensor), ``labels``, ``meta`` (identity lists),
-      ``label_names`` and ``task``.
+      (LongTensor), ``probabilities`` (Tensor), ``labels``, ``target`` (where known), ``meta`` (the
+      input columns as lists), ``label_names``, ``task`` and ``metrics``.
+
+    Where the outputs carry each input's ground truth (``"target"``: ``ClassificationModule`` returns it
+    when the predict data is labelled, e.g. the test split or a ``predict_file`` with the label column),
+    the writer computes the test stage's metrics over those rows (``predict/acc``, ``predict/f1``... of
+    :func:`~lightning_recipes.modules._classification.build_metrics`), prints them once and logs them to
+    the trainer's loggers; :attr:`metrics` holds them.
 
     It reads only what each ``predict_step`` returns (see
     :meth:`~lightning_recipes.modules._classification.ClassificationModule.predict_step`): a dict
@@ -51,8 +66,8 @@ class PredictionWriter(BasePredictionWriter):
             ``default_root_dir``).
         filename: file name without extension.
 
-    After ``predict``, :attr:`path` is the table written (``None`` on other ranks) and
-    :attr:`num_rows` its number of rows.
+    After ``predict``, :attr:`path` is the table written (``None`` on other ranks), :attr:`num_rows` its
+    number of rows and :attr:`metrics` the metrics (``{}`` without ground truth).
     """
 
     def __init__(self, output_dir: str | None = None, filename: str = "predictions") -> None:
@@ -61,12 +76,13 @@ class PredictionWriter(BasePredictionWriter):
         self.filename = filename
         self.path: Path | None = None
         self.num_rows = 0
+        self.metrics: dict[str, float] = {}
         self._chunks: list[Chunk] = []
         self._warned = False
 
     @override
     def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._chunks, self.path, self.num_rows = [], None, 0
+        self._chunks, self.path, self.num_rows, self.metrics = [], None, 0, {}
 
     @override
     def write_on_batch_end(
@@ -97,9 +113,16 @@ class PredictionWriter(BasePredictionWriter):
         if not trainer.is_global_zero or not chunks:
             return
         constants, rows = merge(chunks)
-        self.path = write(folder, self.filename, rows, constants)
+        self.metrics = metrics(constants, rows)
+        self.path = write(folder, self.filename, rows, {**constants, "metrics": self.metrics})
         self.num_rows = len(rows)
         rank_zero_info(f"Predictions: {self.num_rows} rows -> {self.path}")
+        if self.metrics:
+            labelled = sum(isinstance(row.get(TARGET_KEY), Tensor) for row in rows)
+            shown = ", ".join(f"predict/{k}={v:.4f}" for k, v in self.metrics.items())
+            rank_zero_info(f"Prediction metrics ({labelled} of {self.num_rows} rows labelled): {shown}")
+            for logger in trainer.loggers:
+                logger.log_metrics({f"predict/{k}": v for k, v in self.metrics.items()}, trainer.global_step)
 
     def _warn(self, message: str) -> None:
         if not self._warned:
@@ -196,6 +219,33 @@ def merge(chunks: list[Chunk]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return constants, rows + unkeyed
 
 
+def metrics(constants: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The test stage's metrics (:func:`~lightning_recipes.modules._classification.build_metrics`) over
+    the rows with a ground truth (``"target"``); ``{}`` where none has one or the task is unknown.
+
+    Example::
+
+        >>> import torch
+        >>> rows = [{"probabilities": torch.tensor(p), "target": torch.tensor(t)}
+        ...         for p, t in (([0.9, 0.1], 0), ([0.2, 0.8], 0), ([0.3, 0.7], 1))]
+        >>> round(metrics({"task": "multiclass", "label_names": ["a", "b"]}, rows)["acc"], 4)
+        0.6667
+    """
+    from lightning_recipes.modules._classification import build_metrics
+
+    task, names = constants.get("task"), constants.get("label_names")
+    labelled = [row for row in rows if isinstance(row.get(TARGET_KEY), Tensor)]
+    if not labelled or task not in ("multiclass", "multilabel", "regression"):
+        return {}
+    probs = torch.stack([row["probabilities"] for row in labelled]).float()
+    target = torch.stack([row[TARGET_KEY] for row in labelled])
+    if task != "regression" and (not names or probs.shape[-1] != len(names)):
+        return {}
+    collection = build_metrics(task, 1 if task == "regression" else len(names))
+    collection.update(probs, target.int() if task == "multilabel" else target)
+    return {name: float(value) for name, value in collection.compute().items()}
+
+
 def _cell(value: Any) -> Any:
     if isinstance(value, Tensor):
         return value.item() if value.ndim == 0 else value.tolist()
@@ -203,7 +253,8 @@ def _cell(value: Any) -> Any:
 
 
 def table(constants: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The file's rows: ``index``, identity columns, ``label``/``value``, ``prob_<name>`` per class."""
+    """The file's rows: ``index``, the input columns, then ``pred_label``/``pred_value`` and
+    ``pred_prob_<name>`` per class (every output of the model under ``pred_``)."""
     names, task = constants.get("label_names"), constants.get("task")
     several = len({row["dataloader"] for row in rows}) > 1
     out = []
@@ -212,19 +263,20 @@ def table(constants: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[st
         cells["index"] = row["index"]
         predicted: dict[str, Any] = {}
         for key, value in sorted(row.items(), key=lambda item: item[0] != "labels"):  # the label first
-            if key in ("index", "dataloader", META_KEY):
+            if key in ("index", "dataloader", META_KEY, TARGET_KEY):
                 continue
             if key == "labels":
-                predicted["value" if task == "regression" else "label"] = _cell(value)
+                predicted[PRED_PREFIX + ("value" if task == "regression" else "label")] = _cell(value)
             elif key == "probabilities" and task != "regression":
                 probs = _cell(value)
                 if isinstance(probs, list):
                     columns = names if names and len(names) == len(probs) else range(len(probs))
-                    predicted.update({f"prob_{n}": p for n, p in zip(columns, probs, strict=True)})
+                    pairs = zip(columns, probs, strict=True)
+                    predicted.update({f"{PRED_PREFIX}prob_{n}": p for n, p in pairs})
                 else:
-                    predicted["probability"] = probs
+                    predicted[f"{PRED_PREFIX}probability"] = probs
             elif key != "probabilities" or "labels" not in row:
-                predicted[key] = _cell(value)
+                predicted[PRED_PREFIX + key] = _cell(value)
         for key, value in row[META_KEY].items():
             cells[f"input_{key}" if key in predicted or key in cells else key] = _cell(value)
         out.append({**cells, **predicted})

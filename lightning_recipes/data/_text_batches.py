@@ -8,14 +8,15 @@ import torch
 
 from lightning_recipes.handshake import META_KEY
 
-#: Prefix of the tokenised predict split's columns that keep the raw text (moved to ``batch["meta"]``).
+#: Prefix of the tokenised evaluation and predict splits' columns that keep the raw inputs (moved to
+#: ``batch["meta"]``).
 META_PREFIX = "meta/"
 
 
 class TextCollator:
     """Pad a list of examples to the longest one (transformers' ``DataCollatorWithPadding``); float
-    labels unless ``task`` is multiclass. Columns named ``meta/<column>`` (the predict split's texts)
-    become ``batch["meta"]``: ``{column: [texts]}``."""
+    labels unless ``task`` is multiclass. Columns named ``meta/<column>`` (the evaluation and predict
+    splits' inputs) become ``batch["meta"]``: ``{column: [values]}``."""
 
     def __init__(self, tokenizer: Any, task: str, pad_to_multiple_of: int | None = None) -> None:
         from transformers import DataCollatorWithPadding

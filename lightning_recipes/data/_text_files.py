@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_recipes._hub import hub_call
+from lightning_recipes.data._splits import ORDER, Rows, check_groups, plan, split_positions
 
 BUILDERS = {
     ".csv": "csv",
@@ -224,3 +225,66 @@ def load_hub_splits(
                 raise ValueError(message)
             absent[split] = message
     return {split: loaded.get(name) if name else None for split, name in splits.items()}, absent
+
+
+def normalised(texts: list[Any], pairs: list[Any] | None = None) -> list[str]:
+    """Duplicate keys of texts (and their pair texts): casefolded, whitespace collapsed.
+
+    Example::
+
+        >>> normalised(["A  good\\tfilm", "a good film "], ["Yes", "yes"])
+        ['a good film\\x1fyes', 'a good film\\x1fyes']
+    """
+
+    def norm(text: Any) -> str:
+        return " ".join(str(text or "").casefold().split())
+
+    if pairs is None:
+        return [norm(t) for t in texts]
+    return [f"{norm(t)}\x1f{norm(p)}" for t, p in zip(texts, pairs, strict=True)]
+
+
+def resolve_splits(
+    raw: dict[str, Any],
+    sources: dict[str, str],
+    text_column: str,
+    pair_column: str | None,
+    group_column: str | None,
+    split_column: str | None,
+    strata_column: str | None,
+    duplicates: str,
+    train_size: int | None,
+    val_fraction: float,
+    seed: int,
+) -> dict[str, Any]:
+    """``TextDataModule``'s splits: ``split_column``'s rows of train, the groups checked, a seeded
+    ``train_size`` subset, and exact duplicates (:func:`normalised` texts) and ``val_fraction`` handled by
+    :func:`~lightning_recipes.data._splits.plan`. A split that comes out unchanged is the same object."""
+    picks: dict[str, list[int] | None] = dict.fromkeys(ORDER)
+    raw = dict(raw)
+    for split, column in [("train", split_column)] + [(s, group_column) for s in ORDER if raw[s] is not None]:
+        if column is not None:
+            require_columns(raw[split], [column], split, None, None, None)
+    if split_column:
+        picks = split_positions(raw["train"][split_column], sources["train"], split_column)
+        train = raw["train"]
+        raw.update({split: train.select(rows) if rows else None for split, rows in picks.items()})
+        sources = dict.fromkeys(ORDER, sources["train"])
+    if group_column:
+        groups = {s: raw[s] and Rows([], raw[s][group_column], None, sources[s], picks[s]) for s in ORDER}
+        check_groups(groups, group_column)
+    if train_size is not None and train_size < len(raw["train"]):
+        raw["train"] = raw["train"].shuffle(seed=seed).select(range(train_size))
+
+    def rows(ds: Any) -> Rows:
+        groups, strata = (ds[c] if c else None for c in (group_column, strata_column))
+        return Rows(normalised(ds[text_column], ds[pair_column] if pair_column else None), groups, strata)
+
+    keys = {split: None if raw[split] is None else rows(raw[split]) for split in ORDER}
+    carve = [("val", val_fraction)] if raw["val"] is None and val_fraction > 0 else []
+    picked = plan(keys, carve, seed, duplicates, "texts")
+    out = dict(raw)
+    for split, (source, positions) in ((s, p) for s, p in picked.items() if p is not None):
+        if source != split or len(positions) != len(raw[split]):
+            out[split] = raw[source].select(positions) if positions else None
+    return out

@@ -50,3 +50,19 @@ def load_or_train_tokenizer(
     tokenizer = train(path)
     stamp.write_text(json.dumps({"key": key}))
     return tokenizer
+
+
+def wordpiece_tokenizer(
+    train_split: Any, columns: list[str], vocab_size: int, folder: str | Path | None, cache_dir: str | Path
+) -> Any:
+    """``TextDataModule``'s WordPiece tokenizer, trained on the texts of ``columns`` of ``train_split`` (a
+    ``datasets.Dataset``) and kept while they and ``vocab_size`` are unchanged."""
+    from lightning_recipes._compat import dataset_fingerprint
+    from lightning_recipes.data.wordpiece import train_wordpiece_tokenizer
+
+    def train(path: Path) -> Any:
+        texts = (text for column in columns for text in train_split[column] if text)
+        return train_wordpiece_tokenizer(texts=texts, vocab_size=vocab_size, output_dir=path)
+
+    key = f"wordpiece:{vocab_size}:{columns}:{dataset_fingerprint(train_split)}"
+    return load_or_train_tokenizer(key, train, folder, cache_dir)

@@ -6,7 +6,7 @@ import csv
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -14,22 +14,24 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_recipes.data._image_files import IMG_EXTENSIONS, content_hash, csv_samples, folder_samples
 from lightning_recipes.data._loader import split_loader
+from lightning_recipes.data._splits import ORDER, Rows, check_groups, check_options, plan, split_positions
 from lightning_recipes.handshake import DataSpec, InputSpec
 
 #: Identity column of predicted images.
 META_PATH = "path"
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 Sample = tuple[Path, Any]
 
 
 class ImageDataset(Dataset):
     """``(image, target)`` pairs read from disk; an unreadable file raises an error that names it.
 
-    With ``with_path`` (prediction), items are ``(image, target, {"path": "<file>"})``: the file path
-    travels with the batch (``meta``, see :func:`~lightning_recipes.handshake.split_meta`) to the
-    prediction writer.
+    With ``with_path`` (evaluation and prediction), items are ``(image, target, {"path": "<file>"})``,
+    plus each sample's ``columns`` (its ground-truth ``label``, a CSV's other columns) in that dict: the
+    input's identity travels with the batch (``meta``, see :func:`~lightning_recipes.handshake.split_meta`)
+    to the prediction writer and the mistakes report.
     """
 
     def __init__(
@@ -38,11 +40,13 @@ class ImageDataset(Dataset):
         transform: Callable | None = None,
         mode: str = "RGB",
         with_path: bool = False,
+        columns: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.mode = mode
         self.with_path = with_path
+        self.columns = list(columns) if columns is not None else None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -65,56 +69,9 @@ class ImageDataset(Dataset):
         except (OSError, UnidentifiedImageError) as exc:
             raise ValueError(f"Cannot read image {path}: {exc}. Remove or replace the file.") from exc
         image = self.transform(image) if self.transform else image
-        return (image, target, {META_PATH: str(path)}) if self.with_path else (image, target)
-
-
-def _folder_samples(folder: Path) -> dict[str, list[Path]]:
-    """``{class name: [image paths]}`` from ``folder/<class>/*.<image extension>``."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"Image folder {folder} does not exist")
-    found: dict[str, list[Path]] = {}
-    skipped: list[Path] = []
-    for d in sorted(folder.iterdir()):
-        if d.is_dir():
-            files = sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith("."))
-            found[d.name] = [p for p in files if p.suffix.lower() in IMG_EXTENSIONS]
-            skipped += [p for p in files if p.suffix.lower() not in IMG_EXTENSIONS]
-    empty = [name for name, paths in found.items() if not paths]
-    if empty:
-        rank_zero_warn(f"Class folder(s) {empty} in {folder} hold no images and are left out of the classes")
-    if skipped:
-        kinds = sorted({p.suffix.lower() or "(none)" for p in skipped})
-        rank_zero_warn(
-            f"{len(skipped)} file(s) in {folder} skipped: extensions {kinds} are not images this data "
-            f"module reads ({', '.join(IMG_EXTENSIONS)}); e.g. {skipped[0]}"
-        )
-    found = {name: paths for name, paths in found.items() if paths}
-    if not found:
-        raise ValueError(
-            f"No images in {folder}: expected {folder}/<class name>/<image> with extensions {IMG_EXTENSIONS}"
-        )
-    return found
-
-
-def _csv_samples(path: Path, label_separator: str | None) -> list[tuple[Path, list[str]]]:
-    """``(image path, [label names])`` rows of a ``path,label`` CSV; paths are relative to the CSV."""
-    if not path.is_file():
-        raise FileNotFoundError(f"CSV file {path} does not exist")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"path", "label"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path} lacks column(s) {sorted(missing)}; it has {reader.fieldnames}")
-        rows = [
-            (
-                path.parent / row["path"],
-                row["label"].split(label_separator) if label_separator else [row["label"]],
-            )
-            for row in reader
-        ]
-    if not rows:
-        raise ValueError(f"CSV file {path} has no rows")
-    return rows
+        if not self.with_path:
+            return image, target
+        return image, target, {META_PATH: str(path), **(self.columns[index] if self.columns else {})}
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -128,8 +85,11 @@ class ImageDataModule(L.LightningDataModule):
     * ``root`` with ``val/<class>/`` and/or ``test/<class>/`` and no ``train/``: evaluation only (a model
       used as-is), the classes read from those folders;
     * ``train_file`` (and optionally ``val_file``, ``test_file``): CSV files with columns ``path,label``;
-      paths are relative to the CSV. With ``label_separator`` (e.g. ``"|"``) labels are multi-hot
-      (multi-label task).
+      a path is absolute or relative to the CSV's folder. With ``label_separator`` (e.g. ``"|"``) labels
+      are multi-hot (multi-label task). With ``split_column``, one CSV says each row's split.
+
+    Exact copies (files with the same bytes) are found at setup, reported in one line and kept on one side
+    of the automatic split, as the rows of a ``group_column`` group are (see :mod:`._splits`).
 
     Transforms come from timm (``create_transform``): input size, interpolation, mean and std follow
     ``data_config``, or the model's ``data_config`` handed over by the handshake
@@ -143,10 +103,17 @@ class ImageDataModule(L.LightningDataModule):
         root: image folder (see layouts above).
         train_file, val_file, test_file: ``path,label`` CSV files.
         predict_root: folder of images (any depth, sorted by path) for ``predict``; default: the test
-            split. Predict batches are ``(images, targets, {"path": [...]})``.
+            split. Validation, test and predict batches are ``(images, targets, {"path": [...]})``;
+            predicting the test split, the dict also holds its ``label`` and a CSV's other columns.
         label_names: class names in id order; default: sorted names found in the training data.
         label_separator: separator of several labels in a CSV cell, for multi-label data.
-        val_fraction, test_fraction, seed: the stratified split used when ``val``/``test`` are absent.
+        val_fraction, test_fraction, seed: the stratified split used when ``val``/``test`` are absent; with
+            groups or copies, a share of them, each kept on one side.
+        split_column: column of ``train_file`` holding each row's split (``train``, ``val``/``validation``/
+            ``valid``/``dev``, ``test``; any case), instead of ``val_file``/``test_file``.
+        group_column: column of the CSVs naming each row's group (a patient, a source photo): a group
+            stays on one side of the automatic split; given splits that share a group are an error.
+        duplicates: ``keep`` (default) or ``drop`` exact copies but the first (order train, val, test).
         batch_size, num_workers: DataLoader settings.
         data_config: explicit timm data config (``input_size``, ``mean``, ``std``...).
         image_size: override of the input resolution (square).
@@ -189,10 +156,19 @@ class ImageDataModule(L.LightningDataModule):
         augment: bool = True,
         train_transform: dict[str, Any] | None = None,
         mode: str = "RGB",
+        split_column: str | None = None,
+        group_column: str | None = None,
+        duplicates: Literal["keep", "drop"] = "keep",
     ) -> None:
         super().__init__()
         if (root is None) == (train_file is None):
             raise ValueError("Give exactly one of root (an image folder) or train_file (a path,label CSV)")
+        check_options(split_column, duplicates, val_file, test_file)
+        if root is not None and (split_column or group_column):
+            raise ValueError(
+                f"split_column={split_column!r} / group_column={group_column!r} name columns of train_file "
+                "(a path,label CSV); with root, the splits are its train/val/test folders"
+            )
         if not (
             0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0
         ):
@@ -210,6 +186,7 @@ class ImageDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.data_config, self.image_size, self.mode = data_config, image_size, mode
         self.augment, self.train_transform = augment, train_transform
+        self.split_column, self.group_column, self.duplicates = split_column, group_column, duplicates
         #: class names in id order; ``None`` until given or read (``data_spec``/``setup``)
         self.label_names = list(label_names) if label_names else None
         self.model_data_config: dict[str, Any] | None = None  # from the handshake
@@ -252,38 +229,62 @@ class ImageDataModule(L.LightningDataModule):
         target[ids] = 1.0
         return target
 
-    def _labelled(self, split: str) -> list[tuple[Path, list[str]]] | None:
-        """``(path, [labels])`` of one split as given on disk, or ``None`` where the split is absent."""
+    def _labelled(self, split: str) -> tuple[list[tuple[Path, list[str]]] | None, dict[str, list[str]]]:
+        """``(path, [labels])`` of one split as given on disk (``None`` where the split is absent), and the
+        CSV's split and group columns."""
         if self.root is None:
-            path = self.files[split]
-            return None if path is None else _csv_samples(Path(path), self.label_separator)
+            path, options = self.files[split], {"split_column": self.split_column}
+            options["group_column"] = self.group_column
+            return (None, {}) if path is None else csv_samples(Path(path), self.label_separator, options)
         root = Path(self.root)
         if not root.is_dir():
             raise FileNotFoundError(f"Image root {root} does not exist")
         folder = root / split
         if split == "train" and not folder.is_dir():
             if (root / "val").is_dir() or (root / "test").is_dir():
-                return None  # evaluation only: val/ and/or test/, no training images
+                return None, {}  # evaluation only: val/ and/or test/, no training images
             folder = root  # a single folder of class subfolders
         elif not folder.is_dir():
-            return None
-        return [(p, [name]) for name, paths in _folder_samples(folder).items() for p in paths]
-
-    def _split(self, rows: list, fraction: float, seed: int) -> tuple[list, list]:
-        from sklearn.model_selection import train_test_split
-
-        strata = [labels[0] for _, labels in rows]
-        stratify = strata if min(strata.count(s) for s in set(strata)) >= 2 else None
-        return train_test_split(rows, test_size=fraction, random_state=seed, stratify=stratify)
+            return None, {}
+        return [(p, [name]) for name, paths in folder_samples(folder).items() for p in paths], {}
 
     def _rows(self) -> dict[str, list[tuple[Path, list[str]]] | None]:
-        """The rows of each split (read and split once); sets ``label_names`` when they were not given."""
+        """The rows of each split (read, checked and split once: see :mod:`._splits`); sets ``label_names``
+        when they were not given."""
         if self._split_rows is None:
-            rows = {split: self._labelled(split) for split in ("train", "val", "test")}
-            for split, fraction in (("test", self.test_fraction), ("val", self.val_fraction)):
-                if rows[split] is None and fraction > 0 and rows["train"] is not None:
-                    share = fraction / (1.0 - (self.test_fraction if split == "val" else 0.0))
-                    rows["train"], rows[split] = self._split(rows["train"], share, self.seed)
+            read = {split: self._labelled(split) for split in ORDER}
+            source = {split: str(self.files[split] or Path(self.root or "", split)) for split in ORDER}
+            picks: dict[str, list[int] | None] = dict.fromkeys(ORDER)  # rows of train_file, by split_column
+            if self.split_column:
+                samples, columns = read["train"]
+                picks = split_positions(columns[self.split_column], source["train"], self.split_column)
+                read = {
+                    s: ([samples[i] for i in p] or None, {c: [v[i] for i in p] for c, v in columns.items()})
+                    for s, p in picks.items()
+                }
+                source = dict.fromkeys(ORDER, source["train"])
+            rows = {split: samples for split, (samples, _) in read.items()}
+            keys = {
+                s: Rows(
+                    [content_hash(path) for path, _ in samples],
+                    groups=read[s][1].get(self.group_column),
+                    strata=[labels[0] for _, labels in samples],
+                    source=source[s],
+                    positions=picks[s],
+                )
+                if samples
+                else None
+                for s, samples in rows.items()
+            }
+            if self.group_column:
+                check_groups(keys, self.group_column)
+            carve = [
+                (split, fraction / (1.0 - (self.test_fraction if split == "val" else 0.0)))
+                for split, fraction in (("test", self.test_fraction), ("val", self.val_fraction))
+                if rows[split] is None and fraction > 0 and rows["train"] is not None
+            ]
+            picked = plan(keys, carve, self.seed, self.duplicates, "images")
+            rows = {s: p and ([rows[p[0]][i] for i in p[1]] or None) for s, p in picked.items()}
             if self.label_names is None:
                 labelled = rows["train"] or (rows["val"] or []) + (rows["test"] or [])
                 self.label_names = sorted({label for _, labels in labelled for label in labels})
@@ -337,9 +338,12 @@ class ImageDataModule(L.LightningDataModule):
                 datasets[split] = None
                 continue
             samples = [(path, self._encode(labels, path)) for path, labels in split_rows]
-            datasets[split] = ImageDataset(samples, self.transforms(training=split == "train"), mode)
+            # evaluation batches carry each file's path, for the mistakes report
+            transform = self.transforms(training=split == "train")
+            datasets[split] = ImageDataset(samples, transform, mode, with_path=split != "train")
         self.train_set, self.val_set, self.test_set = datasets["train"], datasets["val"], datasets["test"]
-        # Predict batches carry each file's path, for the prediction writer.
+        # Predict batches carry each file's path (and, from the test split, its label and CSV columns).
+        columns = None
         if self.predict_root:
             paths = sorted(
                 p for p in Path(self.predict_root).rglob("*") if p.suffix.lower() in IMG_EXTENSIONS
@@ -349,8 +353,25 @@ class ImageDataModule(L.LightningDataModule):
             samples = [(p, -1) for p in paths]
         else:
             samples = self.test_set.samples if self.test_set is not None else None
+            if samples is not None:
+                given = self._csv_columns()
+                separator = self.label_separator or ""
+                columns = [
+                    {"label": separator.join(labels), **given.get(path, {})} for path, labels in rows["test"]
+                ]
         if samples is not None:
-            self.predict_set = ImageDataset(samples, self.transforms(training=False), mode, with_path=True)
+            transform = self.transforms(training=False)
+            self.predict_set = ImageDataset(samples, transform, mode, with_path=True, columns=columns)
+
+    def _csv_columns(self) -> dict[Path, dict[str, str]]:
+        """The columns of the CSV files besides ``path`` (``label`` and any others, as written), by image."""
+        columns: dict[Path, dict[str, str]] = {}
+        for file in filter(None, self.files.values()):
+            with Path(file).open(newline="") as f:
+                for row in csv.DictReader(f):
+                    cells = {k: v or "" for k, v in row.items() if k is not None and k != META_PATH}
+                    columns.setdefault(Path(file).parent / row[META_PATH], cells)
+        return columns
 
     def _loader(self, dataset: Dataset | None, split: str, shuffle: bool = False) -> DataLoader:
         hint = f"add a {split}/ folder or {split}_file, or set {split}_fraction > 0"
@@ -368,5 +389,6 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.test_set, "test")
 
     def predict_dataloader(self) -> DataLoader:
-        """``predict_root``'s images (sorted by path), else the test split; batches end with ``{"path"}``."""
+        """``predict_root``'s images (sorted by path), else the test split; batches end with ``{"path"}``
+        (and ``label`` and the CSV's columns, from the test split)."""
         return self._loader(self.predict_set, "predict")

@@ -14,19 +14,19 @@ from lightning_recipes._compat import dataset_fingerprint
 from lightning_recipes.cache import default_cache_dir
 from lightning_recipes.data._labels import LabelEncoder
 from lightning_recipes.data._loader import split_loader
+from lightning_recipes.data._splits import check_options
 from lightning_recipes.data._text_batches import META_PREFIX, TextCollator, length_grouped_sampler
 from lightning_recipes.data._text_files import (
     file_format,
     load_hub_splits,
     read_local_files,
     require_columns,
+    resolve_splits,
 )
-from lightning_recipes.data._tokenizer_cache import load_or_train_tokenizer
-from lightning_recipes.data.wordpiece import train_wordpiece_tokenizer
+from lightning_recipes.data._tokenizer_cache import wordpiece_tokenizer
 from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
 from lightning_recipes.tokenizer import load_tokenizer, tokenizer_fingerprint
 
-SPLITS = ("train", "val", "test", "predict")
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -36,8 +36,9 @@ class TextDataModule(L.LightningDataModule):
     Sources (pick one): ``dataset`` (+ ``dataset_config``), a Hub dataset read with
     ``datasets.load_dataset`` (splits named by ``train_split``/``val_split``/``test_split``), or local
     ``train_file`` (+ ``val_file``, ``test_file``) in csv, tsv, json, jsonl, parquet or lines (``.txt``
-    with a ``delimiter``, ``.label``; see ``format``). Without a
-    validation split, ``val_fraction`` of the training data is held out (seeded).
+    with a ``delimiter``, ``.label``; see ``format``), one with a ``split_column``. Without a validation
+    split, ``val_fraction`` of the training data is held out (seeded, stratified by class; a ``group_column``
+    group or a set of exact copies, found and reported at setup, on one side: see :mod:`._splits`).
 
     Labels: class ids come from a ``ClassLabel`` column, or from ``label_names`` (names in id order;
     string or integer values map to them), else from the sorted distinct values of the training split.
@@ -54,7 +55,9 @@ class TextDataModule(L.LightningDataModule):
         dataset, dataset_config, dataset_revision: a Hub dataset (e.g. ``nyu-mll/glue``, ``sst2``), revision.
         train_file, val_file, test_file: local ``.csv``/``.tsv``/``.json``/``.jsonl``/``.parquet`` files.
         predict_file: texts to predict: one of those formats, or ``.txt`` with one text per line; default:
-            the test split. Predict batches also hold ``"meta"`` (the texts, for the prediction writer).
+            the test split. Predict batches also hold ``"meta"`` (every column of the file, for the
+            prediction writer) and ``labels`` where each row has a known label (the metrics); validation
+            and test batches hold the texts in ``"meta"`` (the mistakes report).
         text_column: column of the text; ``text_pair_column``: second text of sentence-pair tasks.
         label_column: column of the label.
         label_names: class names in id order.
@@ -65,6 +68,9 @@ class TextDataModule(L.LightningDataModule):
             tests on the dev set when the test labels are hidden, as in GLUE).
         train_size: keep a seeded random subset of this many training examples.
         val_fraction: share of training data held out when there is no validation split.
+        split_column, group_column, duplicates: ``train_file``'s column of each row's split (``train``,
+            ``val``/``validation``/``valid``/``dev``, ``test``); the column of its group (on one side of any
+            split); ``keep`` or ``drop`` exact copies (casefolded texts) but the first.
         tokenizer: tokenizer id or folder, for using the data module on its own; connected to a model
             (:func:`~lightning_recipes.connect`), the model's tokenizer is used, and a different one here
             is an error.
@@ -144,10 +150,14 @@ class TextDataModule(L.LightningDataModule):
         encoding: str = "utf-8",
         delimiter: str | None = None,
         format: Literal["csv", "json", "parquet", "text", "label_text", "text_label"] | None = None,
+        split_column: str | None = None,
+        group_column: str | None = None,
+        duplicates: Literal["keep", "drop"] = "keep",
     ) -> None:
         super().__init__()
         if (dataset is None) == (train_file is None):
             raise ValueError("Give exactly one of dataset (a Hub dataset name) or train_file (a local file)")
+        check_options(split_column, duplicates, val_file, test_file, dataset)
         if task not in ("multiclass", "multilabel", "regression"):
             raise ValueError(f"task={task!r} is not one of ('multiclass', 'multilabel', 'regression')")
         if not 0.0 <= val_fraction < 1.0:
@@ -175,6 +185,7 @@ class TextDataModule(L.LightningDataModule):
         self.group_by_length, self.pad_to_multiple_of = group_by_length, pad_to_multiple_of
         self.cache_dir = cache_dir
         self.encoding, self.delimiter, self.format = encoding, delimiter, format
+        self.split_column, self.group_column, self.duplicates = split_column, group_column, duplicates
         if train_file is not None:
             file_format(train_file, format, delimiter)  # an unknown format or extension fails here
         self.label_encoder = LabelEncoder(label_column, task, label_names, label_separator)
@@ -235,26 +246,24 @@ class TextDataModule(L.LightningDataModule):
 
     def _train_tokenizer(self) -> Any:
         """A WordPiece tokenizer trained on the training split's text (and pair text), cached."""
-        train_split = self._raw()["train"]
         columns = [c for c in (self.text_column, self.text_pair_column) if c]
-        vocab = self.wordpiece_vocab_size
-
-        def train(folder: Path) -> Any:
-            texts = (text for column in columns for text in train_split[column] if text)
-            return train_wordpiece_tokenizer(texts=texts, vocab_size=vocab, output_dir=folder)
-
-        key = f"wordpiece:{vocab}:{columns}:{dataset_fingerprint(train_split)}"
         cache = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
-        return load_or_train_tokenizer(key, train, self.tokenizer_dir, cache)
+        train = self._raw()["train"]
+        return wordpiece_tokenizer(train, columns, self.wordpiece_vocab_size, self.tokenizer_dir, cache)
 
     # -- loading ---------------------------------------------------------------------------------
     def _raw(self) -> dict[str, Any]:
         """``{split: datasets.Dataset | None}`` for train/val/test/predict, as stored (read once)."""
         if self._raw_splits is None:
-            self._raw_splits = self._read()
-            for split, ds in self._raw_splits.items():
+            raw = self._read()
+            for split, ds in raw.items():
                 if ds is not None:
                     self._check_columns(split, ds)
+            sources = {s: self.files[s] or f"{self.dataset} split {self.splits[s]!r}" for s in self.splits}
+            columns = (self.text_column, self.text_pair_column, self.group_column, self.split_column)
+            strata = self.label_encoder.column if self.task == "multiclass" else None
+            how = (self.duplicates, self.train_size, self.val_fraction, self.seed)
+            self._raw_splits = resolve_splits(raw, sources, *columns, strata, *how)
         return self._raw_splits
 
     def _read(self) -> dict[str, Any]:
@@ -268,11 +277,6 @@ class TextDataModule(L.LightningDataModule):
         columns = {"text": self.text_column, "label": self.label_encoder.column}
         how = {"encoding": self.encoding, "delimiter": self.delimiter, "format": self.format}
         raw.update(read_local_files(files, cache, columns, **how))
-        if self.train_size is not None and self.train_size < len(raw["train"]):
-            raw["train"] = raw["train"].shuffle(seed=self.seed).select(range(self.train_size))
-        if raw["val"] is None and self.val_fraction > 0:
-            parts = raw["train"].train_test_split(test_size=self.val_fraction, seed=self.seed)
-            raw["train"], raw["val"] = parts["train"], parts["test"]
         return raw
 
     def _check_columns(self, split: str, ds: Any) -> None:
@@ -289,11 +293,14 @@ class TextDataModule(L.LightningDataModule):
 
     def _tokenize(self, split: str, ds: Any) -> Any:
         tokenizer = self.prepare_tokenizer()
-        labelled = split != "predict" and self.label_encoder.column in ds.column_names
+        labelled = self._labelled(split, ds)
         text, pair, max_length = self.text_column, self.text_pair_column, self.max_length
         labels = self.label_encoder
 
-        keep_text = split == "predict"  # the texts travel with predict batches, for the prediction writer
+        # Inputs travel with the batches (``batch["meta"]``): the texts of evaluation batches, for the
+        # mistakes report; every column of the predict data (its ground truth too), for the prediction writer.
+        kept = [] if split == "train" else [c for c in (text, pair) if c]
+        kept = list(ds.column_names) if split == "predict" else kept
 
         def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
             args = [batch[text]] + ([batch[pair]] if pair else [])
@@ -302,8 +309,7 @@ class TextDataModule(L.LightningDataModule):
             out["length"] = [len(ids) for ids in out["input_ids"]]
             if labelled:
                 out["labels"] = labels.encode(batch[labels.column])
-            if keep_text:
-                out.update({META_PREFIX + c: batch[c] for c in (text, pair) if c})
+            out.update({META_PREFIX + c: batch[c] for c in kept})
             return out
 
         key = json.dumps(
@@ -317,7 +323,8 @@ class TextDataModule(L.LightningDataModule):
                 self.task,
                 labels.separator,
                 labels.key(),
-                keep_text,
+                kept,
+                labelled,
             ],
         )
         fingerprint = hashlib.sha256(key.encode()).hexdigest()[:32]
@@ -328,6 +335,19 @@ class TextDataModule(L.LightningDataModule):
             new_fingerprint=fingerprint,
             desc=f"Tokenizing {split}",
         )
+
+    def _labelled(self, split: str, ds: Any) -> bool:
+        """Whether the split's batches carry labels: every split with the label column, and the predict data
+        where each of its rows has a known label (its ground truth, for the prediction metrics)."""
+        column = self.label_encoder.column
+        if column not in ds.column_names or split != "predict":
+            return column in ds.column_names
+        self._fit_labels()
+        try:
+            self.label_encoder.encode(ds[column])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return False
+        return True
 
     def _build(self) -> dict[str, Any]:
         raw = self._raw()
@@ -365,7 +385,8 @@ class TextDataModule(L.LightningDataModule):
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         """Pad a list of examples to the longest one (transformers' ``DataCollatorWithPadding``).
 
-        Predict batches also hold ``"meta"``: ``{text column: [texts]}`` (and the pair column's texts).
+        Validation and test batches also hold ``"meta"``: ``{text column: [texts]}`` (and the pair column's
+        texts); predict batches, every column of the predict data.
         """
         if not hasattr(self, "_collator"):
             self._collator = TextCollator(self.prepare_tokenizer(), self.task, self.pad_to_multiple_of)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -47,6 +48,27 @@ def offline_reason(mode: str | None) -> str | None:
     return None
 
 
+#: The ``WANDB_DATA_DIR`` this module set last (``None``: none); a value the user set is never changed.
+_STAGING: list[str | None] = [None]
+
+
+def stage_artifacts_in(folder: Path) -> None:
+    """Make wandb stage artifact files (the copies of checkpoints it uploads, or keeps for ``wandb sync``
+    offline) in ``folder/artifacts/staging``, with the run, instead of ``~/.local/share/wandb``: sets
+    ``WANDB_DATA_DIR`` (wandb's own variable) unless the user set it."""
+    current = os.environ.get("WANDB_DATA_DIR")
+    if current is None or current == _STAGING[0]:
+        _STAGING[0] = os.environ["WANDB_DATA_DIR"] = str(folder.resolve())
+
+
+def offline_folders(run_dir: Path, run_id: str) -> list[Path]:
+    """Every ``offline-run-<time>-<id>`` folder of run ``run_id`` beside ``run_dir``, oldest first: a resumed
+    offline run writes one folder per start, and ``wandb sync`` uploads them in that order."""
+    pattern = re.compile(rf"offline-run-(\d{{8}}_\d{{6}})-{re.escape(run_id)}(?:-(\d+))?")
+    found = [(m[1], int(m[2] or 0), p) for p in run_dir.parent.iterdir() if (m := pattern.fullmatch(p.name))]
+    return [p for *_, p in sorted(found)] or [run_dir]  # two starts in one second: wandb adds -1, -2...
+
+
 class WandbLogger(_LightningWandbLogger):
     """Lightning's ``WandbLogger`` for recipes: typed options, offline fallback, bounded checkpoint uploads.
 
@@ -58,7 +80,10 @@ class WandbLogger(_LightningWandbLogger):
     * ``log_model=True`` uploads the best and the last checkpoint of each ``ModelCheckpoint`` at the
       end of training (aliases ``best``/``last``/``latest``; at most two files per training),
       ``"all"`` uploads them whenever they change; ``model_ttl_days`` sets a W&B retention (TTL)
-      policy on the uploaded versions. Offline, the artifacts are kept for ``wandb sync``.
+      policy on the uploaded versions. Offline, the artifacts are kept for ``wandb sync``. wandb stages
+      a copy of each uploaded file; it goes under ``<save_dir>/wandb/artifacts/staging`` with the run
+      (one copy of the best and of the last checkpoint), not in the home folder, unless
+      ``WANDB_DATA_DIR`` is set.
     * ``id``/``version`` continue a run (``resume="allow"``); with :class:`WandbRunId` (added by the
       CLI) the id is stored in every checkpoint, and the CLI passes it back when resuming from one.
 
@@ -155,12 +180,14 @@ class WandbLogger(_LightningWandbLogger):
             import wandb
 
             if wandb.run is None:
+                stage_artifacts_in(Path(self.save_dir or ".") / "wandb")
                 run = self._start_run()
                 if self.offline_reason is not None and getattr(run, "dir", None):
                     run_dir = Path(run.dir).parent
+                    folders = " ".join(str(f) for f in offline_folders(run_dir, run.id))
                     print(
                         f"wandb: {self.offline_reason}: run {run.id} is recorded offline in {run_dir}; "
-                        f"upload it with `wandb sync {run_dir}`",
+                        f"upload it with `wandb sync {folders}`",
                         file=sys.stderr,
                         flush=True,
                     )

@@ -162,8 +162,6 @@ def wrap(model: nn.Module, adapter: PeftConfig | Mapping[str, Any], source: str 
                 config.fan_in_fan_out = True  # GPT-2's Conv1D stores weights as (in, out)
         elif is_timm:
             config.target_modules = timm_targets(model)
-    if source is not None:
-        config.base_model_name_or_path = source
     described = f"model_type={model_type!r}" if model_type else f"{type(model).__name__} (timm)"
     try:
         wrapped = peft.get_peft_model(model, config)
@@ -178,7 +176,8 @@ def wrap(model: nn.Module, adapter: PeftConfig | Mapping[str, Any], source: str 
             f"adapter.init_args.target_modules to some of them (names or suffixes), or use peft.LoraConfig, "
             f"which has defaults for {sorted(DEFAULT_TARGETS)} and timm models"
         ) from exc
-    wrapped.peft_config["default"].base_model_name_or_path = source  # peft resets it for non-transformers
+    # Set after wrapping: peft sets it from the model (None for timm) and warns when that renames a value.
+    wrapped.peft_config["default"].base_model_name_or_path = source
     return wrapped
 
 

@@ -127,8 +127,9 @@ class TransferModule(L.LightningModule):
             backbone's gradients at this unit-wise ratio (e.g. ``0.01``); the head is left out, as in the
             paper. Runs after AMP unscaling and before the Trainer's own ``gradient_clip_val`` clipping.
         adapter: a ``peft`` adapter config (``peft.LoraConfig(r=8)``; in YAML ``{class_path: peft.LoraConfig,
-            init_args: {r: 8}}``) injected into the pretrained model: its weights freeze, the adapter's and
-            the head's train. Default ``target_modules`` per family (see ``docs/adapters.md``).
+            init_args: {r: 8}}``, which the CLI hands over as that dict, so the config gets only the values
+            given) injected into the pretrained model: its weights freeze, the adapter's and the head's
+            train. Default ``target_modules`` per family (see ``docs/adapters.md``).
         checkpoint_weights: ``"all"`` stores every weight in checkpoints; ``"trainable"`` only the trainable
             ones (and buffers) plus the pretrained source and a fingerprint of the frozen weights, which
             ``load_from_checkpoint`` rebuilds and checks. ``None``: ``"trainable"`` for an adapter on
@@ -148,7 +149,7 @@ class TransferModule(L.LightningModule):
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val/loss",
         agc_clip_factor: float | None = None,
-        adapter: PeftConfig | None = None,
+        adapter: dict[str, Any] | PeftConfig | None = None,
         checkpoint_weights: CheckpointWeights | None = None,
     ) -> None:
         super().__init__()
@@ -175,6 +176,10 @@ class TransferModule(L.LightningModule):
         self.checkpoint_weights = checkpoint_weights
         self.peft_model: PeftModel | None = None
         self._base: dict[str, Any] | None = None
+        #: The training epoch of the checkpoint the weights were loaded from (Lightning's
+        #: ``checkpoint["epoch"]``: 1 for ``best-01.ckpt``), set by ``trainer.test(ckpt_path=...)`` and
+        #: ``load_from_checkpoint``, cleared when training starts; evaluation reports are named by it.
+        self.checkpoint_epoch: int | None = None
 
     def setup_adapter(self, model: nn.Module, base: Mapping[str, Any] | None) -> None:
         """Inject ``self.adapter`` (if any) into ``model`` and note the pretrained ``base``; subclasses
@@ -219,6 +224,10 @@ class TransferModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         _adapters.restore_frozen(self, checkpoint)
+        self.checkpoint_epoch = checkpoint.get("epoch")
+
+    def on_train_start(self) -> None:
+        self.checkpoint_epoch = None  # the weights move on from the checkpoint's
 
     def input_spec(self) -> InputSpec:
         """What the data module must know about this model's inputs (see ``lightning_recipes.connect``)."""

@@ -368,15 +368,39 @@ class ClassificationModule(TransferModule):
         ``{"probabilities": Tensor, "labels": [...], "label_names": [...], "task": str, "meta": {...}}``:
         probabilities (multiclass/multilabel; the predicted values for regression), each row's label
         (a class name; the list of names above 0.5 for multi-label; the value for regression), the
-        class names in id order, the task, and the batch's identity columns (file path, text...) as
-        the data module gave them (:func:`~lightning_recipes.handshake.split_meta`).
+        class names in id order, the task, and the batch's input columns (file path, text, the other
+        columns of the file...) as the data module gave them
+        (:func:`~lightning_recipes.handshake.split_meta`).
+        Where every row of the batch carries its ground truth (:meth:`known_target`), also ``"target"``,
+        from which the writer computes the metrics.
         """
         inputs, meta = split_meta(batch)
         probs = self.probabilities(self.class_logits(self(inputs).float()))
-        return {
+        out = {
             "probabilities": probs,
             "labels": [d.get("label", d.get("value")) for d in self.decode(probs)],
             "label_names": None if self.task == "regression" else self.label_names,
             "task": self.task,
             META_KEY: meta,
         }
+        target = self.known_target(batch, probs)
+        if target is not None:
+            out["target"] = target
+        return out
+
+    def known_target(self, batch: Any, probs: Tensor) -> Tensor | None:
+        """The targets of a predict batch (``labels`` of a dict batch, the second item of a tuple batch),
+        or ``None`` unless every row has one: a class id >= 0 (multi-class; unlabelled images carry -1), a
+        0/1 row per class (multi-label), a finite value (regression)."""
+        target = batch.get("labels") if isinstance(batch, Mapping) else None
+        if isinstance(batch, (list, tuple)) and len(batch) > 1:
+            target = batch[1]
+        if not isinstance(target, Tensor) or target.ndim == 0 or target.shape[0] != probs.shape[0]:
+            return None
+        if self.task == "multiclass":
+            known = target.ndim == 1 and not target.is_floating_point() and bool((target >= 0).all())
+        elif self.task == "multilabel":
+            known = target.shape == probs.shape and bool(((target == 0) | (target == 1)).all())
+        else:
+            known = target.shape == probs.shape and bool(target.isfinite().all())
+        return target if known else None

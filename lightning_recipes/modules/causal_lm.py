@@ -274,7 +274,9 @@ class CausalLM(Generation, HFParts, TransferModule):
         labels = batch.get("labels")
         if labels is None:
             labels = input_ids if mask is None else input_ids.masked_fill(mask == 0, -100)
-        logits = self(input_ids, mask)
+        # Corpus blocks are never padded: say so (all ones), or transformers warns when a block starts or
+        # ends with the EOS token that GPT-2 also uses for padding.
+        logits = self(input_ids, torch.ones_like(input_ids) if mask is None else mask)
         targets = labels[:, 1:]
         total = F.cross_entropy(
             logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum"

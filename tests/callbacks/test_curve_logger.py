@@ -217,8 +217,11 @@ DDP_SCRIPT = textwrap.dedent(
     trainer.fit(model, dm)
     res = curves.last_results["val"]
     module = {{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}}
+    rows = curves.last_mistakes["val"].rows()
+    mistakes = [[r["true_label"], r["pred_label"], r["confidence"]] for r in rows]
     out = {{"rank": trainer.global_rank, "auroc": res.auroc, "ap": res.ap,
-            "confusion": res.confusion.tolist(), "summary": res.summary, "module": module}}
+            "confusion": res.confusion.tolist(), "summary": res.summary, "module": module,
+            "mistakes": mistakes}}
     with open(sys.argv[2] + f"/result_rank{{trainer.global_rank}}.json", "w") as f:
         json.dump(out, f)
     """
@@ -241,10 +244,12 @@ def test_ddp_two_processes_equal_one(tmp_path, run_script):
         assert rank_result["auroc"] == pytest.approx(one["auroc"], abs=1e-6)
         assert rank_result["ap"] == pytest.approx(one["ap"], abs=1e-6)
         assert rank_result["summary"] == one["summary"]
+        assert rank_result["mistakes"] == one["mistakes"]  # gathered from both ranks, repeats left out
         # the module's own metrics leave out the sample DDP's sampler repeats too (37 = 19 + 18)
         for key in ("val/acc", "val/f1", "val/precision", "val/recall", "val/mcc"):
             assert rank_result["module"][key] == pytest.approx(one["module"][key], abs=1e-6), key
     assert sum(map(sum, one["confusion"])) == 37
+    assert len(one["mistakes"]) == 20 and sorted(one["mistakes"], key=lambda m: -m[2]) == one["mistakes"]
     # files written once, by rank zero, and equal to the single-process ones
     assert (tmp_path / "dev2" / "val_epoch000" / "roc.csv").read_text() == (
         tmp_path / "dev1" / "val_epoch000" / "roc.csv"

@@ -21,8 +21,9 @@ def test_split_folders(image_folder):
     data.setup("fit")
     assert data.label_names == ["a", "b", "c"] and data.num_classes == 3
     assert (len(data.train_set), len(data.val_set), len(data.test_set)) == (12, 12, 12)
-    images, targets = next(iter(data.test_dataloader()))
+    images, targets, meta = next(iter(data.test_dataloader()))  # evaluation batches name their files
     assert images.shape == (4, 3, 16, 16) and targets.dtype == torch.long
+    assert meta["path"] == [str(path) for path, _ in data.test_set.samples[:4]]
 
 
 def test_single_folder_is_split_stratified_and_seeded(image_folder):

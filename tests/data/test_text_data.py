@@ -226,7 +226,8 @@ def test_tokenised_once_and_cached(
 
 
 def test_train_size_and_val_fraction_are_seeded(tokenizer_dir: Path, tmp_path: Path) -> None:
-    rows = [(" ".join(WORDS[: 1 + i % 10]), "ab"[i % 2]) for i in range(40)]
+    # distinct texts (exact copies would be kept on one side of the split, see test_splits.py)
+    rows = [(" ".join(WORDS[: 1 + i % 10] + [WORDS[10 + i // 10]]), "ab"[i % 2]) for i in range(40)]
     train = write_csv(tmp_path / "train.csv", rows)
     a = make_dm(tokenizer_dir, train, train_size=20, val_fraction=0.25)
     b = make_dm(tokenizer_dir, train, train_size=20, val_fraction=0.25)

@@ -119,9 +119,12 @@ def test_offline_run_records_config_history_curves_and_checkpoints(tmp_path):
     assert {"best", "last", "latest"} <= {alias for a in models for alias in a["aliases"]}
     assert all(a["ttl"] == 7 * 24 * 3600 for a in models)
     assert run_id_from_checkpoint(tmp_path / "ckpt" / "last.ckpt") == run_id
+    # wandb's copies of the uploaded checkpoints stay with the run, not in ~/.local/share/wandb
+    staged = list((tmp_path / "wandb" / "artifacts" / "staging").iterdir())
+    assert sum(f.stat().st_size for f in staged) >= (tmp_path / "ckpt" / "last.ckpt").stat().st_size
 
 
-def test_resume_continues_the_run(tmp_path):
+def test_resume_continues_the_run(tmp_path, capsys):
     logger = WandbLogger(project="recipes", save_dir=str(tmp_path))
     make_trainer(tmp_path, logger, max_epochs=1).fit(Tiny(), TinyData())
     first_id = logger.experiment.id
@@ -138,6 +141,9 @@ def test_resume_continues_the_run(tmp_path):
     resumed.experiment.finish()
     runs = [read_offline_run(d) for d in offline_runs(tmp_path)]
     assert [r["id"] for r in runs] == [first_id, first_id]
+    # the resumed run's hint syncs both offline folders of the run, oldest first
+    hint = capsys.readouterr().err.strip().splitlines()[-1]
+    assert hint.endswith(f"`wandb sync {' '.join(str(d) for d in sorted(offline_runs(tmp_path)))}`"), hint
     assert run_id_from_checkpoint(last) == first_id
 
     explicit = {"class_path": "WandbLogger", "init_args": {"id": "mine"}}
@@ -175,3 +181,57 @@ def test_arguments():
         WandbLogger(init_timeout=0)
     logger = WandbLogger(project="p", group="g", entity="e", offline=True)
     assert logger.offline and logger._wandb_init["group"] == "g" and logger._wandb_init["entity"] == "e"
+
+
+def test_mistakes_report_to_wandb(tmp_path):
+    from PIL import Image
+
+    from lightning_recipes.callbacks.curve_logger import CurveMetrics, log_to_wandb
+    from lightning_recipes.callbacks.curve_logger.mistakes import Mistakes, MistakesReport, most_confused
+
+    files = [str(tmp_path / f"{i}.png") for i in range(3)]
+    for i, file in enumerate(files):
+        Image.new("RGB", (8, 8), (80 * i, 0, 0)).save(file)
+    probs, target = torch.tensor([[0.2, 0.8], [0.9, 0.1], [0.4, 0.6]]), torch.tensor([0, 1, 1])
+    metrics = CurveMetrics("multiclass", 2, thresholds=11, class_names=["ham", "spam"])
+    metrics.update(probs, target)
+    results = metrics.compute()
+    mistakes = Mistakes(5)
+    mistakes.update(probs, target, {"path": files})
+    pairs = most_confused(results.confusion, results.class_names, 5)
+    logger = WandbLogger(project="mistakes", save_dir=str(tmp_path))
+    log_to_wandb(logger, results, "val", 3, 10, MistakesReport(results.class_names, mistakes.gather(), pairs))
+    logger.experiment.finish()
+    run = read_offline_run(offline_runs(tmp_path)[0])
+    table = next(t for name, t in run["tables"].items() if name.startswith("val/mistakes"))
+    assert table["columns"] == [
+        "image",
+        "rank",
+        "path",
+        "true_label",
+        "pred_label",
+        "confidence",
+        "true_prob",
+    ]
+    assert [row[2:5] for row in table["data"]] == [[files[1], "spam", "ham"], [files[0], "ham", "spam"]]
+    assert any(a["type"] == "run_table" and "mistakes" in a["name"] for a in run["artifacts"])  # the images
+    confused = next(t for name, t in run["tables"].items() if name.startswith("val/most_confused"))
+    assert confused["data"] == [["ham", "spam", 1, 1.0], ["spam", "ham", 1, 0.5]]
+
+
+def test_offline_folders_of_a_run_in_start_order(tmp_path):
+    from lightning_recipes.loggers.wandb import offline_folders
+
+    names = [
+        "offline-run-20260101_120000-abc",
+        "offline-run-20260101_120000-abc-2",
+        "offline-run-20260101_120000-abc-10",
+        "offline-run-20260101_130000-abc",
+        "offline-run-20260101_110000-other",
+        "offline-run-20260101_110000-abcd",
+    ]
+    for name in names:
+        (tmp_path / name).mkdir()
+    found = [p.name for p in offline_folders(tmp_path / names[0], "abc")]
+    assert found == [names[0], names[1], names[2], names[3]]  # -2 before -10; other ids left out
+    assert offline_folders(tmp_path / "offline-run-x-zzz", "zzz") == [tmp_path / "offline-run-x-zzz"]

@@ -204,6 +204,31 @@ def test_untying_a_pretrained_model_copies_the_embeddings(
         assert torch.equal(reloaded(ids), untied(ids)) and not torch.equal(reloaded(ids), tied(ids))
 
 
+def test_unpadded_blocks_are_scored_with_an_all_ones_mask(assets) -> None:
+    """A corpus block that starts with EOS (GPT-2's pad token too) gets an explicit all-ones attention
+    mask, so transformers has no padding to warn about, and the loss is the unmasked one."""
+    lm = tiny_lm(assets, config={"pad_token_id": 0, "eos_token_id": 0}).eval()  # no dropout
+    seen = []
+    forward = lm.model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("attention_mask"))
+        return forward(*args, **kwargs)
+
+    lm.model.forward = spy
+    ids = torch.tensor([[0, 5, 6, 7, 0], [8, 9, 10, 11, 12]])
+    total, count = lm.token_nll({"input_ids": ids})
+    assert torch.equal(seen[0], torch.ones_like(ids)) and int(count) == 8
+    reference = lm.model(input_ids=ids, use_cache=False).logits[:, :-1]  # the spy sees this call too
+    expected = torch.nn.functional.cross_entropy(
+        reference.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"
+    )
+    assert float(total) == pytest.approx(float(expected), rel=1e-5)
+    masked = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    lm.token_nll({"input_ids": ids, "attention_mask": masked})
+    assert torch.equal(seen[-1], masked)  # a given mask is passed as it is
+
+
 def test_generate_greedy_matches_reference_and_honours_length(assets) -> None:
     lm = tiny_lm(assets)
     prompt = "the king said"
@@ -338,10 +363,10 @@ def test_predict_continues_each_prompt_of_the_predict_file(
     writer = PredictionWriter(output_dir=str(tmp_path / "out"))
     L.Trainer(**tiny_trainer_kwargs, callbacks=[writer]).predict(lm, datamodule=dm, return_predictions=False)
     rows = list(csv.DictReader(writer.path.open()))
-    assert list(rows[0]) == ["index", "prompt", "continuation"]
+    assert list(rows[0]) == ["index", "prompt", "pred_continuation"]
     assert [r["prompt"] for r in rows] == prompts
     expected = lm.generate(prompts, max_new_tokens=4, eos_token_id=[], return_full_text=False)
-    assert [r["continuation"] for r in rows] == expected
+    assert [r["pred_continuation"] for r in rows] == expected
 
 
 # ---- under DDP (slow: two CPU processes, gloo): the perplexity of the whole validation set ------------

@@ -235,9 +235,9 @@ def test_prediction_rows_carry_text_pairs_and_the_test_split_is_predicted_withou
     table = list(csv.DictReader(writer.path.open()))
     assert [(r["text"], r["second"]) for r in table] == pairs
     expected = model.predict_texts(pairs)
-    assert [r["label"] for r in table] == [e["label"] for e in expected]
+    assert [r["pred_label"] for r in table] == [e["label"] for e in expected]
     for row, want in zip(table, expected, strict=True):
-        assert {n: float(row[f"prob_{n}"]) for n in ("neg", "pos")} == pytest.approx(
+        assert {n: float(row[f"pred_prob_{n}"]) for n in ("neg", "pos")} == pytest.approx(
             want["probabilities"], abs=1e-5
         )
 

@@ -130,9 +130,10 @@ def test_as_is_recipe_scores_without_training(recipe, tmp_path, image_folder, mo
     if "predict" in yaml.safe_load(recipe.read_text())["stages"]:
         with Path(summary["predictions"]).open() as f:
             rows = list(csv.DictReader(f))
-        assert rows and [c for c in rows[0] if c.startswith("prob_")] == [f"prob_{c}" for c in classes]
-        assert {r["label"] for r in rows} <= set(classes)
-        assert all(sum(float(r[f"prob_{c}"]) for c in classes) == pytest.approx(1.0, abs=1e-5) for r in rows)
+        probs = [f"pred_prob_{c}" for c in classes]
+        assert rows and [c for c in rows[0] if c.startswith("pred_prob_")] == probs
+        assert {r["pred_label"] for r in rows} <= set(classes)
+        assert all(sum(float(r[c]) for c in probs) == pytest.approx(1.0, abs=1e-5) for r in rows)
 
 
 @pytest.mark.slow

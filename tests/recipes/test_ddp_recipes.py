@@ -74,7 +74,9 @@ def check_once(proc: subprocess.CompletedProcess, epochs: int = 2) -> dict[str, 
     assert [p.name for p in run_dir.parent.iterdir() if p.name.startswith("version_")] == [run_dir.name]
     best, last = Path(printed["Best checkpoint"]), Path(printed["Last checkpoint"])
     assert sorted(p.name for p in best.parent.iterdir()) == sorted({best.name, last.name})
-    assert len(re.findall(r"^fit: \d+ epochs of ", proc.stdout, re.M)) == 1, proc.stdout  # ProgressLog's start
+    assert len(re.findall(r"^fit: \d+ epochs of ", proc.stdout, re.M)) == 1, (
+        proc.stdout
+    )  # ProgressLog's start
     for epoch in range(1, epochs + 1):  # ProgressLog (stdout is a pipe): one line per epoch, rank 0 only
         assert len(re.findall(rf"^epoch {epoch}/{epochs} step \d+/\d+ ", proc.stdout, re.M)) == 1, proc.stdout
     for noise in NOISE:

@@ -227,7 +227,7 @@ def test_asis_recipe_scores_and_continues_prompts_with_the_zoo_weights(
         predictions = list(csv.DictReader(f))
     prompts = (LM / "prompts.txt").read_text().splitlines()
     assert [p["prompt"] for p in predictions] == prompts
-    assert all(len(p["continuation"]) >= 3 for p in predictions)  # 3 new tokens at least, decoded
+    assert all(len(p["pred_continuation"]) >= 3 for p in predictions)  # 3 new tokens at least, decoded
 
 
 def test_finetune_recipe_starts_from_the_zoo_weights_far_below_scratch(

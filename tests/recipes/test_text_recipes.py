@@ -170,12 +170,13 @@ def test_cli_predictions_of_a_text_file_name_texts_labels_and_probabilities(
         if name == "run":
             assert f"Predictions:     {path}" in capsys.readouterr().out  # in the run's summary
         rows = list(csv.DictReader(path.open()))
-        assert list(rows[0]) == ["index", "sentence", "label", "prob_negative", "prob_positive"]
+        predicted = ["pred_label", "pred_prob_negative", "pred_prob_positive"]
+        assert list(rows[0]) == ["index", "sentence", *predicted]
         assert [r["sentence"] for r in rows] == texts
         assert [int(r["index"]) for r in rows] == [0, 1, 2]
-        assert [r["label"] for r in rows] == [e["label"] for e in expected]
+        assert [r["pred_label"] for r in rows] == [e["label"] for e in expected]
         for row, want in zip(rows, expected, strict=True):
-            probs = {name: float(row[f"prob_{name}"]) for name in ("negative", "positive")}
+            probs = {name: float(row[f"pred_prob_{name}"]) for name in ("negative", "positive")}
             assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
             assert probs == pytest.approx(want["probabilities"], abs=1e-5)
         saved = torch.load(path.with_suffix(".pt"))
@@ -280,7 +281,7 @@ def test_scratch_recipe_starts_from_random_weights_and_a_wordpiece_trained_on_th
     assert main(predict) == 0, capsys.readouterr().err[-3000:]
     (path,) = logs.rglob("predictions.csv")
     texts = ["good film", "bad movie", "great fun", "the plot was dull"] * 4  # dev.tsv, the test split
-    predicted = [r["label"] for r in csv.DictReader(path.open())]
+    predicted = [r["pred_label"] for r in csv.DictReader(path.open())]
     assert predicted == [p["label"] for p in saved.predict_texts(texts)]
 
 

@@ -1,10 +1,12 @@
-"""CurveLogger: ROC/PR curves, AUROC/AP, confusion matrix and per-class metrics at the end of eval epochs.
+"""CurveLogger: ROC/PR curves, AUROC/AP, confusion matrix, per-class metrics and mistakes after eval epochs.
 
 The package, one concern a file:
 
 * :mod:`~lightning_recipes.callbacks.curve_logger.state`: the metric state (torchmetrics with binned
   thresholds, constant memory), :class:`CurveMetrics` and its :class:`CurveResults`;
 * :mod:`~lightning_recipes.callbacks.curve_logger.writers`: CSV, PNG, W&B output and the summary table;
+* :mod:`~lightning_recipes.callbacks.curve_logger.mistakes`: the mistakes report (the most confidently wrong
+  examples, the most confused class pairs; single-label classification only);
 * :mod:`~lightning_recipes.callbacks.curve_logger.callback`: the :class:`CurveLogger` callback (under
   DDP it drops the samples a ``DistributedSampler`` repeats, with :mod:`lightning_recipes.eval_samples`).
 """

@@ -11,6 +11,13 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
+from lightning_recipes.callbacks.curve_logger.mistakes import (
+    Mistakes,
+    MistakesReport,
+    mistakes_figure,
+    most_confused,
+    write_mistakes,
+)
 from lightning_recipes.callbacks.curve_logger.state import CurveMetrics, CurveResults
 from lightning_recipes.callbacks.curve_logger.writers import (
     format_summary,
@@ -19,6 +26,7 @@ from lightning_recipes.callbacks.curve_logger.writers import (
     write_csvs,
 )
 from lightning_recipes.eval_samples import RealSamples, evaluation_dataloaders
+from lightning_recipes.handshake import split_meta
 
 Stage = Literal["validate", "test"]
 
@@ -37,7 +45,18 @@ class CurveLogger(Callback):
       the confusion matrix and the metrics table; to TensorBoard: the three figures;
     * ``{stage}/auroc`` and ``{stage}/ap`` (macro averages) through ``pl_module.log``, so a
       ``ModelCheckpoint`` can monitor them;
-    * at the end of the test stage, the metrics table printed on rank zero.
+    * at the end of the test stage, the metrics table and the most confused pairs printed on rank zero.
+
+    The mistakes report (single-label classification only: skipped for multi-label and regression), in
+    the same folder: ``mistakes.csv``, the ``mistakes`` most confidently wrong examples (their file path
+    or text from the batch's ``meta``, true and predicted label, confidence, probability of the true
+    class), ``most_confused.csv``, the class pairs most often confused (counts from the confusion matrix),
+    and for image files ``mistakes.png``, a grid of them (see :mod:`.mistakes`); to W&B as the tables
+    ``{stage}/mistakes`` (with the images) and ``{stage}/most_confused``; to TensorBoard the grid.
+
+    The folder and the printed header name the epoch of the weights evaluated: the trainer's epoch while
+    fitting; the tested checkpoint's (``trainer.test(ckpt_path=...)`` of ``best-01.ckpt``: epoch 1,
+    from the module's ``checkpoint_epoch``); else, after a fit, its last epoch.
 
     The module's ``validation_step``/``test_step`` must return ``{"preds", "target"}`` with ``preds``
     probabilities (as :class:`~lightning_recipes.modules._classification.ClassificationModule` does) and
@@ -59,6 +78,8 @@ class CurveLogger(Callback):
         save_csv: write the CSV files.
         max_points: points per chart sent to W&B, shared among the curves (each keeps at least 2).
         print_summary: print the metrics table at the end of the test stage (rank zero).
+        mistakes: number of most confidently wrong examples and most confused class pairs reported
+            (``0``: no report).
 
     Example::
 
@@ -74,8 +95,8 @@ class CurveLogger(Callback):
         >>> _ = trainer.validate(model, loader, verbose=False)
         >>> folder = Path(root) / "curves" / "val_epoch000"
         >>> sorted(p.name for p in folder.iterdir())  # doctest: +NORMALIZE_WHITESPACE
-        ['confusion_matrix.csv', 'confusion_matrix.png', 'metrics.csv', 'pr.csv', 'pr.png',
-         'roc.csv', 'roc.png']
+        ['confusion_matrix.csv', 'confusion_matrix.png', 'metrics.csv', 'mistakes.csv',
+         'most_confused.csv', 'pr.csv', 'pr.png', 'roc.csv', 'roc.png']
     """
 
     def __init__(
@@ -88,6 +109,7 @@ class CurveLogger(Callback):
         save_csv: bool = True,
         max_points: int = 2000,
         print_summary: bool = True,
+        mistakes: int = 20,
     ) -> None:
         unknown = set(stages) - {"validate", "test"}
         if unknown:
@@ -100,6 +122,8 @@ class CurveLogger(Callback):
             )
         if max_points < 2:
             raise ValueError(f"max_points must be >= 2, got {max_points}")
+        if mistakes < 0:
+            raise ValueError(f"mistakes must be >= 0 (0: no mistakes report), got {mistakes}")
         self.thresholds = thresholds
         self.stages = list(stages)
         self.every_n_epochs = every_n_epochs
@@ -108,9 +132,12 @@ class CurveLogger(Callback):
         self.save_csv = save_csv
         self.max_points = max_points
         self.print_summary = print_summary
+        self.mistakes = mistakes
         self.root: Path | None = None
         self.last_results: dict[str, CurveResults] = {}
+        self.last_mistakes: dict[str, MistakesReport] = {}
         self._metrics: dict[int, CurveMetrics] = {}
+        self._mistakes: dict[int, Mistakes] = {}
         self._samples = RealSamples()  # drops the samples DDP's sampler repeats
         self._active = False
         self._warned = False
@@ -173,8 +200,10 @@ class CurveLogger(Callback):
             )
             for idx in range(len(loaders))
         }
+        single_label = pl_module.task == "multiclass" and self.mistakes > 0
+        self._mistakes = {idx: Mistakes(self.mistakes) for idx in range(len(loaders))} if single_label else {}
 
-    def _update(self, outputs: Any, dataloader_idx: int) -> None:
+    def _update(self, outputs: Any, batch: Any, dataloader_idx: int) -> None:
         if not self._active:
             return
         if not isinstance(outputs, dict) or "preds" not in outputs or "target" not in outputs:
@@ -189,36 +218,54 @@ class CurveLogger(Callback):
         keep = self._samples.keep(len(target), dataloader_idx)
         if keep:
             self._metrics[dataloader_idx].update(preds[:keep], target[:keep])
+            if dataloader_idx in self._mistakes:
+                meta = {k: v[:keep] for k, v in split_meta(batch)[1].items() if hasattr(v, "__getitem__")}
+                self._mistakes[dataloader_idx].update(preds[:keep], target[:keep], meta)
 
     def _end(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not self._active:
             return
         self._active = False
         short = "val" if stage == "validate" else "test"
+        epoch = evaluated_epoch(trainer, pl_module)
         for idx, metrics in self._metrics.items():
             prefix = short if len(self._metrics) == 1 else f"{short}_dl{idx}"
             results = metrics.compute()  # every rank: syncs the states
             self.last_results[prefix] = results
+            report = None
+            if idx in self._mistakes:  # every rank: gathers the processes' mistakes
+                pairs = most_confused(results.confusion, results.class_names, self.mistakes)
+                report = MistakesReport(results.class_names, self._mistakes[idx].gather(), pairs)
+                self.last_mistakes[prefix] = report
             pl_module.log(f"{prefix}/auroc", results.auroc["macro"], sync_dist=False)
             pl_module.log(f"{prefix}/ap", results.ap["macro"], sync_dist=False)
             if trainer.is_global_zero:
-                self._write(trainer, results, prefix)
+                self._write(trainer, results, prefix, epoch, report)
                 if stage == "test" and self.print_summary:
-                    print(
-                        format_summary(
-                            results, f"Per-class metrics ({prefix}, epoch {trainer.current_epoch})"
-                        )
-                    )
-        self._metrics = {}
+                    print(format_summary(results, f"Per-class metrics ({prefix}, epoch {epoch})"))
+                    if report is not None and report.pairs:
+                        shown = ", ".join(f"{t} -> {p}: {c}" for t, p, c, _ in report.pairs[:5])
+                        print(f"Most confused ({prefix}, epoch {epoch}; true -> predicted: count): {shown}")
+        self._metrics, self._mistakes = {}, {}
 
-    def _write(self, trainer: L.Trainer, results: CurveResults, prefix: str) -> None:
-        folder = (
-            self.root or Path(trainer.default_root_dir) / "curves"
-        ) / f"{prefix}_epoch{trainer.current_epoch:03d}"
+    def _write(
+        self,
+        trainer: L.Trainer,
+        results: CurveResults,
+        prefix: str,
+        epoch: int,
+        report: MistakesReport | None,
+    ) -> None:
+        folder = (self.root or Path(trainer.default_root_dir) / "curves") / f"{prefix}_epoch{epoch:03d}"
         folder.mkdir(parents=True, exist_ok=True)
         if self.save_csv:
             write_csvs(results, folder)
+            if report is not None:
+                write_mistakes(report, folder)
         figures = make_figures(results, prefix) if self.save_png or _has(trainer, TensorBoardLogger) else {}
+        grid = mistakes_figure(report, prefix) if figures and report is not None else None
+        if grid is not None:
+            figures["mistakes"] = grid
         if self.save_png:
             for name, fig in figures.items():
                 fig.savefig(folder / f"{name}.png")
@@ -229,9 +276,8 @@ class CurveLogger(Callback):
             elif isinstance(logger, WandbLogger):
                 # the step Lightning logs epoch metrics at, so curves share the x-axis with val/acc
                 step = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "_batches_that_stepped", None)
-                log_to_wandb(
-                    logger, results, prefix, trainer.global_step if step is None else step, self.max_points
-                )
+                step = trainer.global_step if step is None else step
+                log_to_wandb(logger, results, prefix, step, self.max_points, report)
 
     # ---- hooks ------------------------------------------------------------------------------------
 
@@ -249,7 +295,7 @@ class CurveLogger(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._update(outputs, dataloader_idx)
+        self._update(outputs, batch, dataloader_idx)
 
     @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -269,11 +315,22 @@ class CurveLogger(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._update(outputs, dataloader_idx)
+        self._update(outputs, batch, dataloader_idx)
 
     @override
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._end(trainer, pl_module, "test")
+
+
+def evaluated_epoch(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+    """The epoch of the weights being evaluated: the trainer's while fitting; else the epoch of the
+    checkpoint they were loaded from (the module's ``checkpoint_epoch``, see
+    :class:`~lightning_recipes.modules._base.TransferModule`); else the last epoch trained
+    (``current_epoch`` counts the finished epochs once a fit has ended), 0 if none."""
+    if trainer.state.fn == "fit":
+        return trainer.current_epoch
+    epoch = getattr(pl_module, "checkpoint_epoch", None)
+    return int(epoch) if epoch is not None else max(trainer.current_epoch - 1, 0)
 
 
 def _has(trainer: L.Trainer, kind: type) -> bool:

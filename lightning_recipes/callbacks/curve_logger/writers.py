@@ -13,6 +13,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger
 
+from lightning_recipes.callbacks.curve_logger.mistakes import MistakesReport, wandb_tables
 from lightning_recipes.callbacks.curve_logger.state import SUMMARY_COLUMNS, CurveResults
 
 
@@ -169,8 +170,16 @@ def _json_safe(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def log_to_wandb(logger: WandbLogger, results: CurveResults, prefix: str, step: int, max_points: int) -> None:
-    """Interactive ROC/PR line charts, the confusion matrix and the summary table (rank zero only)."""
+def log_to_wandb(
+    logger: WandbLogger,
+    results: CurveResults,
+    prefix: str,
+    step: int,
+    max_points: int,
+    mistakes: MistakesReport | None = None,
+) -> None:
+    """Interactive ROC/PR line charts, the confusion matrix, the summary table and the mistakes report's
+    tables (rank zero only)."""
     import wandb
 
     per_curve = max(2, max_points // max(1, len(results.roc)))
@@ -214,5 +223,7 @@ def log_to_wandb(logger: WandbLogger, results: CurveResults, prefix: str, step: 
         columns=list(SUMMARY_COLUMNS),
         data=[[_json_safe(row[c]) for c in SUMMARY_COLUMNS] for row in results.summary],
     )
+    if mistakes is not None:
+        payload.update(wandb_tables(mistakes, prefix))
     payload["trainer/global_step"] = step
     logger.experiment.log(payload)
