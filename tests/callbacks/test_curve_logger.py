@@ -276,3 +276,21 @@ def test_two_val_loaders_and_every_n_epochs(tmp_path):
     assert int(curves.last_results["val_dl1"].confusion.sum()) == 7
     folders = sorted(p.name for p in (tmp_path / "curves").iterdir())
     assert folders == ["val_dl0_epoch000", "val_dl0_epoch002", "val_dl1_epoch000", "val_dl1_epoch002"]
+
+
+def test_default_scores_about_ten_validations_per_run_and_the_last():
+    from types import SimpleNamespace
+
+    def scored(curves: CurveLogger, max_epochs: int | None) -> list[int]:
+        epochs = range(max_epochs if max_epochs and max_epochs > 0 else 12)
+        return [
+            e for e in epochs if curves.scores_epoch(SimpleNamespace(current_epoch=e, max_epochs=max_epochs))
+        ]
+
+    assert scored(CurveLogger(), 8) == list(range(8))  # short runs: every epoch
+    assert scored(CurveLogger(), 30) == [0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 29]  # 11 folders, not 30
+    assert scored(CurveLogger(), 25) == [0, 3, 6, 9, 12, 15, 18, 21, 24]  # the last is on the period
+    assert scored(CurveLogger(), -1) == list(range(12))  # no known end: every epoch
+    assert scored(CurveLogger(every_n_epochs=4), 30) == [0, 4, 8, 12, 16, 20, 24, 28]  # as asked
+    with pytest.raises(ValueError, match="every_n_epochs must be >= 1"):
+        CurveLogger(every_n_epochs=0)

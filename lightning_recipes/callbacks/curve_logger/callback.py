@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -72,7 +73,9 @@ class CurveLogger(Callback):
             :func:`curve_thresholds`); a list of thresholds; or
             ``None`` for exact curves (keeps every score: memory grows with the data set).
         stages: which of ``"validate"`` and ``"test"`` to score.
-        every_n_epochs: score validation every n epochs (test is always scored).
+        every_n_epochs: score validation every n epochs (test is always scored); ``None`` (default): every
+            epoch of a run of up to 10, else about 10 times per run (every ``ceil(max_epochs / 10)``
+            epochs, and the last), so a 30-epoch probe writes 11 folders, not 30.
         dirpath: folder for the curve files (default: the run dir above).
         save_png: write the PNG plots.
         save_csv: write the CSV files.
@@ -103,7 +106,7 @@ class CurveLogger(Callback):
         self,
         thresholds: int | list[float] | None = 200,
         stages: list[Stage] = ["validate", "test"],  # noqa: B006 (a YAML default; never mutated)
-        every_n_epochs: int = 1,
+        every_n_epochs: int | None = None,
         dirpath: str | None = None,
         save_png: bool = True,
         save_csv: bool = True,
@@ -114,8 +117,8 @@ class CurveLogger(Callback):
         unknown = set(stages) - {"validate", "test"}
         if unknown:
             raise ValueError(f"CurveLogger stages must be 'validate' and/or 'test', got {sorted(unknown)}")
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        if every_n_epochs is not None and every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1 (or None: about 10 per run), got {every_n_epochs}")
         if isinstance(thresholds, int) and thresholds < 2:
             raise ValueError(
                 f"thresholds must be >= 2 (or a list, or None for exact curves), got {thresholds}"
@@ -178,16 +181,19 @@ class CurveLogger(Callback):
             return [str(n) for n in names]
         return [str(i) for i in range(num_classes)]
 
+    def scores_epoch(self, trainer: L.Trainer) -> bool:
+        """Whether the validation of ``trainer.current_epoch`` is scored (see ``every_n_epochs``)."""
+        epoch, last = trainer.current_epoch, (trainer.max_epochs or 0) - 1
+        if self.every_n_epochs is not None:
+            return epoch % self.every_n_epochs == 0
+        return epoch % max(1, math.ceil((last + 1) / 10)) == 0 or epoch == last
+
     def _start(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._active = (
             stage in self.stages
             and not trainer.sanity_checking
             and self._supported(pl_module)
-            and (
-                stage == "test"
-                or trainer.current_epoch % self.every_n_epochs == 0
-                or trainer.state.fn == "validate"
-            )
+            and (stage == "test" or self.scores_epoch(trainer) or trainer.state.fn == "validate")
         )
         if not self._active:
             return
