@@ -1,16 +1,69 @@
-"""Batches of the text data module: padding with the texts kept beside, and the length-grouped sampler."""
+"""Batches of the text data module: tokenising a split once, padding with the texts kept beside, and the
+length-grouped sampler."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import torch
 
+from lightning_recipes._compat import dataset_fingerprint
+from lightning_recipes.data._labels import LabelEncoder
 from lightning_recipes.handshake import META_KEY
+from lightning_recipes.tokenizer import tokenizer_fingerprint
 
 #: Prefix of the tokenised evaluation and predict splits' columns that keep the raw inputs (moved to
 #: ``batch["meta"]``).
 META_PREFIX = "meta/"
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def tokenize_split(
+    ds: Any,
+    split: str,
+    tokenizer: Any,
+    text: str,
+    pair: str | None,
+    max_length: int,
+    labels: LabelEncoder | None,
+    task: str,
+    kept: list[str],
+) -> Any:
+    """``ds`` tokenised once (``datasets.map``, cached under a fingerprint of everything that shapes the
+    result): the model inputs, ``length``, ``labels`` (encoded by ``labels``; ``None``: none) and the
+    ``kept`` columns as ``meta/<column>``."""
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        args = [batch[text]] + ([batch[pair]] if pair else [])
+        out = dict(tokenizer(*args, truncation=True, max_length=max_length))
+        out = {k: v for k, v in out.items() if k in _MODEL_INPUTS}
+        out["length"] = [len(ids) for ids in out["input_ids"]]
+        if labels is not None:
+            out["labels"] = labels.encode(batch[labels.column])
+        out.update({META_PREFIX + c: batch[c] for c in kept})
+        return out
+
+    label_key = None if labels is None else [labels.column, labels.separator, labels.key()]
+    parts = [
+        dataset_fingerprint(ds),
+        tokenizer_fingerprint(tokenizer),
+        text,
+        pair,
+        max_length,
+        task,
+        label_key,
+        kept,
+    ]
+    fingerprint = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+    return ds.map(
+        encode,
+        batched=True,
+        remove_columns=ds.column_names,
+        new_fingerprint=fingerprint,
+        desc=f"Tokenizing {split}",
+    )
 
 
 class TextCollator:

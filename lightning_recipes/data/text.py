@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 from torch.utils.data import DataLoader
 
-from lightning_recipes._compat import dataset_fingerprint
 from lightning_recipes.cache import default_cache_dir
 from lightning_recipes.data._labels import LabelEncoder
 from lightning_recipes.data._loader import split_loader
 from lightning_recipes.data._splits import check_options
-from lightning_recipes.data._text_batches import META_PREFIX, TextCollator, length_grouped_sampler
+from lightning_recipes.data._text_batches import TextCollator, length_grouped_sampler, tokenize_split
 from lightning_recipes.data._text_files import (
     file_format,
     load_hub_splits,
@@ -25,9 +22,7 @@ from lightning_recipes.data._text_files import (
 )
 from lightning_recipes.data._tokenizer_cache import wordpiece_tokenizer
 from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
-from lightning_recipes.tokenizer import load_tokenizer, tokenizer_fingerprint
-
-_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+from lightning_recipes.tokenizer import load_tokenizer
 
 
 class TextDataModule(L.LightningDataModule):
@@ -292,49 +287,13 @@ class TextDataModule(L.LightningDataModule):
             self.label_encoder.fit(self._raw()["train"])
 
     def _tokenize(self, split: str, ds: Any) -> Any:
-        tokenizer = self.prepare_tokenizer()
-        labelled = self._labelled(split, ds)
-        text, pair, max_length = self.text_column, self.text_pair_column, self.max_length
-        labels = self.label_encoder
-
         # Inputs travel with the batches (``batch["meta"]``): the texts of evaluation batches, for the
         # mistakes report; every column of the predict data (its ground truth too), for the prediction writer.
-        kept = [] if split == "train" else [c for c in (text, pair) if c]
-        kept = list(ds.column_names) if split == "predict" else kept
-
-        def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
-            args = [batch[text]] + ([batch[pair]] if pair else [])
-            out = dict(tokenizer(*args, truncation=True, max_length=max_length))
-            out = {k: v for k, v in out.items() if k in _MODEL_INPUTS}
-            out["length"] = [len(ids) for ids in out["input_ids"]]
-            if labelled:
-                out["labels"] = labels.encode(batch[labels.column])
-            out.update({META_PREFIX + c: batch[c] for c in kept})
-            return out
-
-        key = json.dumps(
-            [
-                dataset_fingerprint(ds),
-                tokenizer_fingerprint(tokenizer),
-                text,
-                pair,
-                labels.column,
-                max_length,
-                self.task,
-                labels.separator,
-                labels.key(),
-                kept,
-                labelled,
-            ],
-        )
-        fingerprint = hashlib.sha256(key.encode()).hexdigest()[:32]
-        return ds.map(
-            encode,
-            batched=True,
-            remove_columns=ds.column_names,
-            new_fingerprint=fingerprint,
-            desc=f"Tokenizing {split}",
-        )
+        text, pair = self.text_column, self.text_pair_column
+        kept = {"predict": list(ds.column_names), "train": []}.get(split, [c for c in (text, pair) if c])
+        labels = self.label_encoder if self._labelled(split, ds) else None
+        tokenizer = self.prepare_tokenizer()
+        return tokenize_split(ds, split, tokenizer, text, pair, self.max_length, labels, self.task, kept)
 
     def _labelled(self, split: str, ds: Any) -> bool:
         """Whether the split's batches carry labels: every split with the label column, and the predict data

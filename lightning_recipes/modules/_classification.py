@@ -363,16 +363,11 @@ class ClassificationModule(TransferModule):
         return out
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """What :class:`~lightning_recipes.callbacks.PredictionWriter` writes, for one batch.
-
-        ``{"probabilities": Tensor, "labels": [...], "label_names": [...], "task": str, "meta": {...}}``:
-        probabilities (multiclass/multilabel; the predicted values for regression), each row's label
-        (a class name; the list of names above 0.5 for multi-label; the value for regression), the
-        class names in id order, the task, and the batch's input columns (file path, text, the other
-        columns of the file...) as the data module gave them
-        (:func:`~lightning_recipes.handshake.split_meta`).
-        Where every row of the batch carries its ground truth (:meth:`known_target`), also ``"target"``,
-        from which the writer computes the metrics.
+        """What :class:`~lightning_recipes.callbacks.PredictionWriter` writes, for one batch:
+        ``{"probabilities", "labels", "label_names", "task", "meta"}``: probabilities (the values for
+        regression), each row's label (class name; names above 0.5 for multi-label; the value), the class
+        names in id order, the task, the batch's input columns (``split_meta``), and ``"target"`` where
+        every row carries its ground truth (:meth:`known_target`: the metrics).
         """
         inputs, meta = split_meta(batch)
         probs = self.probabilities(self.class_logits(self(inputs).float()))
@@ -384,9 +379,7 @@ class ClassificationModule(TransferModule):
             META_KEY: meta,
         }
         target = self.known_target(batch, probs)
-        if target is not None:
-            out["target"] = target
-        return out
+        return out if target is None else {**out, "target": target}
 
     def known_target(self, batch: Any, probs: Tensor) -> Tensor | None:
         """The targets of a predict batch (``labels`` of a dict batch, the second item of a tuple batch),

@@ -208,14 +208,10 @@ def test_unpadded_blocks_are_scored_with_an_all_ones_mask(assets) -> None:
     """A corpus block that starts with EOS (GPT-2's pad token too) gets an explicit all-ones attention
     mask, so transformers has no padding to warn about, and the loss is the unmasked one."""
     lm = tiny_lm(assets, config={"pad_token_id": 0, "eos_token_id": 0}).eval()  # no dropout
-    seen = []
-    forward = lm.model.forward
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs.get("attention_mask"))
-        return forward(*args, **kwargs)
-
-    lm.model.forward = spy
+    seen, forward = [], lm.model.forward
+    lm.model.forward = lambda *args, **kwargs: (
+        seen.append(kwargs.get("attention_mask")) or forward(*args, **kwargs)
+    )
     ids = torch.tensor([[0, 5, 6, 7, 0], [8, 9, 10, 11, 12]])
     total, count = lm.token_nll({"input_ids": ids})
     assert torch.equal(seen[0], torch.ones_like(ids)) and int(count) == 8
