@@ -189,13 +189,25 @@ def image_features(
 
 
 # -- text -----------------------------------------------------------------------------------------
-def load_texts(path: str, text_column: str | None, label_column: str, max_examples: int, seed: int) -> Sample:
-    """A csv/tsv/json/jsonl/parquet file of texts and labels, read as ``TextDataModule`` reads it."""
+def load_texts(
+    path: str,
+    text_column: str | None,
+    label_column: str,
+    max_examples: int,
+    seed: int,
+    encoding: str = "utf-8",
+    delimiter: str | None = None,
+    format: str | None = None,
+) -> Sample:
+    """A file of texts and labels, read as ``TextDataModule`` reads it with the same ``encoding``,
+    ``delimiter`` and ``format`` (csv/tsv/json/jsonl/parquet, ``LABEL text`` and ``text<delimiter>label``
+    lines: their columns are ``text`` and ``label``)."""
     from lightning_recipes.cache import default_cache_dir
     from lightning_recipes.data._labels import LabelEncoder
     from lightning_recipes.data._text_files import load_split_file
 
-    ds = load_split_file(path, "train", str(default_cache_dir() / "datasets"))
+    how = {"encoding": encoding, "delimiter": delimiter, "format": format}
+    ds = load_split_file(path, "train", str(default_cache_dir() / "datasets"), **how)
     if text_column is None:
         found = [c for c in ("sentence", "text") if c in ds.column_names]
         if not found:
@@ -219,8 +231,14 @@ def load_texts(path: str, text_column: str | None, label_column: str, max_exampl
         train_counts=counts.tolist(),
         items=texts,
         targets=all_targets[keep],
-        details={"text_column": text_column, "label_column": label_column},
+        details={"text_column": text_column, "label_column": label_column, **_file_options(how)},
     )
+
+
+def _file_options(how: dict[str, str | None]) -> dict[str, dict[str, str]]:
+    """``{"file_options": {...}}`` for the options not at ``TextDataModule``'s defaults, else ``{}``."""
+    given = {k: v for k, v in how.items() if v is not None and v != "utf-8"}
+    return {"file_options": given} if given else {}
 
 
 def _pretrained_label_names(config: Any) -> list[list[str]] | None:

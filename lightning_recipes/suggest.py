@@ -187,7 +187,8 @@ def recipe_command(
         backbone: the backbone, as the user gave it.
         classes: the data's class names.
         details: how the data was read: ``layout`` (``class folders`` for a folder without splits) for
-            images; ``text_column``, ``label_column`` for text; ``label_map`` (class name -> the
+            images; ``text_column``, ``label_column`` and ``file_options`` (encoding, delimiter, format)
+            for text; ``label_map`` (class name -> the
             pretrained label id it matched) where every name matches.
         pretrained: a local weights file of an image backbone, passed on unless the recipe trains from
             scratch.
@@ -224,6 +225,8 @@ def recipe_command(
         overrides["data.init_args.train_file"] = data
         overrides["data.init_args.text_column"] = details["text_column"]
         overrides["data.init_args.label_column"] = details["label_column"]
+        for key, value in details.get("file_options", {}).items():  # how the file was read
+            overrides[f"data.init_args.{key}"] = value
         nulls = ["dataset", "dataset_config", "val_file", "test_file", "predict_file", "label_names"]
         if "fit" in stages:
             overrides["data.init_args.val_fraction"] = "0.1"
@@ -266,6 +269,9 @@ def suggest(
     pretrained: str | None = None,
     max_examples: int = MAX_EXAMPLES,
     seed: int = 0,
+    encoding: str = "utf-8",
+    delimiter: str | None = None,
+    format: str | None = None,
 ) -> Suggestion:
     """Measure ``data`` against ``backbone`` and suggest a scenario and the recipe that runs it.
 
@@ -279,6 +285,8 @@ def suggest(
             ``pretrained``), instead of the weights its name brings.
         max_examples: at most this many examples (class-balanced, seeded) are embedded and probed.
         seed: seed of the subsample, the random-init backbone and the probe's folds.
+        encoding, delimiter, format: how the text file is read, as ``TextDataModule``'s options of those
+            names (a Latin-1 file, ``text;label`` lines, a ``.label`` file); the printed command keeps them.
     """
     from lightning_recipes import _suggest_data as sd
     from lightning_recipes import zoo
@@ -293,7 +301,8 @@ def suggest(
     else:
         if pretrained:
             raise ValueError("pretrained=FILE is for image backbones; give a text model's folder as backbone")
-        sample = sd.load_texts(data, text_column, label_column, max_examples, seed)
+        how = {"encoding": encoding, "delimiter": delimiter, "format": format}
+        sample = sd.load_texts(data, text_column, label_column, max_examples, seed, **how)
         feats = sd.text_features(sample, backbone, max_length=128, seed=seed)
     y = sample.targets
     as_is = None if feats.as_is_logits is None else float((feats.as_is_logits.argmax(1) == y).mean())
@@ -363,6 +372,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--pretrained", help="image backbones: a local weights file for the architecture")
     parser.add_argument("--max-examples", type=int, default=MAX_EXAMPLES, help="examples probed (300)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--encoding", default="utf-8", help="text file encoding (e.g. latin-1)")
+    parser.add_argument("--delimiter", help="text file column separator (`;`: text;label lines in a .txt)")
+    parser.add_argument("--format", help="text file format: csv, json, parquet, label_text, text_label")
     args = parser.parse_args(argv)
     if args.max_examples < 4:
         parser.error(f"--max-examples must be at least 4, got {args.max_examples}")
@@ -375,6 +387,9 @@ def main(argv: list[str]) -> int:
         pretrained=args.pretrained,
         max_examples=args.max_examples,
         seed=args.seed,
+        encoding=args.encoding,
+        delimiter=args.delimiter,
+        format=args.format,
     )
     print(report(result, args.data, args.backbone))
     sys.stdout.flush()

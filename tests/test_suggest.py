@@ -216,6 +216,24 @@ def test_text_classifier_that_already_fits_is_used_as_is(sentiment_model, tmp_pa
         assert parse(result.command, capsys)["data"]["init_args"]["train_file"] == str(data)
 
 
+def test_text_files_as_they_come_are_read_and_kept_in_the_command(sentiment_model, tmp_path, capsys):
+    """A Latin-1 ``text;label`` .txt file: suggest reads it with the data module's options, and the printed
+    command passes them on."""
+    texts, labels = sentences(30, seed=2)
+    rows = [f"{t} caf\u00e9;{'positive' if y else 'negative'}" for t, y in zip(texts, labels, strict=True)]
+    data = tmp_path / "reviews.txt"
+    data.write_bytes("\n".join(rows).encode("latin-1"))
+    with pytest.raises(ValueError, match="encoding"):
+        sg.suggest(str(data), str(sentiment_model), delimiter=";")  # not UTF-8: the error names the option
+    result = sg.suggest(str(data), str(sentiment_model), encoding="latin-1", delimiter=";")
+    assert result.details["file_options"] == {"encoding": "latin-1", "delimiter": ";"}
+    assert result.measurement.classes == 2 and result.measurement.as_is == 1.0
+    recipe = sg.choose_recipe("text", "fine-tune", str(sentiment_model))
+    command = sg.recipe_command(recipe, "text", str(data), "m", ["negative", "positive"], result.details)
+    init = parse(command, capsys)["data"]["init_args"]
+    assert (init["encoding"], init["delimiter"], init["train_file"]) == ("latin-1", ";", str(data))
+
+
 def test_suggest_errors_name_the_bad_input(tmp_path, capsys):
     assert main(["suggest", "--data", str(tmp_path / "nowhere"), "--backbone", "resnet18"]) == 1
     assert f"Data '{tmp_path / 'nowhere'}' not found: give an image folder" in capsys.readouterr().err
