@@ -65,6 +65,12 @@ EXPECTED: dict[str, list[dict[str, dict[str, tuple[float, float] | set[str]]]]] 
             "backbone frozen (FreezeUnfreeze)": {"images/s": POS, "epoch cost vs all layers": POS},
         },
     ],
+    "first_progress.py": [
+        {
+            tree: {"first progress line, s": POS, "first line showing training move, s": POS}
+            for tree in ("baseline HEAD", "this tree")
+        },
+    ],
     "import_cost.py": [
         {
             tree: {
