@@ -81,6 +81,23 @@ def build_config(config: dict[str, Any], default_type: str | None = None) -> Any
     return AutoConfig.for_model(model_type, **kwargs)
 
 
+#: Tokens of the example sequence Lightning's model summary runs (``example_input_array``).
+EXAMPLE_TOKENS = 128
+
+
+def example_length(config: Any) -> int:
+    """:data:`EXAMPLE_TOKENS`, or the model's longest sequence where that is shorter.
+
+    Example::
+
+        >>> from transformers import GPT2Config
+        >>> example_length(GPT2Config(n_positions=64)), example_length(GPT2Config())
+        (64, 128)
+    """
+    longest = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return min(EXAMPLE_TOKENS, longest or EXAMPLE_TOKENS)
+
+
 def pretrained_base(name: str, revision: str | None) -> dict[str, Any]:
     """What rebuilds a pretrained transformers model (``TransferModule.setup_adapter``): the Hub id at
     ``revision``, or the local folder as an absolute path."""

@@ -20,6 +20,7 @@ from lightning_recipes.modules._hf import (
     HFParts,
     build_config,
     enable_gradient_checkpointing,
+    example_length,
     find_tokenizer,
     load_pretrained_causal_lm,
     pretrained_base,
@@ -202,6 +203,12 @@ class CausalLM(Generation, HFParts, TransferModule):
     @property
     def vocab_size(self) -> int:
         return self.model.get_input_embeddings().num_embeddings
+
+    @property
+    def example_input_array(self) -> dict[str, Tensor]:
+        """One sequence of :data:`~lightning_recipes.modules._hf.EXAMPLE_TOKENS` tokens, which Lightning's
+        model summary runs for the FLOPs and the layers' shapes."""
+        return {"input_ids": torch.zeros(1, example_length(self.model.config), dtype=torch.long)}
 
     @property
     def context_length(self) -> int | None:

@@ -1,0 +1,40 @@
+"""Lightning's model summary of each family runs an example input: real FLOPs and layer shapes, not a
+column of zeros (#24's noise)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch.utilities.model_summary import summarize
+from tiny_text_models import make_model
+
+from lightning_recipes import CausalLM, ImageClassifier, TextClassifier
+
+GPT2 = {"model_type": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 300}
+
+
+def test_each_family_has_an_example_input_with_flops_and_shapes(tmp_path: Path) -> None:
+    image = ImageClassifier("test_resnet", num_classes=2, pretrained=False)
+    assert image.example_input_array.shape == (1, *image.data_config["input_size"])
+    summary = summarize(image)
+    assert summary.total_flops > 0 and summary.in_sizes[summary.layer_names.index("backbone")] == [
+        1,
+        3,
+        160,
+        160,
+    ]
+    assert summary.out_sizes[summary.layer_names.index("head")] == [1, 2]
+
+    text = TextClassifier(str(make_model(tmp_path / "bert")), num_classes=2)
+    (inputs,) = text.example_input_array
+    assert set(inputs) == {"input_ids", "attention_mask", "token_type_ids"} and inputs["input_ids"].shape == (
+        1,
+        64,
+    )
+    assert summarize(text).total_flops > 0  # 64: the tiny BERT's max_position_embeddings, under 128
+
+    lm = CausalLM(config=GPT2)
+    assert lm.example_input_array["input_ids"].shape == (1, 64) and summarize(lm).total_flops > 0
+    assert lm(**lm.example_input_array).shape == (1, 64, 300)
+    assert torch.equal(lm.example_input_array["input_ids"], torch.zeros(1, 64, dtype=torch.long))
