@@ -83,7 +83,7 @@ def export(
     to = Path(to).expanduser().absolute()
     _check_target(to, overwrite)
     loaded = load_source(source)
-    fmt = check_format(loaded.family, format)
+    fmt = check_format(loaded, format, merge)
     tmp = to.with_name(f".{to.name}.export-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -140,7 +140,10 @@ def _write(source: Source, fmt: str, folder: Path, merge: bool) -> tuple[Parity,
     return parity, inputs_from
 
 
-USAGE = "lightning-recipes export RUN_DIR|CKPT --to DIR [--format hf|timm|onnx|torchscript] [--merge] [--overwrite]"
+USAGE = (
+    "lightning-recipes export RUN_DIR|CKPT --to DIR [--format hf|timm|onnx|torchscript] [--merge] "
+    "[--overwrite]"
+)
 
 
 def main(argv: list[str]) -> int:
@@ -148,8 +151,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="lightning-recipes export",
         usage=USAGE,
-        description="Export a run's best checkpoint (or a checkpoint) as a folder its ecosystem loads, with a "
-        "model card; the export is checked against the checkpoint (docs/export.md).",
+        description="Export a run's best checkpoint (or a checkpoint) as a folder its ecosystem loads, with "
+        "a model card; the export is checked against the checkpoint (docs/export.md).",
     )
     parser.add_argument("source", help="run directory of `lightning run`, or a .ckpt file")
     parser.add_argument("--to", required=True, help="folder to write (must not exist or be empty)")
@@ -168,7 +171,6 @@ def main(argv: list[str]) -> int:
         return 1
     p = done.parity
     print(f"Exported {done.checkpoint} as {done.format} to {done.folder}")
-    print(
-        f"Parity: max abs difference of probabilities {p.max_abs_diff:.3g} <= {p.tolerance:g} ({done.inputs_from})"
-    )
+    diff = f"max abs difference of probabilities {p.max_abs_diff:.3g} <= {p.tolerance:g}"
+    print(f"Parity: {diff} ({done.inputs_from})")
     return 0

@@ -29,7 +29,8 @@ METRIC_IDS = {
 LOAD = {
     "hf-text": 'from transformers import pipeline\nclassify = pipeline("text-classification", model="{dir}")',
     "hf-lm": 'from transformers import pipeline\ngenerate = pipeline("text-generation", model="{dir}")',
-    "hf-adapter": 'from peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained("{dir}")',
+    "hf-adapter": "from peft import AutoPeftModelForCausalLM\n"
+    'model = AutoPeftModelForCausalLM.from_pretrained("{dir}")',
     "timm": 'import timm\nmodel = timm.create_model("local-dir:{dir}", pretrained=True).eval()',
     "torchscript": 'import torch\nmodel = torch.jit.load("{dir}/model.pt")  # inputs in export.json order',
     "onnx": 'import onnxruntime\nsession = onnxruntime.InferenceSession("{dir}/model.onnx")',
@@ -102,12 +103,12 @@ def _limitations(source: Source, record: dict[str, Any]) -> list[str]:
     if getattr(module, "peft_model", None) is not None and not record["merged_adapter"]:
         notes.append(
             "This folder holds an adapter, not a whole model: it needs its base model "
-            f"({module.hparams.get('model_name_or_path')}) to load; export with `--merge` for a standalone model."
+            f"({module.hparams.get('model_name_or_path')}) to load; `--merge` exports a standalone model."
         )
     if record.get("class_map"):
         notes.append(
-            "The model is used as-is: its outputs are the pretrained labels (`label_names`); the data's classes "
-            "are the probability mass of their mapped labels (`class_map` in export.json, renormalised)."
+            "The model is used as-is: its outputs are the pretrained labels (`label_names`); the data's "
+            "classes are the probability mass of their mapped labels (`class_map` in export.json)."
         )
     if getattr(module, "output_names", None) and not record.get("class_map"):
         notes.append("The classifier is the pretrained model's own head, unchanged by this run.")

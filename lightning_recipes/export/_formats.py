@@ -30,19 +30,26 @@ EXAMPLES = 4
 _TEXTS = ["a short example sentence.", "the second one, a little longer than the first.", "three", "and four"]
 
 
-def check_format(family: str, fmt: str | None) -> str:
-    """``fmt`` or the family's default; a format the family cannot take is an :class:`ExportError`."""
-    allowed = FORMATS[family]
-    if fmt is None:
-        return allowed[0]
+def check_format(source: Source, fmt: str | None, merge: bool) -> str:
+    """``fmt`` or the family's default; a format the model cannot take is an :class:`ExportError`."""
+    family, allowed = source.family, FORMATS[source.family]
+    fmt = allowed[0] if fmt is None else fmt
     if fmt not in allowed:
         kind = {"image": "an image classifier", "text": "a text classifier", "lm": "a causal LM"}[family]
         raise ExportError(f"--format {fmt} does not take {kind}; it exports as {', '.join(allowed)}")
+    if fmt in ("hf", "timm") and family != "lm" and source.module.peft_model is not None and not merge:
+        library = "transformers" if fmt == "hf" else "timm"
+        raise ExportError(
+            f"--format {fmt} without --merge writes this classifier's adapter as a peft folder with its head "
+            f"beside it (head.safetensors), which {library} does not load as one model: pass --merge (the "
+            "adapter merged into its base weights), or --format torchscript/onnx"
+        )
     return fmt
 
 
 def activation(source: Source) -> str:
-    """How outputs become probabilities: ``softmax`` (multi-class, LM), ``sigmoid`` (multi-label), ``none``."""
+    """How outputs become probabilities: ``softmax`` (multi-class, LM), ``sigmoid`` (multi-label) or
+    ``none`` (regression)."""
     task = getattr(source.module, "task", "multiclass")
     return {"multilabel": "sigmoid", "regression": "none"}.get(task, "softmax")
 
@@ -184,7 +191,10 @@ def write_format(source: Source, fmt: str, folder: Path, inputs: dict[str, Tenso
         try:
             module.save_pretrained(folder, merge=merge)
         except ValueError as exc:  # a head or an adapter the format cannot take
-            raise ExportError(f"--format {fmt}: {exc}; --format torchscript or onnx take any head") from exc
+            reason = str(exc).rstrip(".")
+            raise ExportError(
+                f"--format {fmt}: {reason}; --format torchscript or onnx take any head"
+            ) from exc
         if fmt == "timm" and source.data_config and (folder / "config.json").is_file():
             _timm_data_config(folder / "config.json", source.data_config)
         return {}
@@ -207,7 +217,8 @@ def _onnx(wrapper: nn.Module, args: tuple, names: list[str], path: Path, family:
         import onnxscript  # noqa: F401
     except ImportError as exc:
         raise ExportError(
-            f"--format onnx needs onnx, onnxscript and onnxruntime ({exc}): pip install 'lightning-recipes[onnx]'"
+            f"--format onnx needs onnx, onnxscript and onnxruntime ({exc}): "
+            "pip install 'lightning-recipes[onnx]'"
         ) from exc
     axes = {name: {0: "batch"} if family == "image" else {0: "batch", 1: "sequence"} for name in names}
     try:
