@@ -31,9 +31,14 @@ def image_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for c, name in enumerate("abc"):
             (tmp / "images" / split / name).mkdir(parents=True)
             for i in range(4):
-                pixels = np.full((16, 16, 3), 40 + 80 * c, np.uint8) + rng.integers(0, 30, (16, 16, 3), np.uint8)
+                pixels = np.full((16, 16, 3), 40 + 80 * c, np.uint8) + rng.integers(
+                    0, 30, (16, 16, 3), np.uint8
+                )
                 Image.fromarray(pixels).save(tmp / "images" / split / name / f"{i}.png")
-    logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp / "run")}}
+    logger = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(tmp / "run")},
+    }
     checkpoint = {"monitor": "val/acc", "mode": "max", "save_last": True}
     recipe = {
         "seed_everything": 0,
@@ -49,7 +54,12 @@ def image_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         },
         "model": {
             "class_path": "lightning_recipes.ImageClassifier",
-            "init_args": {"model_name_or_path": "test_resnet", "pretrained": False, "num_classes": 3, "lr": 0.01},
+            "init_args": {
+                "model_name_or_path": "test_resnet",
+                "pretrained": False,
+                "num_classes": 3,
+                "lr": 0.01,
+            },
         },
         "data": {
             "class_path": "lightning_recipes.ImageDataModule",
@@ -91,8 +101,14 @@ def test_a_run_exports_its_best_checkpoint_for_timm_with_a_model_card(image_run,
     diff = float(re.search(r"Parity: max abs difference of probabilities (\S+) <= 0.0001", out).group(1))
 
     record = json.loads((out_dir / "export.json").read_text())
-    assert (record["format"], record["label_names"], record["task"]) == ("timm", ["a", "b", "c"], "multiclass")
-    assert record["parity"]["max_abs_diff"] == diff <= 1e-4 and record["parity"]["inputs"].endswith("run's data")
+    assert (record["format"], record["label_names"], record["task"]) == (
+        "timm",
+        ["a", "b", "c"],
+        "multiclass",
+    )
+    assert record["parity"]["max_abs_diff"] == diff <= 1e-4 and record["parity"]["inputs"].endswith(
+        "run's data"
+    )
     config = json.loads((out_dir / "config.json").read_text())
     assert config["label_names"] == ["a", "b", "c"]
     assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]  # the run's image_size, not timm's 160
@@ -129,7 +145,9 @@ def test_an_image_run_exports_traced_with_a_dynamic_batch(fmt, image_run, tmp_pa
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
         pytest.importorskip("onnxscript")
-    code, out, err = export(capsys, image_run / "checkpoints" / "last.ckpt", "--to", tmp_path / fmt, "--format", fmt)
+    code, out, err = export(
+        capsys, image_run / "checkpoints" / "last.ckpt", "--to", tmp_path / fmt, "--format", fmt
+    )
     assert code == 0, err
     record = json.loads((tmp_path / fmt / "export.json").read_text())
     assert record["inputs"] == {"images": {"shape": ["batch", 3, 32, 32], "dtype": "float32"}}
@@ -148,15 +166,22 @@ def text_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("text")
     torch.manual_seed(0)
     model = TextClassifier(
-        str(make_model(tmp / "bert")), num_classes=2, label_names=["neg", "pos"], hidden_dim=32, activation="tanh"
+        str(make_model(tmp / "bert")),
+        num_classes=2,
+        label_names=["neg", "pos"],
+        hidden_dim=32,
+        activation="tanh",
     )
     return save_checkpoint(model, tmp / "text.ckpt")
 
 
-@pytest.mark.parametrize("fmt", ["hf", "torchscript", "onnx"])
-def test_a_text_classifier_exports_and_reloads_without_lightning_recipes(fmt, text_ckpt, tmp_path, capsys) -> None:
+@pytest.mark.parametrize("fmt", ["hf", "torchscript", pytest.param("onnx", marks=pytest.mark.slow)])
+def test_a_text_classifier_exports_and_reloads_without_lightning_recipes(
+    fmt, text_ckpt, tmp_path, capsys
+) -> None:
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
     args = [] if fmt == "hf" else ["--format", fmt]  # hf is the default for text
     code, out, err = export(capsys, text_ckpt, "--to", tmp_path / fmt, *args)
     assert code == 0, err
@@ -187,10 +212,11 @@ def lm_base(tmp_path_factory: pytest.TempPathFactory, write_corpus) -> Path:
     return lm.save_pretrained(tmp / "base")
 
 
-@pytest.mark.parametrize("fmt", ["hf", "torchscript", "onnx"])
+@pytest.mark.parametrize("fmt", ["hf", "torchscript", pytest.param("onnx", marks=pytest.mark.slow)])
 def test_a_causal_lm_exports_and_reloads_without_lightning_recipes(fmt, lm_base, tmp_path, capsys) -> None:
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
     ckpt = save_checkpoint(CausalLM(str(lm_base)), tmp_path / "lm.ckpt")
     code, out, err = export(capsys, ckpt, "--to", tmp_path / fmt, "--format", fmt)
     assert code == 0, err
@@ -201,6 +227,7 @@ def test_a_causal_lm_exports_and_reloads_without_lightning_recipes(fmt, lm_base,
     assert got.shape == (3, 9, 300)
 
 
+@pytest.mark.slow  # about 25 s: three exports, each reloaded twice
 def test_a_lora_lm_exports_as_an_adapter_folder_or_merged(lm_base, tmp_path, capsys) -> None:
     import peft
 

@@ -51,7 +51,10 @@ def test_bad_input_is_one_line_and_exit_code_2(image_ckpt, tmp_path, capsys) -> 
     assert code == 2 and "holds no checkpoint (expected" in err
 
     code, err = export(capsys, image_ckpt, "--to", out, "--format", "hf")
-    assert code == 2 and "--format hf does not take an image classifier; it exports as timm, torchscript, onnx" in err
+    assert (
+        code == 2
+        and "--format hf does not take an image classifier; it exports as timm, torchscript, onnx" in err
+    )
 
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
@@ -85,7 +88,9 @@ def test_a_parity_failure_refuses_and_leaves_nothing(image_ckpt, tmp_path, capsy
     # With --overwrite, a refused export leaves the earlier folder as it was.
     (tmp_path / "earlier").mkdir()
     (tmp_path / "earlier" / "model.pt").write_text("earlier")
-    code, err = export(capsys, image_ckpt, "--to", tmp_path / "earlier", "--format", "torchscript", "--overwrite")
+    code, err = export(
+        capsys, image_ckpt, "--to", tmp_path / "earlier", "--format", "torchscript", "--overwrite"
+    )
     assert code == 1 and (tmp_path / "earlier" / "model.pt").read_text() == "earlier"
 
 

@@ -212,14 +212,14 @@ def write_format(source: Source, fmt: str, folder: Path, inputs: dict[str, Tenso
 
 
 def _onnx(wrapper: nn.Module, args: tuple, names: list[str], path: Path, family: str) -> dict:
-    try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as exc:
+    from importlib.util import find_spec
+
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if find_spec(name) is None]
+    if missing:
         raise ExportError(
-            f"--format onnx needs onnx, onnxscript and onnxruntime ({exc}): "
+            f"--format onnx needs onnx, onnxscript and onnxruntime ({', '.join(missing)} not installed): "
             "pip install 'lightning-recipes[onnx]'"
-        ) from exc
+        )
     axes = {name: {0: "batch"} if family == "image" else {0: "batch", 1: "sequence"} for name in names}
     try:
         torch.onnx.export(
@@ -262,9 +262,12 @@ def write_json(folder: Path, record: dict[str, Any]) -> None:
 
 
 def describe_inputs(inputs: dict[str, Tensor]) -> dict[str, Any]:
-    return {
-        k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in inputs.items()
-    }
+    """Each input's dtype and shape, its first axis (and a text's second) named: any size works there."""
+    described = {}
+    for k, v in inputs.items():
+        shape: list[Any] = ["batch", *v.shape[1:]] if k == "images" else ["batch", "sequence", *v.shape[2:]]
+        described[k] = {"shape": shape, "dtype": str(v.dtype).removeprefix("torch.")}
+    return described
 
 
 def label_record(source: Source) -> dict[str, Any]:
