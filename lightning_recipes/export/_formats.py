@@ -175,7 +175,10 @@ def traceable(source: Source, merge: bool) -> nn.Module:
     if merge and getattr(module, "peft_model", None) is not None:
         from lightning_recipes.modules._adapters import merged_copies
 
-        module = merged_copies(module.peft_model, module)[1]
+        try:
+            module = merged_copies(module.peft_model, module)[1]
+        except ValueError as exc:  # an adapter method with no merge
+            raise ExportError(f"--merge: {str(exc).rstrip('.')}") from exc
     module = module.eval()
     if source.family == "image":
         return _ImageForward(module).eval()
