@@ -151,6 +151,7 @@ def test_an_image_run_exports_traced_with_a_dynamic_batch(fmt, image_run, tmp_pa
     assert code == 0, err
     record = json.loads((tmp_path / fmt / "export.json").read_text())
     assert record["inputs"] == {"images": {"shape": ["batch", 3, 32, 32], "dtype": "float32"}}
+    assert record["preprocessing"]["input_size"] == [3, 32, 32]  # the transform a user must apply
     assert (record.get("opset") or 0) >= (17 if fmt == "onnx" else 0)
     images = {"images": torch.randn(5, 3, 32, 32)}  # another batch size than the traced examples
     model = ImageClassifier.load_from_checkpoint(image_run / "checkpoints" / "last.ckpt").eval()
@@ -189,6 +190,7 @@ def test_a_text_classifier_exports_and_reloads_without_lightning_recipes(
     model = TextClassifier.load_from_checkpoint(text_ckpt).eval()
     got = reload_probabilities("hf-text" if fmt == "hf" else fmt, tmp_path / fmt, inputs, tmp_path)
     torch.testing.assert_close(got, probabilities(model, inputs), atol=1e-5, rtol=0)
+    assert (tmp_path / fmt / "tokenizer.json").is_file()  # the preprocessing travels with every format
     if fmt == "hf":
         config = json.loads((tmp_path / fmt / "config.json").read_text())
         assert config["id2label"] == {"0": "neg", "1": "pos"} and config["label2id"] == {"neg": 0, "pos": 1}

@@ -124,14 +124,20 @@ def write_card(source: Source, folder: Path, record: dict[str, Any]) -> Path:
     fmt, family = record["format"], source.family
     lines = ["---", yaml.safe_dump(front_matter(source, record), sort_keys=False).rstrip(), "---", ""]
     title = Path(str(source.run_dir or source.checkpoint)).name
+    cls = type(source.module).__name__
+    article = "An" if cls[0] in "AEIOU" else "A"
+    when = f" (epoch {source.epoch}, step {source.step})" if source.epoch is not None else ""
     lines += [
         f"# {title}",
         "",
-        f"A {type(source.module).__name__} ({PIPELINE[family]}) trained with "
-        f"[lightning_recipes](https://github.com/), exported as **{fmt}** from `{source.checkpoint.name}`"
-        + (f" (epoch {source.epoch}, step {source.step})." if source.epoch is not None else "."),
+        f"{article} {cls} ({PIPELINE[family]}) trained with lightning_recipes, exported "
+        f"as **{fmt}** from `{source.checkpoint.name}`{when}.",
         "",
     ]
+    base = source.config.get("model", {}).get("init_args", {}).get("model_name_or_path")
+    base = base or source.module.hparams.get("model_name_or_path")
+    if base:
+        lines += [f"Base model: `{base}`.", ""]
     if "label_names" in record:
         names = record["label_names"]
         shown = ", ".join(f"`{n}`" for n in names[:50]) + (
@@ -166,7 +172,7 @@ def write_card(source: Source, folder: Path, record: dict[str, Any]) -> Path:
     elif getattr(source.module, "tokenizer", None) is not None:
         length = getattr(source.module, "max_length", None) or getattr(source.module, "context_length", None)
         lines += [
-            f"Preprocessing: the tokenizer saved with the model{'' if fmt == 'hf' else ' (in the run)'}"
+            "Preprocessing: the tokenizer saved in this folder (`AutoTokenizer.from_pretrained`)"
             + (f", max length {length}." if length else "."),
             "",
         ]

@@ -201,6 +201,9 @@ def write_format(source: Source, fmt: str, folder: Path, inputs: dict[str, Tenso
         if fmt == "timm" and source.data_config and (folder / "config.json").is_file():
             _timm_data_config(folder / "config.json", source.data_config)
         return {}
+    tokenizer = getattr(module, "tokenizer", None)
+    if tokenizer is not None:  # the preprocessing a user must apply, beside the traced model
+        tokenizer.save_pretrained(str(folder))
     wrapper = traceable(source, merge)
     args = tuple(inputs.values())
     path = folder / MODEL_FILE[fmt]
@@ -274,11 +277,21 @@ def describe_inputs(inputs: dict[str, Tensor]) -> dict[str, Any]:
 
 
 def label_record(source: Source) -> dict[str, Any]:
-    """The output labels (the pretrained ones where the model is used as-is) and a ``class_map``'s ids."""
+    """The output labels (the pretrained ones where the model is used as-is), a ``class_map``'s ids and
+    the preprocessing: an image classifier's transform, a text model's ``max_length``."""
     module = source.module
+    pre: dict[str, Any] = {}
+    if source.data_config:
+        pre = {k: list(v) if isinstance(v, tuple) else v for k, v in source.data_config.items()}
+    elif getattr(module, "max_length", None):
+        pre = {"max_length": module.max_length}
     if source.family == "lm":
-        return {"outputs": "next-token logits (batch, sequence, vocabulary)"}
-    record: dict[str, Any] = {"task": module.task, "label_names": module.output_names or module.label_names}
+        return {"outputs": "next-token logits (batch, sequence, vocabulary)", "preprocessing": pre}
+    record: dict[str, Any] = {
+        "task": module.task,
+        "label_names": module.output_names or module.label_names,
+        "preprocessing": pre,
+    }
     if getattr(module, "_class_ids", None) is not None:
         record["class_map"] = dict(zip(module.label_names, module._class_ids, strict=True))
     return record
