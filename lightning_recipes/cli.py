@@ -59,6 +59,7 @@ USAGE = """usage:
   lightning-recipes list [--matrix]   (name, family, scenario, offline; --matrix: family x scenario)
   lightning-recipes suggest --data PATH --backbone NAME [--family image|text]   (which scenario fits)
   lightning-recipes zoo list | zoo build NAME [NAME...] [--source DIR]   (offline-pretrained weights)
+  lightning-recipes export RUN_DIR|CKPT --to DIR [--format hf|timm|onnx|torchscript] [--merge]   (ship it)
   lightning run RECIPE.yaml --print_config > resolved.yaml   (runs again unchanged)
 """
 RUN_USAGE = """usage: lightning run RECIPE [--KEY=VALUE ...] [--ckpt_path=PATH] [--print_config]
@@ -260,7 +261,7 @@ def short_error(exc: BaseException) -> str:
 # (`login`, `studio`, `job`, `run job` ...). Whichever package installs last owns bin/lightning, so
 # ours hands every command line that is not one of ours to the other one, unchanged.
 
-OUR_COMMANDS = ("run", "list", "suggest", "zoo", *SUBCOMMANDS, "-h", "--help")
+OUR_COMMANDS = ("run", "list", "suggest", "zoo", "export", *SUBCOMMANDS, "-h", "--help")
 
 
 @dataclass(frozen=True)
@@ -400,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
             return suggest.main(argv[1:])
         elif command == "zoo":
             return zoo.main(argv[1:])
+        elif command == "export":
+            from lightning_recipes import export
+
+            return export.main(argv[1:])
         elif command in SUBCOMMANDS:
             LightningRecipesCLI(args=argv)
         elif command in ("-h", "--help", ""):

@@ -325,6 +325,24 @@ def clip_unchecked(precision: Any, optimizer: Any, clip_val: float, algorithm: s
     Precision.clip_gradients(precision, optimizer, clip_val, GradClipAlgorithmType(algorithm or "norm"))
 
 
+# -- tracing (used by export/) ---------------------------------------------------------------------
+
+
+@contextmanager
+def jit_tracing_lightning_modules() -> Iterator[None]:
+    """While ``torch.jit.trace`` runs: a LightningModule without a Trainer lets tracing read its attributes.
+
+    The tracer checks every submodule for exported methods with ``hasattr``, which reads the ``trainer``
+    property, and that raises outside a Trainer unless the class-level flag ``_jit_is_scripting`` is set,
+    as Lightning's own ``to_torchscript`` does (with ``lightning.pytorch.core.module._jit_is_scripting``).
+    Checked: lightning 2.6.6.
+    """
+    from lightning.pytorch.core.module import _jit_is_scripting
+
+    with _jit_is_scripting():
+        yield
+
+
 # -- loggers (used by cluster.py) -------------------------------------------------------------------
 
 

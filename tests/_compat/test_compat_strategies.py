@@ -126,3 +126,26 @@ def test_unwrapped_name_matches_the_names_of_the_state_dict_fsdp_saves(tmp_path,
     assert {_compat.unwrapped_name(n) for n in names} == set(model.state_dict()), broken(
         "torch", "torch.distributed.fsdp._common_utils.clean_tensor_name"
     )
+
+
+def test_jit_tracing_lightning_modules_lets_torch_trace_a_module_without_a_trainer():
+    """Lightning 2.6.6: the tracer's ``hasattr`` reads ``trainer``, which raises outside a Trainer unless
+    the class-level ``_jit_is_scripting`` flag is set (what ``LightningModule.to_torchscript`` does)."""
+    import pytest
+
+    class Unattached(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.layer(x)
+
+    wrapper = torch.nn.Sequential(Unattached())
+    x = torch.randn(4, 3)
+    with pytest.raises(RuntimeError, match="not attached to a `Trainer`"):
+        torch.jit.trace(wrapper, (x,))
+    with _compat.jit_tracing_lightning_modules():
+        traced = torch.jit.trace(wrapper, (x,))
+    assert torch.equal(traced(x), wrapper(x))
+    assert L.LightningModule._jit_is_scripting is False  # restored after

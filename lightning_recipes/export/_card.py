@@ -1,0 +1,226 @@
+"""The model card of an export: ``README.md`` in the Hugging Face Hub's format (YAML front matter, then
+Markdown), written from what the run knows: its resolved recipe, class names, logged test metrics and
+per-class table, curve images, and the export's parity."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lightning_recipes.export._source import Source
+
+PIPELINE = {"image": "image-classification", "text": "text-classification", "lm": "text-generation"}
+LIBRARY = {"hf": "transformers", "timm": "timm", "torchscript": "pytorch", "onnx": "onnx"}
+#: Logged metric key (after ``test/``) -> the Hub's metric id.
+METRIC_IDS = {
+    "acc": "accuracy",
+    "f1": "f1",
+    "precision": "precision",
+    "recall": "recall",
+    "mcc": "matthews_correlation",
+    "rmse": "rmse",
+    "mae": "mae",
+    "ppl": "perplexity",
+    "loss": "loss",
+}
+LOAD = {
+    "hf-text": 'from transformers import pipeline\nclassify = pipeline("text-classification", model="{dir}")',
+    "hf-lm": 'from transformers import pipeline\ngenerate = pipeline("text-generation", model="{dir}")',
+    "hf-adapter": "from peft import AutoPeftModelForCausalLM\n"
+    'model = AutoPeftModelForCausalLM.from_pretrained("{dir}")',
+    "timm": 'import timm\nmodel = timm.create_model("local-dir:{dir}", pretrained=True).eval()',
+    "torchscript": 'import torch\nmodel = torch.jit.load("{dir}/model.pt")  # inputs in export.json order',
+    "onnx": 'import onnxruntime\nsession = onnxruntime.InferenceSession("{dir}/model.onnx")',
+}
+
+
+def base_model(source: Source) -> str | None:
+    """The Hub id the model was fine-tuned from, or ``None`` (random init, a local folder, a zoo model)."""
+    hp = source.module.hparams
+    args = source.config.get("model", {}).get("init_args") or {}
+    name = args.get("model_name_or_path", hp.get("model_name_or_path"))
+    # a full checkpoint stores pretrained=False (its weights are all there); the run's recipe says what it was
+    if not name or (args or hp).get("pretrained", True) is False:
+        return None
+    name = str(name)
+    if name.startswith(("hf-hub:", "hf_hub:")):
+        return name.split(":", 1)[1]
+    if name.startswith(("local-dir:", "/", ".", "~")) or Path(name).exists():
+        return None
+    if source.family == "image":
+        return f"timm/{name}" if "." in name else None
+    return name
+
+
+def _datasets(source: Source) -> list[str]:
+    args = source.config.get("data", {}).get("init_args", {}) or {}
+    name = args.get("dataset") or args.get("path")
+    return [str(name)] if isinstance(name, str) and "/" in name and not Path(name).exists() else []
+
+
+def front_matter(source: Source, record: dict[str, Any]) -> dict[str, Any]:
+    fmt = record["format"]
+    tags = ["lightning-recipes", PIPELINE[source.family], fmt]
+    if getattr(source.module, "peft_model", None) is not None:
+        tags.append("peft")
+    meta: dict[str, Any] = {
+        "library_name": LIBRARY[fmt],
+        "pipeline_tag": PIPELINE[source.family],
+        "tags": tags,
+    }
+    base = base_model(source)
+    if base:
+        meta["base_model"] = base
+    datasets = _datasets(source)
+    if datasets:
+        meta["datasets"] = datasets
+    metrics = [(k.removeprefix("test/"), v) for k, v in source.test_metrics.items()]
+    ids = [(METRIC_IDS.get(k, k), k, v) for k, v in metrics]
+    if ids:
+        meta["metrics"] = sorted({i for i, _, _ in ids})
+        dataset = {
+            "name": datasets[0] if datasets else "the run's test split",
+            "type": datasets[0] if datasets else "local",
+        }
+        results = [{"type": i, "value": round(v, 6), "name": f"test/{k}"} for i, k, v in ids]
+        name = Path(str(source.run_dir or source.checkpoint)).name
+        meta["model-index"] = [
+            {
+                "name": name,
+                "results": [
+                    {"task": {"type": PIPELINE[source.family]}, "dataset": dataset, "metrics": results}
+                ],
+            }
+        ]
+    return meta
+
+
+def _limitations(source: Source, record: dict[str, Any]) -> list[str]:
+    module, notes = source.module, []
+    if getattr(module, "peft_model", None) is not None and not record["merged_adapter"]:
+        notes.append(
+            "This folder holds an adapter, not a whole model: it needs its base model "
+            f"({module.hparams.get('model_name_or_path')}) to load; `--merge` exports a standalone model."
+        )
+    if record.get("class_map"):
+        notes.append(
+            "The model is used as-is: its outputs are the pretrained labels (`label_names`); the data's "
+            "classes are the probability mass of their mapped labels (`class_map` in export.json)."
+        )
+    if getattr(module, "output_names", None) and not record.get("class_map"):
+        notes.append("The classifier is the pretrained model's own head, unchanged by this run.")
+    if source.family != "lm" and not source.test_metrics:
+        notes.append(
+            "The run logged no test metrics: the model's quality on held-out data is not recorded here."
+        )
+    return notes
+
+
+def write_card(source: Source, folder: Path, record: dict[str, Any]) -> Path:
+    """Write ``folder/README.md`` (and copy the run's curve images to ``folder/images/``)."""
+    fmt, family = record["format"], source.family
+    lines = ["---", yaml.safe_dump(front_matter(source, record), sort_keys=False).rstrip(), "---", ""]
+    title = Path(str(source.run_dir or source.checkpoint)).name
+    cls = type(source.module).__name__
+    article = "An" if cls[0] in "AEIOU" else "A"
+    when = f" (epoch {source.epoch}, step {source.step})" if source.epoch is not None else ""
+    lines += [
+        f"# {title}",
+        "",
+        f"{article} {cls} ({PIPELINE[family]}) trained with lightning_recipes, exported "
+        f"as **{fmt}** from `{source.checkpoint.name}`{when}.",
+        "",
+    ]
+    base = source.config.get("model", {}).get("init_args", {}).get("model_name_or_path")
+    base = base or source.module.hparams.get("model_name_or_path")
+    if base:
+        lines += [f"Base model: `{base}`.", ""]
+    if "label_names" in record:
+        names = record["label_names"]
+        shown = ", ".join(f"`{n}`" for n in names[:50]) + (
+            f" ... ({len(names)} in all)" if len(names) > 50 else ""
+        )
+        lines += [f"**Task**: {record['task']}, {len(names)} outputs: {shown}.", ""]
+    key = (
+        "hf-adapter"
+        if fmt == "hf"
+        and family == "lm"
+        and not record["merged_adapter"]
+        and getattr(source.module, "peft_model", None) is not None
+        else f"hf-{family}"
+        if fmt == "hf"
+        else fmt
+    )
+    lines += ["## Use it", "", "```python", LOAD[key].format(dir="path/to/this/folder"), "```", ""]
+    lines += [
+        "Inputs (`export.json`): "
+        + ", ".join(f"`{k}` {v['shape']}" for k, v in record["inputs"].items())
+        + f"; outputs: logits ({record['probabilities']} gives the probabilities).",
+        "",
+    ]
+    if family == "image":
+        cfg = source.data_config or source.module.data_config
+        lines += [
+            f"Preprocessing (timm data config): input size {list(cfg['input_size'])}, mean "
+            f"{list(cfg['mean'])}, std {list(cfg['std'])}, interpolation {cfg['interpolation']}, crop "
+            f"{cfg.get('crop_pct')}.",
+            "",
+        ]
+    elif getattr(source.module, "tokenizer", None) is not None:
+        length = getattr(source.module, "max_length", None) or getattr(source.module, "context_length", None)
+        lines += [
+            "Preprocessing: the tokenizer saved in this folder (`AutoTokenizer.from_pretrained`)"
+            + (f", max length {length}." if length else "."),
+            "",
+        ]
+    lines += _results(source, folder)
+    p = record["parity"]
+    lines += [
+        "## Export check",
+        "",
+        f"Loaded back without lightning_recipes, the export gives the checkpoint's "
+        f"probabilities within {p['max_abs_diff']:.3g} (tolerance {p['tolerance']:g}) on {p['inputs']}.",
+        "",
+    ]
+    notes = _limitations(source, record)
+    if notes:
+        lines += ["## Limitations", "", *[f"- {n}" for n in notes], ""]
+    if source.config:
+        recipe = yaml.safe_dump(source.config, sort_keys=False)
+        lines += [
+            "## Training recipe",
+            "",
+            "<details><summary>Resolved config.yaml</summary>",
+            "",
+            "```yaml",
+            recipe.rstrip(),
+            "```",
+            "",
+            "</details>",
+            "",
+        ]
+    path = folder / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _results(source: Source, folder: Path) -> list[str]:
+    lines: list[str] = []
+    if source.test_metrics:
+        lines += ["## Results", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in source.test_metrics.items()] + [""]
+    if source.per_class:
+        columns = list(source.per_class[0])
+        lines += ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+        lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in source.per_class] + [
+            ""
+        ]
+    if source.curves:
+        (folder / "images").mkdir(exist_ok=True)
+        for png in source.curves:
+            shutil.copy2(png, folder / "images" / png.name)
+            lines += [f"![{png.stem}](images/{png.name})", ""]
+    return lines

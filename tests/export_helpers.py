@@ -1,0 +1,97 @@
+"""Tiny checkpoints of each family and an independent reload of an export in a fresh process, for
+``tests/test_export*.py``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+#: Loads an export with its own ecosystem only and saves its probabilities; fails if lightning_recipes
+#: was imported. ``RELOAD FORMAT FOLDER INPUTS OUT``.
+RELOAD = r"""
+import json, sys
+import torch
+
+fmt, folder, inputs_path, out = sys.argv[1:]
+inputs = torch.load(inputs_path)
+how = json.load(open(folder + "/export.json"))["probabilities"]
+with torch.no_grad():
+    if fmt == "hf-text":
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        AutoTokenizer.from_pretrained(folder)
+        logits = model(**inputs).logits
+    elif fmt == "hf-lm":
+        from transformers import AutoModelForCausalLM
+
+        logits = AutoModelForCausalLM.from_pretrained(folder).eval()(**inputs).logits
+    elif fmt == "peft-lm":
+        from peft import AutoPeftModelForCausalLM
+
+        logits = AutoPeftModelForCausalLM.from_pretrained(folder).eval()(**inputs).logits
+    elif fmt == "timm":
+        import timm
+
+        logits = timm.create_model("local-dir:" + folder, pretrained=True).eval()(*inputs.values())
+    elif fmt == "torchscript":
+        logits = torch.jit.load(folder + "/model.pt")(*inputs.values())
+    else:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(folder + "/model.onnx")
+        logits = torch.from_numpy(session.run(None, {k: v.numpy() for k, v in inputs.items()})[0])
+assert not [m for m in sys.modules if m.split(".")[0] == "lightning_recipes"]
+torch.save(logits.softmax(-1) if how == "softmax" else logits, out)
+"""
+
+
+def reload_probabilities(fmt: str, folder: Path, inputs: dict[str, torch.Tensor], tmp: Path) -> torch.Tensor:
+    """The export's probabilities for ``inputs``, from a process that never imports lightning_recipes."""
+    torch.save(inputs, tmp / "inputs.pt")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    args = [fmt, str(folder), str(tmp / "inputs.pt"), str(tmp / "out.pt")]
+    proc = subprocess.run(
+        [sys.executable, "-c", RELOAD, *args], env=env, cwd=tmp, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(tmp / "out.pt")
+
+
+def save_checkpoint(module: L.LightningModule, path: Path) -> Path:
+    """A Lightning checkpoint of ``module`` as built (no training)."""
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_epochs=0,
+    )
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def perturb_lora(module: torch.nn.Module) -> None:
+    """LoRA starts as a no-op (``lora_B`` = 0): give it values, as training would, so merging matters."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+
+
+def text_inputs(batch: int = 3, length: int = 9, vocab: int = 60, token_types: bool = True) -> dict:
+    """Inputs of another shape than the export's examples, with padding in the first row."""
+    torch.manual_seed(2)
+    ids = torch.randint(5, vocab, (batch, length))
+    mask = torch.ones_like(ids)
+    mask[0, length - 3 :] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    return {**inputs, "token_type_ids": torch.zeros_like(ids)} if token_types else inputs
