@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
@@ -232,6 +232,16 @@ class TransferModule(L.LightningModule):
     def input_spec(self) -> InputSpec:
         """What the data module must know about this model's inputs (see ``lightning_recipes.connect``)."""
         return InputSpec()
+
+    def summary_example(self, example: Any) -> Any:
+        """``example`` as ``example_input_array`` (Lightning's model summary runs it for the FLOPs and the
+        layers' shapes), or ``None`` under a sharding strategy (FSDP, DeepSpeed): there, a forward pass
+        outside the training loop would run sharded layers without their root."""
+        try:
+            strategy = self.trainer.strategy
+        except RuntimeError:  # not attached to a Trainer
+            return example
+        return example if isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) else None
 
     def accept_data_spec(self, spec: DataSpec) -> None:
         """Check and adopt what the data module says about the data; subclasses extend it."""

@@ -205,10 +205,12 @@ class CausalLM(Generation, HFParts, TransferModule):
         return self.model.get_input_embeddings().num_embeddings
 
     @property
-    def example_input_array(self) -> dict[str, Tensor]:
+    def example_input_array(self) -> dict[str, Tensor] | None:
         """One sequence of :data:`~lightning_recipes.modules._hf.EXAMPLE_TOKENS` tokens, which Lightning's
         model summary runs for the FLOPs and the layers' shapes."""
-        return {"input_ids": torch.zeros(1, example_length(self.model.config), dtype=torch.long)}
+        return self.summary_example(
+            {"input_ids": torch.zeros(1, example_length(self.model.config), dtype=torch.long)}
+        )
 
     @property
     def context_length(self) -> int | None:

@@ -222,10 +222,10 @@ class ImageClassifier(ClassificationModule):
         return resolve_data_config({}, model=self.backbone)
 
     @property
-    def example_input_array(self) -> Tensor:
+    def example_input_array(self) -> Tensor | None:
         """One zero image of the backbone's input size: Lightning's model summary runs it for the FLOPs
         and the layers' shapes (otherwise a column of zeros)."""
-        return torch.zeros(1, *self.data_config["input_size"])
+        return self.summary_example(torch.zeros(1, *self.data_config["input_size"]))
 
     def input_spec(self) -> InputSpec:
         """The backbone's :attr:`data_config`, for the data module's transforms."""

@@ -267,11 +267,11 @@ class TextClassifier(HFParts, ClassificationModule):
     # -- the handshake ---------------------------------------------------------------------------
     @override
     @property
-    def example_input_array(self) -> tuple[dict[str, Tensor]]:
+    def example_input_array(self) -> tuple[dict[str, Tensor]] | None:
         """One 128-token sequence (id 0) for Lightning's model summary: its FLOPs, the layers' shapes."""
         ids = torch.zeros(1, example_length(self.backbone.config), dtype=torch.long)
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": 0 * ids}
-        return ({k: v for k, v in inputs.items() if k in self._input_names},)
+        return self.summary_example(({k: v for k, v in inputs.items() if k in self._input_names},))
 
     def input_spec(self) -> InputSpec:
         """The model's tokenizer, which the data module tokenises with."""

@@ -38,3 +38,16 @@ def test_each_family_has_an_example_input_with_flops_and_shapes(tmp_path: Path) 
     assert lm.example_input_array["input_ids"].shape == (1, 64) and summarize(lm).total_flops > 0
     assert lm(**lm.example_input_array).shape == (1, 64, 300)
     assert torch.equal(lm.example_input_array["input_ids"], torch.zeros(1, 64, dtype=torch.long))
+
+
+def test_no_example_under_a_sharding_strategy() -> None:
+    """FSDP wraps the layers: a forward pass outside the training loop would run them without their root."""
+    import lightning as L
+
+    from lightning_recipes.strategies import TransformerFSDP  # Lightning's FSDPStrategy, also on CPU
+
+    lm = CausalLM(config=GPT2)
+    lm.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)
+    assert lm.example_input_array is not None
+    lm.trainer = L.Trainer(accelerator="cpu", devices=1, strategy=TransformerFSDP(), logger=False)
+    assert lm.example_input_array is None
