@@ -34,9 +34,10 @@ from lightning_recipes.export._formats import (
     write_json,
 )
 from lightning_recipes.export._parity import Parity, ParityError, check, exported_probabilities
+from lightning_recipes.export._predict import model_config, split_model_folder
 from lightning_recipes.export._source import ExportError, Source, load_source
 
-__all__ = ["ExportError", "Exported", "ParityError", "export", "main"]
+__all__ = ["ExportError", "Exported", "ParityError", "export", "main", "model_config", "split_model_folder"]
 
 
 @dataclass(frozen=True)
