@@ -9,7 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-from export_helpers import image_folders, run_tiny_recipe
+import torch
+from export_helpers import image_folders, run_tiny_recipe, save_checkpoint, text_inputs
 
 from lightning_recipes.cli import main
 from lightning_recipes.export import TOLERANCE
@@ -133,3 +134,26 @@ def test_an_export_and_a_checkpoint_together_are_refused(where, tmp_path, capsys
     code = main(["predict", "--config", str(tmp_path / "c.yaml"), "--model", str(folder), *args])
     err = capsys.readouterr().err
     assert code == 2 and "and --ckpt_path x.ckpt: predict from one of them" in err, err
+
+
+def test_a_causal_lm_export_gives_back_the_checkpoint_model(tmp_path, capsys, write_corpus) -> None:
+    """An hf LM export builds the CausalLM its checkpoint holds (the model `predict --model` runs)."""
+    from lightning_recipes import CausalLM
+    from lightning_recipes.data.bpe import train_bpe_tokenizer
+    from lightning_recipes.export import model_config
+
+    train_bpe_tokenizer([write_corpus(tmp_path / "corpus.txt")], vocab_size=300, output_dir=tmp_path / "tok")
+    torch.manual_seed(0)
+    gpt2 = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 300}
+    ckpt = save_checkpoint(CausalLM(config=gpt2, tokenizer=str(tmp_path / "tok")), tmp_path / "lm.ckpt")
+    assert main(["export", str(ckpt), "--to", str(tmp_path / "export")]) == 0, capsys.readouterr().err
+    config = model_config(tmp_path / "export")
+    assert config == {
+        "class_path": "lightning_recipes.modules.causal_lm.CausalLM",
+        "init_args": {"model_name_or_path": str(tmp_path / "export")},
+    }
+    inputs = text_inputs(vocab=300, token_types=False)
+    with torch.no_grad():
+        got = CausalLM(**config["init_args"]).eval()(**inputs)
+        expected = CausalLM.load_from_checkpoint(ckpt).eval()(**inputs)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
