@@ -35,9 +35,21 @@ from lightning_recipes.export._formats import (
 )
 from lightning_recipes.export._parity import Parity, ParityError, check, exported_probabilities
 from lightning_recipes.export._predict import model_config, split_model_folder
+from lightning_recipes.export._push import Pushed, PushError, check_repo_id, push_to_hub
 from lightning_recipes.export._source import ExportError, Source, load_source
 
-__all__ = ["ExportError", "Exported", "ParityError", "export", "main", "model_config", "split_model_folder"]
+__all__ = [
+    "ExportError",
+    "Exported",
+    "ParityError",
+    "PushError",
+    "Pushed",
+    "export",
+    "main",
+    "model_config",
+    "push_to_hub",
+    "split_model_folder",
+]
 
 
 @dataclass(frozen=True)
@@ -143,12 +155,13 @@ def _write(source: Source, fmt: str, folder: Path, merge: bool) -> tuple[Parity,
 
 USAGE = (
     "lightning-recipes export RUN_DIR|CKPT --to DIR [--format hf|timm|onnx|torchscript] [--merge] "
-    "[--overwrite]"
+    "[--overwrite] [--push-to-hub ORG/NAME [--public]]"
 )
 
 
 def main(argv: list[str]) -> int:
-    """``lightning-recipes export``; returns the exit code: 0, 2 (bad input) or 1 (parity refused)."""
+    """``lightning-recipes export``; returns the exit code: 0, 2 (bad input) or 1 (parity refused, the
+    upload to the Hub failed: the export is then complete in its folder)."""
     parser = argparse.ArgumentParser(
         prog="lightning-recipes export",
         usage=USAGE,
@@ -161,8 +174,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--format", choices=formats, help="default: timm for images, hf for text and LMs")
     parser.add_argument("--merge", action="store_true", help="merge an adapter into the weights")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --to folder")
+    parser.add_argument("--push-to-hub", metavar="ORG/NAME", help="upload the export to this Hub model repo")
+    parser.add_argument("--public", action="store_true", help="create the Hub repo public (default: private)")
     args = parser.parse_args(argv)
     try:
+        if args.public and not args.push_to_hub:
+            raise ExportError("--public needs --push-to-hub ORG/NAME")
+        if args.push_to_hub:
+            try:
+                check_repo_id(args.push_to_hub)
+            except ValueError as exc:
+                raise ExportError(str(exc)) from exc
         done = export(args.source, args.to, args.format, merge=args.merge, overwrite=args.overwrite)
     except ExportError as exc:
         print(f"error: export: {exc}", file=sys.stderr)
@@ -174,4 +196,21 @@ def main(argv: list[str]) -> int:
     print(f"Exported {done.checkpoint} as {done.format} to {done.folder}")
     diff = f"max abs difference of probabilities {p.max_abs_diff:.3g} <= {p.tolerance:g}"
     print(f"Parity: {diff} ({done.inputs_from})")
+    if args.push_to_hub:
+        return _push(done, args.push_to_hub, private=not args.public)
+    return 0
+
+
+def _push(done: Exported, repo_id: str, private: bool) -> int:
+    try:
+        pushed = push_to_hub(done.folder, repo_id, private=private)
+    except PushError as exc:
+        again = f"hf upload {repo_id} {done.folder}{' --private' if private else ''}"
+        print(
+            f"error: push to the Hub: {exc}; the export is complete in {done.folder} (push it later: "
+            f"{again})",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"Pushed to {pushed.url} ({'private' if pushed.private else 'public'}; commit {pushed.commit})")
     return 0
