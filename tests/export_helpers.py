@@ -97,17 +97,18 @@ def text_inputs(batch: int = 3, length: int = 9, vocab: int = 60, token_types: b
     return {**inputs, "token_type_ids": torch.zeros_like(ids)} if token_types else inputs
 
 
-def run_tiny_recipe(folder: Path, model: dict, data: dict, epochs: int = 2) -> Path:
+def run_tiny_recipe(
+    folder: Path, model: dict, data: dict, epochs: int = 2, logger: dict | None = None
+) -> Path:
     """``lightning run`` of a recipe with ``model`` and ``data`` (class_path + init_args) in ``folder``: a CSV
-    logger, a best checkpoint by ``val/acc`` and ``last.ckpt``, the curves; returns the run directory."""
+    logger (or ``logger``) saving under ``folder/run``, a best checkpoint by ``val/acc`` and ``last.ckpt``,
+    the curves; returns the run directory."""
     import yaml
 
     from lightning_recipes.cli import main
 
-    logger = {
-        "class_path": "lightning.pytorch.loggers.CSVLogger",
-        "init_args": {"save_dir": str(folder / "run")},
-    }
+    logger = logger or {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {}}
+    logger = {**logger, "init_args": {**logger["init_args"], "save_dir": str(folder / "run")}}
     checkpoint = {"monitor": "val/acc", "mode": "max", "save_last": True}
     recipe = {
         "seed_everything": 0,
@@ -126,7 +127,8 @@ def run_tiny_recipe(folder: Path, model: dict, data: dict, epochs: int = 2) -> P
     }
     (folder / "tiny.yaml").write_text(yaml.safe_dump(recipe))
     assert main(["run", str(folder / "tiny.yaml")]) == 0
-    return folder / "run" / "lightning_logs" / "version_0"
+    name = logger["init_args"].get("project") or "lightning_logs"  # a W&B run's folder is its project's
+    return folder / "run" / name / "version_0"
 
 
 def image_folders(folder: Path, classes: str = "abc", per_class: int = 4) -> Path:
