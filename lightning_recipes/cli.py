@@ -63,6 +63,7 @@ USAGE = """usage:
   lightning-recipes suggest --data PATH --backbone NAME [--family image|text]   (which scenario fits)
   lightning-recipes zoo list | zoo build NAME [NAME...] [--source DIR]   (offline-pretrained weights)
   lightning-recipes export RUN_DIR|CKPT --to DIR [--format hf|timm|onnx|torchscript] [--merge]   (ship it)
+      [--push-to-hub ORG/NAME [--public]] [--no-wandb]   (docs/export.md)
   lightning run RECIPE.yaml --print_config > resolved.yaml   (runs again unchanged)
 """
 RUN_USAGE = """usage: lightning run RECIPE [--KEY=VALUE ...] [--ckpt_path=PATH] [--print_config]
