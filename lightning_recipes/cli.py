@@ -127,24 +127,13 @@ class LightningRecipesCLI(LightningCLI):
         the export's (:func:`lightning_recipes.export.model_config`), not the recipe's."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         if self.model_folder is not None:
-            self._use_export(config)
+            from lightning_recipes.export import use_export_model
+
+            use_export_model(config, self.model_folder)
         preflight.check(config)
         zoo.build_missing(zoo.names_in(config))
         trainer = config.get("trainer", {})
         apply_resume_id(trainer.get("logger"), config.get("ckpt_path") or requeued_from(trainer))
-
-    def _use_export(self, config: Any) -> None:
-        from jsonargparse import Namespace
-
-        from lightning_recipes.export import ExportError, model_config
-
-        if config.get("ckpt_path"):
-            raise ExportError(
-                f"--model {self.model_folder} and --ckpt_path {config['ckpt_path']}: predict from one of "
-                "them (the export's weights or the checkpoint's); pass --ckpt_path=null with --model"
-            )
-        model = model_config(self.model_folder)
-        config["model"] = Namespace(class_path=model["class_path"], init_args=Namespace(**model["init_args"]))
 
     @override
     def instantiate_classes(self) -> None:

@@ -34,7 +34,7 @@ from lightning_recipes.export._formats import (
     write_json,
 )
 from lightning_recipes.export._parity import Parity, ParityError, check, exported_probabilities
-from lightning_recipes.export._predict import model_config, split_model_folder
+from lightning_recipes.export._predict import model_config, split_model_folder, use_export_model
 from lightning_recipes.export._push import Pushed, PushError, check_repo_id, push_to_hub
 from lightning_recipes.export._source import ExportError, Source, load_source
 from lightning_recipes.export._wandb import LoggedArtifact, WandbExportError, log_to_wandb
@@ -52,6 +52,7 @@ __all__ = [
     "push_to_hub",
     "log_wandb",
     "split_model_folder",
+    "use_export_model",
 ]
 
 

@@ -92,3 +92,21 @@ def split_model_folder(argv: list[str]) -> tuple[list[str], Path | None]:
         if arg.startswith("--model=") and Path(arg.removeprefix("--model=")).expanduser().is_dir():
             return argv[:i] + argv[i + 1 :], Path(arg.removeprefix("--model=")).expanduser()
     return argv, None
+
+
+def use_export_model(config: Any, folder: Path) -> None:
+    """Put the export ``folder``'s model into a parsed ``predict`` config (a jsonargparse ``Namespace``) in
+    place of the recipe's: what ``LightningRecipesCLI`` does for ``predict --model DIR``.
+
+    Raises:
+        ExportError: the config also names a ``ckpt_path``; ``folder`` is not an export it can predict from.
+    """
+    from jsonargparse import Namespace
+
+    if config.get("ckpt_path"):
+        raise ExportError(
+            f"--model {folder} and --ckpt_path {config['ckpt_path']}: predict from one of them (the export's "
+            "weights or the checkpoint's); pass --ckpt_path=null with --model"
+        )
+    model = model_config(folder)
+    config["model"] = Namespace(class_path=model["class_path"], init_args=Namespace(**model["init_args"]))
