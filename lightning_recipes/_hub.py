@@ -185,3 +185,43 @@ def hub_call(
             raise
         reason = "the Hugging Face Hub could not be reached (no answer within 3 s)" if unanswered else None
         raise PretrainedLoadError(f"Could not load {what} {name!r}: {hint(name, family, reason)}") from exc
+
+
+def upload_error(exc: BaseException, repo_id: str) -> str | None:
+    """What to do about ``exc``, raised by ``HfApi.create_repo``/``upload_folder`` for ``repo_id``, in one
+    line; ``None`` when it is none of the Hub's known refusals (no token, no write access, offline, no
+    network, a bad repo id).
+
+    Example::
+
+        >>> from huggingface_hub.errors import LocalTokenNotFoundError, OfflineModeIsEnabled
+        >>> upload_error(LocalTokenNotFoundError("no token"), "org/model").split(":")[0]
+        'not logged in to the Hugging Face Hub (no valid token)'
+        >>> upload_error(OfflineModeIsEnabled("offline"), "org/model")
+        'HF_HUB_OFFLINE is set: unset it (and check the network) to push to the Hub'
+        >>> upload_error(ValueError("something else"), "org/model") is None
+        True
+    """
+    from huggingface_hub import errors
+
+    owner = repo_id.split("/")[0] if "/" in repo_id else "your account"
+    login = "run `hf auth login` or set HF_TOKEN"  # huggingface_hub reads both
+    if isinstance(exc, errors.HFValidationError):
+        return f"{repo_id!r} is not a Hub repo id ({exc}); give ORG/NAME"
+    if isinstance(exc, errors.OfflineModeIsEnabled):
+        return "HF_HUB_OFFLINE is set: unset it (and check the network) to push to the Hub"
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    first = (str(exc).strip().splitlines() or [""])[0]
+    if isinstance(exc, errors.LocalTokenNotFoundError) or status == 401:
+        return (
+            f"not logged in to the Hugging Face Hub (no valid token): {login}, with write access to {owner}"
+        )
+    if status == 403:
+        return f"your Hub token may not write to {repo_id}: {login} to a token that can write to {owner}"
+    if isinstance(exc, errors.RepositoryNotFoundError):
+        return f"the Hub has no repo {repo_id} you may write to: check the name, and {login} (write access)"
+    if is_unreachable(exc):
+        return f"the Hugging Face Hub could not be reached ({type(exc).__name__}: {first}): check the network"
+    if isinstance(exc, errors.HfHubHTTPError):
+        return f"the Hub refused the upload ({first})"
+    return None

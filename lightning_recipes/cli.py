@@ -4,7 +4,9 @@
 test with the best checkpoint) in a new directory of its own and prints where checkpoints, config,
 metrics, plots and predictions went. ``lightning run --help`` shows its usage. A run stopped by
 SIGTERM or Ctrl-C saves ``on_exception.ckpt`` and exits 143 or 130 (never 0).
-``lightning-recipes fit|validate|test|predict --config RECIPE.yaml`` are plain LightningCLI subcommands.
+``lightning-recipes fit|validate|test|predict --config RECIPE.yaml`` are plain LightningCLI subcommands;
+``predict --model DIR`` predicts from a folder of ``lightning-recipes export`` (hf or timm) instead of the
+recipe's model (:mod:`lightning_recipes.export`).
 ``lightning-recipes list [--matrix]`` shows the shipped recipes (family, scenario, offline or not);
 ``lightning-recipes suggest`` measures a data set against a backbone and names the recipe to run;
 ``lightning-recipes zoo list|build NAME`` shows and builds the zoo's offline-pretrained weights
@@ -56,10 +58,12 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 USAGE = """usage:
   lightning run RECIPE.yaml [--trainer.max_epochs=3 --model.init_args.lr=1e-4 ...]   (lightning run --help)
   lightning-recipes fit|validate|test|predict --config RECIPE.yaml [overrides]
+  lightning-recipes predict --config RUN_DIR/config.yaml --model EXPORT_DIR   (predict from an hf/timm export)
   lightning-recipes list [--matrix]   (name, family, scenario, offline; --matrix: family x scenario)
   lightning-recipes suggest --data PATH --backbone NAME [--family image|text]   (which scenario fits)
   lightning-recipes zoo list | zoo build NAME [NAME...] [--source DIR]   (offline-pretrained weights)
   lightning-recipes export RUN_DIR|CKPT --to DIR [--format hf|timm|onnx|torchscript] [--merge]   (ship it)
+      [--push-to-hub ORG/NAME [--public]] [--no-wandb]   (docs/export.md)
   lightning run RECIPE.yaml --print_config > resolved.yaml   (runs again unchanged)
 """
 RUN_USAGE = """usage: lightning run RECIPE [--KEY=VALUE ...] [--ckpt_path=PATH] [--print_config]
@@ -85,8 +89,12 @@ class LightningRecipesCLI(LightningCLI):
     them (the handshake), before any stage runs.
     """
 
-    def __init__(self, *args: Any, recipe_mode: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, recipe_mode: bool = False, model_folder: Path | None = None, **kwargs: Any
+    ) -> None:
         self.recipe_mode = recipe_mode
+        #: ``predict --model DIR``: the export folder the model is built from, in place of the recipe's.
+        self.model_folder = model_folder
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("auto_configure_optimizers", False)
@@ -115,8 +123,13 @@ class LightningRecipesCLI(LightningCLI):
         """Options that cannot work together are refused before anything is built
         (:func:`~lightning_recipes.preflight.check`); zoo models the recipe names are built if they are
         not yet (:func:`lightning_recipes.zoo.build_missing`, one line each); resuming from a checkpoint
-        continues the W&B run whose id the checkpoint stores."""
+        continues the W&B run whose id the checkpoint stores. With ``predict --model DIR`` the model is
+        the export's (:func:`lightning_recipes.export.model_config`), not the recipe's."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.model_folder is not None:
+            from lightning_recipes.export import use_export_model
+
+            use_export_model(config, self.model_folder)
         preflight.check(config)
         zoo.build_missing(zoo.names_in(config))
         trainer = config.get("trainer", {})
@@ -405,6 +418,17 @@ def main(argv: list[str] | None = None) -> int:
             from lightning_recipes import export
 
             return export.main(argv[1:])
+        elif command == "predict":
+            from lightning_recipes.export import ExportError, model_config, split_model_folder
+
+            args, folder = split_model_folder(argv[1:])
+            try:
+                if folder is not None:  # from an export: its class satisfies the parser, its config wins
+                    args.append(f"--model={model_config(folder)['class_path']}")
+                LightningRecipesCLI(args=["predict", *args], model_folder=folder)
+            except ExportError as exc:
+                print(f"error: predict: {exc}", file=sys.stderr)
+                return 2
         elif command in SUBCOMMANDS:
             LightningRecipesCLI(args=argv)
         elif command in ("-h", "--help", ""):

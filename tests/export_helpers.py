@@ -95,3 +95,54 @@ def text_inputs(batch: int = 3, length: int = 9, vocab: int = 60, token_types: b
     mask[0, length - 3 :] = 0
     inputs = {"input_ids": ids, "attention_mask": mask}
     return {**inputs, "token_type_ids": torch.zeros_like(ids)} if token_types else inputs
+
+
+def run_tiny_recipe(
+    folder: Path, model: dict, data: dict, epochs: int = 2, logger: dict | None = None
+) -> Path:
+    """``lightning run`` of a recipe with ``model`` and ``data`` (class_path + init_args) in ``folder``: a CSV
+    logger (or ``logger``) saving under ``folder/run``, a best checkpoint by ``val/acc`` and ``last.ckpt``,
+    the curves; returns the run directory."""
+    import yaml
+
+    from lightning_recipes.cli import main
+
+    logger = logger or {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {}}
+    logger = {**logger, "init_args": {**logger["init_args"], "save_dir": str(folder / "run")}}
+    checkpoint = {"monitor": "val/acc", "mode": "max", "save_last": True}
+    recipe = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "max_epochs": epochs,
+            "enable_progress_bar": False,
+            "logger": logger,
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": checkpoint},
+                {"class_path": "lightning_recipes.callbacks.CurveLogger"},
+            ],
+        },
+        "model": model,
+        "data": data,
+    }
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(folder / "tiny.yaml")]) == 0
+    name = logger["init_args"].get("project") or "lightning_logs"  # a W&B run's folder is its project's
+    return folder / "run" / name / "version_0"
+
+
+def image_folders(folder: Path, classes: str = "abc", per_class: int = 4) -> Path:
+    """``folder/images/{train,val,test}/<class>/<i>.png``: 16 px images, one colour per class plus noise."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):
+        for c, name in enumerate(classes):
+            (folder / "images" / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = np.full((16, 16, 3), 40 + 80 * c, np.uint8) + rng.integers(
+                    0, 30, (16, 16, 3), np.uint8
+                )
+                Image.fromarray(pixels).save(folder / "images" / split / name / f"{i}.png")
+    return folder / "images"

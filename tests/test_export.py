@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from export_helpers import perturb_lora, reload_probabilities, save_checkpoint, text_inputs
+from export_helpers import (
+    image_folders,
+    perturb_lora,
+    reload_probabilities,
+    run_tiny_recipe,
+    save_checkpoint,
+    text_inputs,
+)
 
 from lightning_recipes import CausalLM, ImageClassifier, TextClassifier
 from lightning_recipes.cli import main
@@ -21,54 +28,17 @@ TINY_GPT2 = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_
 
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run directory of a one-epoch `lightning run` of a tiny ResNet, with test metrics and curves."""
-    import numpy as np
-    from PIL import Image
-
+    """The run directory of a two-epoch `lightning run` of a tiny ResNet, with test metrics and curves."""
     tmp = tmp_path_factory.mktemp("image_run")
-    rng = np.random.default_rng(0)
-    for split in ("train", "val", "test"):
-        for c, name in enumerate("abc"):
-            (tmp / "images" / split / name).mkdir(parents=True)
-            for i in range(4):
-                pixels = np.full((16, 16, 3), 40 + 80 * c, np.uint8) + rng.integers(
-                    0, 30, (16, 16, 3), np.uint8
-                )
-                Image.fromarray(pixels).save(tmp / "images" / split / name / f"{i}.png")
-    logger = {
-        "class_path": "lightning.pytorch.loggers.CSVLogger",
-        "init_args": {"save_dir": str(tmp / "run")},
+    model = {
+        "class_path": "lightning_recipes.ImageClassifier",
+        "init_args": {"model_name_or_path": "test_resnet", "pretrained": False, "num_classes": 3, "lr": 0.01},
     }
-    checkpoint = {"monitor": "val/acc", "mode": "max", "save_last": True}
-    recipe = {
-        "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu",
-            "max_epochs": 2,
-            "enable_progress_bar": False,
-            "logger": logger,
-            "callbacks": [
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": checkpoint},
-                {"class_path": "lightning_recipes.callbacks.CurveLogger"},
-            ],
-        },
-        "model": {
-            "class_path": "lightning_recipes.ImageClassifier",
-            "init_args": {
-                "model_name_or_path": "test_resnet",
-                "pretrained": False,
-                "num_classes": 3,
-                "lr": 0.01,
-            },
-        },
-        "data": {
-            "class_path": "lightning_recipes.ImageDataModule",
-            "init_args": {"root": str(tmp / "images"), "batch_size": 6, "num_workers": 0, "image_size": 32},
-        },
+    data = {
+        "class_path": "lightning_recipes.ImageDataModule",
+        "init_args": {"root": str(image_folders(tmp)), "batch_size": 6, "num_workers": 0, "image_size": 32},
     }
-    (tmp / "tiny.yaml").write_text(yaml.safe_dump(recipe))
-    assert main(["run", str(tmp / "tiny.yaml")]) == 0
-    return tmp / "run" / "lightning_logs" / "version_0"
+    return run_tiny_recipe(tmp, model, data)
 
 
 def best_checkpoint(run: Path) -> Path:

@@ -15,7 +15,7 @@ import argparse
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,20 +34,46 @@ from lightning_recipes.export._formats import (
     write_json,
 )
 from lightning_recipes.export._parity import Parity, ParityError, check, exported_probabilities
+from lightning_recipes.export._predict import model_config, split_model_folder, use_export_model
+from lightning_recipes.export._push import Pushed, PushError, check_repo_id, push_to_hub
 from lightning_recipes.export._source import ExportError, Source, load_source
+from lightning_recipes.export._wandb import LoggedArtifact, WandbExportError, log_to_wandb
 
-__all__ = ["ExportError", "Exported", "ParityError", "export", "main"]
+__all__ = [
+    "ExportError",
+    "Exported",
+    "LoggedArtifact",
+    "ParityError",
+    "PushError",
+    "Pushed",
+    "export",
+    "main",
+    "model_config",
+    "push_to_hub",
+    "log_wandb",
+    "split_model_folder",
+    "use_export_model",
+]
 
 
 @dataclass(frozen=True)
 class Exported:
-    """What :func:`export` wrote: the folder, its format, the checkpoint it came from and the parity."""
+    """What :func:`export` wrote: the folder, its format, the checkpoint it came from and the parity; the
+    run's resolved config and ``export.json``'s record (for :func:`log_wandb`)."""
 
     folder: Path
     format: str
     checkpoint: Path
     parity: Parity
     inputs_from: str
+    config: dict = field(default_factory=dict)
+    record: dict = field(default_factory=dict)
+
+
+def log_wandb(done: Exported) -> LoggedArtifact | None:
+    """Log an export to its run's W&B run as a ``model`` artifact (``None``: the run did not use W&B, or
+    W&B is disabled); see :func:`lightning_recipes.export._wandb.log_to_wandb`."""
+    return log_to_wandb(done.folder, done.checkpoint, done.config, done.record)
 
 
 def _check_target(to: Path, overwrite: bool) -> None:
@@ -88,16 +114,16 @@ def export(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        parity, inputs_from = _write(loaded, fmt, tmp, merge)
+        parity, inputs_from, record = _write(loaded, fmt, tmp, merge)
         if to.exists():
             shutil.rmtree(to)
         tmp.rename(to)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return Exported(to, fmt, loaded.checkpoint, parity, inputs_from)
+    return Exported(to, fmt, loaded.checkpoint, parity, inputs_from, loaded.config, record)
 
 
-def _write(source: Source, fmt: str, folder: Path, merge: bool) -> tuple[Parity, str]:
+def _write(source: Source, fmt: str, folder: Path, merge: bool) -> tuple[Parity, str, dict]:
     inputs, inputs_from = example_inputs(source)
     how = activation(source)
     with torch.no_grad():
@@ -137,17 +163,18 @@ def _write(source: Source, fmt: str, folder: Path, merge: bool) -> tuple[Parity,
     }
     write_json(folder, record)
     write_card(source, folder, record)
-    return parity, inputs_from
+    return parity, inputs_from, record
 
 
 USAGE = (
     "lightning-recipes export RUN_DIR|CKPT --to DIR [--format hf|timm|onnx|torchscript] [--merge] "
-    "[--overwrite]"
+    "[--overwrite] [--push-to-hub ORG/NAME [--public]] [--no-wandb]"
 )
 
 
 def main(argv: list[str]) -> int:
-    """``lightning-recipes export``; returns the exit code: 0, 2 (bad input) or 1 (parity refused)."""
+    """``lightning-recipes export``; returns the exit code: 0, 2 (bad input) or 1 (parity refused, the
+    upload to the Hub or the W&B logging failed: the export is then complete in its folder)."""
     parser = argparse.ArgumentParser(
         prog="lightning-recipes export",
         usage=USAGE,
@@ -160,8 +187,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--format", choices=formats, help="default: timm for images, hf for text and LMs")
     parser.add_argument("--merge", action="store_true", help="merge an adapter into the weights")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --to folder")
+    parser.add_argument("--push-to-hub", metavar="ORG/NAME", help="upload the export to this Hub model repo")
+    parser.add_argument("--public", action="store_true", help="create the Hub repo public (default: private)")
+    parser.add_argument(
+        "--no-wandb",
+        action="store_true",
+        help="do not log the export as a model artifact to the run's W&B run",
+    )
     args = parser.parse_args(argv)
     try:
+        if args.public and not args.push_to_hub:
+            raise ExportError("--public needs --push-to-hub ORG/NAME")
+        if args.push_to_hub:
+            try:
+                check_repo_id(args.push_to_hub)
+            except ValueError as exc:
+                raise ExportError(str(exc)) from exc
         done = export(args.source, args.to, args.format, merge=args.merge, overwrite=args.overwrite)
     except ExportError as exc:
         print(f"error: export: {exc}", file=sys.stderr)
@@ -173,4 +214,40 @@ def main(argv: list[str]) -> int:
     print(f"Exported {done.checkpoint} as {done.format} to {done.folder}")
     diff = f"max abs difference of probabilities {p.max_abs_diff:.3g} <= {p.tolerance:g}"
     print(f"Parity: {diff} ({done.inputs_from})")
+    if not args.no_wandb and _wandb(done) != 0:
+        return 1
+    if args.push_to_hub:
+        return _push(done, args.push_to_hub, private=not args.public)
+    return 0
+
+
+def _wandb(done: Exported) -> int:
+    try:
+        logged = log_wandb(done)
+    except WandbExportError as exc:
+        print(
+            f"error: W&B: {exc}; the export is complete in {done.folder} (--no-wandb skips W&B)",
+            file=sys.stderr,
+        )
+        return 1
+    if logged is not None:
+        where = f"offline in {logged.run_dir}" if logged.offline else "online"
+        print(
+            f"W&B: artifact {logged.name}:{logged.aliases[0]} (model) logged to run {logged.run_id}, {where}"
+        )
+    return 0
+
+
+def _push(done: Exported, repo_id: str, private: bool) -> int:
+    try:
+        pushed = push_to_hub(done.folder, repo_id, private=private)
+    except PushError as exc:
+        again = f"hf upload {repo_id} {done.folder}{' --private' if private else ''}"
+        print(
+            f"error: push to the Hub: {exc}; the export is complete in {done.folder} (push it later: "
+            f"{again})",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"Pushed to {pushed.url} ({'private' if pushed.private else 'public'}; commit {pushed.commit})")
     return 0

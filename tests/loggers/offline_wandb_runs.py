@@ -48,7 +48,8 @@ def read_records(path: Path) -> list:
 
 
 def read_offline_run(run_dir: Path) -> dict:
-    """Run id, project, tags, config, metric history, artifacts and table files of an offline run."""
+    """Run id, project, tags, config, metric history, artifacts (with their files, description and
+    metadata) and table files of an offline run."""
     (log,) = run_dir.glob("run-*.wandb")
     # wandb-core may still be writing after `finish()` returns: wait for the run's exit record.
     deadline = time.monotonic() + 60
@@ -79,7 +80,15 @@ def read_offline_run(run_dir: Path) -> dict:
         elif kind == "artifact":
             a = record.artifact
             run["artifacts"].append(
-                {"name": a.name, "type": a.type, "aliases": list(a.aliases), "ttl": a.ttl_duration_seconds}
+                {
+                    "name": a.name,
+                    "type": a.type,
+                    "aliases": list(a.aliases),
+                    "ttl": a.ttl_duration_seconds,
+                    "files": [entry.path for entry in a.manifest.contents],
+                    "description": a.description,
+                    "metadata": json.loads(a.metadata) if a.metadata else {},
+                }
             )
     media = run_dir / "files" / "media" / "table"
     for table in sorted(media.rglob("*.table.json")):
