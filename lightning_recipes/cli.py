@@ -43,7 +43,7 @@ from lightning_recipes.cluster import (
     use_slurm_run_name,
 )
 from lightning_recipes.handshake import connect
-from lightning_recipes.loggers.wandb import apply_resume_id
+from lightning_recipes.loggers.wandb import apply_resume_id, finish_runs
 from lightning_recipes.recipes import format_list, format_matrix, list_recipes, resolve_recipe
 from lightning_recipes.runs import (
     CrashCheckpoint,
@@ -234,6 +234,8 @@ def run_recipe(recipe: str, overrides: list[str]) -> dict[str, Any]:
         if cli.trainer.received_sigterm:  # e.g. DDP peers torn down by the SIGTERM: still "stopped by it"
             raise SIGTERMException from exc
         raise
+    finally:
+        finish_runs(cli.trainer)
     if cli.trainer.is_global_zero:
         print_summary(summary)
     return summary

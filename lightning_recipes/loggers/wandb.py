@@ -268,6 +268,15 @@ def _wandb_loggers(trainer: L.Trainer) -> list[_LightningWandbLogger]:
     return [logger for logger in trainer.loggers if isinstance(logger, _LightningWandbLogger)]
 
 
+def finish_runs(trainer: L.Trainer) -> None:
+    """Finish the W&B runs the trainer's loggers started (``lightning run``, after its stages): their files
+    are complete, and a later run in the same process (a notebook, a test, a study) starts its own run
+    instead of logging into this one (Lightning's logger takes over a run already in progress)."""
+    for logger in _wandb_loggers(trainer):
+        if not _compat.wandb_run_pending(logger) and trainer.is_global_zero:
+            logger.experiment.finish()
+
+
 class WandbRunId(Callback):
     """Store the W&B run id in every checkpoint (``checkpoint["wandb_run_id"]``) for resuming.
 

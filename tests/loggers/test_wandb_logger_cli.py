@@ -133,7 +133,7 @@ def test_lightning_run_logs_recipe_prints_table_and_resumes_the_run(tmp_path, ca
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(RECIPE.format(root=tmp_path))
     assert main(["run", str(recipe)]) == 0
-    wandb.finish()  # each `lightning run` is its own process
+    assert wandb.run is None  # `lightning run` finishes its W&B run: the next run in this process is its own
     out = capsys.readouterr().out
     assert "Per-class metrics (test" in out and "macro avg" in out  # printed at the end of the test stage
     (first,) = offline_runs(tmp_path / "runs")
@@ -143,5 +143,5 @@ def test_lightning_run_logs_recipe_prints_table_and_resumes_the_run(tmp_path, ca
     assert run_id_from_checkpoint(last) == run["id"]
 
     assert main(["run", str(recipe), "--trainer.max_epochs=2", f"--ckpt_path={last}"]) == 0
-    wandb.finish()
+    assert wandb.run is None
     assert [read_offline_run(d)["id"] for d in offline_runs(tmp_path / "runs")] == [run["id"], run["id"]]
