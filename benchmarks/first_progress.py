@@ -16,6 +16,7 @@ line of ``ProgressLog`` (``fit: ...`` in this tree) and to the first line that s
 Run from the checkout, with ``../shared`` beside it::
 
     python benchmarks/first_progress.py                  # baseline 6073eb0 (before #24's progress lines)
+    python benchmarks/first_progress.py --batch-size 4   # 100 batches per epoch: a long, silent epoch
     python benchmarks/first_progress.py --smoke          # tiny stand-ins, no load, baseline HEAD
 """
 
@@ -50,7 +51,10 @@ def first_lines(root: Path, args: list[str], cwd: Path, budget: float) -> tuple[
     """``(s to the first progress line, s to the first line showing training move)`` of one run of
     ``lightning run`` from the package in ``root`` (``None``: not within ``budget`` s); the run is
     stopped once training is seen to move."""
-    command = [sys.executable, "-c", "import sys; from lightning_recipes.cli import main; sys.exit(main())"]
+    # The tree's package first: `python -c` would put the working directory (this checkout) before it.
+    code = f"import sys; sys.path.insert(0, {str(root)!r}); from lightning_recipes.cli import main; "
+    code += "sys.exit(main())"
+    command = [sys.executable, "-c", code]
     env = {
         **os.environ,
         "PYTHONPATH": str(root),
@@ -121,11 +125,13 @@ def main() -> None:
     )
     parser.add_argument("--budget", type=float, default=1200.0, help="seconds to wait for a run's lines")
     parser.add_argument("--smoke", action="store_true", help="tiny stand-ins, no load: the code path only")
+    parser.add_argument("--batch-size", type=int, help="the data's batch size (default: the recipe's, 32)")
     args = parser.parse_args()
     baseline = args.baseline or ("HEAD" if args.smoke else BASELINE)
     load = args.load if args.load is not None else (0 if args.smoke else os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
         recipe, extra = smoke_recipe(Path(tmp)) if args.smoke else (RECIPE, ARGS)
+        extra = extra + ([f"--data.init_args.batch_size={args.batch_size}"] if args.batch_size else [])
         trees = {f"baseline {baseline}": extract(baseline, Path(tmp) / "baseline"), "this tree": REPO}
         rows = {}
         for name, root in trees.items():
@@ -135,8 +141,9 @@ def main() -> None:
             finally:
                 for proc in others:
                     proc.kill()
+    size = f", batch size {args.batch_size}" if args.batch_size else ""
     print(
-        f"`lightning run {RECIPE} ...`, stdout to a pipe, beside {load} busy process(es), "
+        f"`lightning run {RECIPE} ...`{size}, stdout to a pipe, beside {load} busy process(es), "
         f"{os.cpu_count()} cores\n"
     )
     print("| tree | first progress line, s | first line showing training move, s |")
