@@ -90,8 +90,13 @@ class ProgressLog(ProgressBar):
         self._start: float | None = None
         self._start_step = 0
         self._last_line = time.monotonic()
-        self._since: tuple[float, int] = (self._last_line, 0)  # (time, training batches) at the last line
+        # (time, training batches, seconds spent validating) at the last training line
+        self._since: tuple[float, int, float] = (self._last_line, 0, 0.0)
         self._batches = 0  # training batches so far in this fit
+        self._validating, self._validation_began = (
+            0.0,
+            0.0,
+        )  # seconds in validation loops; the current's start
 
     # -- ProgressBar API ---------------------------------------------------------------------------
     @override
@@ -115,10 +120,11 @@ class ProgressLog(ProgressBar):
         return by_count or by_time
 
     def batch_time(self) -> str | None:
-        """``0.84 s/batch``: mean time of the training batches since the previous line (``None``: none)."""
-        then, batches = self._since
-        done = self._batches - batches
-        return f"{(time.monotonic() - then) / done:.2f} s/batch" if done > 0 else None
+        """``0.84 s/batch``: mean time of the training batches since the previous training line, validation
+        left out (``None``: none)."""
+        then, batches, validating = self._since
+        done, spent = self._batches - batches, time.monotonic() - then - (self._validating - validating)
+        return f"{spent / done:.2f} s/batch" if done > 0 else None
 
     def line(self, trainer: pl.Trainer, batch: int | None = None) -> str:
         """The training line for now: ``batch`` (1-based) within the epoch, or ``None`` at an epoch's end."""
@@ -175,7 +181,7 @@ class ProgressLog(ProgressBar):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start, self._start_step = time.monotonic(), trainer.global_step
-        self._batches, self._since = 0, (self._start, 0)
+        self._batches, self._since, self._validating = 0, (self._start, 0, 0.0), 0.0
         self._print(trainer, self.start_line(trainer))
 
     @override
@@ -185,12 +191,12 @@ class ProgressLog(ProgressBar):
         self._batches += 1
         if self.due(batch_idx + 1) and batch_idx + 1 < trainer.num_training_batches:
             self._print(trainer, self.line(trainer, batch=batch_idx + 1))
-            self._since = (self._last_line, self._batches)
+            self._since = (self._last_line, self._batches, self._validating)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._print(trainer, self.line(trainer))
-        self._since = (self._last_line, self._batches)
+        self._since = (self._last_line, self._batches, self._validating)
 
     def _evaluation_batch_end(
         self, trainer: pl.Trainer, stage: str, batch_idx: int, dataloader_idx: int
@@ -246,8 +252,17 @@ class ProgressLog(ProgressBar):
         self._evaluation_batch_end(trainer, "predict", batch_idx, dataloader_idx)
 
     @override
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._start is None:  # a validate/test/predict stage without fit: elapsed from its start
             self._start = time.monotonic()
 
-    on_test_start = on_predict_start = on_validation_start
+    on_predict_start = on_test_start
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.on_test_start(trainer, pl_module)
+        self._validation_began = time.monotonic()
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validating += time.monotonic() - self._validation_began

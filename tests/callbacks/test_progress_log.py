@@ -97,3 +97,30 @@ def test_time_and_count_periods_and_bad_values(monkeypatch) -> None:
         ProgressLog(every_n_steps=-1)
     with pytest.raises(ValueError, match="every_n_seconds must be >= 0 .* got -1"):
         ProgressLog(every_n_seconds=-1)
+
+
+def test_time_per_batch_leaves_validation_out(tmp_path) -> None:
+    """A slow validation (0.5 s a batch here) does not count as training time in ``s/batch``."""
+    import time
+
+    class SlowValidation(L.Callback):
+        def on_validation_batch_end(self, *args, **kwargs) -> None:
+            time.sleep(0.5)
+
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 2, (8,))
+    data = DataLoader(TensorDataset(x, y), batch_size=4)
+    out = io.StringIO()
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        callbacks=[ProgressLog(stream=out), SlowValidation()],
+    )
+    trainer.fit(ImageClassifier("test_resnet", num_classes=2, pretrained=False), data, data)
+    ends = [line for line in out.getvalue().splitlines() if line.startswith("epoch 2/2")]
+    (seconds,) = re.findall(r" (\d+\.\d\d) s/batch ", ends[-1])
+    assert float(seconds) < 0.45, out.getvalue()  # epoch 1's validation (2 x 0.5 s) fell between its lines, not counted
