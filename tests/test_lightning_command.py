@@ -1,8 +1,8 @@
 """``lightning`` is Lightning's command too: what is not ours goes to Lightning's CLI, unchanged.
 
 The installed console script is run as users run it (one process per command line, all started at
-once: each imports torch); the rules of :func:`lightning_recipes.cli.dispatch` are checked in-process
-against stand-in installations (with and without another package's ``lightning`` script).
+once: each imports torch); the rules of :func:`lightning_recipes.lightning_command.dispatch` are checked
+in-process against stand-in installations (with and without another package's ``lightning`` script).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lightning_recipes import cli
+from lightning_recipes import lightning_command as command
 from lightning_recipes.recipes import resolve_recipe
 
 LIGHTNING = Path(sys.executable).parent / "lightning"
@@ -71,10 +72,10 @@ def ran(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
 
 
 def test_our_distribution_declares_both_scripts():
-    ours = {(dist, ep.value) for dist, ep in cli.console_scripts("lightning")}
+    ours = {(dist, ep.value) for dist, ep in command.console_scripts("lightning")}
     assert ("lightning-recipes", "lightning_recipes.cli:lightning_main") in ours
     assert ("lightning-recipes", "lightning_recipes.cli:main") in {
-        (dist, ep.value) for dist, ep in cli.console_scripts("lightning-recipes")
+        (dist, ep.value) for dist, ep in command.console_scripts("lightning-recipes")
     }
 
 
@@ -120,7 +121,7 @@ def installed(monkeypatch):
             "fabric": [("lightning", FABRIC)],
             "lightning": [("lightning-recipes", OURS)] + ([("lightning-sdk", SDK)] if sdk else []),
         }
-        monkeypatch.setattr(cli, "console_scripts", lambda name: scripts.get(name, []))
+        monkeypatch.setattr(command, "console_scripts", lambda name: scripts.get(name, []))
 
     return install
 
@@ -157,15 +158,15 @@ OURS_LINES = [
 @pytest.mark.parametrize("argv", OURS_LINES, ids=" ".join)
 def test_our_commands_stay_ours(installed, argv, sdk):
     installed(sdk=sdk)
-    assert cli.dispatch(argv) is None
+    assert command.dispatch(argv) is None
 
 
 def test_a_recipe_file_in_the_working_directory_is_ours(installed, tmp_path, monkeypatch):
     installed(sdk=True)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "myrecipe").write_text("trainer: {}\n")
-    assert cli.dispatch(["run", "myrecipe"]) is None
-    assert cli.dispatch(["run", "job"]).args == ["run", "job"]
+    assert command.dispatch(["run", "myrecipe"]) is None
+    assert command.dispatch(["run", "job"]).args == ["run", "job"]
 
 
 @pytest.mark.parametrize("sdk", [True, False], ids=["with-lightning-sdk", "alone"])
@@ -178,12 +179,12 @@ def test_run_model_is_lightnings_fabric_run(installed, sdk, model_file, rest, tm
     monkeypatch.chdir(tmp_path)
     if model_file:
         (tmp_path / "model").write_text("trainer: {}\n")
-    other = cli.dispatch(["run", "model", *rest])
+    other = command.dispatch(["run", "model", *rest])
     assert (other.entry_point, other.args, other.prog) == (FABRIC, ["run", *rest], "fabric")
 
 
 def test_run_model_goes_to_the_installed_lightnings_fabric_script():
-    other = cli.dispatch(["run", "model", "train.py"])
+    other = command.dispatch(["run", "model", "train.py"])
     assert other.entry_point.name == "fabric" and other.entry_point.dist.name == "lightning"
     assert other.args == ["run", "train.py"]
 
@@ -201,18 +202,18 @@ def test_run_model_goes_to_the_installed_lightnings_fabric_script():
 )
 def test_other_commands_go_unchanged_to_another_lightning_script(installed, argv):
     installed(sdk=True)
-    other = cli.dispatch(argv)
+    other = command.dispatch(argv)
     assert (other.entry_point, other.args, other.prog) == (SDK, argv, "lightning")
     installed(sdk=False)
-    assert cli.dispatch(argv) is None  # nobody else to take it: ours, with our error
+    assert command.dispatch(argv) is None  # nobody else to take it: ours, with our error
 
 
 def test_lightnings_own_lightning_script_comes_before_other_packages(monkeypatch):
     old = metadata.EntryPoint("lightning", "lightning.fabric.cli:_legacy_main", "console_scripts")
     scripts = [("lightning-sdk", SDK), ("lightning-recipes", OURS), ("lightning", old)]
-    monkeypatch.setattr(cli, "console_scripts", lambda name: scripts if name == "lightning" else [])
-    assert cli.other_lightning_script() == old
-    assert cli.dispatch(["login"]).entry_point == old
+    monkeypatch.setattr(command, "console_scripts", lambda name: scripts if name == "lightning" else [])
+    assert command.other_lightning_script() == old
+    assert command.dispatch(["login"]).entry_point == old
 
 
 def test_no_shipped_recipe_is_called_model():
@@ -243,7 +244,7 @@ class StandIn:
 def test_the_exit_status_passes_through(monkeypatch, capsys, outcome, status):
     other = StandIn(outcome)
     scripts = {"lightning": [("lightning-sdk", other)]}
-    monkeypatch.setattr(cli, "console_scripts", lambda name: scripts.get(name, []))
+    monkeypatch.setattr(command, "console_scripts", lambda name: scripts.get(name, []))
     argv_before = list(sys.argv)
     assert cli.lightning_main(["login", "--token", "t"]) == status
     assert other.argv == ["lightning", "login", "--token", "t"]
@@ -253,7 +254,7 @@ def test_the_exit_status_passes_through(monkeypatch, capsys, outcome, status):
 
 
 def test_without_fabric_run_model_says_so(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "console_scripts", lambda name: [])
+    monkeypatch.setattr(command, "console_scripts", lambda name: [])
     assert cli.lightning_main(["run", "model", "train.py"]) == 2
     assert "has no `fabric` command" in capsys.readouterr().err
 
