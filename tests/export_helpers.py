@@ -51,6 +51,18 @@ torch.save(logits.softmax(-1) if how == "softmax" else logits, out)
 """
 
 
+def skip_without_onnx() -> None:
+    """Skip where ``--format onnx`` cannot run (the onnx extra missing, a torch older than its exporter needs:
+    ``.ci/oldest`` tests torch 2.5); the refusal itself is tested in test_export_errors.py."""
+    import pytest
+
+    from lightning_recipes.export._formats import onnx_unavailable
+
+    reason = onnx_unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
 def reload_probabilities(fmt: str, folder: Path, inputs: dict[str, torch.Tensor], tmp: Path) -> torch.Tensor:
     """The export's probabilities for ``inputs``, from a process that never imports lightning_recipes."""
     torch.save(inputs, tmp / "inputs.pt")

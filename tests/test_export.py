@@ -17,6 +17,7 @@ from export_helpers import (
     reload_probabilities,
     run_tiny_recipe,
     save_checkpoint,
+    skip_without_onnx,
     text_inputs,
 )
 
@@ -113,8 +114,7 @@ def test_a_run_exports_its_best_checkpoint_for_timm_with_a_model_card(image_run,
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_an_image_run_exports_traced_with_a_dynamic_batch(fmt, image_run, tmp_path, capsys) -> None:
     if fmt == "onnx":
-        pytest.importorskip("onnxruntime")
-        pytest.importorskip("onnxscript")
+        skip_without_onnx()
     code, out, err = export(
         capsys, image_run / "checkpoints" / "last.ckpt", "--to", tmp_path / fmt, "--format", fmt
     )
@@ -151,8 +151,7 @@ def test_a_text_classifier_exports_and_reloads_without_lightning_recipes(
     fmt, text_ckpt, tmp_path, capsys
 ) -> None:
     if fmt == "onnx":
-        pytest.importorskip("onnxruntime")
-        pytest.importorskip("onnxscript")
+        skip_without_onnx()
     args = [] if fmt == "hf" else ["--format", fmt]  # hf is the default for text
     code, out, err = export(capsys, text_ckpt, "--to", tmp_path / fmt, *args)
     assert code == 0, err
@@ -187,8 +186,7 @@ def lm_base(tmp_path_factory: pytest.TempPathFactory, write_corpus) -> Path:
 @pytest.mark.parametrize("fmt", ["hf", "torchscript", pytest.param("onnx", marks=pytest.mark.slow)])
 def test_a_causal_lm_exports_and_reloads_without_lightning_recipes(fmt, lm_base, tmp_path, capsys) -> None:
     if fmt == "onnx":
-        pytest.importorskip("onnxruntime")
-        pytest.importorskip("onnxscript")
+        skip_without_onnx()
     ckpt = save_checkpoint(CausalLM(str(lm_base)), tmp_path / "lm.ckpt")
     code, out, err = export(capsys, ckpt, "--to", tmp_path / fmt, "--format", fmt)
     assert code == 0, err

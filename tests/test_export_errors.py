@@ -72,6 +72,16 @@ def test_a_head_timm_cannot_hold_is_refused_naming_the_formats_that_can(tmp_path
     assert nothing_left(tmp_path / "out")
 
 
+def test_onnx_on_a_torch_older_than_its_exporter_needs_is_refused_before_any_work(
+    image_ckpt, tmp_path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setattr(torch, "__version__", "2.6.0+cu124")
+    code, err = export(capsys, image_ckpt, "--to", tmp_path / "out", "--format", "onnx")
+    assert code == 2 and "--format onnx needs" in err and nothing_left(tmp_path / "out")
+    if "not installed" not in err:  # with the onnx extra, the torch version is what is named
+        assert "needs torch >= 2.7 (this is 2.6.0+cu124" in err and "--format torchscript" in err
+
+
 def test_a_parity_failure_refuses_and_leaves_nothing(image_ckpt, tmp_path, capsys, monkeypatch) -> None:
     write = export_module.write_format
 

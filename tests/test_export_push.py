@@ -56,7 +56,7 @@ class FakeHub:
         }
         self.calls.append(("upload_folder", {**kwargs, "files": files}))
         url = f"https://huggingface.co/{kwargs['repo_id']}/commit/abc123"
-        return CommitInfo(url, "", "", "abc123")
+        return CommitInfo(commit_url=url, commit_message="", commit_description="", oid="abc123")
 
 
 def http_module():

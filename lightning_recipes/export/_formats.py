@@ -217,15 +217,34 @@ def write_format(source: Source, fmt: str, folder: Path, inputs: dict[str, Tenso
         return _onnx(wrapper, args, list(inputs), path, source.family)
 
 
-def _onnx(wrapper: nn.Module, args: tuple, names: list[str], path: Path, family: str) -> dict:
+#: The oldest torch whose exporter (``dynamo=True``) converts the three families with the onnx extra's
+#: onnxscript: torch 2.5 and 2.6 fail on batch norm ("'tuple' object has no attribute 'dtype'").
+ONNX_MIN_TORCH = (2, 7)
+
+
+def onnx_unavailable() -> str | None:
+    """Why ``--format onnx`` cannot run here (a missing package, a torch too old), or ``None``."""
     from importlib.util import find_spec
 
     missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if find_spec(name) is None]
     if missing:
-        raise ExportError(
+        return (
             f"--format onnx needs onnx, onnxscript and onnxruntime ({', '.join(missing)} not installed): "
             "pip install 'lightning-recipes[onnx]'"
         )
+    if tuple(int(part) for part in torch.__version__.split(".")[:2]) < ONNX_MIN_TORCH:
+        need = ".".join(map(str, ONNX_MIN_TORCH))
+        return (
+            f"--format onnx needs torch >= {need} (this is {torch.__version__}, whose ONNX exporter cannot "
+            f"convert these models): pip install 'torch>={need}', or export with --format torchscript"
+        )
+    return None
+
+
+def _onnx(wrapper: nn.Module, args: tuple, names: list[str], path: Path, family: str) -> dict:
+    reason = onnx_unavailable()
+    if reason:
+        raise ExportError(reason)
     axes = {name: {0: "batch"} if family == "image" else {0: "batch", 1: "sequence"} for name in names}
     try:
         torch.onnx.export(
