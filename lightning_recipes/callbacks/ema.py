@@ -92,7 +92,8 @@ class EMA(WeightAveraging):
     ) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(
-                f"EMA decay must be in (0, 1) (the old average's weight at each step, e.g. 0.999), got {decay}"
+                "EMA decay must be in (0, 1) (the old average's weight at each step, e.g. 0.999), "
+                f"got {decay}"
             )
         if update_starting_at_step < 0:
             raise ValueError(f"EMA update_starting_at_step must be >= 0, got {update_starting_at_step}")
@@ -135,14 +136,13 @@ class EMA(WeightAveraging):
                 raise NotImplementedError(refusal)
             if trainer.precision not in _FLOAT32_WEIGHTS:
                 raise ValueError(
-                    f"EMA with trainer.precision={trainer.precision}: the model's weights become half precision "
-                    "after the average is copied, and every validation would round the average to them; use "
+                    f"EMA with trainer.precision={trainer.precision}: the model's weights become half "
+                    "precision after the average is copied, and every validation would round the average to "
+                    "them; use "
                     f"one of {', '.join(_FLOAT32_WEIGHTS)}, or drop EMA"
                 )
-            weights_only = [
-                c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.save_weights_only
-            ]
-            if weights_only:
+            checkpoints = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+            if any(c.save_weights_only for c in checkpoints):
                 raise ValueError(
                     "EMA with ModelCheckpoint(save_weights_only=True): Lightning calls no callback for "
                     "weights-only checkpoints, so they would hold the live weights, not the average; set "
@@ -206,7 +206,8 @@ class EMA(WeightAveraging):
             return  # the module already holds the checkpoint's state_dict: the average
         if "current_model_state" in checkpoint:
             # the live weights equal to the average were left out when saving
-            checkpoint["current_model_state"] = {**checkpoint["state_dict"], **checkpoint["current_model_state"]}
+            live = checkpoint["current_model_state"]
+            checkpoint["current_model_state"] = {**checkpoint["state_dict"], **live}
         super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
     # -- the average -----------------------------------------------------------------------------
