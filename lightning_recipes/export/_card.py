@@ -134,6 +134,13 @@ def write_card(source: Source, folder: Path, record: dict[str, Any]) -> Path:
         f"as **{fmt}** from `{source.checkpoint.name}`{when}.",
         "",
     ]
+    if source.ema:
+        lines += [
+            f"**Weights**: the exponential moving average of the trained weights (EMA, decay "
+            f"{source.ema['decay']}, {source.ema['updates']} optimizer steps), the weights the run validated "
+            "and tested.",
+            "",
+        ]
     base = source.config.get("model", {}).get("init_args", {}).get("model_name_or_path")
     base = base or source.module.hparams.get("model_name_or_path")
     if base:

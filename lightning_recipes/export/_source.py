@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import yaml
 
+from lightning_recipes.callbacks.ema import CHECKPOINT_KEY as EMA_KEY
+
 #: The module families and the classes that define them (a subclass belongs to its base's family).
 FAMILIES = {
     "image": "lightning_recipes.modules.image.ImageClassifier",
@@ -111,6 +113,8 @@ class Source:
         curves: the run's PNG files (curves, confusion matrices) of its test stage, else of validation.
         per_class: the rows of the test curves' per-class ``metrics.csv``.
         data_config: an image classifier's transform (timm data config) as the run applied it.
+        ema: what an :class:`~lightning_recipes.callbacks.EMA` run's checkpoint says of its ``state_dict``,
+            the averaged weights (``{"decay", "updates", ...}``); ``None`` for the trained weights themselves.
     """
 
     checkpoint: Path
@@ -124,6 +128,7 @@ class Source:
     curves: list[Path] = field(default_factory=list)
     per_class: list[dict[str, str]] = field(default_factory=list)
     data_config: dict[str, Any] | None = None
+    ema: dict[str, Any] | None = None
 
 
 def load_source(path: str | Path) -> Source:
@@ -138,6 +143,7 @@ def load_source(path: str | Path) -> Source:
     cls, family = module_class(state, ckpt)
     module = cls.load_from_checkpoint(ckpt, map_location="cpu").eval()
     source = Source(ckpt, run, module, family, epoch=state.get("epoch"), step=state.get("global_step"))
+    source.ema = state.get(EMA_KEY)
     if run is not None:
         read_run(source, run)
     return source
