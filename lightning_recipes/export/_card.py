@@ -215,6 +215,13 @@ def write_card(source: Source, folder: Path, record: dict[str, Any] | None = Non
         how = f"exported as **{record['format']}** from" if record else "checkpoint"
         what = f"trained with lightning_recipes, {how} `{source.checkpoint.name}`{when}"
     lines += [f"# {title}", "", f"{article} {cls} ({PIPELINE[family]}) {what}.", ""]
+    if source.ema:
+        lines += [
+            f"**Weights**: the exponential moving average of the trained weights (EMA, decay "
+            f"{source.ema['decay']}, {source.ema['updates']} optimizer steps), the weights the run validated "
+            "and tested.",
+            "",
+        ]
     base = source.config.get("model", {}).get("init_args", {}).get("model_name_or_path")
     base = base or source.module.hparams.get("model_name_or_path")
     if base:

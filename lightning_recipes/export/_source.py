@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import yaml
 
+from lightning_recipes.callbacks.ema import CHECKPOINT_KEY as EMA_KEY
+
 #: The module families and the classes that define them (a subclass belongs to its base's family).
 FAMILIES = {
     "image": "lightning_recipes.modules.image.ImageClassifier",
@@ -113,6 +115,8 @@ class Source:
         per_class: the rows of the test curves' per-class ``metrics.csv``.
         data_config: an image classifier's transform (timm data config) as the run applied it.
         run_info: the run's ``run.json`` (hardware, versions, wall time per stage), ``{}`` without one.
+        ema: what an :class:`~lightning_recipes.callbacks.EMA` run's checkpoint says of its ``state_dict``,
+            the averaged weights (``{"decay", "updates", ...}``); ``None`` for the trained weights themselves.
     """
 
     checkpoint: Path | None
@@ -127,6 +131,7 @@ class Source:
     per_class: list[dict[str, str]] = field(default_factory=list)
     data_config: dict[str, Any] | None = None
     run_info: dict[str, Any] = field(default_factory=dict)
+    ema: dict[str, Any] | None = None
 
 
 def family_of(module: Any) -> str:
@@ -144,6 +149,7 @@ def run_source(run_dir: str | Path, checkpoint: str | Path | None, module: Any) 
     state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True) if checkpoint else {}
     family, epoch, step = family_of(module), state.get("epoch"), state.get("global_step")
     source = Source(checkpoint, Path(run_dir), module, family, epoch=epoch, step=step)
+    source.ema = state.get(EMA_KEY)
     read_run(source, Path(run_dir))
     return source
 
@@ -160,6 +166,7 @@ def load_source(path: str | Path) -> Source:
     cls, family = module_class(state, ckpt)
     module = cls.load_from_checkpoint(ckpt, map_location="cpu").eval()
     source = Source(ckpt, run, module, family, epoch=state.get("epoch"), step=state.get("global_step"))
+    source.ema = state.get(EMA_KEY)
     if run is not None:
         read_run(source, run)
     return source
