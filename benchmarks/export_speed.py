@@ -24,8 +24,10 @@ Runtime (``InferenceSession``, ``CPUExecutionProvider``; intra-op threads = torc
 inter-op thread). Inputs: random images; texts of exactly ``--seq-len`` tokens (random ids, no padding: the
 cost of a batch padded to the max length). Every arm takes its inputs from host memory and returns host
 memory (ONNX Runtime's way). After ``--warmup`` untimed calls, each of ``--repeats`` repeats times as many
-calls as fill ``--min-seconds``; the median repeat is printed, with the slowest and fastest. The last
-column is the largest difference of probabilities from the checkpoint's on the largest batch.
+calls as fill ``--min-seconds``; the median repeat is printed, with the slowest and fastest, and the median
+samples per CPU-second of the process (all its threads: it moves less than wall time when other jobs share
+the machine). The last column is the largest difference of probabilities from the checkpoint's on the
+largest batch.
 
 Run (from the repository root)::
 
@@ -182,20 +184,22 @@ def runtimes(
 
 
 def throughput(call: Callable, inputs: dict, batch: int, args: argparse.Namespace) -> tuple[float, ...]:
-    """``(median, slowest, fastest)`` samples/s over ``args.repeats`` repeats after ``args.warmup`` calls."""
+    """``(median, slowest, fastest)`` samples/s over ``args.repeats`` repeats after ``args.warmup`` calls, and
+    the median samples per CPU-second of this process (all its threads)."""
     for _ in range(args.warmup):
         call(inputs)
     start = time.perf_counter()
     call(inputs)
     per_call = time.perf_counter() - start
     calls = max(1, math.ceil(args.min_seconds / per_call))
-    rates = []
+    rates, per_cpu = [], []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(calls):
             call(inputs)
         rates.append(batch * calls / (time.perf_counter() - start))
-    return statistics.median(rates), min(rates), max(rates)
+        per_cpu.append(batch * calls / (time.process_time() - cpu))
+    return statistics.median(rates), min(rates), max(rates), statistics.median(per_cpu)
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -242,7 +246,8 @@ def benchmark(name: str, ckpt: Path, family: str, folder: Path, args: argparse.N
     shape = f"{args.seq_len} tokens" if family == "text" else "x".join(map(str, inputs["images"].shape[1:]))
     print(f"\n{name}: inference throughput, samples/s (median of {args.repeats}; slowest-fastest), inputs "
           f"{shape}, {args.device.type}, {args.threads} thread(s)\n")  # fmt: skip
-    columns = [c for b in args.batch_sizes for c in (f"batch {b} samples/s", f"batch {b} vs checkpoint")]
+    names = ("samples/s", "vs checkpoint", "samples/CPU-s")
+    columns = [f"batch {b} {name}" for b in args.batch_sizes for name in names]
     print(f"| runtime | {' | '.join(columns)} | max abs diff of probabilities (batch {largest}) |")
     print("| --- |" + " --- |" * (len(columns) + 1))
     base = results["checkpoint module (eager)"]
@@ -252,8 +257,12 @@ def benchmark(name: str, ckpt: Path, family: str, folder: Path, args: argparse.N
             continue
         cells = []
         for b in args.batch_sizes:
-            median, slow, fast = results[row][b]
-            cells += [f"{median:.1f} ({slow:.1f} to {fast:.1f})", f"{median / base[b][0]:.2f}"]
+            median, slow, fast, per_cpu = results[row][b]
+            cells += [
+                f"{median:.1f} ({slow:.1f} to {fast:.1f})",
+                f"{median / base[b][0]:.2f}",
+                f"{per_cpu:.1f}",
+            ]
         print(f"| {row} | {' | '.join(cells)} | {diffs[row]:.2g} |")
 
 
