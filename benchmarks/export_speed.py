@@ -206,11 +206,8 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
     return logits.float().softmax(-1)
 
 
-def benchmark(name: str, ckpt: Path, family: str, folder: Path, args: argparse.Namespace) -> None:
-    """Export ``ckpt``, print its export table, then time each runtime and print the throughput table."""
-    own = "timm" if family == "image" else "hf"
-    formats = [own, "torchscript", *([] if args.onnx_unavailable else ["onnx"])]
-    exported = export_all(ckpt, formats, folder)
+def print_exports(name: str, ckpt: Path, own: str, exported: list[dict[str, Any]], note: str | None) -> None:
+    """The export table: each format's export time, sizes (and ratio to the checkpoint's) and parity."""
     ckpt_mb = megabytes([ckpt])
     print(f"\n{name}: export (wall time includes the parity check in a fresh process)\n")
     print("| file | export s (parity included) | model file(s) | model MB | folder MB | vs checkpoint | "
@@ -223,9 +220,16 @@ def benchmark(name: str, ckpt: Path, family: str, folder: Path, args: argparse.N
         print(
             f"| {label} | {row['seconds']:.1f} | {', '.join(row['files'])} | {sizes} | {row['parity']:.2g} |"
         )
-    if args.onnx_unavailable:
-        print(f"\nONNX not exported: {args.onnx_unavailable}")
+    if note:
+        print(f"\nONNX not exported: {note}")
 
+
+def benchmark(name: str, ckpt: Path, family: str, folder: Path, args: argparse.Namespace) -> None:
+    """Export ``ckpt``, print its export table, then time each runtime and print the throughput table."""
+    own = "timm" if family == "image" else "hf"
+    formats = [own, "torchscript", *([] if args.onnx_unavailable else ["onnx"])]
+    exported = export_all(ckpt, formats, folder)
+    print_exports(name, ckpt, own, exported, args.onnx_unavailable)
     cls = ImageClassifier if family == "image" else TextClassifier
     module = cls.load_from_checkpoint(ckpt, map_location=args.device).eval()
     vocab = module.backbone.get_input_embeddings().num_embeddings if family == "text" else 0
@@ -244,17 +248,14 @@ def benchmark(name: str, ckpt: Path, family: str, folder: Path, args: argparse.N
                 reference = probs if reference is None else reference
                 diffs[row] = float((probs - reference).abs().max())
     shape = f"{args.seq_len} tokens" if family == "text" else "x".join(map(str, inputs["images"].shape[1:]))
-    print(f"\n{name}: inference throughput, samples/s (median of {args.repeats}; slowest-fastest), inputs "
+    print(f"\n{name}: inference throughput, samples/s (median of {args.repeats}; slowest to fastest), inputs "
           f"{shape}, {args.device.type}, {args.threads} thread(s)\n")  # fmt: skip
     names = ("samples/s", "vs checkpoint", "samples/CPU-s")
     columns = [f"batch {b} {name}" for b in args.batch_sizes for name in names]
     print(f"| runtime | {' | '.join(columns)} | max abs diff of probabilities (batch {largest}) |")
     print("| --- |" + " --- |" * (len(columns) + 1))
     base = results["checkpoint module (eager)"]
-    for row, call in calls.items():
-        if isinstance(call, str):
-            print(f"\n{row}: {call}")
-            continue
+    for row in results:
         cells = []
         for b in args.batch_sizes:
             median, slow, fast, per_cpu = results[row][b]
@@ -264,6 +265,9 @@ def benchmark(name: str, ckpt: Path, family: str, folder: Path, args: argparse.N
                 f"{per_cpu:.1f}",
             ]
         print(f"| {row} | {' | '.join(cells)} | {diffs[row]:.2g} |")
+    for row, note in calls.items():
+        if isinstance(note, str):
+            print(f"\n{row}: {note}")
 
 
 def version(package: str) -> str:
