@@ -65,9 +65,11 @@ class Mixup(Callback):
         >>> from lightning_recipes import ImageClassifier
         >>> from torch.utils.data import DataLoader, TensorDataset
         >>> model = ImageClassifier("test_resnet", num_classes=3, pretrained=False, label_smoothing=0.1)
-        >>> data = DataLoader(TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,))), batch_size=4)
-        >>> trainer = pl.Trainer(max_steps=2, callbacks=[Mixup(mixup_alpha=0.8, cutmix_alpha=1.0)], logger=False,
-        ...                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        >>> images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,))
+        >>> data = DataLoader(TensorDataset(images, labels), batch_size=4)
+        >>> trainer = pl.Trainer(max_steps=2, callbacks=[Mixup(mixup_alpha=0.8, cutmix_alpha=1.0)],
+        ...                      logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        ...                      enable_model_summary=False)
         >>> trainer.fit(model, data)
         >>> sorted(trainer.callback_metrics)
         ['train/acc', 'train/f1', 'train/loss', 'train/mcc', 'train/precision', 'train/recall']
@@ -94,7 +96,8 @@ class Mixup(Callback):
             len(cutmix_minmax) != 2 or not 0.0 < cutmix_minmax[0] < cutmix_minmax[1] <= 1.0
         ):
             raise ValueError(
-                f"Mixup cutmix_minmax={cutmix_minmax}: give [min, max] with 0 < min < max <= 1 (e.g. [0.2, 0.8])"
+                f"Mixup cutmix_minmax={cutmix_minmax}: give [min, max] with 0 < min < max <= 1 "
+                "(e.g. [0.2, 0.8])"
             )
         if mixup_alpha == 0 and cutmix_alpha == 0 and cutmix_minmax is None:
             raise ValueError(
@@ -154,13 +157,12 @@ class Mixup(Callback):
                 "(label_smoothing alone works for every classifier)"
             )
         loss_owner, soft_owner = _defined_by(pl_module, "loss"), _defined_by(pl_module, "soft_target_loss")
-        if loss_owner is not None and soft_owner is not None and loss_owner is not soft_owner:
-            if issubclass(loss_owner, soft_owner):
-                raise ValueError(
-                    f"{name} overrides loss() but not soft_target_loss(): under Mixup its training loss "
-                    "would be the base class's cross-entropy, not yours; override soft_target_loss(logits, "
-                    "probabilities) too, or leave the Mixup callback out"
-                )
+        if loss_owner and soft_owner and loss_owner is not soft_owner and issubclass(loss_owner, soft_owner):
+            raise ValueError(
+                f"{name} overrides loss() but not soft_target_loss(): under Mixup its training loss "
+                "would be the base class's cross-entropy, not yours; override soft_target_loss(logits, "
+                "probabilities) too, or leave the Mixup callback out"
+            )
 
     def check_feature_cache(self, trainer: pl.Trainer) -> None:
         """Refuse FreezeUnfreeze's feature cache without augmented views (``cache_views``) or with CutMix."""
@@ -170,9 +172,9 @@ class Mixup(Callback):
                 continue
             if getattr(cache, "views", None) is None:
                 raise ValueError(
-                    f"Mixup with {type(callback).__name__}(cache_features=True) and no cache_views: the frozen "
-                    "epochs would mix the cached features of one fixed view of each image, which is not "
-                    "mixup of images; set cache_views: k (k augmented views, mixed as features) or "
+                    f"Mixup with {type(callback).__name__}(cache_features=True) and no cache_views: the "
+                    "frozen epochs would mix the cached features of one fixed view of each image, which is "
+                    "not mixup of images; set cache_views: k (k augmented views, mixed as features) or "
                     "cache_features: false"
                 )
             if self.cutmix:
@@ -205,8 +207,8 @@ class Mixup(Callback):
             raise RuntimeError("Mixup.mix before setup(): the callback builds timm's Mixup in setup('fit')")
         if isinstance(labels, MixedTargets) or labels.ndim != 1 or labels.is_floating_point():
             raise ValueError(
-                f"Mixup expects one class id per example (a [batch] integer tensor), got {type(labels).__name__}"
-                f" {getattr(labels, 'shape', '')}: already mixed, or not multi-class labels"
+                "Mixup expects one class id per example (a [batch] integer tensor), got "
+                f"{type(labels).__name__} {getattr(labels, 'shape', '')}: already mixed, or not class ids"
             )
         mixed, even = inputs.clone(), len(inputs) - len(inputs) % 2
         parts = []

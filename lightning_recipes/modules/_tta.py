@@ -29,10 +29,10 @@ def check_tta(tta: str | None, crop_fraction: float) -> None:
         >>> check_tta("flips", 0.875)
         Traceback (most recent call last):
         ...
-        ValueError: tta='flips' is not one of ('flip', 'five_crop', 'ten_crop') (or null: no test-time augmentation)
+        ValueError: tta='flips' is not one of ('flip', 'five_crop', 'ten_crop') (or null: none)
     """
     if tta is not None and tta not in TTA_KINDS:
-        raise ValueError(f"tta={tta!r} is not one of {TTA_KINDS} (or null: no test-time augmentation)")
+        raise ValueError(f"tta={tta!r} is not one of {TTA_KINDS} (or null: none)")
     if not 0.0 < crop_fraction <= 1.0:
         raise ValueError(f"tta_crop_fraction must be in (0, 1], got {crop_fraction}: the side of each crop")
 
@@ -49,8 +49,10 @@ def tta_views(images: Tensor, tta: TTAKind, crop_fraction: float = 0.875) -> lis
         >>> images = torch.arange(16.0).reshape(1, 1, 4, 4)
         >>> [v[0, 0, 0].tolist() for v in tta_views(images, "flip")]
         [[0.0, 1.0, 2.0, 3.0], [3.0, 2.0, 1.0, 0.0]]
-        >>> [tuple(v.shape) for v in tta_views(images, "ten_crop", 0.5)][:2], len(tta_views(images, "ten_crop"))
-        ([(1, 1, 4, 4), (1, 1, 4, 4)], 10)
+        >>> crops = tta_views(images, "ten_crop", 0.5)
+        >>> centre = crops[4][0, 0]  # pixels 5, 6, 9, 10, resized (bilinear) to 4 x 4
+        >>> len(crops), tuple(centre.shape), centre[0, 0].item(), centre[-1, -1].item()
+        (10, (4, 4), 5.0, 10.0)
     """
     from torchvision.transforms.v2 import functional as TF
 
