@@ -13,7 +13,7 @@ from torchmetrics.classification import Accuracy, F1Score, MatthewsCorrCoef, Pre
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 
 from lightning_recipes.eval_samples import RealSamples
-from lightning_recipes.handshake import META_KEY, CachedFeatures, DataSpec, split_meta
+from lightning_recipes.handshake import META_KEY, CachedFeatures, DataSpec, MixedTargets, split_meta
 from lightning_recipes.modules._base import TransferModule
 from lightning_recipes.modules._heads import LabelRef, class_logits, resolve_class_map
 
@@ -82,7 +82,8 @@ class ClassificationModule(TransferModule):
         class_map: with the pretrained model's own head: ``{data class: pretrained label or list of
             labels}``; a label is a name of :attr:`output_names`, one comma-separated part of one
             (``"tabby cat"``), an ImageNet synset (``n02123045``) or an output id (multiclass only).
-        label_smoothing: cross-entropy label smoothing (multiclass).
+        label_smoothing: cross-entropy label smoothing (multiclass); under
+            :class:`~lightning_recipes.callbacks.Mixup`, the smoothing of its mixed targets.
         class_weights: per-class loss weights (multiclass) or positive weights (multilabel).
         huber_delta: use the Huber loss with this delta for regression instead of MSE.
         **kwargs: the :class:`~lightning_recipes.TransferModule` options (``lr``, ``backbone_lr``,
@@ -297,6 +298,17 @@ class ClassificationModule(TransferModule):
             return F.huber_loss(logits, target.float(), delta=self.huber_delta)
         return F.mse_loss(logits, target.float())
 
+    def soft_target_loss(self, logits: Tensor, probabilities: Tensor) -> Tensor:
+        """The training loss against class probabilities (the mixed targets of
+        :class:`~lightning_recipes.callbacks.Mixup`, ``label_smoothing`` already in them): cross-entropy,
+        each class's term scaled by ``class_weights``. Multi-class only."""
+        if self.task != "multiclass" or probabilities.shape != logits.shape:
+            raise ValueError(
+                f"soft targets of shape {tuple(probabilities.shape)} for {self.task} logits of shape "
+                f"{tuple(logits.shape)}: they must be [batch, num_classes={self.num_classes}], multiclass"
+            )
+        return F.cross_entropy(logits, probabilities.to(logits.dtype), weight=self.class_weights)
+
     def probabilities(self, logits: Tensor) -> Tensor:
         """Softmax (multiclass), sigmoid (multilabel) or the raw outputs (regression)."""
         if self.task == "multiclass":
@@ -318,7 +330,10 @@ class ClassificationModule(TransferModule):
         else:
             logits, target = self.logits_and_target(batch)
         logits = self.class_logits(logits)
-        loss = self.loss(logits, target)
+        if isinstance(target, MixedTargets):  # Mixup's batch: the loss on its mix, metrics on the real labels
+            loss, target = self.soft_target_loss(logits, target.probabilities), target.labels
+        else:
+            loss = self.loss(logits, target)
         preds = self.probabilities(logits.detach().float())
         n = target.shape[0]
         # Under DDP, Lightning's evaluation sampler repeats samples at the end of a rank's share so the
@@ -351,6 +366,11 @@ class ClassificationModule(TransferModule):
     def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         return self._step(batch, "test", self.test_metrics, dataloader_idx)
 
+    def evaluation_logits(self, inputs: Any) -> Tensor:
+        """The logits of a batch's inputs at validate, test and predict: ``self(inputs)`` here;
+        ``ImageClassifier`` with ``tta`` gives those of its averaged test-time augmentations."""
+        return self(inputs)
+
     def decode(self, probs: Tensor) -> list[dict[str, Any]]:
         """Turn a batch of :meth:`probabilities` into ``{"label", "probabilities"}`` dicts (``{"value"}``
         for regression; ``label`` is the list of names above 0.5 for multi-label)."""
@@ -375,7 +395,7 @@ class ClassificationModule(TransferModule):
         every row carries its ground truth (:meth:`known_target`: the metrics).
         """
         inputs, meta = split_meta(batch)
-        probs = self.probabilities(self.class_logits(self(inputs).float()))
+        probs = self.probabilities(self.class_logits(self.evaluation_logits(inputs).float()))
         out = {
             "probabilities": probs,
             "labels": [d.get("label", d.get("value")) for d in self.decode(probs)],
