@@ -10,8 +10,9 @@ recipe's model (:mod:`lightning_recipes.export`).
 ``lightning-recipes list [--matrix]`` shows the shipped recipes (family, scenario, offline or not);
 ``lightning-recipes suggest`` measures a data set against a backbone and names the recipe to run;
 ``lightning-recipes zoo list|build NAME`` shows and builds the zoo's offline-pretrained weights
-(:mod:`lightning_recipes.zoo`). ``lightning`` hands command lines that are not ours to Lightning's
-own CLI (:mod:`lightning_recipes.lightning_command`). Errors print one short message; set
+(:mod:`lightning_recipes.zoo`); ``lightning-recipes tune RECIPE --space KEY=DIST`` searches its options
+with optuna (:mod:`lightning_recipes.tune`). ``lightning`` hands command lines that are not ours to
+Lightning's own CLI (:mod:`lightning_recipes.lightning_command`). Errors print one short message; set
 ``LIGHTNING_RECIPES_DEBUG=1`` for the full traceback.
 """
 
@@ -61,6 +62,7 @@ USAGE = """usage:
   lightning-recipes list [--matrix]   (name, family, scenario, offline; --matrix: family x scenario)
   lightning-recipes suggest --data PATH --backbone NAME [--family image|text]   (which scenario fits)
   lightning-recipes zoo list | zoo build NAME [NAME...] [--source DIR]   (offline-pretrained weights)
+  lightning-recipes tune RECIPE --space KEY=DIST [...] [--trials N]   (optuna search; docs/tune.md)
   lightning-recipes export RUN_DIR|CKPT --to DIR [--format hf|timm|onnx|torchscript] [--merge]   (ship it)
       [--push-to-hub ORG/NAME [--public]] [--no-wandb]   (docs/export.md)
   lightning run RECIPE.yaml --print_config > resolved.yaml   (runs again unchanged)
@@ -305,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
             return suggest.main(argv[1:])
         elif command == "zoo":
             return zoo.main(argv[1:])
+        elif command == "tune":
+            from lightning_recipes import tune
+
+            return tune.main(argv[1:])
         elif command == "export":
             from lightning_recipes import export
 
