@@ -22,16 +22,19 @@ import sys
 from lightning_recipes.tune.pruning import TrialPruning
 from lightning_recipes.tune.space import Dimension, SearchSpaceError, parse_dimension, read_space_file
 from lightning_recipes.tune.study import plan_study, tune, write_best
-from lightning_recipes.tune.trial import StudyStopped, TrialPlan
+from lightning_recipes.tune.trial import NotOneDevice, StudyStopped, TrialPlan
 
 __all__ = [
     "Dimension",
+    "NotOneDevice",
     "SearchSpaceError",
     "StudyStopped",
     "TrialPlan",
     "TrialPruning",
     "main",
+    "parse_dimension",
     "plan_study",
+    "read_space_file",
     "tune",
     "write_best",
 ]

@@ -17,6 +17,7 @@ as ``lightning run`` overrides it (``model.init_args.lr``) and ``DIST`` one of:
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -85,9 +86,7 @@ class Dimension:
     def describe(self) -> str:
         """The distribution as written: ``loguniform:1e-05:0.001``, ``choice:16,32``."""
         if self.kind == "choice":
-            return "choice:" + ",".join(
-                yaml.safe_dump(c, default_flow_style=True).strip() for c in self.choices
-            )
+            return "choice:" + ",".join(c if isinstance(c, str) else json.dumps(c) for c in self.choices)
         return f"{self.kind}:{self.extremes()[0]}:{self.extremes()[1]}"
 
 

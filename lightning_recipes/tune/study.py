@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from lightning_recipes.cli import short_error
 from lightning_recipes.recipes import resolve_recipe
 from lightning_recipes.tune.space import Dimension, SearchSpaceError, check_keys
-from lightning_recipes.tune.trial import TrialPlan, override_args, parse_recipe, run_trial
+from lightning_recipes.tune.trial import NotOneDevice, TrialPlan, override_args, parse_recipe, run_trial
 
 __all__ = ["DIRECTIONS", "best_recipe", "monitored_metric", "open_study", "plan_study", "tune", "write_best"]
 
@@ -61,7 +62,21 @@ def monitored_metric(config: Any) -> tuple[str, str]:
     )
 
 
-def _refuse_shared_folders(config: Any) -> None:
+def _several(devices: Any) -> bool:
+    """Whether a parsed ``trainer.devices`` (``2``, ``"2"``, ``"0,1"``, ``[0, 1]``, ``-1``) is several."""
+    if isinstance(devices, str):
+        text = devices.strip()
+        if "," in text:
+            return len([p for p in text.split(",") if p.strip()]) > 1
+        devices = int(text) if text.lstrip("-").isdigit() else 1
+    if isinstance(devices, (list, tuple)):
+        return len(devices) > 1
+    return isinstance(devices, int) and (devices > 1 or devices == -1)
+
+
+def _refuse_shared_runs(config: Any) -> None:
+    """Refuse what trials would share: a callback's fixed output folder, several devices (DDP launches
+    processes that would each run the study)."""
     for cls, init_args in _callbacks(config):
         for key in ("dirpath", "output_dir"):
             if init_args.get(key):
@@ -71,8 +86,7 @@ def _refuse_shared_folders(config: Any) -> None:
                 )
     trainer = config.trainer
     devices, nodes = trainer.get("devices"), trainer.get("num_nodes") or 1
-    several = (isinstance(devices, int) and devices > 1) or (isinstance(devices, list) and len(devices) > 1)
-    if several or nodes > 1:
+    if _several(devices) or nodes > 1:
         raise SearchSpaceError(
             f"trainer.devices={devices}, trainer.num_nodes={nodes}: tune runs each trial in one process on "
             "one device; pass --trainer.devices=1 --trainer.num_nodes=1"
@@ -109,7 +123,7 @@ def plan_study(
     if "fit" not in config.stages:
         raise SearchSpaceError(f"stages={config.stages}: tune fits each trial; the recipe needs a fit stage")
     monitor, mode = monitored_metric(config)
-    _refuse_shared_folders(config)
+    _refuse_shared_runs(config)
     name = study_name or path.stem
     root = Path(config.trainer.get("default_root_dir") or ".")
     seed = config.get("seed_everything")
@@ -131,7 +145,9 @@ def open_study(plan: TrialPlan, storage: str | None = None, direction: str | Non
 
     plan.study_dir.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(plan.study_dir / 'study.db').resolve()}"
-    rdb = optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+    with warnings.catch_warnings():  # optuna calls the heartbeat experimental (a warning each run)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        rdb = optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
     direction = direction or DIRECTIONS[plan.mode]
     pruner = optuna.pruners.MedianPruner() if plan.prune else optuna.pruners.NopPruner()
     study = optuna.create_study(
@@ -194,15 +210,29 @@ def tune(
 ) -> Any:
     """Run ``trials`` more trials (or until ``timeout`` seconds) of the plan's study; return the study.
 
-    Failed trials are recorded and the study goes on; SIGINT/SIGTERM during a trial raise
+    Failed trials are recorded and the study goes on, except a Trainer on several devices
+    (:class:`~lightning_recipes.tune.trial.NotOneDevice`, raised after the study stops); SIGINT/SIGTERM
+    during a trial raise
     :class:`~lightning_recipes.tune.trial.StudyStopped` after optuna has recorded the trial as failed.
     """
     study = open_study(plan, storage, direction)
+    fatal: list[NotOneDevice] = []
+
+    def objective(trial: Any) -> float:
+        try:
+            return run_trial(trial, plan)
+        except NotOneDevice as exc:  # every trial would fail alike: this one fails, and the study stops
+            fatal.append(exc)
+            trial.study.stop()
+            raise
+
     study.optimize(
-        lambda trial: run_trial(trial, plan),
+        objective,
         n_trials=trials,
         timeout=timeout,
         catch=(Exception,),
         gc_after_trial=True,
     )
+    if fatal:
+        raise fatal[0]
     return study

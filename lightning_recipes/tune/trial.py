@@ -29,6 +29,7 @@ from lightning_recipes.tune.pruning import TrialPruning
 from lightning_recipes.tune.space import Dimension
 
 __all__ = [
+    "NotOneDevice",
     "RecipeConfig",
     "StudyStopped",
     "TrialCLI",
@@ -46,6 +47,10 @@ class StudyStopped(KeyboardInterrupt):
     def __init__(self, signum: signal.Signals) -> None:
         super().__init__(f"stopped by {signum.name}")
         self.signum = signum
+
+
+class NotOneDevice(ValueError):
+    """A trial's Trainer runs on several devices (``devices: auto`` on a machine with several GPUs)."""
 
 
 class RecipeConfig(LightningRecipesCLI):
@@ -165,7 +170,7 @@ class TrialCLI(LightningRecipesCLI):
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         if trainer.world_size > 1:
-            raise ValueError(
+            raise NotOneDevice(
                 f"tune runs each trial in one process on one device; this recipe's Trainer has "
                 f"{trainer.world_size} processes: pass --trainer.devices=1 --trainer.num_nodes=1"
             )
