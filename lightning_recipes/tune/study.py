@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_recipes.cli import short_error
+from lightning_recipes.recipe_cli import short_error
 from lightning_recipes.recipes import resolve_recipe
 from lightning_recipes.tune.space import Dimension, SearchSpaceError, check_keys
 from lightning_recipes.tune.trial import NotOneDevice, TrialPlan, override_args, parse_recipe, run_trial

@@ -22,8 +22,8 @@ from typing import Any
 import lightning as L
 from typing_extensions import override
 
-from lightning_recipes.cli import LightningRecipesCLI
 from lightning_recipes.loggers.wandb import finish_runs
+from lightning_recipes.recipe_cli import LightningRecipesCLI
 from lightning_recipes.runs import stopping_signal
 from lightning_recipes.tune.pruning import TrialPruning
 from lightning_recipes.tune.space import Dimension
