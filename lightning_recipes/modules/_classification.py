@@ -9,13 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import Accuracy, F1Score, MatthewsCorrCoef, Precision, Recall
-from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 
 from lightning_recipes.eval_samples import RealSamples
 from lightning_recipes.handshake import META_KEY, CachedFeatures, DataSpec, MixedTargets, split_meta
 from lightning_recipes.modules._base import TransferModule
-from lightning_recipes.modules._heads import LabelRef, class_logits, resolve_class_map
+from lightning_recipes.modules._heads import LabelRef, class_logits, order_mapped_classes, resolve_class_map
+from lightning_recipes.modules._metrics import build_metrics
 
 Task = Literal["multiclass", "multilabel", "regression"]
 TASKS = ("multiclass", "multilabel", "regression")
@@ -23,26 +22,6 @@ TASKS = ("multiclass", "multilabel", "regression")
 LABEL_NAMES_KEY = "lightning_recipes_label_names"
 #: Checkpoint key holding the pretrained label names and each class's label ids (``class_map``).
 OUTPUTS_KEY = "lightning_recipes_model_outputs"
-
-
-def build_metrics(task: str, num_classes: int) -> MetricCollection:
-    """torchmetrics for ``task``: accuracy/F1/precision/recall/MCC (macro) or RMSE/MAE."""
-    if task == "regression":
-        return MetricCollection({"rmse": MeanSquaredError(squared=False), "mae": MeanAbsoluteError()})
-    kwargs: dict[str, Any] = (
-        {"task": "multilabel", "num_labels": num_classes}
-        if task == "multilabel"
-        else {"task": "multiclass", "num_classes": num_classes}
-    )
-    return MetricCollection(
-        {
-            "acc": Accuracy(**kwargs, average="micro"),
-            "f1": F1Score(**kwargs, average="macro"),
-            "precision": Precision(**kwargs, average="macro"),
-            "recall": Recall(**kwargs, average="macro"),
-            "mcc": MatthewsCorrCoef(**kwargs),
-        }
-    )
 
 
 class ClassificationModule(TransferModule):
@@ -209,7 +188,9 @@ class ClassificationModule(TransferModule):
         if names is None or self.task == "regression":
             return
         if self._class_ids is not None:
-            self._order_mapped_classes(list(names))
+            assert self._label_names is not None
+            mapped = dict(zip(self._label_names, self._class_ids, strict=True))
+            self._label_names, self._class_ids = list(names), order_mapped_classes(mapped, list(names))
             return
         if self.output_names is not None and list(names) != self._label_names:
             known = self._label_names or []
@@ -233,24 +214,6 @@ class ClassificationModule(TransferModule):
             raise ValueError(
                 f"The data's class names {list(names)} differ from the model's {self._label_names}"
             )
-
-    def _order_mapped_classes(self, names: list[str]) -> None:
-        assert self._class_ids is not None and self._label_names is not None
-        mapped = dict(zip(self._label_names, self._class_ids, strict=True))
-        unmapped = [n for n in names if n not in mapped]
-        if unmapped:
-            raise ValueError(
-                f"class_map does not map the data's class(es) {unmapped}: an as-is run scores every class "
-                f"of the data through its pretrained labels. Add {unmapped[0]!r}: [pretrained label names or "
-                f"ids] to class_map (it maps {list(mapped)}), or leave that class out of the data."
-            )
-        extra = [n for n in mapped if n not in names]
-        if extra:
-            raise ValueError(
-                f"class_map maps {extra}, which the data does not have (its classes: {names}); remove them, "
-                "since their labels would take probability mass from the data's classes"
-            )
-        self._label_names, self._class_ids = names, [mapped[n] for n in names]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Class names adopted from the data travel with the weights, and come back on load.
