@@ -19,15 +19,33 @@ random-init probe's errors; on data unlike the pretraining data, random features
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from lightning_recipes.recipes import Recipe
+from lightning_recipes._suggest_command import (
+    DATA_CLASS,
+    CommandInputs,
+    choose_recipe,
+    loads_pretrained_weights,
+    recipe_command,
+)
+
+__all__ = [
+    "DATA_CLASS",
+    "Measurement",
+    "Suggestion",
+    "choose_recipe",
+    "decide",
+    "loads_pretrained_weights",
+    "main",
+    "probe_accuracy",
+    "recipe_command",
+    "report",
+    "suggest",
+]
 
 #: Median training examples per class at or above which a data set counts as large.
 LARGE_PER_CLASS = 1000
@@ -41,9 +59,6 @@ MAX_EXAMPLES = 300
 MAX_IMAGE_SIZE = 160
 #: Folds of the probe's cross-validation (fewer when a class has fewer examples).
 FOLDS = 5
-
-#: The data module of each family whose recipes ``suggest`` fills in, and the options it sets.
-DATA_CLASS = {"image": "ImageDataModule", "text": "TextDataModule"}
 
 
 @dataclass(frozen=True)
@@ -139,114 +154,6 @@ def decide(m: Measurement) -> tuple[str, str]:
     )
 
 
-def _data_class(recipe: Recipe) -> str:
-    import yaml
-
-    return (yaml.safe_load(recipe.path.read_text()).get("data") or {}).get("class_path", "")
-
-
-def choose_recipe(family: str, scenario: str, backbone: str) -> Recipe | None:
-    """The shipped recipe of this cell that reads the family's own data module (``None`` if there is none).
-
-    Among several, one whose model is ``backbone`` comes first, then one whose model is on this machine
-    (no model blockers, see :func:`~lightning_recipes.recipes.offline_blockers`), then by name.
-    """
-    import yaml
-
-    from lightning_recipes.recipes import list_recipes
-
-    cell = [r for r in list_recipes() if r.family == family and r.scenario == scenario]
-    wanted = DATA_CLASS[family]
-    usable = [r for r in cell if _data_class(r).endswith(wanted)]
-    if not usable:
-        return None
-
-    def rank(recipe: Recipe) -> tuple[bool, bool, str]:
-        args = (yaml.safe_load(recipe.path.read_text())["model"].get("init_args")) or {}
-        same = backbone == args.get("model_name_or_path")
-        return (not same, any(b.startswith("model") for b in recipe.blockers), recipe.name)
-
-    return min(usable, key=rank)
-
-
-def recipe_command(
-    recipe: Recipe,
-    family: str,
-    data: str,
-    backbone: str,
-    classes: list[str],
-    details: dict[str, Any],
-    pretrained: str | None = None,
-) -> str:
-    """The ``lightning run`` command of ``recipe`` with the data, backbone and classes filled in.
-
-    Args:
-        recipe: the recipe (:func:`choose_recipe`).
-        family: ``image`` or ``text``.
-        data: the image folder or text file, as the user gave it.
-        backbone: the backbone, as the user gave it.
-        classes: the data's class names.
-        details: how the data was read: ``layout`` (``class folders`` for a folder without splits) for
-            images; ``text_column``, ``label_column`` and ``file_options`` (encoding, delimiter, format)
-            for text; ``label_map`` (class name -> the
-            pretrained label id it matched) where every name matches.
-        pretrained: a local weights file of an image backbone, passed on unless the recipe trains from
-            scratch.
-
-    The data takes the place of the recipe's own, and every stage the recipe runs gets its split: a
-    folder without ``val/``/``test/`` is split by ``val_fraction``/``test_fraction`` (0.1 each unless
-    the recipe sets them); a text file is the training data with 10 % held out for validation, and a
-    training recipe's ``test`` stage becomes ``validate`` (there is no held-out test file); an as-is
-    recipe tests on the whole file (nothing is trained on it). A recipe with the model's own head as-is
-    (``head: pretrained``, no ``num_classes``) gets none; one with a ``class_map`` gets the names that
-    matched.
-    """
-    import yaml
-
-    config = yaml.safe_load(recipe.path.read_text())
-    data_args = config["data"].get("init_args") or {}
-    model_args = config["model"].get("init_args") or {}
-    stages = list(config.get("stages") or ["fit", "test"])
-    overrides: dict[str, str] = {}
-    if family == "image":
-        overrides["data.init_args.root"] = data
-        for key in ("train_file", "val_file", "test_file", "predict_root"):
-            if data_args.get(key) is not None:
-                overrides[f"data.init_args.{key}"] = "null"
-        if details.get("layout") == "class folders":
-            for split, stage in (("val", "validate"), ("test", "test")):
-                needed = stage in stages or (split == "val" and "fit" in stages)
-                if needed and not data_args.get(f"{split}_fraction"):
-                    overrides[f"data.init_args.{split}_fraction"] = "0.1"
-        overrides["model.init_args.model_name_or_path"] = backbone
-        if pretrained and recipe.scenario != "scratch":
-            overrides["model.init_args.pretrained"] = pretrained
-    else:
-        overrides["data.init_args.train_file"] = data
-        overrides["data.init_args.text_column"] = details["text_column"]
-        overrides["data.init_args.label_column"] = details["label_column"]
-        for key, value in details.get("file_options", {}).items():  # how the file was read
-            overrides[f"data.init_args.{key}"] = value
-        nulls = ["dataset", "dataset_config", "val_file", "test_file", "predict_file", "label_names"]
-        if "fit" in stages:
-            overrides["data.init_args.val_fraction"] = "0.1"
-            nulls.append("train_size")  # train on all of it
-            if "test" in stages:
-                stages = [s for s in stages if s != "test"] + ([] if "validate" in stages else ["validate"])
-                overrides["stages"] = "[" + ",".join(stages) + "]"
-        elif "test" in stages:
-            overrides["data.init_args.test_file"] = data
-            nulls.remove("test_file")
-        overrides.update({f"data.init_args.{k}": "null" for k in nulls if data_args.get(k) is not None})
-        overrides["model.init_args.model_name_or_path"] = backbone
-    if model_args.get("head") != "pretrained" or model_args.get("num_classes") is not None:
-        overrides["model.init_args.num_classes"] = str(len(classes))
-    if "class_map" in model_args and details.get("label_map"):
-        overrides["model.init_args.class_map"] = json.dumps({c: [n] for c, n in details["label_map"].items()})
-    path = f"recipes/{recipe.name}.yaml"
-    return "lightning run " + " ".join([path, *(f"--{k}={shlex.quote(v)}" for k, v in overrides.items())])
-
-
 @dataclass(frozen=True)
 class Suggestion:
     """The result of :func:`suggest`: the measurements, the scenario, why, and the command to run."""
@@ -258,6 +165,7 @@ class Suggestion:
     recipe: str | None
     command: str | None
     details: dict[str, Any]
+    inputs: CommandInputs | None = None
 
 
 def suggest(
@@ -272,6 +180,8 @@ def suggest(
     encoding: str = "utf-8",
     delimiter: str | None = None,
     format: str | None = None,
+    val_file: str | None = None,
+    test_file: str | None = None,
 ) -> Suggestion:
     """Measure ``data`` against ``backbone`` and suggest a scenario and the recipe that runs it.
 
@@ -287,6 +197,8 @@ def suggest(
         seed: seed of the subsample, the random-init backbone and the probe's folds.
         encoding, delimiter, format: how the text file is read, as ``TextDataModule``'s options of those
             names (a Latin-1 file, ``text;label`` lines, a ``.label`` file); the printed command keeps them.
+        val_file, test_file: the text data's own validation and test files (same columns, read the same
+            way), kept in the printed command; an image folder's own ``val/`` and ``test/`` stay as they are.
     """
     from lightning_recipes import _suggest_data as sd
     from lightning_recipes import zoo
@@ -295,6 +207,11 @@ def suggest(
     family = family or sd.detect_family(data)
     if family not in DATA_CLASS:
         raise ValueError(f"--family {family!r}: suggest measures image or text classification data")
+    if family == "image" and (val_file or test_file):
+        raise ValueError(
+            "--val-file/--test-file are for a text file's own splits; an image folder's val/ and test/ "
+            "folders (beside train/) are used as they are"
+        )
     if family == "image":
         sample = sd.load_images(data, max_examples, seed)
         feats = sd.image_features(sample, backbone, MAX_IMAGE_SIZE, seed, pretrained or True)
@@ -319,11 +236,11 @@ def suggest(
     )
     scenario, reason = decide(m)
     details = {k: v for k, v in sample.details.items() if k != "datamodule"}  # printable, comparable
-    recipe = choose_recipe(family, scenario, backbone)
-    if recipe is None:
-        return Suggestion(family, m, scenario, reason, None, None, details)
-    command = recipe_command(recipe, family, data, backbone, sample.classes, details, pretrained)
-    return Suggestion(family, m, scenario, reason, recipe.name, command, details)
+    inputs = CommandInputs(family, data, backbone, sample.classes, details, pretrained, val_file, test_file)
+    found = inputs.command(scenario)
+    if found is None:
+        return Suggestion(family, m, scenario, reason, None, None, details, inputs)
+    return Suggestion(family, m, scenario, reason, found[0].name, found[1], details, inputs)
 
 
 def report(s: Suggestion, data: str, backbone: str) -> str:
@@ -375,6 +292,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--encoding", default="utf-8", help="text file encoding (e.g. latin-1)")
     parser.add_argument("--delimiter", help="text file column separator (`;`: text;label lines in a .txt)")
     parser.add_argument("--format", help="text file format: csv, json, parquet, label_text, text_label")
+    parser.add_argument("--val-file", help="text: your own validation file (default: 10 %% of --data)")
+    parser.add_argument("--test-file", help="text: your own test file, kept in the printed command")
     args = parser.parse_args(argv)
     if args.max_examples < 4:
         parser.error(f"--max-examples must be at least 4, got {args.max_examples}")
@@ -390,6 +309,8 @@ def main(argv: list[str]) -> int:
         encoding=args.encoding,
         delimiter=args.delimiter,
         format=args.format,
+        val_file=args.val_file,
+        test_file=args.test_file,
     )
     print(report(result, args.data, args.backbone))
     sys.stdout.flush()
