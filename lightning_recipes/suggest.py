@@ -19,6 +19,7 @@ random-init probe's errors; on data unlike the pretraining data, random features
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,12 @@ from lightning_recipes._suggest_command import (
     choose_recipe,
     loads_pretrained_weights,
     recipe_command,
+)
+from lightning_recipes._suggest_margin import (
+    bootstrap_interval,
+    closeness_lines,
+    errors_removed,
+    probe_correct,
 )
 
 __all__ = [
@@ -74,6 +81,8 @@ class Measurement:
         probe_random: the same probe on features of the architecture at random init.
         as_is: accuracy of the pretrained classifier with the classes matched by name, or ``None``.
         label_match: how many class names matched a pretrained label name.
+        similarity_interval, as_is_interval: their 90 % bootstrap intervals over the probed examples
+            (the probe's noise, :mod:`~lightning_recipes._suggest_margin`), ``None`` if not measured.
     """
 
     classes: int
@@ -85,6 +94,8 @@ class Measurement:
     probe_random: float
     as_is: float | None
     label_match: int
+    similarity_interval: tuple[float, float] | None = None
+    as_is_interval: tuple[float, float] | None = None
 
     @property
     def similarity(self) -> float:
@@ -93,13 +104,12 @@ class Measurement:
         ``(error_random - error_pretrained) / error_random``, each error counted as at least one
         example's worth (``1 / probed``), so a task that random features already solve scores ``<= 0``.
         """
-        floor = 1.0 / self.probed
-        error_random = max(1.0 - self.probe_random, floor)
-        return (error_random - max(1.0 - self.probe_pretrained, floor)) / error_random
+        return float(errors_removed(self.probe_pretrained, self.probe_random, self.probed))
 
 
 def probe_accuracy(features: np.ndarray, targets: np.ndarray, seed: int = 0) -> float:
-    """Cross-validated accuracy of a linear probe (ridge classifier) on standardised ``features``.
+    """Cross-validated accuracy of a linear probe (ridge classifier) on standardised ``features``: the
+    share of examples it gets right in their held-out fold (:func:`._suggest_margin.probe_correct`).
 
     A ridge classifier is solved in closed form: on 300 x 512 features it was 23x faster than an
     iterative logistic regression (``benchmarks/suggest_time.py``).
@@ -111,18 +121,7 @@ def probe_accuracy(features: np.ndarray, targets: np.ndarray, seed: int = 0) -> 
         >>> round(probe_accuracy(y[:, None] + 0.1 * rng.normal(size=(40, 3)), y), 2)
         1.0
     """
-    from sklearn.linear_model import RidgeClassifier
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    folds = min(FOLDS, int(np.bincount(targets).min()))
-    if folds < 2:
-        counts = np.bincount(targets).tolist()
-        raise ValueError(f"Every class needs 2 examples or more for the probe; examples per class: {counts}")
-    probe = make_pipeline(StandardScaler(), RidgeClassifier(alpha=100.0))
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    return float(cross_val_score(probe, features, targets, cv=cv).mean())
+    return float(probe_correct(features, targets, seed, FOLDS).mean())
 
 
 def decide(m: Measurement) -> tuple[str, str]:
@@ -222,17 +221,28 @@ def suggest(
         sample = sd.load_texts(data, text_column, label_column, max_examples, seed, **how)
         feats = sd.text_features(sample, backbone, max_length=128, seed=seed)
     y = sample.targets
-    as_is = None if feats.as_is_logits is None else float((feats.as_is_logits.argmax(1) == y).mean())
+    right_p, right_r = (
+        probe_correct(feats.pretrained, y, seed, FOLDS),
+        probe_correct(feats.random, y, seed, FOLDS),
+    )
+    right_as_is = None if feats.as_is_logits is None else feats.as_is_logits.argmax(1) == y
+    n = len(y)
     m = Measurement(
         classes=len(sample.classes),
         min_per_class=int(min(sample.train_counts)),
         median_per_class=float(np.median(sample.train_counts)),
         probed=len(y),
         majority=float(np.bincount(y).max() / len(y)),
-        probe_pretrained=probe_accuracy(feats.pretrained, y, seed),
-        probe_random=probe_accuracy(feats.random, y, seed),
-        as_is=as_is,
+        probe_pretrained=float(right_p.mean()),
+        probe_random=float(right_r.mean()),
+        as_is=None if right_as_is is None else float(right_as_is.mean()),
         label_match=feats.label_match,
+        similarity_interval=bootstrap_interval(
+            lambda i: errors_removed(right_p[i].mean(1), right_r[i].mean(1), n), n, seed
+        ),
+        as_is_interval=None
+        if right_as_is is None
+        else bootstrap_interval(lambda i: right_as_is[i].mean(1), n, seed),
     )
     scenario, reason = decide(m)
     details = {k: v for k, v in sample.details.items() if k != "datamodule"}  # printable, comparable
@@ -243,8 +253,9 @@ def suggest(
     return Suggestion(family, m, scenario, reason, found[0].name, found[1], details, inputs)
 
 
-def report(s: Suggestion, data: str, backbone: str) -> str:
-    """The printed summary: the numbers, the scenario with its reason, and the command."""
+def report(s: Suggestion, data: str, backbone: str, rerun: str | None = None) -> str:
+    """The printed summary: the numbers, the scenario with its reason, how close the call is (``rerun``:
+    the ``suggest`` command line, which a close call suggests again with ``--pilot``), and the command."""
     m = s.measurement
     as_is = (
         f"{m.as_is:.3f}"
@@ -265,6 +276,7 @@ def report(s: Suggestion, data: str, backbone: str) -> str:
         f"  as-is accuracy                   {as_is}",
         f"Scenario:   {s.scenario}",
         f"Reason:     {s.reason}",
+        *closeness_lines(m, rerun),
     ]
     if s.command is None:
         wanted = f"{s.family} {s.scenario} recipe reads a {DATA_CLASS[s.family]}"
@@ -312,6 +324,6 @@ def main(argv: list[str]) -> int:
         val_file=args.val_file,
         test_file=args.test_file,
     )
-    print(report(result, args.data, args.backbone))
+    print(report(result, args.data, args.backbone, "lightning-recipes suggest " + shlex.join(argv)))
     sys.stdout.flush()
     return 0

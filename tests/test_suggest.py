@@ -153,6 +153,7 @@ def test_image_suggestion_end_to_end_with_a_weights_file(tmp_path, image_folder,
     assert "3 classes; training examples per class: min 6, median 6" in out
     assert "majority-class baseline          0.333" in out
     assert "as-is accuracy                   n/a (0 of 3 class names" in out
+    assert "Margins:    similarity " in out and "Confidence: " in out  # how close the call is
     command = out.split("Run:")[1].strip()
     config = parse(command, capsys)
     scenario = out.split("Scenario:")[1].split()[0]
@@ -212,6 +213,9 @@ def test_text_classifier_that_already_fits_is_used_as_is(sentiment_model, tmp_pa
     m = result.measurement
     assert (result.family, result.scenario, m.classes, m.label_match) == ("text", "as-is", 2, 2)
     assert m.as_is == 1.0 and m.min_per_class == 15
+    assert m.as_is_interval == (1.0, 1.0)  # every resample of the probed examples is all right
+    lo, hi = m.similarity_interval
+    assert lo <= m.similarity <= hi
     label_map = {"negative": 0, "positive": 1}
     assert result.details == {"text_column": "text", "label_column": "label", "label_map": label_map}
     if result.command is None:  # no shipped text as-is recipe yet: the report says so
