@@ -38,6 +38,7 @@ from lightning_recipes._suggest_margin import (
     closeness_lines,
     errors_removed,
     probe_correct,
+    runner_up,
 )
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "decide",
     "loads_pretrained_weights",
     "main",
+    "pilot_scenarios",
     "probe_accuracy",
     "recipe_command",
     "report",
@@ -306,9 +308,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--format", help="text file format: csv, json, parquet, label_text, text_label")
     parser.add_argument("--val-file", help="text: your own validation file (default: 10 %% of --data)")
     parser.add_argument("--test-file", help="text: your own test file, kept in the printed command")
+    parser.add_argument(
+        "--pilot", action="store_true", help="also train short pilots and pick by their metric"
+    )
+    parser.add_argument("--pilot-budget", default="50", help="each pilot: N steps or Xm minutes (50)")
+    parser.add_argument("--pilot-scenarios", help="comma-separated (default: the choice and its runner-up)")
     args = parser.parse_args(argv)
     if args.max_examples < 4:
         parser.error(f"--max-examples must be at least 4, got {args.max_examples}")
+    if args.pilot:
+        from lightning_recipes import _suggest_pilot
+
+        try:  # bad input fails before the probe
+            budget = _suggest_pilot.Budget.parse(args.pilot_budget)
+            parse_scenarios(args.pilot_scenarios)
+        except ValueError as exc:
+            parser.error(str(exc))
     result = suggest(
         args.data,
         args.backbone,
@@ -326,4 +341,25 @@ def main(argv: list[str]) -> int:
     )
     print(report(result, args.data, args.backbone, "lightning-recipes suggest " + shlex.join(argv)))
     sys.stdout.flush()
+    if args.pilot:
+        scenarios = pilot_scenarios(result, args.pilot_scenarios)
+        print("\n".join(_suggest_pilot.pilot(result.inputs, scenarios, budget, args.seed)[0]))
     return 0
+
+
+def pilot_scenarios(result: Suggestion, given: str | None) -> list[str]:
+    """The scenarios ``--pilot`` trains: ``given`` (comma-separated), else the choice and its runner-up."""
+    if given is None:
+        second = runner_up(result.measurement)
+        return [result.scenario] + ([second[0]] if second else [])
+    return parse_scenarios(given)
+
+
+def parse_scenarios(given: str | None) -> list[str]:
+    """``--pilot-scenarios``: known scenario names, comma-separated; a one-line error otherwise."""
+    from lightning_recipes.recipes import SCENARIOS
+
+    scenarios = [s.strip() for s in (given or "").split(",") if s.strip()]
+    if given is not None and (not scenarios or any(s not in SCENARIOS for s in scenarios)):
+        raise ValueError(f"--pilot-scenarios {given!r}: give some of {', '.join(SCENARIOS)}, comma-separated")
+    return scenarios
