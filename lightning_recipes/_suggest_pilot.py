@@ -206,6 +206,8 @@ def run_pilot(
 
     recipe, command = full.command(scenario)
     full_config = parse_recipe(recipe.path, shlex.split(command)[3:]).config
+    if "fit" not in full_config.stages:  # as-is: tested on the pilots' validation examples
+        subset = replace(subset, test_file=subset.val_file)
     _, pilot_command = subset.command(scenario)
     started = time.perf_counter()
     with _quiet_seed():
@@ -303,7 +305,7 @@ def _subset(full: CommandInputs, folder: Path, seed: int) -> tuple[CommandInputs
         source.select(picked).select_columns([text, label]).to_csv(str(folder / f"{name}.csv"), index=False)
     details = {k: v for k, v in full.details.items() if k != "file_options"}  # written as plain csv
     files = {"data": str(folder / "train.csv"), "val_file": str(folder / "val.csv")}
-    subset = replace(full, details=details, test_file=files["val_file"], **files)
+    subset = replace(full, details=details, test_file=None, **files)
     return subset, len(targets["train"]), len(train), len(val)
 
 
