@@ -273,6 +273,10 @@ def _subset(full: CommandInputs, folder: Path, seed: int) -> tuple[CommandInputs
 
         dm = ImageDataModule(root=full.data, val_fraction=0.0, seed=seed, num_workers=0)
         rows = dm._rows()  # noqa: SLF001 (the data module's own split reading, as _suggest_data)
+        if rows["train"] is None:
+            raise ValueError(
+                f"--pilot trains: {full.data} has no training images (a train/ or class folders)"
+            )
         names = sorted({labels[0] for _, labels in rows["train"]})
         targets = {s: np.array([names.index(x[0]) for _, x in rows[s]]) for s in ("train", "val") if rows[s]}
         train, val = split(targets["train"], targets.get("val"))

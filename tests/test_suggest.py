@@ -293,7 +293,12 @@ def test_zoo_backbone_quadrants(quadrant, tmp_path, capsys):
     assert m.probed <= sg.MAX_EXAMPLES and m.as_is is None
     config = parse(result.command, capsys)
     assert config["data"]["init_args"]["root"] == str(data)
-    assert config["model"]["init_args"]["model_name_or_path"] == "resnet10t.digits04"
+    # scratch keeps its recipe's own architecture (random init); the others take the probed backbone
+    model = config["model"]["init_args"]
+    if expected == "scratch":
+        assert model["pretrained"] is False and model["model_name_or_path"] != "resnet10t.digits04"
+    else:
+        assert model["model_name_or_path"] == "resnet10t.digits04"
 
 
 @pytest.mark.slow

@@ -68,6 +68,10 @@ def test_scratch_pilot_trains_the_recipes_own_model_within_the_budget(text_data,
     assert main(["suggest", *argv, "--pilot-scenarios", "scratch,add-layers"]) == 0
     rows = table(capsys.readouterr().out)
     assert list(rows) == ["scratch", "add-layers"] and [rows[s][1] for s in rows] == ["4", "4"]
+    # A budget in minutes: max_time stops the pilot (a few seconds here), after at least one step.
+    assert main(["suggest", *argv[:-1], "0.05m", "--pilot-scenarios", "fine-tune"]) == 0
+    out = capsys.readouterr().out
+    assert "0.05 min each" in out and int(table(out)["fine-tune"][1]) >= 1
 
 
 def test_pick_takes_the_best_metric_in_the_recipes_direction_and_the_probes_choice_on_a_tie():
