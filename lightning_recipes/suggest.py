@@ -19,7 +19,6 @@ random-init probe's errors; on data unlike the pretraining data, random features
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from dataclasses import dataclass
@@ -27,7 +26,35 @@ from typing import Any
 
 import numpy as np
 
-from lightning_recipes.recipes import Recipe
+from lightning_recipes._suggest_command import (
+    DATA_CLASS,
+    CommandInputs,
+    choose_recipe,
+    loads_pretrained_weights,
+    recipe_command,
+)
+from lightning_recipes._suggest_margin import (
+    bootstrap_interval,
+    closeness_lines,
+    errors_removed,
+    probe_correct,
+    runner_up,
+)
+
+__all__ = [
+    "DATA_CLASS",
+    "Measurement",
+    "Suggestion",
+    "choose_recipe",
+    "decide",
+    "loads_pretrained_weights",
+    "main",
+    "pilot_scenarios",
+    "probe_accuracy",
+    "recipe_command",
+    "report",
+    "suggest",
+]
 
 #: Median training examples per class at or above which a data set counts as large.
 LARGE_PER_CLASS = 1000
@@ -41,9 +68,6 @@ MAX_EXAMPLES = 300
 MAX_IMAGE_SIZE = 160
 #: Folds of the probe's cross-validation (fewer when a class has fewer examples).
 FOLDS = 5
-
-#: The data module of each family whose recipes ``suggest`` fills in, and the options it sets.
-DATA_CLASS = {"image": "ImageDataModule", "text": "TextDataModule"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +83,8 @@ class Measurement:
         probe_random: the same probe on features of the architecture at random init.
         as_is: accuracy of the pretrained classifier with the classes matched by name, or ``None``.
         label_match: how many class names matched a pretrained label name.
+        similarity_interval, as_is_interval: their 90 % bootstrap intervals over the probed examples
+            (the probe's noise, :mod:`~lightning_recipes._suggest_margin`), ``None`` if not measured.
     """
 
     classes: int
@@ -70,6 +96,8 @@ class Measurement:
     probe_random: float
     as_is: float | None
     label_match: int
+    similarity_interval: tuple[float, float] | None = None
+    as_is_interval: tuple[float, float] | None = None
 
     @property
     def similarity(self) -> float:
@@ -78,13 +106,12 @@ class Measurement:
         ``(error_random - error_pretrained) / error_random``, each error counted as at least one
         example's worth (``1 / probed``), so a task that random features already solve scores ``<= 0``.
         """
-        floor = 1.0 / self.probed
-        error_random = max(1.0 - self.probe_random, floor)
-        return (error_random - max(1.0 - self.probe_pretrained, floor)) / error_random
+        return float(errors_removed(self.probe_pretrained, self.probe_random, self.probed))
 
 
 def probe_accuracy(features: np.ndarray, targets: np.ndarray, seed: int = 0) -> float:
-    """Cross-validated accuracy of a linear probe (ridge classifier) on standardised ``features``.
+    """Cross-validated accuracy of a linear probe (ridge classifier) on standardised ``features``: the
+    share of examples it gets right in their held-out fold (:func:`._suggest_margin.probe_correct`).
 
     A ridge classifier is solved in closed form: on 300 x 512 features it was 23x faster than an
     iterative logistic regression (``benchmarks/suggest_time.py``).
@@ -96,18 +123,7 @@ def probe_accuracy(features: np.ndarray, targets: np.ndarray, seed: int = 0) -> 
         >>> round(probe_accuracy(y[:, None] + 0.1 * rng.normal(size=(40, 3)), y), 2)
         1.0
     """
-    from sklearn.linear_model import RidgeClassifier
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    folds = min(FOLDS, int(np.bincount(targets).min()))
-    if folds < 2:
-        counts = np.bincount(targets).tolist()
-        raise ValueError(f"Every class needs 2 examples or more for the probe; examples per class: {counts}")
-    probe = make_pipeline(StandardScaler(), RidgeClassifier(alpha=100.0))
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    return float(cross_val_score(probe, features, targets, cv=cv).mean())
+    return float(probe_correct(features, targets, seed, FOLDS).mean())
 
 
 def decide(m: Measurement) -> tuple[str, str]:
@@ -139,114 +155,6 @@ def decide(m: Measurement) -> tuple[str, str]:
     )
 
 
-def _data_class(recipe: Recipe) -> str:
-    import yaml
-
-    return (yaml.safe_load(recipe.path.read_text()).get("data") or {}).get("class_path", "")
-
-
-def choose_recipe(family: str, scenario: str, backbone: str) -> Recipe | None:
-    """The shipped recipe of this cell that reads the family's own data module (``None`` if there is none).
-
-    Among several, one whose model is ``backbone`` comes first, then one whose model is on this machine
-    (no model blockers, see :func:`~lightning_recipes.recipes.offline_blockers`), then by name.
-    """
-    import yaml
-
-    from lightning_recipes.recipes import list_recipes
-
-    cell = [r for r in list_recipes() if r.family == family and r.scenario == scenario]
-    wanted = DATA_CLASS[family]
-    usable = [r for r in cell if _data_class(r).endswith(wanted)]
-    if not usable:
-        return None
-
-    def rank(recipe: Recipe) -> tuple[bool, bool, str]:
-        args = (yaml.safe_load(recipe.path.read_text())["model"].get("init_args")) or {}
-        same = backbone == args.get("model_name_or_path")
-        return (not same, any(b.startswith("model") for b in recipe.blockers), recipe.name)
-
-    return min(usable, key=rank)
-
-
-def recipe_command(
-    recipe: Recipe,
-    family: str,
-    data: str,
-    backbone: str,
-    classes: list[str],
-    details: dict[str, Any],
-    pretrained: str | None = None,
-) -> str:
-    """The ``lightning run`` command of ``recipe`` with the data, backbone and classes filled in.
-
-    Args:
-        recipe: the recipe (:func:`choose_recipe`).
-        family: ``image`` or ``text``.
-        data: the image folder or text file, as the user gave it.
-        backbone: the backbone, as the user gave it.
-        classes: the data's class names.
-        details: how the data was read: ``layout`` (``class folders`` for a folder without splits) for
-            images; ``text_column``, ``label_column`` and ``file_options`` (encoding, delimiter, format)
-            for text; ``label_map`` (class name -> the
-            pretrained label id it matched) where every name matches.
-        pretrained: a local weights file of an image backbone, passed on unless the recipe trains from
-            scratch.
-
-    The data takes the place of the recipe's own, and every stage the recipe runs gets its split: a
-    folder without ``val/``/``test/`` is split by ``val_fraction``/``test_fraction`` (0.1 each unless
-    the recipe sets them); a text file is the training data with 10 % held out for validation, and a
-    training recipe's ``test`` stage becomes ``validate`` (there is no held-out test file); an as-is
-    recipe tests on the whole file (nothing is trained on it). A recipe with the model's own head as-is
-    (``head: pretrained``, no ``num_classes``) gets none; one with a ``class_map`` gets the names that
-    matched.
-    """
-    import yaml
-
-    config = yaml.safe_load(recipe.path.read_text())
-    data_args = config["data"].get("init_args") or {}
-    model_args = config["model"].get("init_args") or {}
-    stages = list(config.get("stages") or ["fit", "test"])
-    overrides: dict[str, str] = {}
-    if family == "image":
-        overrides["data.init_args.root"] = data
-        for key in ("train_file", "val_file", "test_file", "predict_root"):
-            if data_args.get(key) is not None:
-                overrides[f"data.init_args.{key}"] = "null"
-        if details.get("layout") == "class folders":
-            for split, stage in (("val", "validate"), ("test", "test")):
-                needed = stage in stages or (split == "val" and "fit" in stages)
-                if needed and not data_args.get(f"{split}_fraction"):
-                    overrides[f"data.init_args.{split}_fraction"] = "0.1"
-        overrides["model.init_args.model_name_or_path"] = backbone
-        if pretrained and recipe.scenario != "scratch":
-            overrides["model.init_args.pretrained"] = pretrained
-    else:
-        overrides["data.init_args.train_file"] = data
-        overrides["data.init_args.text_column"] = details["text_column"]
-        overrides["data.init_args.label_column"] = details["label_column"]
-        for key, value in details.get("file_options", {}).items():  # how the file was read
-            overrides[f"data.init_args.{key}"] = value
-        nulls = ["dataset", "dataset_config", "val_file", "test_file", "predict_file", "label_names"]
-        if "fit" in stages:
-            overrides["data.init_args.val_fraction"] = "0.1"
-            nulls.append("train_size")  # train on all of it
-            if "test" in stages:
-                stages = [s for s in stages if s != "test"] + ([] if "validate" in stages else ["validate"])
-                overrides["stages"] = "[" + ",".join(stages) + "]"
-        elif "test" in stages:
-            overrides["data.init_args.test_file"] = data
-            nulls.remove("test_file")
-        overrides.update({f"data.init_args.{k}": "null" for k in nulls if data_args.get(k) is not None})
-        overrides["model.init_args.model_name_or_path"] = backbone
-    if model_args.get("head") != "pretrained" or model_args.get("num_classes") is not None:
-        overrides["model.init_args.num_classes"] = str(len(classes))
-    if "class_map" in model_args and details.get("label_map"):
-        overrides["model.init_args.class_map"] = json.dumps({c: [n] for c, n in details["label_map"].items()})
-    path = f"recipes/{recipe.name}.yaml"
-    return "lightning run " + " ".join([path, *(f"--{k}={shlex.quote(v)}" for k, v in overrides.items())])
-
-
 @dataclass(frozen=True)
 class Suggestion:
     """The result of :func:`suggest`: the measurements, the scenario, why, and the command to run."""
@@ -258,6 +166,7 @@ class Suggestion:
     recipe: str | None
     command: str | None
     details: dict[str, Any]
+    inputs: CommandInputs | None = None
 
 
 def suggest(
@@ -272,6 +181,8 @@ def suggest(
     encoding: str = "utf-8",
     delimiter: str | None = None,
     format: str | None = None,
+    val_file: str | None = None,
+    test_file: str | None = None,
 ) -> Suggestion:
     """Measure ``data`` against ``backbone`` and suggest a scenario and the recipe that runs it.
 
@@ -287,6 +198,8 @@ def suggest(
         seed: seed of the subsample, the random-init backbone and the probe's folds.
         encoding, delimiter, format: how the text file is read, as ``TextDataModule``'s options of those
             names (a Latin-1 file, ``text;label`` lines, a ``.label`` file); the printed command keeps them.
+        val_file, test_file: the text data's own validation and test files (same columns, read the same
+            way), kept in the printed command; an image folder's own ``val/`` and ``test/`` stay as they are.
     """
     from lightning_recipes import _suggest_data as sd
     from lightning_recipes import zoo
@@ -295,6 +208,11 @@ def suggest(
     family = family or sd.detect_family(data)
     if family not in DATA_CLASS:
         raise ValueError(f"--family {family!r}: suggest measures image or text classification data")
+    if family == "image" and (val_file or test_file):
+        raise ValueError(
+            "--val-file/--test-file are for a text file's own splits; an image folder's val/ and test/ "
+            "folders (beside train/) are used as they are"
+        )
     if family == "image":
         sample = sd.load_images(data, max_examples, seed)
         feats = sd.image_features(sample, backbone, MAX_IMAGE_SIZE, seed, pretrained or True)
@@ -305,29 +223,41 @@ def suggest(
         sample = sd.load_texts(data, text_column, label_column, max_examples, seed, **how)
         feats = sd.text_features(sample, backbone, max_length=128, seed=seed)
     y = sample.targets
-    as_is = None if feats.as_is_logits is None else float((feats.as_is_logits.argmax(1) == y).mean())
+    right_p, right_r = (
+        probe_correct(feats.pretrained, y, seed, FOLDS),
+        probe_correct(feats.random, y, seed, FOLDS),
+    )
+    right_as_is = None if feats.as_is_logits is None else feats.as_is_logits.argmax(1) == y
+    n = len(y)
     m = Measurement(
         classes=len(sample.classes),
         min_per_class=int(min(sample.train_counts)),
         median_per_class=float(np.median(sample.train_counts)),
         probed=len(y),
         majority=float(np.bincount(y).max() / len(y)),
-        probe_pretrained=probe_accuracy(feats.pretrained, y, seed),
-        probe_random=probe_accuracy(feats.random, y, seed),
-        as_is=as_is,
+        probe_pretrained=float(right_p.mean()),
+        probe_random=float(right_r.mean()),
+        as_is=None if right_as_is is None else float(right_as_is.mean()),
         label_match=feats.label_match,
+        similarity_interval=bootstrap_interval(
+            lambda i: errors_removed(right_p[i].mean(1), right_r[i].mean(1), n), n, seed
+        ),
+        as_is_interval=None
+        if right_as_is is None
+        else bootstrap_interval(lambda i: right_as_is[i].mean(1), n, seed),
     )
     scenario, reason = decide(m)
     details = {k: v for k, v in sample.details.items() if k != "datamodule"}  # printable, comparable
-    recipe = choose_recipe(family, scenario, backbone)
-    if recipe is None:
-        return Suggestion(family, m, scenario, reason, None, None, details)
-    command = recipe_command(recipe, family, data, backbone, sample.classes, details, pretrained)
-    return Suggestion(family, m, scenario, reason, recipe.name, command, details)
+    inputs = CommandInputs(family, data, backbone, sample.classes, details, pretrained, val_file, test_file)
+    found = inputs.command(scenario)
+    if found is None:
+        return Suggestion(family, m, scenario, reason, None, None, details, inputs)
+    return Suggestion(family, m, scenario, reason, found[0].name, found[1], details, inputs)
 
 
-def report(s: Suggestion, data: str, backbone: str) -> str:
-    """The printed summary: the numbers, the scenario with its reason, and the command."""
+def report(s: Suggestion, data: str, backbone: str, rerun: str | None = None) -> str:
+    """The printed summary: the numbers, the scenario with its reason, how close the call is (``rerun``:
+    the ``suggest`` command line, which a close call suggests again with ``--pilot``), and the command."""
     m = s.measurement
     as_is = (
         f"{m.as_is:.3f}"
@@ -348,6 +278,7 @@ def report(s: Suggestion, data: str, backbone: str) -> str:
         f"  as-is accuracy                   {as_is}",
         f"Scenario:   {s.scenario}",
         f"Reason:     {s.reason}",
+        *closeness_lines(m, rerun),
     ]
     if s.command is None:
         wanted = f"{s.family} {s.scenario} recipe reads a {DATA_CLASS[s.family]}"
@@ -375,9 +306,24 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--encoding", default="utf-8", help="text file encoding (e.g. latin-1)")
     parser.add_argument("--delimiter", help="text file column separator (`;`: text;label lines in a .txt)")
     parser.add_argument("--format", help="text file format: csv, json, parquet, label_text, text_label")
+    parser.add_argument("--val-file", help="text: your own validation file (default: 10 %% of --data)")
+    parser.add_argument("--test-file", help="text: your own test file, kept in the printed command")
+    parser.add_argument(
+        "--pilot", action="store_true", help="also train short pilots and pick by their metric"
+    )
+    parser.add_argument("--pilot-budget", default="50", help="each pilot: N steps or Xm minutes (50)")
+    parser.add_argument("--pilot-scenarios", help="comma-separated (default: the choice and its runner-up)")
     args = parser.parse_args(argv)
     if args.max_examples < 4:
         parser.error(f"--max-examples must be at least 4, got {args.max_examples}")
+    if args.pilot:
+        from lightning_recipes import _suggest_pilot
+
+        try:  # bad input fails before the probe
+            budget = _suggest_pilot.Budget.parse(args.pilot_budget)
+            parse_scenarios(args.pilot_scenarios)
+        except ValueError as exc:
+            parser.error(str(exc))
     result = suggest(
         args.data,
         args.backbone,
@@ -390,7 +336,30 @@ def main(argv: list[str]) -> int:
         encoding=args.encoding,
         delimiter=args.delimiter,
         format=args.format,
+        val_file=args.val_file,
+        test_file=args.test_file,
     )
-    print(report(result, args.data, args.backbone))
+    print(report(result, args.data, args.backbone, "lightning-recipes suggest " + shlex.join(argv)))
     sys.stdout.flush()
+    if args.pilot:
+        scenarios = pilot_scenarios(result, args.pilot_scenarios)
+        print("\n".join(_suggest_pilot.pilot(result.inputs, scenarios, budget, args.seed)[0]))
     return 0
+
+
+def pilot_scenarios(result: Suggestion, given: str | None) -> list[str]:
+    """The scenarios ``--pilot`` trains: ``given`` (comma-separated), else the choice and its runner-up."""
+    if given is None:
+        second = runner_up(result.measurement)
+        return [result.scenario] + ([second[0]] if second else [])
+    return parse_scenarios(given)
+
+
+def parse_scenarios(given: str | None) -> list[str]:
+    """``--pilot-scenarios``: known scenario names, comma-separated; a one-line error otherwise."""
+    from lightning_recipes.recipes import SCENARIOS
+
+    scenarios = [s.strip() for s in (given or "").split(",") if s.strip()]
+    if given is not None and (not scenarios or any(s not in SCENARIOS for s in scenarios)):
+        raise ValueError(f"--pilot-scenarios {given!r}: give some of {', '.join(SCENARIOS)}, comma-separated")
+    return scenarios

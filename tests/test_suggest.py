@@ -115,8 +115,14 @@ def test_every_suggested_command_parses(family, scenario, tmp_path, capsys, monk
     else:
         assert model.get("num_classes") is None  # the pretrained head as-is: its own labels
     stages = config["stages"]
+    # The backbone replaces the recipe's model only where the recipe loads pretrained weights; a
+    # from-scratch recipe keeps its own architecture (tests/test_suggest_commands.py runs them).
+    own = recipe_model.get("model_name_or_path")
+    expected = "my-backbone" if sg.loads_pretrained_weights(family, recipe_model) else own
+    assert model["model_name_or_path"] == expected
+    assert (scenario == "scratch") == (expected == own)
     if family == "image":
-        assert args["root"] == data and model["model_name_or_path"] == "my-backbone"
+        assert args["root"] == data
         # a folder without splits is split for every stage that needs one
         assert ("fit" not in stages and "validate" not in stages) or args["val_fraction"] > 0
         assert "test" not in stages or args["test_fraction"] > 0
@@ -124,7 +130,6 @@ def test_every_suggested_command_parses(family, scenario, tmp_path, capsys, monk
         assert (args["train_file"], args["text_column"], args["label_column"]) == (data, "review", "stars")
         assert args.get("dataset") is None and args.get("val_file") is None
         assert args.get("label_names") is None
-        assert model["model_name_or_path"] == "my-backbone"
         if "fit" in stages:  # validated on 10 % of the file; no test file to test on
             assert args["val_fraction"] == 0.1 and "test" not in stages and args.get("test_file") is None
         else:  # as-is: the whole file is scored
@@ -148,6 +153,7 @@ def test_image_suggestion_end_to_end_with_a_weights_file(tmp_path, image_folder,
     assert "3 classes; training examples per class: min 6, median 6" in out
     assert "majority-class baseline          0.333" in out
     assert "as-is accuracy                   n/a (0 of 3 class names" in out
+    assert "Margins:    similarity " in out and "Confidence: " in out  # how close the call is
     command = out.split("Run:")[1].strip()
     config = parse(command, capsys)
     scenario = out.split("Scenario:")[1].split()[0]
@@ -207,6 +213,9 @@ def test_text_classifier_that_already_fits_is_used_as_is(sentiment_model, tmp_pa
     m = result.measurement
     assert (result.family, result.scenario, m.classes, m.label_match) == ("text", "as-is", 2, 2)
     assert m.as_is == 1.0 and m.min_per_class == 15
+    assert m.as_is_interval == (1.0, 1.0)  # every resample of the probed examples is all right
+    lo, hi = m.similarity_interval
+    assert lo <= m.similarity <= hi
     label_map = {"negative": 0, "positive": 1}
     assert result.details == {"text_column": "text", "label_column": "label", "label_map": label_map}
     if result.command is None:  # no shipped text as-is recipe yet: the report says so
@@ -284,7 +293,12 @@ def test_zoo_backbone_quadrants(quadrant, tmp_path, capsys):
     assert m.probed <= sg.MAX_EXAMPLES and m.as_is is None
     config = parse(result.command, capsys)
     assert config["data"]["init_args"]["root"] == str(data)
-    assert config["model"]["init_args"]["model_name_or_path"] == "resnet10t.digits04"
+    # scratch keeps its recipe's own architecture (random init); the others take the probed backbone
+    model = config["model"]["init_args"]
+    if expected == "scratch":
+        assert model["pretrained"] is False and model["model_name_or_path"] != "resnet10t.digits04"
+    else:
+        assert model["model_name_or_path"] == "resnet10t.digits04"
 
 
 @pytest.mark.slow
