@@ -314,6 +314,7 @@ class ClassificationModule(TransferModule):
             logits, target = self.logits_and_target(batch)
         logits = self.class_logits(logits)
         loss = self.loss(logits, target)
+        loss = self.training_loss(loss, logits) if stage == "train" else loss
         preds = self.probabilities(logits.detach().float())
         n = target.shape[0]
         # Under DDP, Lightning's evaluation sampler repeats samples at the end of a rank's share so the

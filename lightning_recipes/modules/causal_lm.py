@@ -15,6 +15,7 @@ from typing_extensions import override
 from lightning_recipes._hub import hub_call, looks_like_local_path
 from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
 from lightning_recipes.modules._base import TransferModule
+from lightning_recipes.modules._distillation import keep_every_other_block
 from lightning_recipes.modules._generation import Generation
 from lightning_recipes.modules._hf import (
     HFParts,
@@ -87,6 +88,8 @@ class CausalLM(Generation, HFParts, TransferModule):
         tokenizer: Hub id or folder of the tokenizer (default: that of the pretrained model).
         revision: branch, tag or commit of the Hub id (model and tokenizer).
         gradient_checkpointing: recompute activations in the backward pass (less memory, ~30 % slower).
+        every_other_block: keep the pretrained model's transformer blocks 0, 2, 4, ... only: a student of half
+            the depth initialised from its teacher's layers, as DistilBERT was (``docs/distill.md``).
         lr: learning rate (a fine-tuning default for pretrained LMs).
         generation: :meth:`generate` options of the ``predict`` stage (``max_new_tokens``, default 50;
             ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``seed``, ``num_return_sequences``...);
@@ -113,6 +116,7 @@ class CausalLM(Generation, HFParts, TransferModule):
         tokenizer: str | None = None,
         revision: str | None = None,
         gradient_checkpointing: bool = False,
+        every_other_block: bool = False,
         lr: float = 5e-5,
         generation: dict[str, Any] | None = None,
         new_top_blocks: int = 0,
@@ -144,6 +148,8 @@ class CausalLM(Generation, HFParts, TransferModule):
             model.train()  # from_pretrained returns eval mode, and Lightning keeps modules modes
             if untie:
                 untie_output_embeddings(model)
+        if every_other_block:
+            keep_every_other_block(model)
         if new_top_blocks:  # add_top_blocks checks the count
             self.set_parts(model, *add_top_blocks(model, new_top_blocks))
         else:
@@ -276,6 +282,13 @@ class CausalLM(Generation, HFParts, TransferModule):
         Position ``t`` predicts token ``t + 1``; labels of ``-100`` (and padding, where ``labels`` are
         not given) are ignored, so sums and counts add up exactly across batches.
         """
+        total, count, _, _ = self._token_nll_and_logits(batch)
+        return total, count
+
+    def _token_nll_and_logits(
+        self, batch: dict[str, Tensor] | Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`token_nll`, the logits and which positions predict a token (``[batch, seq]``)."""
         if isinstance(batch, Tensor):
             batch = {"input_ids": batch}
         input_ids = batch["input_ids"]
@@ -290,12 +303,13 @@ class CausalLM(Generation, HFParts, TransferModule):
         total = F.cross_entropy(
             logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum"
         )
-        return total, (targets != -100).sum()
+        predicted = F.pad(targets != -100, (0, 1))  # the last position predicts nothing
+        return total, predicted.sum(), logits, predicted
 
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        total, count = self.token_nll(batch)
-        loss = total / count.clamp(min=1)
+        total, count, logits, predicted = self._token_nll_and_logits(batch)
+        loss = self.training_loss(total / count.clamp(min=1), logits, predicted)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 

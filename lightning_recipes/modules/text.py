@@ -15,6 +15,7 @@ from typing_extensions import override
 from lightning_recipes._hub import hub_call
 from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
 from lightning_recipes.modules._classification import ClassificationModule
+from lightning_recipes.modules._distillation import keep_every_other_block
 from lightning_recipes.modules._heads import ClassificationHead, check_head_options
 from lightning_recipes.modules._hf import (
     HFParts,
@@ -96,6 +97,8 @@ class TextClassifier(HFParts, ClassificationModule):
         pooling: ``cls`` (first token) or ``mean`` (masked mean of tokens), for ``head="new"``.
         hidden_dim, dropout, activation: the new head (see ``ClassificationHead``).
         gradient_checkpointing: recompute activations in the backward pass to save memory.
+        every_other_block: keep the pretrained model's transformer blocks 0, 2, 4, ... only: a student of half
+            the depth initialised from its teacher's layers, as DistilBERT was (``docs/distill.md``).
         lr: learning rate of the head (a fine-tuning default for pretrained encoders).
         **kwargs: ``num_classes``, ``task``, ``label_names``, ``class_map`` and the loss options (see
             ``ClassificationModule``); ``backbone_lr``, ``layer_decay``, ``optimizer``, ``lr_scheduler``...
@@ -129,6 +132,7 @@ class TextClassifier(HFParts, ClassificationModule):
         dropout: float = 0.1,
         activation: str = "gelu",
         gradient_checkpointing: bool = False,
+        every_other_block: bool = False,
         lr: float = 2e-5,
         **kwargs: Any,
     ) -> None:
@@ -198,6 +202,8 @@ class TextClassifier(HFParts, ClassificationModule):
         else:
             model = auto_cls.from_config(hf_config)
         model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as built
+        if every_other_block:
+            keep_every_other_block(model)
         if head == "pretrained":
             prefix = model.base_model_prefix
             parts = {name: m for name, m in model.named_children() if name != prefix}
