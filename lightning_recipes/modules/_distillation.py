@@ -24,9 +24,7 @@ def check_distillation(temperature: float, alpha: float) -> None:
         ValueError: temperature must be > 0 (logits are divided by it; e.g. 2.0), got 0.0
     """
     if not temperature > 0:
-        raise ValueError(
-            f"temperature must be > 0 (logits are divided by it; e.g. 2.0), got {temperature}"
-        )
+        raise ValueError(f"temperature must be > 0 (logits are divided by it; e.g. 2.0), got {temperature}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(
             f"alpha must be in [0, 1] (the label loss's weight; the teacher's is 1 - alpha), got {alpha}"
@@ -59,7 +57,7 @@ def distillation_loss(
 
         >>> import torch
         >>> logits = torch.tensor([[2.0, 0.0]])
-        >>> float(distillation_loss(torch.tensor(0.7), logits, logits, temperature=2.0, alpha=0.5))
+        >>> round(float(distillation_loss(torch.tensor(0.7), logits, logits, temperature=2.0, alpha=0.5)), 4)
         0.35
     """
     check_distillation(temperature, alpha)
