@@ -120,6 +120,12 @@ class Distillation(Callback):
                     "the teacher, which needs a student built with every_other_block: true; give teacher: "
                     "<checkpoint, model name or folder> otherwise"
                 )
+            if hparams.get("head", "pretrained") != "pretrained":
+                raise ValueError(
+                    "Distillation(teacher=None) teaches with the student's pretrained model, whose own trained "
+                    "head must score the classes: build the student with head: pretrained (a fine-tuned "
+                    "classifier), or give teacher: <checkpoint, model name or folder>"
+                )
             hparams.update(every_other_block=False, adapter=None, checkpoint_weights=None)
             return cls(**hparams)
         if str(source).endswith(".ckpt"):
