@@ -122,9 +122,9 @@ class Distillation(Callback):
                 )
             if hparams.get("head", "pretrained") != "pretrained":
                 raise ValueError(
-                    "Distillation(teacher=None) teaches with the student's pretrained model, whose own trained "
-                    "head must score the classes: build the student with head: pretrained (a fine-tuned "
-                    "classifier), or give teacher: <checkpoint, model name or folder>"
+                    "Distillation(teacher=None) teaches with the student's pretrained model, whose own "
+                    "trained head must score the classes: build the student with head: pretrained (a "
+                    "fine-tuned classifier), or give teacher: <checkpoint, model name or folder>"
                 )
             hparams.update(every_other_block=False, adapter=None, checkpoint_weights=None)
             return cls(**hparams)
