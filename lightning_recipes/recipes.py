@@ -3,7 +3,7 @@
 A recipe's header is its first comment lines::
 
     # <one-line description>
-    # Scenario: <keyword> -- <details>      keyword: fine-tune, add-layers, scratch, as-is or adapters
+    # Scenario: <keyword> -- <details>      keyword: fine-tune, add-layers, scratch, as-is, adapters, distill
     # Family: <family> -- <model details>   family: image, text or lm
     # Global batch: <samples per optimizer step> -- <how to keep it on N devices>   (training recipes)
     # Data: ...
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 #: The ``# Scenario:`` keywords, in the order of the matrix's columns.
-SCENARIOS = ("fine-tune", "add-layers", "scratch", "as-is", "adapters")
+SCENARIOS = ("fine-tune", "add-layers", "scratch", "as-is", "adapters", "distill")
 #: The ``# Family:`` keywords, in the order of the matrix's rows.
 FAMILIES = ("image", "text", "lm")
 #: Data options that name input files or folders (``root``, ``predict_root``, ``train_file``...).

@@ -113,7 +113,9 @@ class Distillation(Callback):
         if isinstance(source, pl.LightningModule):
             return source
         if source is None:
-            hparams = dict(student.hparams)
+            hparams = {
+                k: v for k, v in student.hparams.items() if not k.startswith("_")
+            }  # not the CLI's notes
             if not hparams.get("every_other_block"):
                 raise ValueError(
                     "Distillation(teacher=None) takes the student's own pretrained model at full depth as "

@@ -73,7 +73,10 @@ def test_header_continuation_lines_join_their_key(tmp_path):
 @pytest.mark.parametrize(
     ("header", "message"),
     [
-        ("# D.\n# Family: image -- x\n", r"no '# Scenario: <fine-tune\|add-layers\|scratch\|as-is\|adapters"),
+        (
+            "# D.\n# Family: image -- x\n",
+            r"no '# Scenario: <fine-tune\|add-layers\|scratch\|as-is\|adapters\|distill",
+        ),
         ("# D.\n# Scenario: finetune -- x\n# Family: image\n", r"starts with 'finetune'.*mean 'fine-tune'"),
         ("# D.\n# Scenario: scratch -- x\n#   Family: image\n", r"has no '# Family: <image\|text\|lm>"),
         ("# D.\n# Scenario: scratch\n# Family: vision -- x\n", r"starts with 'vision', which is not one of"),
