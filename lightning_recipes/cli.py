@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +46,7 @@ from lightning_recipes.handshake import connect
 from lightning_recipes.lightning_command import SUBCOMMANDS, dispatch, other_commands_help
 from lightning_recipes.loggers.wandb import apply_resume_id, finish_runs
 from lightning_recipes.recipes import format_list, format_matrix, list_recipes, resolve_recipe
+from lightning_recipes.run_record import document_run
 from lightning_recipes.runs import (
     CrashCheckpoint,
     RecipeTrainer,
@@ -177,7 +179,9 @@ class LightningRecipesCLI(LightningCLI):
                 "weights); nothing is trained",
                 flush=True,
             )
+        seconds: dict[str, float] = {}
         for stage in self.config.stages:
+            started = time.perf_counter()
             if stage == "fit":
                 trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
                 # Read now: a later stage restores the callback state stored in the best checkpoint.
@@ -189,6 +193,7 @@ class LightningRecipesCLI(LightningCLI):
             else:
                 getattr(trainer, stage)(model, datamodule=data, ckpt_path=ckpt_path)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+            seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - started
         run_dir = trainer.log_dir or trainer.default_root_dir
         writers = [cb for cb in trainer.callbacks if isinstance(cb, PredictionWriter) and cb.path]
         return {
@@ -198,6 +203,8 @@ class LightningRecipesCLI(LightningCLI):
             "plots": sorted(str(p) for p in Path(run_dir).rglob("*.png")) if Path(run_dir).is_dir() else [],
             "metrics": dict(sorted(metrics.items())),
             "predictions": str(writers[0].path) if writers else None,
+            "checkpoint": ckpt_path,
+            "seconds": seconds,
         }
 
 
@@ -215,6 +222,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"Best checkpoint: {summary['best_checkpoint']}")
     print(f"Last checkpoint: {summary['last_checkpoint']}")
     print(f"Config:          {config if config.is_file() else '(not saved)'}")
+    card = Path(summary["run_dir"]) / "README.md"
+    if card.is_file():
+        print(f"Model card:      {card}")
     if summary["plots"]:
         print(f"Plots:           {len(summary['plots'])} PNG files under {summary['run_dir']}")
     if summary.get("predictions"):
@@ -236,6 +246,7 @@ def run_recipe(recipe: str, overrides: list[str]) -> dict[str, Any]:
     finally:
         finish_runs(cli.trainer)
     if cli.trainer.is_global_zero:
+        document_run(cli.trainer, cli.model, cli.datamodule, summary)
         print_summary(summary)
     return summary
 

@@ -110,11 +110,16 @@ def text_inputs(batch: int = 3, length: int = 9, vocab: int = 60, token_types: b
 
 
 def run_tiny_recipe(
-    folder: Path, model: dict, data: dict, epochs: int = 2, logger: dict | None = None
+    folder: Path,
+    model: dict,
+    data: dict,
+    epochs: int = 2,
+    logger: dict | None = None,
+    callbacks: tuple[dict, ...] = (),
 ) -> Path:
     """``lightning run`` of a recipe with ``model`` and ``data`` (class_path + init_args) in ``folder``: a CSV
     logger (or ``logger``) saving under ``folder/run``, a best checkpoint by ``val/acc`` and ``last.ckpt``,
-    the curves; returns the run directory."""
+    the curves and ``callbacks``; returns the run directory."""
     import yaml
 
     from lightning_recipes.cli import main
@@ -132,6 +137,7 @@ def run_tiny_recipe(
             "callbacks": [
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": checkpoint},
                 {"class_path": "lightning_recipes.callbacks.CurveLogger"},
+                *callbacks,
             ],
         },
         "model": model,

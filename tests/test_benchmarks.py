@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from lightning_recipes.export._formats import onnx_unavailable
 from lightning_recipes.recipes import SCENARIOS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,10 +38,43 @@ ACC = (0.0, 1.0)  # an accuracy
 POS = (0.0, math.inf)  # a time, a rate, a ratio, a size (0 allowed: rounded tiny figures)
 ONE = (1.0, 1.0)  # the baseline against itself
 PPL = (1.0, math.inf)  # a perplexity
+#: ``export_speed.py`` exports and times ONNX only where ``--format onnx`` runs (not on torch < 2.7).
+ONNX = onnx_unavailable() is None
+
+
+def exported(tolerance: float) -> dict[str, tuple[float, float]]:
+    """An export's row: its time and size, and its parity within the format's tolerance."""
+    sizes = {"model MB": POS, "folder MB": POS, "vs checkpoint": POS}
+    return {"export s (parity included)": POS, **sizes, "parity: max abs diff": (0.0, tolerance)}
+
+
+def timed(vs: tuple[float, float], tolerance: float) -> dict[str, tuple[float, float]]:
+    """A runtime's row: samples/s, the ratio to the checkpoint and samples/CPU-s at batch 1 and 32, and its
+    parity."""
+    batches = {
+        f"batch {b} {column}": rng
+        for b in (1, 32)
+        for column, rng in (("samples/s", POS), ("vs checkpoint", vs), ("samples/CPU-s", POS))
+    }
+    return {**batches, "max abs diff of probabilities (batch 32)": (0.0, tolerance)}
+
+
+EXPORT_ROWS = {
+    "checkpoint (.ckpt": {"model MB": POS, "vs checkpoint": ONE},
+    "own format (": exported(1e-4),
+    "torchscript": exported(1e-4),
+    **({"onnx": exported(1e-3)} if ONNX else {}),
+}
+THROUGHPUT_ROWS = {
+    "checkpoint module (eager)": timed(ONE, 0.0),
+    "TorchScript (torch.jit.load)": timed(POS, 1e-4),
+    **({"ONNX Runtime (CPUExecutionProvider)": timed(POS, 1e-3)} if ONNX else {}),
+}
 
 #: Per script, the tables it prints in order: ``{first cell (a prefix): {column: allowed range or values}}``.
 #: A column given in a table must hold a finite number in range in every row named (or one of the values).
 EXPECTED: dict[str, list[dict[str, dict[str, tuple[float, float] | set[str]]]]] = {
+    "export_speed.py": [EXPORT_ROWS, THROUGHPUT_ROWS] * 2,  # EfficientNet-Lite0, then MiniLM
     "feature_cache.py": [  # the image workload, then the text one
         {
             "uncached frozen epoch": {"s/epoch": POS, "vs uncached frozen epoch": ONE},

@@ -40,14 +40,20 @@ def assert_same_predictions(ours: list[dict], theirs: list[dict], tolerance: flo
         assert max(abs(float(a[c]) - float(b[c])) for c in probs) <= tolerance
 
 
-def export_and_compare(capsys, tmp_path: Path, run: Path, best: Path, fmt: str) -> list[dict]:
-    """Export ``run``, predict from the export and from ``best``, compare the CSVs; the rows."""
+def export_and_compare(
+    capsys, tmp_path: Path, run: Path, best: Path, fmt: str, lm: bool = False
+) -> list[dict]:
+    """Export ``run``, predict from the export and from ``best``, compare the CSVs (an LM's continuations:
+    equal); the rows."""
     assert main(["export", str(run), "--to", str(tmp_path / "export")]) == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "export" / "export.json").read_text())["format"] == fmt
     config = run / "config.yaml"
     from_ckpt = predict(capsys, config, tmp_path / "from_ckpt", f"--ckpt_path={best}")
     from_export = predict(capsys, config, tmp_path / "from_export", "--model", str(tmp_path / "export"))
-    assert_same_predictions(from_export, from_ckpt, TOLERANCE[fmt])
+    if lm:
+        assert from_export and from_export == from_ckpt
+    else:
+        assert_same_predictions(from_export, from_ckpt, TOLERANCE[fmt])
     saved = next((tmp_path / "from_export").rglob("config.yaml")).read_text()
     assert str(tmp_path / "export") in saved  # the predict run's config says which model predicted
     return from_export
@@ -157,3 +163,55 @@ def test_a_causal_lm_export_gives_back_the_checkpoint_model(tmp_path, capsys, wr
         got = CausalLM(**config["init_args"]).eval()(**inputs)
         expected = CausalLM.load_from_checkpoint(ckpt).eval()(**inputs)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_a_causal_lm_export_predicts_the_continuations_its_checkpoint_predicts(
+    tmp_path, capsys, write_corpus
+) -> None:
+    """The whole user path for an LM: `lightning run` (fit), `export RUN`, then `predict --model EXPORT` and
+    `predict --ckpt_path BEST` on the run's config.yaml write the same greedy continuations."""
+    import yaml
+
+    from lightning_recipes import CausalLM
+    from lightning_recipes.data.bpe import train_bpe_tokenizer
+
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    train_bpe_tokenizer([corpus], vocab_size=300, output_dir=tmp_path / "tok")
+    torch.manual_seed(0)
+    gpt2 = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 300}
+    base = CausalLM(config=gpt2, tokenizer=str(tmp_path / "tok")).save_pretrained(tmp_path / "base")
+    (tmp_path / "prompts.txt").write_text("the king said\nmy lord and\ngood sir\n")
+    checkpoint = {"monitor": "val/loss", "mode": "min", "save_last": True, "filename": "best"}
+    recipe = {
+        "seed_everything": 0,
+        "stages": ["fit"],
+        "trainer": {
+            "accelerator": "cpu",
+            "max_epochs": 1,
+            "limit_train_batches": 4,
+            "enable_progress_bar": False,
+            "logger": {"class_path": "CSVLogger", "init_args": {"save_dir": str(tmp_path / "run")}},
+            "callbacks": [{"class_path": "ModelCheckpoint", "init_args": checkpoint}],
+        },
+        "model": {
+            "class_path": "lightning_recipes.CausalLM",
+            "init_args": {"model_name_or_path": str(base), "lr": 3e-3, "generation": {"max_new_tokens": 6}},
+        },
+        "data": {
+            "class_path": "lightning_recipes.TextCorpusDataModule",
+            "init_args": {
+                "train_file": str(corpus),
+                "val_file": str(corpus),
+                "predict_file": str(tmp_path / "prompts.txt"),
+                "block_size": 16,
+                "batch_size": 4,
+                "num_workers": 0,
+            },
+        },
+    }
+    (tmp_path / "lm.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(tmp_path / "lm.yaml")]) == 0, capsys.readouterr().err[-3000:]
+    run = tmp_path / "run" / "lightning_logs" / "version_0"
+    rows = export_and_compare(capsys, tmp_path, run, run / "checkpoints" / "best.ckpt", "hf", lm=True)
+    assert [r["prompt"] for r in rows] == ["the king said", "my lord and", "good sir"]
+    assert all(r["pred_continuation"] for r in rows)  # 6 new tokens each, decoded

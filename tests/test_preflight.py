@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_recipes.callbacks import FreezeUnfreeze, LRFinder
+from lightning_recipes.callbacks import EMA, FreezeUnfreeze, LRFinder
 from lightning_recipes.cli import main
 from lightning_recipes.preflight import problems, strategy_class
 
@@ -61,7 +61,7 @@ def test_the_refusal_is_the_callbacks_own():
     """Preflight asks the callbacks (``strategy_refusal``); their ``setup`` raises the same text."""
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
 
-    for cls in (FreezeUnfreeze, LRFinder):
+    for cls in (FreezeUnfreeze, LRFinder, EMA):
         assert (
             cls.strategy_refusal(DDPStrategy) is None and cls.strategy_refusal(SingleDeviceStrategy) is None
         )

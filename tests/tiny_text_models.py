@@ -87,3 +87,24 @@ def datamodule(folder: Path, **kwargs) -> TextDataModule:
 
 def encode(model: TextClassifier, texts: list[str]) -> dict[str, torch.Tensor]:
     return dict(model.tokenizer(texts, padding=True, return_tensors="pt"))
+
+
+def save_tiny_classifier(folder: Path, id2label: dict[int, str] | None) -> Path:
+    """A tiny BertForSequenceClassification (``id2label``) with a WordPiece tokenizer; ``None``: a base
+    BertModel (no classification head)."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import AutoModel, AutoModelForSequenceClassification, BertConfig, BertTokenizerFast
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    if id2label is None:
+        AutoModel.from_config(config).save_pretrained(folder)
+    else:
+        config.id2label, config.label2id = id2label, {v: k for k, v in id2label.items()}
+        AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film"]
+    BertWordPieceTokenizer({w: i for i, w in enumerate(vocab)}).save(str(folder / "tokenizer.json"))
+    BertTokenizerFast(tokenizer_file=str(folder / "tokenizer.json")).save_pretrained(folder)
+    return folder

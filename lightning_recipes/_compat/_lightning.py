@@ -398,3 +398,13 @@ def unwrapped_name(name: str) -> str:
     from torch.distributed.fsdp._common_utils import clean_tensor_name
 
     return clean_tensor_name(name)
+
+
+# -- weight averaging (used by callbacks/ema.py) ---------------------------------------------------
+
+
+def average_model(callback: Any) -> Any:
+    """The ``torch.optim.swa_utils.AveragedModel`` a ``WeightAveraging`` callback keeps (``_average_model``):
+    built in ``setup("fit")``, ``None`` before. Checked: lightning 2.6.6 (``WeightAveraging`` is new in 2.6.0;
+    the attribute is the same in the repository's source read since)."""
+    return callback._average_model

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_recipes.export._card import write_card
+from lightning_recipes.export._card import write_card, write_run_card
 from lightning_recipes.export._formats import (
     FORMATS,
     TOLERANCE,
@@ -36,7 +36,7 @@ from lightning_recipes.export._formats import (
 from lightning_recipes.export._parity import Parity, ParityError, check, exported_probabilities
 from lightning_recipes.export._predict import model_config, split_model_folder, use_export_model
 from lightning_recipes.export._push import Pushed, PushError, check_repo_id, push_to_hub
-from lightning_recipes.export._source import ExportError, Source, load_source
+from lightning_recipes.export._source import ExportError, Source, load_source, run_source
 from lightning_recipes.export._wandb import LoggedArtifact, WandbExportError, log_to_wandb
 
 __all__ = [
@@ -49,10 +49,12 @@ __all__ = [
     "export",
     "main",
     "model_config",
-    "push_to_hub",
     "log_wandb",
+    "push_to_hub",
+    "run_source",
     "split_model_folder",
     "use_export_model",
+    "write_run_card",
 ]
 
 
@@ -149,6 +151,8 @@ def _write(source: Source, fmt: str, folder: Path, merge: bool) -> tuple[Parity,
         "checkpoint": str(source.checkpoint),
         "module_class": f"{type(source.module).__module__}.{type(source.module).__name__}",
         "merged_adapter": bool(merge and getattr(source.module, "peft_model", None) is not None),
+        "weights": "ema" if source.ema else "trained",
+        **({"ema": source.ema} if source.ema else {}),
         "inputs": describe_inputs(inputs),
         "output": "logits",
         "probabilities": how,

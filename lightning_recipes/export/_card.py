@@ -10,10 +10,18 @@ from typing import Any
 
 import yaml
 
+from lightning_recipes.export._formats import label_record
 from lightning_recipes.export._source import Source
 
 PIPELINE = {"image": "image-classification", "text": "text-classification", "lm": "text-generation"}
-LIBRARY = {"hf": "transformers", "timm": "timm", "torchscript": "pytorch", "onnx": "onnx"}
+#: The Hub's ``library_name`` of each format (``checkpoint``: a run directory's own card).
+LIBRARY = {
+    "hf": "transformers",
+    "timm": "timm",
+    "torchscript": "pytorch",
+    "onnx": "onnx",
+    "checkpoint": "pytorch",
+}
 #: Logged metric key (after ``test/``) -> the Hub's metric id.
 METRIC_IDS = {
     "acc": "accuracy",
@@ -119,48 +127,112 @@ def _limitations(source: Source, record: dict[str, Any]) -> list[str]:
     return notes
 
 
-def write_card(source: Source, folder: Path, record: dict[str, Any]) -> Path:
-    """Write ``folder/README.md`` (and copy the run's curve images to ``folder/images/``)."""
+def _use_lines(source: Source, record: dict[str, Any] | None) -> list[str]:
+    if record is None and source.checkpoint is None:  # an as-is run: nothing trained, nothing to ship
+        return [
+            "## Use it",
+            "",
+            "Nothing was trained: the recipe scored the model as it builds it (`config.yaml` runs it again: "
+            "`lightning run config.yaml`).",
+            "",
+        ]
+    if record is None:  # the run directory's card: the checkpoint, and how to ship it
+        cls = type(source.module)
+        ckpt, run = source.checkpoint.resolve(), Path(source.run_dir or "/").resolve()
+        ckpt = ckpt.relative_to(run) if ckpt.is_relative_to(run) else ckpt
+        load = f"from {cls.__module__} import {cls.__name__}\nmodel = {cls.__name__}.load_from_checkpoint"
+        return [
+            "## Use it",
+            "",
+            "```python",
+            f'{load}("{ckpt}").eval()',
+            "```",
+            "",
+            "Ship it as a folder that loads without lightning_recipes (transformers, timm, TorchScript or "
+            "ONNX), with this card and a parity check: `lightning-recipes export RUN_DIR --to DIR` "
+            "(docs/export.md).",
+            "",
+        ]
     fmt, family = record["format"], source.family
-    lines = ["---", yaml.safe_dump(front_matter(source, record), sort_keys=False).rstrip(), "---", ""]
-    title = Path(str(source.run_dir or source.checkpoint)).name
-    cls = type(source.module).__name__
-    article = "An" if cls[0] in "AEIOU" else "A"
-    when = f" (epoch {source.epoch}, step {source.step})" if source.epoch is not None else ""
-    lines += [
-        f"# {title}",
+    adapter = not record["merged_adapter"] and getattr(source.module, "peft_model", None) is not None
+    key = ("hf-adapter" if family == "lm" and adapter else f"hf-{family}") if fmt == "hf" else fmt
+    return [
+        "## Use it",
         "",
-        f"{article} {cls} ({PIPELINE[family]}) trained with lightning_recipes, exported "
-        f"as **{fmt}** from `{source.checkpoint.name}`{when}.",
+        "```python",
+        LOAD[key].format(dir="path/to/this/folder"),
+        "```",
         "",
-    ]
-    base = source.config.get("model", {}).get("init_args", {}).get("model_name_or_path")
-    base = base or source.module.hparams.get("model_name_or_path")
-    if base:
-        lines += [f"Base model: `{base}`.", ""]
-    if "label_names" in record:
-        names = record["label_names"]
-        shown = ", ".join(f"`{n}`" for n in names[:50]) + (
-            f" ... ({len(names)} in all)" if len(names) > 50 else ""
-        )
-        lines += [f"**Task**: {record['task']}, {len(names)} outputs: {shown}.", ""]
-    key = (
-        "hf-adapter"
-        if fmt == "hf"
-        and family == "lm"
-        and not record["merged_adapter"]
-        and getattr(source.module, "peft_model", None) is not None
-        else f"hf-{family}"
-        if fmt == "hf"
-        else fmt
-    )
-    lines += ["## Use it", "", "```python", LOAD[key].format(dir="path/to/this/folder"), "```", ""]
-    lines += [
         "Inputs (`export.json`): "
         + ", ".join(f"`{k}` {v['shape']}" for k, v in record["inputs"].items())
         + f"; outputs: logits ({record['probabilities']} gives the probabilities).",
         "",
     ]
+
+
+def _training(source: Source) -> list[str]:
+    """Hardware, versions and wall time, from the run's ``run.json``."""
+    info = source.run_info
+    hw, seconds = info.get("hardware"), info.get("seconds") or {}
+    if not hw:
+        return []
+    devices = f"{hw['devices']} x {hw['device_name']}" + (f", {hw['nodes']} nodes" if hw["nodes"] > 1 else "")
+    lines = [
+        "## Training",
+        "",
+        f"- Hardware: {devices} ({hw['accelerator']}, {hw['strategy']}, precision {hw['precision']}; "
+        f"{hw['cpu_cores']} CPU cores, {hw['torch_threads']} torch threads).",
+    ]
+    if seconds:
+        lines.append("- Wall time: " + ", ".join(f"{k} {_duration(v)}" for k, v in seconds.items()) + ".")
+    versions = info.get("versions") or {}
+    if versions:
+        lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
+    return [*lines, ""]
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours} h {m:02d} min" if hours else (f"{m} min {s:02d} s" if m else f"{seconds:.1f} s")
+
+
+def write_card(source: Source, folder: Path, record: dict[str, Any] | None = None) -> Path:
+    """Write ``folder/README.md``: an export's card (``record``: its ``export.json``; the run's curve images
+    are copied to ``folder/images/``), or with ``record=None`` the card of the run directory ``folder``
+    itself, for its checkpoint (:func:`write_run_card`)."""
+    family = source.family
+    labels = label_record(source)
+    meta_record = record or {"format": "checkpoint", **labels}
+    lines = ["---", yaml.safe_dump(front_matter(source, meta_record), sort_keys=False).rstrip(), "---", ""]
+    title = Path(str(source.run_dir or source.checkpoint)).name
+    cls = type(source.module).__name__
+    article = "An" if cls[0] in "AEIOU" else "A"
+    when = f" (epoch {source.epoch}, step {source.step})" if source.epoch is not None else ""
+    if source.checkpoint is None:
+        what = "used as built by its recipe (as-is: no checkpoint, nothing trained)"
+    else:
+        how = f"exported as **{record['format']}** from" if record else "checkpoint"
+        what = f"trained with lightning_recipes, {how} `{source.checkpoint.name}`{when}"
+    lines += [f"# {title}", "", f"{article} {cls} ({PIPELINE[family]}) {what}.", ""]
+    if source.ema:
+        lines += [
+            f"**Weights**: the exponential moving average of the trained weights (EMA, decay "
+            f"{source.ema['decay']}, {source.ema['updates']} optimizer steps), the weights the run validated "
+            "and tested.",
+            "",
+        ]
+    base = source.config.get("model", {}).get("init_args", {}).get("model_name_or_path")
+    base = base or source.module.hparams.get("model_name_or_path")
+    if base:
+        lines += [f"Base model: `{base}`.", ""]
+    if "label_names" in labels:
+        names = labels["label_names"]
+        shown = ", ".join(f"`{n}`" for n in names[:50]) + (
+            f" ... ({len(names)} in all)" if len(names) > 50 else ""
+        )
+        lines += [f"**Task**: {labels['task']}, {len(names)} outputs: {shown}.", ""]
+    lines += _use_lines(source, record)
     if family == "image":
         cfg = source.data_config or source.module.data_config
         lines += [
@@ -171,21 +243,23 @@ def write_card(source: Source, folder: Path, record: dict[str, Any]) -> Path:
         ]
     elif getattr(source.module, "tokenizer", None) is not None:
         length = getattr(source.module, "max_length", None) or getattr(source.module, "context_length", None)
+        where = "saved in this folder (`AutoTokenizer.from_pretrained`)" if record else "`model.tokenizer`"
         lines += [
-            "Preprocessing: the tokenizer saved in this folder (`AutoTokenizer.from_pretrained`)"
-            + (f", max length {length}." if length else "."),
+            f"Preprocessing: the tokenizer {where}" + (f", max length {length}." if length else "."),
             "",
         ]
-    lines += _results(source, folder)
-    p = record["parity"]
-    lines += [
-        "## Export check",
-        "",
-        f"Loaded back without lightning_recipes, the export gives the checkpoint's "
-        f"probabilities within {p['max_abs_diff']:.3g} (tolerance {p['tolerance']:g}) on {p['inputs']}.",
-        "",
-    ]
-    notes = _limitations(source, record)
+    lines += _results(source, folder, copy=record is not None)
+    lines += _training(source)
+    if record is not None:
+        p = record["parity"]
+        lines += [
+            "## Export check",
+            "",
+            f"Loaded back without lightning_recipes, the export gives the checkpoint's "
+            f"probabilities within {p['max_abs_diff']:.3g} (tolerance {p['tolerance']:g}) on {p['inputs']}.",
+            "",
+        ]
+    notes = _limitations(source, {"merged_adapter": False, **labels, **(record or {})})
     if notes:
         lines += ["## Limitations", "", *[f"- {n}" for n in notes], ""]
     if source.config:
@@ -207,7 +281,14 @@ def write_card(source: Source, folder: Path, record: dict[str, Any]) -> Path:
     return path
 
 
-def _results(source: Source, folder: Path) -> list[str]:
+def write_run_card(source: Source) -> Path:
+    """Write the card of a finished run into its run directory (``RUN_DIR/README.md``), for the checkpoint
+    its stages ended with; the curves are linked where they are."""
+    assert source.run_dir is not None
+    return write_card(source, source.run_dir)
+
+
+def _results(source: Source, folder: Path, copy: bool) -> list[str]:
     lines: list[str] = []
     if source.test_metrics:
         lines += ["## Results", "", "| metric | value |", "| --- | --- |"]
@@ -218,9 +299,10 @@ def _results(source: Source, folder: Path) -> list[str]:
         lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in source.per_class] + [
             ""
         ]
-    if source.curves:
-        (folder / "images").mkdir(exist_ok=True)
-        for png in source.curves:
+    for png in source.curves:
+        if copy:
+            (folder / "images").mkdir(exist_ok=True)
             shutil.copy2(png, folder / "images" / png.name)
-            lines += [f"![{png.stem}](images/{png.name})", ""]
+        where = f"images/{png.name}" if copy else png.relative_to(folder).as_posix()
+        lines += [f"![{png.stem}]({where})", ""]
     return lines

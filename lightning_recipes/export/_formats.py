@@ -64,7 +64,7 @@ def input_names(source: Source) -> list[str]:
         return ["images"]
     if source.family == "lm":
         return ["input_ids", "attention_mask"]
-    return list(getattr(source.module, "_input_names", ("input_ids", "attention_mask")))
+    return list(source.module.input_names)
 
 
 def example_inputs(source: Source, n: int = EXAMPLES) -> tuple[dict[str, Tensor], str]:
@@ -311,6 +311,6 @@ def label_record(source: Source) -> dict[str, Any]:
         "label_names": module.output_names or module.label_names,
         "preprocessing": pre,
     }
-    if getattr(module, "_class_ids", None) is not None:
-        record["class_map"] = dict(zip(module.label_names, module._class_ids, strict=True))
+    if module.class_ids is not None:
+        record["class_map"] = dict(zip(module.label_names, module.class_ids, strict=True))
     return record

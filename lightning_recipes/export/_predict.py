@@ -4,8 +4,9 @@ An ``hf`` or ``timm`` folder written by ``lightning-recipes export`` holds the w
 architecture's own classifier, an adapter merged in) and its labels, so the family's module rebuilds it
 with its pretrained head used as-is: ``ImageClassifier("local-dir:DIR", head="pretrained")``,
 ``TextClassifier(DIR, head="pretrained")``, ``CausalLM(DIR)``. The recipe's data module and trainer (the
-``PredictionWriter`` among its callbacks) are the run's, so ``predictions.csv`` is the one the checkpoint
-gives: the same columns, labels and probabilities within the export's parity tolerance.
+``PredictionWriter`` among its callbacks) are the run's, and so are the model's options that say how it
+predicts (:data:`PREDICT_OPTIONS`), so ``predictions.csv`` is the one the checkpoint gives: the same
+columns, labels and probabilities within the export's parity tolerance, the same greedy continuations.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from lightning_recipes.export._source import FAMILIES, ExportError
 
 #: The formats the modules load back; the traced ones are for their own runtimes.
 LOADABLE = ("hf", "timm")
+#: Options of the recipe's model that say how it predicts, not what it is: the export does not hold them,
+#: so ``predict --model DIR`` keeps the recipe's (a causal LM's ``generation``: ``max_new_tokens``, ...).
+PREDICT_OPTIONS = ("generation",)
 
 
 def export_record(folder: str | Path) -> dict[str, Any]:
@@ -109,4 +113,8 @@ def use_export_model(config: Any, folder: Path) -> None:
             "weights or the checkpoint's); pass --ckpt_path=null with --model"
         )
     model = model_config(folder)
-    config["model"] = Namespace(class_path=model["class_path"], init_args=Namespace(**model["init_args"]))
+    recipe = config.get("model")
+    recipe_args = recipe.get("init_args") if isinstance(recipe, Namespace) else None
+    kept = {k: recipe_args[k] for k in PREDICT_OPTIONS if recipe_args is not None and recipe_args.get(k)}
+    init_args = Namespace(**model["init_args"], **kept)
+    config["model"] = Namespace(class_path=model["class_path"], init_args=init_args)

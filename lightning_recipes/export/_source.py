@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import csv
 import importlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+
+from lightning_recipes.callbacks.ema import CHECKPOINT_KEY as EMA_KEY
 
 #: The module families and the classes that define them (a subclass belongs to its base's family).
 FAMILIES = {
@@ -101,7 +104,7 @@ class Source:
     """A loaded checkpoint and what its run knows.
 
     Attributes:
-        checkpoint: the checkpoint file.
+        checkpoint: the checkpoint file (``None``: a run that trained nothing, its model as built).
         run_dir: its run directory (``None`` for a checkpoint outside one).
         module: the module, loaded on the CPU, in eval mode.
         family: ``image``, ``text`` or ``lm``.
@@ -111,9 +114,12 @@ class Source:
         curves: the run's PNG files (curves, confusion matrices) of its test stage, else of validation.
         per_class: the rows of the test curves' per-class ``metrics.csv``.
         data_config: an image classifier's transform (timm data config) as the run applied it.
+        run_info: the run's ``run.json`` (hardware, versions, wall time per stage), ``{}`` without one.
+        ema: what an :class:`~lightning_recipes.callbacks.EMA` run's checkpoint says of its ``state_dict``,
+            the averaged weights (``{"decay", "updates", ...}``); ``None`` for the trained weights themselves.
     """
 
-    checkpoint: Path
+    checkpoint: Path | None
     run_dir: Path | None
     module: Any
     family: str
@@ -124,6 +130,28 @@ class Source:
     curves: list[Path] = field(default_factory=list)
     per_class: list[dict[str, str]] = field(default_factory=list)
     data_config: dict[str, Any] | None = None
+    run_info: dict[str, Any] = field(default_factory=dict)
+    ema: dict[str, Any] | None = None
+
+
+def family_of(module: Any) -> str:
+    """``image``, ``text`` or ``lm``: the family of a lightning_recipes module (or of a subclass)."""
+    for family, base in FAMILIES.items():
+        if isinstance(module, _load_class(base)):
+            return family
+    raise ExportError(f"{type(module).__name__} is not an ImageClassifier, TextClassifier or CausalLM")
+
+
+def run_source(run_dir: str | Path, checkpoint: str | Path | None, module: Any) -> Source:
+    """The :class:`Source` of a run that has just finished: its ``module`` as trained (not loaded again) and
+    the checkpoint its stages ended with (``None``: an as-is run, nothing trained), for the run's own card."""
+    checkpoint = Path(checkpoint) if checkpoint else None
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True) if checkpoint else {}
+    family, epoch, step = family_of(module), state.get("epoch"), state.get("global_step")
+    source = Source(checkpoint, Path(run_dir), module, family, epoch=epoch, step=step)
+    source.ema = state.get(EMA_KEY)
+    read_run(source, Path(run_dir))
+    return source
 
 
 def load_source(path: str | Path) -> Source:
@@ -138,16 +166,20 @@ def load_source(path: str | Path) -> Source:
     cls, family = module_class(state, ckpt)
     module = cls.load_from_checkpoint(ckpt, map_location="cpu").eval()
     source = Source(ckpt, run, module, family, epoch=state.get("epoch"), step=state.get("global_step"))
+    source.ema = state.get(EMA_KEY)
     if run is not None:
         read_run(source, run)
     return source
 
 
 def read_run(source: Source, run: Path) -> None:
-    """Fill in the run's config, its logged test metrics and its curve files."""
+    """Fill in the run's config, ``run.json``, its logged test metrics and its curve files."""
     config = run / "config.yaml"
     if config.is_file():
         source.config = yaml.safe_load(config.read_text()) or {}
+    record = run / "run.json"
+    if record.is_file():
+        source.run_info = json.loads(record.read_text())
     metrics = run / "metrics.csv"
     if metrics.is_file():
         with open(metrics, newline="") as f:

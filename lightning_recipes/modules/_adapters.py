@@ -221,7 +221,9 @@ def save_image_classifier(module: Any, folder: Path, merge: bool) -> Path:
 
     if module.peft_model is not None and not merge:
         return save_adapter(module, folder, module.head)
-    linears = [m for m in module.head if isinstance(m, nn.Linear)]
+    # a new head is a Sequential (dropout, Linear); the pretrained classifier kept as-is is the Linear itself
+    head = module.head
+    linears = [head] if isinstance(head, nn.Linear) else [m for m in head if isinstance(m, nn.Linear)]
     if len(linears) != 1:
         raise ValueError(
             f"save_pretrained writes the head as timm's classifier, one Linear layer, but this head has "
@@ -232,9 +234,10 @@ def save_image_classifier(module: Any, folder: Path, merge: bool) -> Path:
         (backbone,) = merged_copies(module.peft_model)
     else:
         backbone = copy.deepcopy(module.backbone)
-    backbone.reset_classifier(module.num_classes)
+    # its outputs: the classes, or as-is with class_map the pretrained labels the classes are read from
+    backbone.reset_classifier(linears[0].out_features)
     backbone.get_classifier().load_state_dict(linears[0].state_dict())
-    labels = {"label_names": module.label_names}
+    labels = {"label_names": module.output_names or module.label_names}
     save_for_hf(backbone, str(folder), model_config=labels, safe_serialization=True)
     return folder
 

@@ -179,6 +179,11 @@ class ClassificationModule(TransferModule):
         return logits if self._class_ids is None else class_logits(logits, self._class_ids)
 
     @property
+    def class_ids(self) -> list[list[int]] | None:
+        """With ``class_map``: each class's output ids of the pretrained head, in class order, else None."""
+        return self._class_ids
+
+    @property
     def label_names(self) -> list[str]:
         """Class names in id order (``LABEL_<i>`` where none are known)."""
         return self._label_names or [f"LABEL_{i}" for i in range(self.num_classes)]

@@ -218,7 +218,8 @@ class TextClassifier(HFParts, ClassificationModule):
         if gradient_checkpointing:
             enable_gradient_checkpointing(self.model if self.model is not None else self.backbone)
         accepted = inspect.signature(self.backbone.forward).parameters
-        self._input_names = tuple(n for n in _INPUT_NAMES if n in accepted)
+        #: The tokenizer outputs the backbone takes (``input_ids``, ``attention_mask``, ...), in its order.
+        self.input_names = tuple(n for n in _INPUT_NAMES if n in accepted)
         self.tokenizer: Any = (
             find_tokenizer(model_name_or_path or tokenizer, tokenizer, revision)
             if not self.from_scratch or tokenizer
@@ -237,7 +238,7 @@ class TextClassifier(HFParts, ClassificationModule):
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         """Logits from a dict of tokenizer outputs (``input_ids``, ``attention_mask``, ...)."""
         if self.model is not None:
-            return self.model(**{k: inputs[k] for k in self._input_names if k in inputs}).logits
+            return self.model(**{k: inputs[k] for k in self.input_names if k in inputs}).logits
         return self.head(self.pooled(inputs))
 
     def pooled(self, inputs: Mapping[str, Tensor]) -> Tensor:
@@ -247,7 +248,7 @@ class TextClassifier(HFParts, ClassificationModule):
                 "TextClassifier(head='pretrained') feeds the model's own head with the encoder's hidden "
                 "states, not pooled features: use head='new' to cache or read pooled features"
             )
-        kwargs = {k: inputs[k] for k in self._input_names if k in inputs}
+        kwargs = {k: inputs[k] for k in self.input_names if k in inputs}
         hidden = self.backbone(**kwargs).last_hidden_state
         return hidden[:, 0] if self.pooling == "cls" else mean_pool(hidden, kwargs.get("attention_mask"))
 
@@ -262,7 +263,7 @@ class TextClassifier(HFParts, ClassificationModule):
 
     @override
     def feature_settings(self) -> dict[str, Any]:
-        return {"pooling": self.pooling, "inputs": list(self._input_names)}
+        return {"pooling": self.pooling, "inputs": list(self.input_names)}
 
     @staticmethod
     def _labels(batch: Any) -> Tensor:
@@ -277,7 +278,7 @@ class TextClassifier(HFParts, ClassificationModule):
         """One 128-token sequence (id 0) for Lightning's model summary: its FLOPs, the layers' shapes."""
         ids = torch.zeros(1, example_length(self.backbone.config), dtype=torch.long)
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": 0 * ids}
-        return self.summary_example(({k: v for k, v in inputs.items() if k in self._input_names},))
+        return self.summary_example(({k: v for k, v in inputs.items() if k in self.input_names},))
 
     def input_spec(self) -> InputSpec:
         """The model's tokenizer, which the data module tokenises with."""

@@ -237,7 +237,7 @@ def test_save_pretrained_unmerged_loads_in_peft_and_merged_agrees(family, bases,
     from transformers import AutoModel
 
     encoder = peft.PeftModel.from_pretrained(AutoModel.from_pretrained(bases[family]), folder).eval()
-    kwargs = {k: TEXT[k] for k in model._input_names if k in TEXT}
+    kwargs = {k: TEXT[k] for k in model.input_names if k in TEXT}
     assert torch.allclose(head(encoder(**kwargs).last_hidden_state[:, 0]), expected, atol=1e-5)
 
 
@@ -261,7 +261,7 @@ def test_text_merged_export_agrees_with_the_adapter_model(kind, head, bases, tmp
     expected = logits(model, kind)
     folder = model.save_pretrained(tmp_path, merge=True)
     plain = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-    kwargs = {k: TEXT[k] for k in model._input_names if k in TEXT}
+    kwargs = {k: TEXT[k] for k in model.input_names if k in TEXT}
     assert torch.allclose(plain(**kwargs).logits, expected, atol=1e-4)
     assert torch.equal(logits(model, kind), expected)  # the module keeps its adapter
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_text_models import save_tiny_classifier
 
 from lightning_recipes import DataSpec, ImageClassifier, TextClassifier, registry, zoo
 from lightning_recipes._random_state import SEED_ENV_VARS
@@ -166,27 +167,6 @@ def test_image_checkpoint_of_an_as_is_model_reloads_with_its_classes(tmp_path: P
 
 
 # -- text ----------------------------------------------------------------------------------------
-
-
-def save_tiny_classifier(folder: Path, id2label: dict[int, str] | None) -> Path:
-    """A tiny BertForSequenceClassification (``id2label``) with a WordPiece tokenizer; ``None``: a base
-    BertModel (no classification head)."""
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import AutoModel, AutoModelForSequenceClassification, BertConfig, BertTokenizerFast
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
-    )
-    if id2label is None:
-        AutoModel.from_config(config).save_pretrained(folder)
-    else:
-        config.id2label, config.label2id = id2label, {v: k for k, v in id2label.items()}
-        AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film"]
-    BertWordPieceTokenizer({w: i for i, w in enumerate(vocab)}).save(str(folder / "tokenizer.json"))
-    BertTokenizerFast(tokenizer_file=str(folder / "tokenizer.json")).save_pretrained(folder)
-    return folder
 
 
 def test_text_own_head_uses_id2label_and_class_map(tmp_path: Path):
