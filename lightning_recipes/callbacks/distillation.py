@@ -176,6 +176,29 @@ class Distillation(Callback):
                     "reads the student's token ids, so both need the same vocabulary"
                 )
 
+    @staticmethod
+    def check_inputs(teacher: pl.LightningModule, datamodule: Any) -> None:
+        """Refuse images prepared otherwise than the image teacher expects (its ``data_config``: size, mean,
+        std): the teacher reads the student's batches, which the data module makes for the student."""
+        expected = getattr(teacher, "data_config", None)
+        given = getattr(datamodule, "resolved_data_config", None)
+        if not isinstance(expected, dict) or not callable(given):
+            return
+        given = given()
+
+        def values(config: dict, key: str) -> list:
+            return [x if isinstance(x, int) else round(x, 4) for x in config[key]]
+
+        theirs = {k: values(expected, k) for k in ("input_size", "mean", "std") if k in expected}
+        mine = {k: values(given, k) for k in theirs if k in given}
+        if mine != theirs:
+            raise ValueError(
+                f"The Distillation teacher expects images {theirs} but the data module makes {mine}: the "
+                f"teacher reads the student's batches; give the data module the teacher's data_config "
+                f"(data_config: {{input_size: {theirs.get('input_size')}, mean: {theirs.get('mean')}, "
+                f"std: {theirs.get('std')}}})"
+            )
+
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -193,6 +216,7 @@ class Distillation(Callback):
             )
         teacher = self.load_teacher(pl_module)
         self.check_teacher(teacher, pl_module)
+        self.check_inputs(teacher, trainer.datamodule)
         teacher.eval().requires_grad_(False)
         self.teacher = teacher.to(pl_module.device)
 

@@ -229,3 +229,16 @@ def test_a_teacher_with_another_tokenizer_is_refused(tiny_bert, tmp_path):
         Distillation().check_teacher(
             TextClassifier(str(other), num_classes=2), TextClassifier(str(tiny_bert), num_classes=2)
         )
+
+
+def test_images_not_prepared_as_the_image_teacher_expects_are_refused(tmp_path):
+    from lightning_recipes import DigitsDataModule
+
+    teacher = ImageClassifier("test_resnet", pretrained=False, num_classes=2)
+    expected = teacher.data_config
+    digits = {"digits": [0, 1], "root": str(tmp_path)}
+    Distillation.check_inputs(teacher, DigitsDataModule(**digits, data_config=expected))
+    other = {**expected, "input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5)}
+    with pytest.raises(ValueError, match=r"teacher expects images \{'input_size': \[3, 160, 160\].*makes "):
+        Distillation.check_inputs(teacher, DigitsDataModule(**digits, data_config=other))
+    Distillation.check_inputs(teacher, None)  # no data module (dataloaders given to fit): nothing to compare

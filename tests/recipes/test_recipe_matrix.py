@@ -116,6 +116,24 @@ def test_offline_rule(tmp_path):
     ]
 
 
+def test_offline_rule_reads_a_distillation_teacher(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "best.ckpt").write_bytes(b"")
+
+    def blockers(teacher: str | None) -> list[str]:
+        callback = {"class_path": "x.Distillation", "init_args": {"teacher": teacher}}
+        return offline_blockers({"trainer": {"callbacks": [callback]}}, tmp_path)
+
+    assert blockers(None) == blockers("resnet10t.digits04") == blockers("runs/best.ckpt") == []
+    missing = "trainer callback Distillation teacher 'runs/other.ckpt': file not found"
+    assert blockers("runs/other.ckpt") == [missing]
+    assert blockers("./teacher") == ["trainer callback Distillation teacher './teacher': folder not found"]
+    assert blockers("distilbert-base-uncased-finetuned-sst-2-english") == [
+        "trainer callback Distillation teacher 'distilbert-base-uncased-finetuned-sst-2-english': pretrained "
+        "weights from the Hub"
+    ]
+
+
 # -- the CLI ---------------------------------------------------------------------------------------
 def test_list_shows_family_scenario_and_offline(capsys):
     assert main(["list"]) == 0
