@@ -9,11 +9,12 @@ small data set         fine-tune                    add-layers (new head, then u
 large data set         fine-tune                    scratch
 =====================  ===========================  ==================================
 
-and ``as-is`` when the data's class names are the backbone's own pretrained labels and the pretrained
-classifier already scores them well. "Similar" is measured: a linear probe (ridge classifier,
-cross-validated) on frozen features of the pretrained backbone against the same probe on features of
-the same architecture at random init. Pretraining that fits the data removes a clear share of the
-random-init probe's errors; on data unlike the pretraining data, random features do as well.
+and ``as-is`` when the data's class names are the backbone's pretrained labels and its classifier already
+scores them well; ``distill`` for a smaller, faster model (``--smaller``): the backbone teaches a student.
+"Similar" is measured: a linear probe (ridge classifier, cross-validated) on frozen features of the
+pretrained backbone against the same probe on features of the same architecture at random init.
+Pretraining that fits the data removes a clear share of the random-init probe's errors; on data unlike
+the pretraining data, random features do as well.
 """
 
 from __future__ import annotations
@@ -51,9 +52,8 @@ class Measurement:
     """What ``suggest`` measured (accuracies are fractions of the probed subsample).
 
     Attributes:
-        classes: number of classes.
+        classes, probed: number of classes; examples embedded and probed.
         min_per_class, median_per_class: training examples per class.
-        probed: examples embedded and probed.
         majority: accuracy of always predicting the most frequent class of the subsample.
         probe_pretrained: linear-probe accuracy on the pretrained backbone's frozen features.
         probe_random: the same probe on features of the architecture at random init.
@@ -73,21 +73,17 @@ class Measurement:
 
     @property
     def similarity(self) -> float:
-        """The share of the random-init probe's errors that pretrained features remove.
-
-        ``(error_random - error_pretrained) / error_random``, each error counted as at least one
-        example's worth (``1 / probed``), so a task that random features already solve scores ``<= 0``.
-        """
+        """The share of the random-init probe's errors that pretrained features remove: ``(error_random -
+        error_pretrained) / error_random``, each error at least ``1 / probed`` (random features that solve
+        the task: ``<= 0``)."""
         floor = 1.0 / self.probed
         error_random = max(1.0 - self.probe_random, floor)
         return (error_random - max(1.0 - self.probe_pretrained, floor)) / error_random
 
 
 def probe_accuracy(features: np.ndarray, targets: np.ndarray, seed: int = 0) -> float:
-    """Cross-validated accuracy of a linear probe (ridge classifier) on standardised ``features``.
-
-    A ridge classifier is solved in closed form: on 300 x 512 features it was 23x faster than an
-    iterative logistic regression (``benchmarks/suggest_time.py``).
+    """Cross-validated accuracy of a linear probe (ridge classifier: closed form, 23x faster than a logistic
+    regression on 300 x 512 features, ``benchmarks/suggest_time.py``) on standardised ``features``.
 
     Example::
 
@@ -110,15 +106,23 @@ def probe_accuracy(features: np.ndarray, targets: np.ndarray, seed: int = 0) -> 
     return float(cross_val_score(probe, features, targets, cv=cv).mean())
 
 
-def decide(m: Measurement) -> tuple[str, str]:
-    """The scenario keyword and the reason, from the measurements and the thresholds of this module.
+def decide(m: Measurement, smaller: bool = False) -> tuple[str, str]:
+    """The scenario keyword and the reason, from the measurements and the thresholds of this module;
+    ``distill`` for a user who asks for a ``smaller`` (and so faster) model than the backbone.
 
     Example::
 
         >>> m = Measurement(5, 10, 10.0, 50, 0.2, 0.95, 0.70, None, 0)
-        >>> decide(m)[0]
-        'fine-tune'
+        >>> decide(m)[0], decide(m, smaller=True)[0]
+        ('fine-tune', 'distill')
     """
+    if smaller:
+        scores, (scenario, reason) = "" if m.as_is is None else f", scoring {m.as_is:.2f} as-is", decide(m)
+        return "distill", (
+            f"a smaller, faster model was asked for (--smaller): the backbone (the teacher: a classifier of "
+            f"these labels{scores}) teaches a student of half its depth. Without --smaller: {scenario}, "
+            f"{reason}"
+        )
     size = (
         f"{'large' if m.median_per_class >= LARGE_PER_CLASS else 'small'} data set (median "
         f"{m.median_per_class:g} examples per class, large from {LARGE_PER_CLASS})"
@@ -186,20 +190,17 @@ def recipe_command(
         data: the image folder or text file, as the user gave it.
         backbone: the backbone, as the user gave it.
         classes: the data's class names.
-        details: how the data was read: ``layout`` (``class folders`` for a folder without splits) for
-            images; ``text_column``, ``label_column`` and ``file_options`` (encoding, delimiter, format)
-            for text; ``label_map`` (class name -> the
-            pretrained label id it matched) where every name matches.
+        details: how the data was read: ``layout`` (``class folders``: a folder without splits) for images;
+            ``text_column``, ``label_column``, ``file_options`` (encoding, delimiter, format) for text;
+            ``label_map`` (class name -> the pretrained label id it matched) where every name matches.
         pretrained: a local weights file of an image backbone, passed on unless the recipe trains from
             scratch.
 
-    The data takes the place of the recipe's own, and every stage the recipe runs gets its split: a
-    folder without ``val/``/``test/`` is split by ``val_fraction``/``test_fraction`` (0.1 each unless
-    the recipe sets them); a text file is the training data with 10 % held out for validation, and a
-    training recipe's ``test`` stage becomes ``validate`` (there is no held-out test file); an as-is
-    recipe tests on the whole file (nothing is trained on it). A recipe with the model's own head as-is
-    (``head: pretrained``, no ``num_classes``) gets none; one with a ``class_map`` gets the names that
-    matched.
+    The data replaces the recipe's own, and every stage gets its split: a folder without ``val/``/``test/``
+    is split by ``val_fraction``/``test_fraction`` (0.1 each unless the recipe sets them); a text file is
+    the training data with 10 % held out for validation, a training recipe's ``test`` becoming ``validate``;
+    an as-is recipe tests on the whole file. A recipe with the model's own head (``head: pretrained``, no
+    ``num_classes``) gets no ``num_classes``; one with a ``class_map`` gets the names that matched.
     """
     import yaml
 
@@ -272,6 +273,7 @@ def suggest(
     encoding: str = "utf-8",
     delimiter: str | None = None,
     format: str | None = None,
+    smaller: bool = False,
 ) -> Suggestion:
     """Measure ``data`` against ``backbone`` and suggest a scenario and the recipe that runs it.
 
@@ -287,6 +289,7 @@ def suggest(
         seed: seed of the subsample, the random-init backbone and the probe's folds.
         encoding, delimiter, format: how the text file is read, as ``TextDataModule``'s options of those
             names (a Latin-1 file, ``text;label`` lines, a ``.label`` file); the printed command keeps them.
+        smaller: the user needs a smaller, faster model than ``backbone``: suggest ``distill``.
     """
     from lightning_recipes import _suggest_data as sd
     from lightning_recipes import zoo
@@ -317,7 +320,7 @@ def suggest(
         as_is=as_is,
         label_match=feats.label_match,
     )
-    scenario, reason = decide(m)
+    scenario, reason = decide(m, smaller)
     details = {k: v for k, v in sample.details.items() if k != "datamodule"}  # printable, comparable
     recipe = choose_recipe(family, scenario, backbone)
     if recipe is None:
@@ -375,6 +378,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--encoding", default="utf-8", help="text file encoding (e.g. latin-1)")
     parser.add_argument("--delimiter", help="text file column separator (`;`: text;label lines in a .txt)")
     parser.add_argument("--format", help="text file format: csv, json, parquet, label_text, text_label")
+    parser.add_argument("--smaller", action="store_true", help="a smaller, faster model: distil the backbone")
     args = parser.parse_args(argv)
     if args.max_examples < 4:
         parser.error(f"--max-examples must be at least 4, got {args.max_examples}")
@@ -390,6 +394,7 @@ def main(argv: list[str]) -> int:
         encoding=args.encoding,
         delimiter=args.delimiter,
         format=args.format,
+        smaller=args.smaller,
     )
     print(report(result, args.data, args.backbone))
     sys.stdout.flush()
