@@ -156,6 +156,23 @@ class TeacherLogits:
     alpha: float
 
 
+@dataclass(frozen=True)
+class MixedTargets:
+    """The targets of a training batch whose inputs :class:`~lightning_recipes.callbacks.Mixup` mixed.
+
+    The callback mixes a batch's images (or cached features) in ``on_train_batch_start`` and puts this
+    in the batch's target slot; a classifier's step trains on ``probabilities`` (its
+    ``soft_target_loss``) and updates its metrics with ``labels``, the real labels.
+
+    Args:
+        labels: ``[batch]`` the real class ids of the batch, as the data gave them.
+        probabilities: ``[batch, num_classes]`` the mixed (and smoothed) class probabilities.
+    """
+
+    labels: Any
+    probabilities: Any
+
+
 @runtime_checkable
 class ModelSide(Protocol):
     """A LightningModule that takes part: ``input_spec()`` before the data is read, ``accept_data_spec()``."""

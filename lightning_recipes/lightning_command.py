@@ -19,7 +19,7 @@ from lightning_recipes.recipes import resolve_recipe
 
 #: LightningCLI's subcommands, which ``lightning-recipes`` runs as they are.
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-OUR_COMMANDS = ("run", "list", "suggest", "zoo", "export", *SUBCOMMANDS, "-h", "--help")
+OUR_COMMANDS = ("run", "list", "suggest", "zoo", "export", "tune", *SUBCOMMANDS, "-h", "--help")
 
 
 @dataclass(frozen=True)
@@ -78,12 +78,13 @@ def lightning_run_model(args: list[str]) -> HandOver:
 def dispatch(argv: list[str]) -> HandOver | None:
     """Where ``lightning ARGV`` goes: ``None`` when it is ours, else the :class:`HandOver` that runs it.
 
-    Ours: no command, ``-h``/``--help``, ``list``, ``suggest``, ``zoo``, ``fit|validate|test|predict``
-    and ``run`` with no recipe, an option (``--help``) or a recipe: a file, a shipped recipe's name, or
-    anything that looks like a recipe path (``.yaml``/``.yml``, a ``/``), so that a mistyped one gets
-    our "not found". ``run model`` is always Lightning's (run a recipe file called ``model`` as
-    ``./model``). Everything else goes unchanged to another package's ``lightning`` script when one is
-    installed, and stays ours (an unknown command, a recipe not found) when none is.
+    Ours: no command, ``-h``/``--help``, ``list``, ``suggest``, ``zoo``, ``export``, ``tune``,
+    ``fit|validate|test|predict`` and ``run`` with no recipe, an option (``--help``) or a recipe: a
+    file, a shipped recipe's name, or anything that looks like a recipe path (``.yaml``/``.yml``, a
+    ``/``), so that a mistyped one gets our "not found". ``run model`` is always Lightning's (run a
+    recipe file called ``model`` as ``./model``). Everything else goes unchanged to another package's
+    ``lightning`` script when one is installed, and stays ours (an unknown command, a recipe not found)
+    when none is.
     """
     command = argv[0] if argv else ""
     if command == "run" and len(argv) > 1:

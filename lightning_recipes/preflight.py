@@ -2,7 +2,7 @@
 
 Lightning finds most of these only when it builds the Trainer, after the model (minutes of loading
 weights for a large one), or at the first step. :func:`check` reads the parsed recipe instead, and
-:class:`~lightning_recipes.cli.LightningRecipesCLI` calls it before it instantiates anything. Each
+:class:`~lightning_recipes.recipe_cli.LightningRecipesCLI` calls it before it instantiates anything. Each
 refusal is one line naming the options and the fix.
 
 Example::

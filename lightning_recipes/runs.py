@@ -1,6 +1,6 @@
 """What one recipe run owns: its own directory, its crash checkpoint, its config, and how it stopped.
 
-Used by :class:`~lightning_recipes.cli.LightningRecipesCLI`: :class:`RecipeTrainer` gives every run a
+Used by :class:`~lightning_recipes.recipe_cli.LightningRecipesCLI`: :class:`RecipeTrainer` gives every run a
 ``version_N`` directory of its own whatever the loggers, :class:`RunDirectory` points checkpoints and
 curves there, :class:`RunConfigCallback` never overwrites another run's ``config.yaml``,
 :class:`CrashCheckpoint` saves ``on_exception.ckpt`` when fit is stopped, and :func:`stopping_signal`

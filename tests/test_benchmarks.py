@@ -155,6 +155,17 @@ EXPECTED: dict[str, list[dict[str, dict[str, tuple[float, float] | set[str]]]]] 
             for run in ("full fine-tuning, LR", "LoRA r=8, LR")
         },
     ],
+    "mixup_dtd10.py": [
+        {
+            arm: {
+                "test acc per seed [0]": ACC,
+                "mean": ACC,
+                "vs as shipped, points": (-100.0, 100.0),
+                "mean wall time (s)": POS,
+            }
+            for arm in ("as shipped", "label smoothing 0.1", "mixup/CutMix + label smoothing 0.1")
+        },
+    ],
     "quickstart_transfer.py": [
         {
             arm: {"test acc per seed [0]": ACC, "mean": ACC, "mean wall time (s)": POS}

@@ -20,7 +20,6 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_recipes.callbacks import ProgressLog
-from lightning_recipes.cli import requeued_from
 from lightning_recipes.cluster import (
     progress_mode,
     quiet_dependency_noise,
@@ -28,6 +27,7 @@ from lightning_recipes.cluster import (
     use_progress_log,
     use_slurm_run_name,
 )
+from lightning_recipes.recipe_cli import requeued_from
 from lightning_recipes.runs import run_dir_in
 
 

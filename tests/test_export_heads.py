@@ -72,3 +72,16 @@ def test_a_text_classifier_with_its_own_trained_head_exports_its_labels(tmp_path
         with torch.no_grad():
             expected = TextClassifier.load_from_checkpoint(ckpt).eval()(inputs).softmax(-1)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_an_export_of_a_tta_run_holds_the_single_view_model_and_its_card_says_so(tmp_path, capsys) -> None:
+    torch.manual_seed(0)
+    model = ImageClassifier("test_resnet", pretrained=False, num_classes=2, tta="flip")
+    ckpt = save_checkpoint(model, tmp_path / "tta.ckpt")
+    export(capsys, ckpt, tmp_path / "out")
+    images = {"images": torch.randn(3, 3, 32, 32)}
+    got = reload_probabilities("timm", tmp_path / "out", images, tmp_path)
+    with torch.no_grad():  # forward is one view; the averaged views are the module's evaluation_logits
+        torch.testing.assert_close(got, model.eval()(images["images"]).softmax(-1), atol=1e-5, rtol=0)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "test-time augmentation (`tta: flip`)" in card and "The exported model scores one view" in card

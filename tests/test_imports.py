@@ -231,7 +231,7 @@ BASE = [
     "_compat", "_compat._libraries", "_compat._lightning", "_hub", "cache", "handshake", "lightning_recipes",
     "modules", "modules._base", "modules._adapters", "modules._distillation", "registry", "schedulers",
 ]  # fmt: skip
-CLASSIFIER = ["eval_samples", "modules._heads", "modules._classification"]
+CLASSIFIER = ["eval_samples", "modules._heads", "modules._metrics", "modules._classification"]
 HF = ["modules._hf", "tokenizer"]
 
 

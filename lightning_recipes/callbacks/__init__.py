@@ -1,5 +1,5 @@
 """Callbacks for fine-tuning: freezing, LR finding, early stopping, gradient monitoring, curves,
-NaN guard, predictions, distillation, weight averaging (EMA).
+NaN guard, predictions, distillation, weight averaging (EMA), mixup.
 
 One callback per module, named after the class in snake_case (a file, or a package for the larger
 ``curve_logger``). Imports are lazy so that ``import lightning_recipes.callbacks`` stays light.
@@ -19,6 +19,7 @@ _EXPORTS = {
     "GlobalBatch": "lightning_recipes.callbacks.global_batch",
     "GradientMonitor": "lightning_recipes.callbacks.gradient_monitor",
     "LRFinder": "lightning_recipes.callbacks.lr_finder",
+    "Mixup": "lightning_recipes.callbacks.mixup",
     "NonFiniteGuard": "lightning_recipes.callbacks.non_finite_guard",
     "TrainingDiverged": "lightning_recipes.callbacks._diverged",
     "PredictionWriter": "lightning_recipes.callbacks.prediction_writer",

@@ -181,6 +181,12 @@ class FeatureCache:
                 f"features_and_target(batch) method (ImageClassifier, TextClassifier with head='new'); "
                 f"{type(pl_module).__name__} lacks {missing or ['features_and_target']}; {_OFF}"
             )
+        if getattr(pl_module, "tta", None) is not None:
+            raise ValueError(
+                f"cache_features=True with the model's tta={pl_module.tta!r}: the frozen epochs validate on "
+                "cached features of the plain images, not on test-time augmented views; set model tta: "
+                f"null for the fit (and give it for test/predict), or {_OFF}"
+            )
         dropout = active_dropout(pl_module.backbone)
         if dropout:
             raise ValueError(self._dropout_message(dropout))

@@ -49,7 +49,7 @@ class PredictionWriter(BasePredictionWriter):
     Where the outputs carry each input's ground truth (``"target"``: ``ClassificationModule`` returns it
     when the predict data is labelled, e.g. the test split or a ``predict_file`` with the label column),
     the writer computes the test stage's metrics over those rows (``predict/acc``, ``predict/f1``... of
-    :func:`~lightning_recipes.modules._classification.build_metrics`), prints them once and logs them to
+    :func:`~lightning_recipes.modules._metrics.build_metrics`), prints them once and logs them to
     the trainer's loggers; :attr:`metrics` holds them.
 
     It reads only what each ``predict_step`` returns (see
@@ -220,7 +220,7 @@ def merge(chunks: list[Chunk]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 def metrics(constants: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, float]:
-    """The test stage's metrics (:func:`~lightning_recipes.modules._classification.build_metrics`) over
+    """The test stage's metrics (:func:`~lightning_recipes.modules._metrics.build_metrics`) over
     the rows with a ground truth (``"target"``); ``{}`` where none has one or the task is unknown.
 
     Example::
@@ -231,7 +231,7 @@ def metrics(constants: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, 
         >>> round(metrics({"task": "multiclass", "label_names": ["a", "b"]}, rows)["acc"], 4)
         0.6667
     """
-    from lightning_recipes.modules._classification import build_metrics
+    from lightning_recipes.modules._metrics import build_metrics
 
     task, names = constants.get("task"), constants.get("label_names")
     labelled = [row for row in rows if isinstance(row.get(TARGET_KEY), Tensor)]

@@ -113,6 +113,12 @@ def _limitations(source: Source, record: dict[str, Any]) -> list[str]:
             "This folder holds an adapter, not a whole model: it needs its base model "
             f"({module.hparams.get('model_name_or_path')}) to load; `--merge` exports a standalone model."
         )
+    if getattr(module, "tta", None) and "format" in record and record["format"] != "checkpoint":
+        notes.append(
+            f"The run evaluated with test-time augmentation (`tta: {module.tta}`): its metrics average the "
+            "probabilities of several views of each image. The exported model scores one view; average "
+            "its probabilities over the same views to reproduce them."
+        )
     if record.get("class_map"):
         notes.append(
             "The model is used as-is: its outputs are the pretrained labels (`label_names`); the data's "

@@ -9,13 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import Accuracy, F1Score, MatthewsCorrCoef, Precision, Recall
-from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 
 from lightning_recipes.eval_samples import RealSamples
-from lightning_recipes.handshake import META_KEY, CachedFeatures, DataSpec, split_meta
+from lightning_recipes.handshake import META_KEY, CachedFeatures, DataSpec, MixedTargets, split_meta
 from lightning_recipes.modules._base import TransferModule
-from lightning_recipes.modules._heads import LabelRef, class_logits, resolve_class_map
+from lightning_recipes.modules._heads import LabelRef, class_logits, order_mapped_classes, resolve_class_map
+from lightning_recipes.modules._metrics import build_metrics
 
 Task = Literal["multiclass", "multilabel", "regression"]
 TASKS = ("multiclass", "multilabel", "regression")
@@ -23,26 +22,6 @@ TASKS = ("multiclass", "multilabel", "regression")
 LABEL_NAMES_KEY = "lightning_recipes_label_names"
 #: Checkpoint key holding the pretrained label names and each class's label ids (``class_map``).
 OUTPUTS_KEY = "lightning_recipes_model_outputs"
-
-
-def build_metrics(task: str, num_classes: int) -> MetricCollection:
-    """torchmetrics for ``task``: accuracy/F1/precision/recall/MCC (macro) or RMSE/MAE."""
-    if task == "regression":
-        return MetricCollection({"rmse": MeanSquaredError(squared=False), "mae": MeanAbsoluteError()})
-    kwargs: dict[str, Any] = (
-        {"task": "multilabel", "num_labels": num_classes}
-        if task == "multilabel"
-        else {"task": "multiclass", "num_classes": num_classes}
-    )
-    return MetricCollection(
-        {
-            "acc": Accuracy(**kwargs, average="micro"),
-            "f1": F1Score(**kwargs, average="macro"),
-            "precision": Precision(**kwargs, average="macro"),
-            "recall": Recall(**kwargs, average="macro"),
-            "mcc": MatthewsCorrCoef(**kwargs),
-        }
-    )
 
 
 class ClassificationModule(TransferModule):
@@ -82,7 +61,8 @@ class ClassificationModule(TransferModule):
         class_map: with the pretrained model's own head: ``{data class: pretrained label or list of
             labels}``; a label is a name of :attr:`output_names`, one comma-separated part of one
             (``"tabby cat"``), an ImageNet synset (``n02123045``) or an output id (multiclass only).
-        label_smoothing: cross-entropy label smoothing (multiclass).
+        label_smoothing: cross-entropy label smoothing (multiclass); under
+            :class:`~lightning_recipes.callbacks.Mixup`, the smoothing of its mixed targets.
         class_weights: per-class loss weights (multiclass) or positive weights (multilabel).
         huber_delta: use the Huber loss with this delta for regression instead of MSE.
         **kwargs: the :class:`~lightning_recipes.TransferModule` options (``lr``, ``backbone_lr``,
@@ -208,7 +188,9 @@ class ClassificationModule(TransferModule):
         if names is None or self.task == "regression":
             return
         if self._class_ids is not None:
-            self._order_mapped_classes(list(names))
+            assert self._label_names is not None
+            mapped = dict(zip(self._label_names, self._class_ids, strict=True))
+            self._label_names, self._class_ids = list(names), order_mapped_classes(mapped, list(names))
             return
         if self.output_names is not None and list(names) != self._label_names:
             known = self._label_names or []
@@ -232,24 +214,6 @@ class ClassificationModule(TransferModule):
             raise ValueError(
                 f"The data's class names {list(names)} differ from the model's {self._label_names}"
             )
-
-    def _order_mapped_classes(self, names: list[str]) -> None:
-        assert self._class_ids is not None and self._label_names is not None
-        mapped = dict(zip(self._label_names, self._class_ids, strict=True))
-        unmapped = [n for n in names if n not in mapped]
-        if unmapped:
-            raise ValueError(
-                f"class_map does not map the data's class(es) {unmapped}: an as-is run scores every class "
-                f"of the data through its pretrained labels. Add {unmapped[0]!r}: [pretrained label names or "
-                f"ids] to class_map (it maps {list(mapped)}), or leave that class out of the data."
-            )
-        extra = [n for n in mapped if n not in names]
-        if extra:
-            raise ValueError(
-                f"class_map maps {extra}, which the data does not have (its classes: {names}); remove them, "
-                "since their labels would take probability mass from the data's classes"
-            )
-        self._label_names, self._class_ids = names, [mapped[n] for n in names]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Class names adopted from the data travel with the weights, and come back on load.
@@ -297,6 +261,17 @@ class ClassificationModule(TransferModule):
             return F.huber_loss(logits, target.float(), delta=self.huber_delta)
         return F.mse_loss(logits, target.float())
 
+    def soft_target_loss(self, logits: Tensor, probabilities: Tensor) -> Tensor:
+        """The training loss against class probabilities (the mixed targets of
+        :class:`~lightning_recipes.callbacks.Mixup`, ``label_smoothing`` already in them): cross-entropy,
+        each class's term scaled by ``class_weights``. Multi-class only."""
+        if self.task != "multiclass" or probabilities.shape != logits.shape:
+            raise ValueError(
+                f"soft targets of shape {tuple(probabilities.shape)} for {self.task} logits of shape "
+                f"{tuple(logits.shape)}: they must be [batch, num_classes={self.num_classes}], multiclass"
+            )
+        return F.cross_entropy(logits, probabilities.to(logits.dtype), weight=self.class_weights)
+
     def probabilities(self, logits: Tensor) -> Tensor:
         """Softmax (multiclass), sigmoid (multilabel) or the raw outputs (regression)."""
         if self.task == "multiclass":
@@ -318,7 +293,10 @@ class ClassificationModule(TransferModule):
         else:
             logits, target = self.logits_and_target(batch)
         logits = self.class_logits(logits)
-        loss = self.loss(logits, target)
+        if isinstance(target, MixedTargets):  # Mixup's batch: the loss on its mix, metrics on the real labels
+            loss, target = self.soft_target_loss(logits, target.probabilities), target.labels
+        else:
+            loss = self.loss(logits, target)
         loss = self.training_loss(loss, logits) if stage == "train" else loss
         preds = self.probabilities(logits.detach().float())
         n = target.shape[0]
@@ -352,6 +330,11 @@ class ClassificationModule(TransferModule):
     def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         return self._step(batch, "test", self.test_metrics, dataloader_idx)
 
+    def evaluation_logits(self, inputs: Any) -> Tensor:
+        """The logits of a batch's inputs at validate, test and predict: ``self(inputs)`` here;
+        ``ImageClassifier`` with ``tta`` gives those of its averaged test-time augmentations."""
+        return self(inputs)
+
     def decode(self, probs: Tensor) -> list[dict[str, Any]]:
         """Turn a batch of :meth:`probabilities` into ``{"label", "probabilities"}`` dicts (``{"value"}``
         for regression; ``label`` is the list of names above 0.5 for multi-label)."""
@@ -376,7 +359,7 @@ class ClassificationModule(TransferModule):
         every row carries its ground truth (:meth:`known_target`: the metrics).
         """
         inputs, meta = split_meta(batch)
-        probs = self.probabilities(self.class_logits(self(inputs).float()))
+        probs = self.probabilities(self.class_logits(self.evaluation_logits(inputs).float()))
         out = {
             "probabilities": probs,
             "labels": [d.get("label", d.get("value")) for d in self.decode(probs)],

@@ -192,3 +192,28 @@ def check_head_options(owner: str, head: str, num_classes: int | None, class_map
             "class_map maps the pretrained head's own labels: give head='pretrained' and leave num_classes "
             f"out (got head={head!r}, num_classes={num_classes})"
         )
+
+
+def order_mapped_classes(mapped: dict[str, list[int]], names: list[str]) -> list[list[int]]:
+    """Each of the data's classes ``names``' output ids from ``mapped`` (a resolved ``class_map``), in the
+    data's order; an error for a data class ``mapped`` lacks, or a mapped class the data does not have.
+
+    Example::
+
+        >>> order_mapped_classes({"cats": [281, 282], "dogs": [151]}, ["dogs", "cats"])
+        [[151], [281, 282]]
+    """
+    unmapped = [n for n in names if n not in mapped]
+    if unmapped:
+        raise ValueError(
+            f"class_map does not map the data's class(es) {unmapped}: an as-is run scores every class "
+            f"of the data through its pretrained labels. Add {unmapped[0]!r}: [pretrained label names or "
+            f"ids] to class_map (it maps {list(mapped)}), or leave that class out of the data."
+        )
+    extra = [n for n in mapped if n not in names]
+    if extra:
+        raise ValueError(
+            f"class_map maps {extra}, which the data does not have (its classes: {names}); remove them, "
+            "since their labels would take probability mass from the data's classes"
+        )
+    return [mapped[n] for n in names]

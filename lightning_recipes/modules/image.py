@@ -18,6 +18,8 @@ from lightning_recipes.modules._heads import ClassificationHead, check_head_opti
 
 # The same choices, with the same meaning, as TextClassifier's ``head``.
 HeadKind = Literal["new", "pretrained"]
+# The views of test-time augmentation (modules/_tta.py, loaded where used).
+TTAKind = Literal["flip", "five_crop", "ten_crop"]
 _SYNSET = re.compile(r"n\d{8}")
 
 
@@ -139,6 +141,12 @@ class ImageClassifier(ClassificationModule):
         hidden_dim, dropout, activation: the new head (see ``ClassificationHead``).
         in_chans: input channels of the images.
         drop_path_rate: stochastic depth in the backbone, where timm supports it.
+        tta: test-time augmentation at validate, test and predict (not training): ``flip`` (the images
+            and their mirror images), ``five_crop`` (four corners and the centre, each
+            ``tta_crop_fraction`` of the side, resized to the input size) or ``ten_crop`` (those and their
+            mirror images); the views' probabilities are averaged, and the loss, metrics, curves and
+            predictions use the average. ``None`` (default): one forward pass.
+        tta_crop_fraction: the side of each ``five_crop``/``ten_crop`` crop, as a fraction of the image's.
         **kwargs: ``num_classes``, ``task``, ``label_names``, ``class_map``, the loss options (see
             ``ClassificationModule``) and ``lr``, ``backbone_lr``, ``layer_decay``, ``optimizer``...
             (see ``TransferModule``).
@@ -167,13 +175,20 @@ class ImageClassifier(ClassificationModule):
         activation: str = "gelu",
         in_chans: int = 3,
         drop_path_rate: float | None = None,
+        tta: TTAKind | None = None,
+        tta_crop_fraction: float = 0.875,
         **kwargs: Any,
     ) -> None:
         num_classes = kwargs.get("num_classes")
+        if tta is not None or tta_crop_fraction != 0.875:
+            from lightning_recipes.modules._tta import check_tta
+
+            check_tta(tta, tta_crop_fraction)
         check_head_options("ImageClassifier", head, num_classes, kwargs.get("class_map"))
         super().__init__(**kwargs)
         self.save_hyperparameters()
         self.head_kind = head
+        self.tta, self.tta_crop_fraction = tta, tta_crop_fraction
         extra = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
         if head == "new":
             self.backbone = create_backbone(
@@ -240,8 +255,19 @@ class ImageClassifier(ClassificationModule):
         return self.backbone(images), target
 
     def logits_and_target(self, batch: Any) -> tuple[Tensor, Tensor]:
+        if self.tta is not None and not self.training:
+            return self.evaluation_logits(batch[0]), batch[1]
         features, target = self.features_and_target(batch)
         return self.head(features), target
+
+    def evaluation_logits(self, inputs: Tensor) -> Tensor:
+        """``self(images)``, or with ``tta`` the logits whose probabilities are the mean of its views'."""
+        if self.tta is None:
+            return self(inputs)
+        from lightning_recipes.modules._tta import averaged_logits, tta_views
+
+        views = tta_views(inputs, self.tta, self.tta_crop_fraction)
+        return averaged_logits([self(view) for view in views], self.task)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
