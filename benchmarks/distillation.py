@@ -37,7 +37,7 @@ import _smoke
 import torch
 import yaml
 
-from lightning_recipes.cli import LightningRecipesCLI
+from lightning_recipes.recipe_cli import LightningRecipesCLI
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {
