@@ -65,17 +65,15 @@ class CausalLM(Generation, HFParts, TransferModule):
     top block, initialised as the identity, run after the body; ``self.head`` holds them and an untied
     ``lm_head``; ``self.backbone`` is the body without them, so freezing it leaves the new layers trainable.
 
-    Batches are ``{"input_ids": LongTensor[batch, seq]}`` (optionally ``attention_mask`` and
-    ``labels``, with ``-100`` for positions to ignore), as :class:`~lightning_recipes.TextCorpusDataModule`
-    makes them. Logged: ``train/loss`` (mean token loss of the step), ``val/loss`` and ``val/ppl``
-    (``exp`` of the mean loss over every predicted token of the epoch, summed across batches and
-    devices, not an average of per-batch perplexities), ``test/loss`` and ``test/ppl``.
+    Batches are ``{"input_ids": LongTensor[batch, seq]}`` (optionally ``attention_mask`` and ``labels``,
+    ``-100`` where ignored), as :class:`~lightning_recipes.TextCorpusDataModule` makes them. Logged:
+    ``train/loss`` (mean token loss of the step), ``val/loss`` and ``val/ppl`` (``exp`` of the mean loss over
+    every predicted token of the epoch and devices, not a mean of per-batch perplexities), ``test/*`` alike.
 
-    The tokenizer comes from ``tokenizer``, else from the pretrained folder/id; a model from scratch
-    (as with :class:`~lightning_recipes.TextClassifier`, no pretrained weights: no tokenizer either, unless
-    ``tokenizer`` is given) takes the data module's (e.g. a BPE tokenizer it trained) through the handshake
-    (:func:`~lightning_recipes.connect`), which also checks the data's block size against the context
-    length. Checkpoints store the model config and the tokenizer files, so
+    The tokenizer comes from ``tokenizer``, else from the pretrained folder/id; a model from scratch (no
+    tokenizer unless ``tokenizer`` is given) takes the data module's (e.g. a BPE tokenizer it trained)
+    through the handshake (:func:`~lightning_recipes.connect`), which also checks the data's block size
+    against the context length. Checkpoints store the model config and the tokenizer files, so
     ``CausalLM.load_from_checkpoint(path)`` rebuilds offline, without the Hub.
 
     Args:
@@ -88,8 +86,7 @@ class CausalLM(Generation, HFParts, TransferModule):
         tokenizer: Hub id or folder of the tokenizer (default: that of the pretrained model).
         revision: branch, tag or commit of the Hub id (model and tokenizer).
         gradient_checkpointing: recompute activations in the backward pass (less memory, ~30 % slower).
-        every_other_block: keep the pretrained model's transformer blocks 0, 2, 4, ... only: a student of half
-            the depth initialised from its teacher's layers, as DistilBERT was (``docs/distill.md``).
+        every_other_block: keep the pretrained blocks 0, 2, 4, ...: a half-depth student (docs/distill.md).
         lr: learning rate (a fine-tuning default for pretrained LMs).
         generation: :meth:`generate` options of the ``predict`` stage (``max_new_tokens``, default 50;
             ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``seed``, ``num_return_sequences``...);
@@ -282,12 +279,9 @@ class CausalLM(Generation, HFParts, TransferModule):
         Position ``t`` predicts token ``t + 1``; labels of ``-100`` (and padding, where ``labels`` are
         not given) are ignored, so sums and counts add up exactly across batches.
         """
-        total, count, _, _ = self._token_nll_and_logits(batch)
-        return total, count
+        return self._token_nll_and_logits(batch)[:2]
 
-    def _token_nll_and_logits(
-        self, batch: dict[str, Tensor] | Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _token_nll_and_logits(self, batch: dict[str, Tensor] | Tensor) -> tuple[Tensor, ...]:
         """:meth:`token_nll`, the logits and which positions predict a token (``[batch, seq]``)."""
         if isinstance(batch, Tensor):
             batch = {"input_ids": batch}

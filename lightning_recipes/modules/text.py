@@ -97,8 +97,7 @@ class TextClassifier(HFParts, ClassificationModule):
         pooling: ``cls`` (first token) or ``mean`` (masked mean of tokens), for ``head="new"``.
         hidden_dim, dropout, activation: the new head (see ``ClassificationHead``).
         gradient_checkpointing: recompute activations in the backward pass to save memory.
-        every_other_block: keep the pretrained model's transformer blocks 0, 2, 4, ... only: a student of half
-            the depth initialised from its teacher's layers, as DistilBERT was (``docs/distill.md``).
+        every_other_block: keep the pretrained blocks 0, 2, 4, ...: a half-depth student (docs/distill.md).
         lr: learning rate of the head (a fine-tuning default for pretrained encoders).
         **kwargs: ``num_classes``, ``task``, ``label_names``, ``class_map`` and the loss options (see
             ``ClassificationModule``); ``backbone_lr``, ``layer_decay``, ``optimizer``, ``lr_scheduler``...
@@ -386,15 +385,9 @@ class TextClassifier(HFParts, ClassificationModule):
             if self.model is not None:
                 label_config(model.config, self.label_names, self.task)
             else:
+                parts = {"hparams": self.hparams, "pooling": self.pooling, "label_names": self.label_names}
                 model = export_new_head(
-                    SimpleNamespace(
-                        backbone=backbone,
-                        head=head,
-                        hparams=self.hparams,
-                        pooling=self.pooling,
-                        label_names=self.label_names,
-                        task=self.task,
-                    )
+                    SimpleNamespace(backbone=backbone, head=head, task=self.task, **parts)
                 )
             model.save_pretrained(folder)
         else:
