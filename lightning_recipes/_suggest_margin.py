@@ -11,12 +11,11 @@ A threshold inside its measure's interval is within the probe's noise: a close c
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from lightning_recipes.suggest import Measurement
+from lightning_recipes._suggest_rules import AS_IS_ACCURACY, LARGE_PER_CLASS, SIMILAR, Measurement, decide
 
 __all__ = [
     "LEVEL",
@@ -24,7 +23,6 @@ __all__ = [
     "Margin",
     "bootstrap_interval",
     "closeness_lines",
-    "errors_removed",
     "margins",
     "probe_correct",
     "runner_up",
@@ -58,20 +56,6 @@ def probe_correct(features: np.ndarray, targets: np.ndarray, seed: int, folds: i
     probe = make_pipeline(StandardScaler(), RidgeClassifier(alpha=100.0))
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     return cross_val_predict(probe, features, targets, cv=cv) == targets
-
-
-def errors_removed(pretrained: Any, random: Any, probed: int) -> Any:
-    """The share of the random-init probe's errors that pretrained features remove (arrays elementwise),
-    each error counted as at least one example's worth (``1 / probed``).
-
-    Example::
-
-        >>> round(float(errors_removed(0.9, 0.6, 200)), 3)
-        0.75
-    """
-    floor = 1.0 / probed
-    error_random = np.maximum(1.0 - np.asarray(random, float), floor)
-    return (error_random - np.maximum(1.0 - np.asarray(pretrained, float), floor)) / error_random
 
 
 def bootstrap_interval(statistic: Any, n: int, seed: int) -> tuple[float, float]:
@@ -146,16 +130,14 @@ class Margin:
 
 def margins(m: Measurement) -> list[Margin]:
     """The thresholds that decided :func:`~lightning_recipes.suggest.decide`'s call on ``m``."""
-    from lightning_recipes import suggest as sg
-
     found = []
     if m.as_is is not None:
-        found.append(Margin("as-is accuracy", m.as_is, sg.AS_IS_ACCURACY, m.as_is_interval))
-        if m.as_is >= sg.AS_IS_ACCURACY:
+        found.append(Margin("as-is accuracy", m.as_is, AS_IS_ACCURACY, m.as_is_interval))
+        if m.as_is >= AS_IS_ACCURACY:
             return found
-    found.append(Margin("similarity", m.similarity, sg.SIMILAR, m.similarity_interval))
-    if m.similarity < sg.SIMILAR:  # small or large decides between add-layers and scratch
-        found.append(Margin("median examples per class", m.median_per_class, sg.LARGE_PER_CLASS, None, True))
+    found.append(Margin("similarity", m.similarity, SIMILAR, m.similarity_interval))
+    if m.similarity < SIMILAR:  # small or large decides between add-layers and scratch
+        found.append(Margin("median examples per class", m.median_per_class, LARGE_PER_CLASS, None, True))
     return found
 
 
@@ -174,8 +156,6 @@ def _across(m: Measurement, margin: Margin) -> Measurement:
 def runner_up(m: Measurement) -> tuple[str, Margin] | None:
     """The scenario across the nearest deciding threshold (nearest in units of its noise, see
     :attr:`Margin.distance`) and that threshold; ``None`` when no threshold decided it."""
-    from lightning_recipes.suggest import decide
-
     chosen = decide(m)[0]
     options = [(decide(_across(m, g))[0], g) for g in margins(m)]
     options = [(s, g) for s, g in options if s != chosen]

@@ -135,6 +135,27 @@ class CachedFeatures:
     target: Any
 
 
+@dataclass
+class TeacherLogits:
+    """A training batch's teacher logits, handed to the module by
+    :class:`~lightning_recipes.callbacks.Distillation` before the batch's step.
+
+    The module's training loss becomes ``alpha * label loss + (1 - alpha) * T^2 * KL`` of the
+    temperature-softened distributions (``TransferModule.training_loss``); validation and test keep the
+    label loss.
+
+    Args:
+        logits: the frozen teacher's logits of the batch, shaped like the student's (``[batch, classes]``,
+            or ``[batch, tokens, vocab]`` for a causal LM).
+        temperature: ``T`` > 0 of the softmax both distributions are softened with.
+        alpha: weight of the label loss, in ``[0, 1]``.
+    """
+
+    logits: Any
+    temperature: float
+    alpha: float
+
+
 @dataclass(frozen=True)
 class MixedTargets:
     """The targets of a training batch whose inputs :class:`~lightning_recipes.callbacks.Mixup` mixed.

@@ -3,7 +3,7 @@
 A recipe's header is its first comment lines::
 
     # <one-line description>
-    # Scenario: <keyword> -- <details>      keyword: fine-tune, add-layers, scratch, as-is or adapters
+    # Scenario: <keyword> -- <details>      keyword: fine-tune, add-layers, scratch, as-is, adapters, distill
     # Family: <family> -- <model details>   family: image, text or lm
     # Global batch: <samples per optimizer step> -- <how to keep it on N devices>   (training recipes)
     # Data: ...
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 #: The ``# Scenario:`` keywords, in the order of the matrix's columns.
-SCENARIOS = ("fine-tune", "add-layers", "scratch", "as-is", "adapters")
+SCENARIOS = ("fine-tune", "add-layers", "scratch", "as-is", "adapters", "distill")
 #: The ``# Family:`` keywords, in the order of the matrix's rows.
 FAMILIES = ("image", "text", "lm")
 #: Data options that name input files or folders (``root``, ``predict_root``, ``train_file``...).
@@ -146,11 +146,12 @@ def offline_blockers(config: dict[str, Any], base: Path) -> list[str]:
 
     The rule (``docs/recipes.md``): a recipe runs offline here when
 
-    * every model it names (``model_name_or_path``, ``tokenizer``) is a zoo name
+    * every model it names (``model_name_or_path``, ``tokenizer``, a callback's ``teacher``) is a zoo name
       (:mod:`lightning_recipes.registry`; ``lightning run`` builds it offline), a local folder that
       exists (``local-dir:`` or a path starting with ``.``, ``/`` or ``~``, relative to ``base``), or an
       architecture built with ``pretrained: false`` (a timm architecture name; for Hugging Face models:
-      with a ``config`` dict, so no config is fetched);
+      with a ``config`` dict, so no config is fetched); a teacher may also be a checkpoint file that
+      exists;
     * its data module reads no Hub ``dataset``, and every file or folder its data options name
       (``root``, ``predict_root``, ``*_file``; globs allowed) exists relative to ``base``.
       A data module that generates its data (``DigitsDataModule``) names none.
@@ -177,6 +178,17 @@ def offline_blockers(config: dict[str, Any], base: Path) -> list[str]:
                 model.get("pretrained") is False and (model.get("config") or _timm_architecture(value))
             ):
                 blockers.append(f"{section} {key} {value!r}: pretrained weights from the Hub")
+    for callback in (config.get("trainer") or {}).get("callbacks") or []:
+        teacher = ((callback.get("init_args") or {}) if isinstance(callback, dict) else {}).get("teacher")
+        if not isinstance(teacher, str) or teacher in ZOO:
+            continue
+        name = str(callback.get("class_path", "")).rsplit(".", 1)[-1]
+        where = f"trainer callback {name} teacher {teacher!r}"
+        if teacher.endswith(".ckpt") or _is_local(teacher):
+            if not (base / teacher.removeprefix("local-dir:")).expanduser().exists():
+                blockers.append(f"{where}: {'file' if teacher.endswith('.ckpt') else 'folder'} not found")
+        else:
+            blockers.append(f"{where}: pretrained weights from the Hub")
     if data.get("dataset"):
         blockers.append(f"data dataset {data['dataset']!r}: a Hub dataset")
     for key, value in data.items():

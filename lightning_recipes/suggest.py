@@ -9,11 +9,12 @@ small data set         fine-tune                    add-layers (new head, then u
 large data set         fine-tune                    scratch
 =====================  ===========================  ==================================
 
-and ``as-is`` when the data's class names are the backbone's own pretrained labels and the pretrained
-classifier already scores them well. "Similar" is measured: a linear probe (ridge classifier,
-cross-validated) on frozen features of the pretrained backbone against the same probe on features of
-the same architecture at random init. Pretraining that fits the data removes a clear share of the
-random-init probe's errors; on data unlike the pretraining data, random features do as well.
+and ``as-is`` when the data's class names are the backbone's pretrained labels and its classifier already
+scores them well; ``distill`` for a smaller, faster model (``--smaller``): the backbone teaches a student.
+"Similar" is measured: a linear probe (ridge classifier, cross-validated) on frozen features of the
+pretrained backbone against the same probe on features of the same architecture at random init.
+Pretraining that fits the data removes a clear share of the random-init probe's errors; on data unlike
+the pretraining data, random features do as well.
 """
 
 from __future__ import annotations
@@ -33,16 +34,20 @@ from lightning_recipes._suggest_command import (
     loads_pretrained_weights,
     recipe_command,
 )
-from lightning_recipes._suggest_margin import (
-    bootstrap_interval,
-    closeness_lines,
+from lightning_recipes._suggest_margin import bootstrap_interval, closeness_lines, probe_correct, runner_up
+from lightning_recipes._suggest_rules import (
+    AS_IS_ACCURACY,
+    LARGE_PER_CLASS,
+    SIMILAR,
+    Measurement,
+    decide,
     errors_removed,
-    probe_correct,
-    runner_up,
 )
 
 __all__ = [
+    "AS_IS_ACCURACY",
     "DATA_CLASS",
+    "LARGE_PER_CLASS",
     "Measurement",
     "Suggestion",
     "choose_recipe",
@@ -53,60 +58,16 @@ __all__ = [
     "probe_accuracy",
     "recipe_command",
     "report",
+    "SIMILAR",
     "suggest",
 ]
 
-#: Median training examples per class at or above which a data set counts as large.
-LARGE_PER_CLASS = 1000
-#: Share of the random-init probe's errors that pretrained features remove, from which data is similar.
-SIMILAR = 0.30
-#: As-is accuracy (pretrained classifier, classes matched by name) at or above which the model fits.
-AS_IS_ACCURACY = 0.90
 #: Cap on the examples embedded and probed (class-balanced, seeded): keeps ``suggest`` under a minute.
 MAX_EXAMPLES = 300
 #: Cap on the image side for the probe (pixels); larger inputs are resized down.
 MAX_IMAGE_SIZE = 160
 #: Folds of the probe's cross-validation (fewer when a class has fewer examples).
 FOLDS = 5
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """What ``suggest`` measured (accuracies are fractions of the probed subsample).
-
-    Attributes:
-        classes: number of classes.
-        min_per_class, median_per_class: training examples per class.
-        probed: examples embedded and probed.
-        majority: accuracy of always predicting the most frequent class of the subsample.
-        probe_pretrained: linear-probe accuracy on the pretrained backbone's frozen features.
-        probe_random: the same probe on features of the architecture at random init.
-        as_is: accuracy of the pretrained classifier with the classes matched by name, or ``None``.
-        label_match: how many class names matched a pretrained label name.
-        similarity_interval, as_is_interval: their 90 % bootstrap intervals over the probed examples
-            (the probe's noise, :mod:`~lightning_recipes._suggest_margin`), ``None`` if not measured.
-    """
-
-    classes: int
-    min_per_class: int
-    median_per_class: float
-    probed: int
-    majority: float
-    probe_pretrained: float
-    probe_random: float
-    as_is: float | None
-    label_match: int
-    similarity_interval: tuple[float, float] | None = None
-    as_is_interval: tuple[float, float] | None = None
-
-    @property
-    def similarity(self) -> float:
-        """The share of the random-init probe's errors that pretrained features remove.
-
-        ``(error_random - error_pretrained) / error_random``, each error counted as at least one
-        example's worth (``1 / probed``), so a task that random features already solve scores ``<= 0``.
-        """
-        return float(errors_removed(self.probe_pretrained, self.probe_random, self.probed))
 
 
 def probe_accuracy(features: np.ndarray, targets: np.ndarray, seed: int = 0) -> float:
@@ -124,35 +85,6 @@ def probe_accuracy(features: np.ndarray, targets: np.ndarray, seed: int = 0) -> 
         1.0
     """
     return float(probe_correct(features, targets, seed, FOLDS).mean())
-
-
-def decide(m: Measurement) -> tuple[str, str]:
-    """The scenario keyword and the reason, from the measurements and the thresholds of this module.
-
-    Example::
-
-        >>> m = Measurement(5, 10, 10.0, 50, 0.2, 0.95, 0.70, None, 0)
-        >>> decide(m)[0]
-        'fine-tune'
-    """
-    size = (
-        f"{'large' if m.median_per_class >= LARGE_PER_CLASS else 'small'} data set (median "
-        f"{m.median_per_class:g} examples per class, large from {LARGE_PER_CLASS})"
-    )
-    lead = f"pretrained features remove {m.similarity:.0%} of the random-init probe's errors"
-    if m.as_is is not None and m.as_is >= AS_IS_ACCURACY:
-        return "as-is", (
-            f"the class names are the backbone's pretrained labels and it already scores {m.as_is:.2f} "
-            f"(>= {AS_IS_ACCURACY}): evaluate it, no training"
-        )
-    if m.similarity >= SIMILAR:
-        return "fine-tune", f"{size}, similar to the pretraining data ({lead}; similar from {SIMILAR:.0%})"
-    if m.median_per_class >= LARGE_PER_CLASS:
-        return "scratch", f"{size}, different from the pretraining data ({lead}; similar from {SIMILAR:.0%})"
-    return "add-layers", (
-        f"{size}, different from the pretraining data ({lead}; similar from {SIMILAR:.0%}): train a new "
-        "head on the frozen backbone first, then unfreeze it"
-    )
 
 
 @dataclass(frozen=True)
@@ -183,6 +115,7 @@ def suggest(
     format: str | None = None,
     val_file: str | None = None,
     test_file: str | None = None,
+    smaller: bool = False,
 ) -> Suggestion:
     """Measure ``data`` against ``backbone`` and suggest a scenario and the recipe that runs it.
 
@@ -200,6 +133,7 @@ def suggest(
             names (a Latin-1 file, ``text;label`` lines, a ``.label`` file); the printed command keeps them.
         val_file, test_file: the text data's own validation and test files (same columns, read the same
             way), kept in the printed command; an image folder's own ``val/`` and ``test/`` stay as they are.
+        smaller: the user needs a smaller, faster model than ``backbone``: suggest ``distill``.
     """
     from lightning_recipes import _suggest_data as sd
     from lightning_recipes import zoo
@@ -246,7 +180,7 @@ def suggest(
         if right_as_is is None
         else bootstrap_interval(lambda i: right_as_is[i].mean(1), n, seed),
     )
-    scenario, reason = decide(m)
+    scenario, reason = decide(m, smaller)
     details = {k: v for k, v in sample.details.items() if k != "datamodule"}  # printable, comparable
     inputs = CommandInputs(family, data, backbone, sample.classes, details, pretrained, val_file, test_file)
     found = inputs.command(scenario)
@@ -313,6 +247,7 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--pilot-budget", default="50", help="each pilot: N steps or Xm minutes (50)")
     parser.add_argument("--pilot-scenarios", help="comma-separated (default: the choice and its runner-up)")
+    parser.add_argument("--smaller", action="store_true", help="a smaller, faster model: distil the backbone")
     args = parser.parse_args(argv)
     if args.max_examples < 4:
         parser.error(f"--max-examples must be at least 4, got {args.max_examples}")
@@ -338,6 +273,7 @@ def main(argv: list[str]) -> int:
         format=args.format,
         val_file=args.val_file,
         test_file=args.test_file,
+        smaller=args.smaller,
     )
     print(report(result, args.data, args.backbone, "lightning-recipes suggest " + shlex.join(argv)))
     sys.stdout.flush()

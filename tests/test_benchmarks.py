@@ -74,6 +74,20 @@ THROUGHPUT_ROWS = {
 #: Per script, the tables it prints in order: ``{first cell (a prefix): {column: allowed range or values}}``.
 #: A column given in a table must hold a finite number in range in every row named (or one of the values).
 EXPECTED: dict[str, list[dict[str, dict[str, tuple[float, float] | set[str]]]]] = {
+    "distillation.py": [  # image, text, then the LM (perplexity: the ratio is the teacher's / the arm's)
+        {
+            arm: {
+                metric: ACC if metric == "test/acc" else PPL,
+                "vs teacher": ONE if arm == "teacher" else POS,
+                "params": POS,
+                "params vs teacher": ONE if arm == "teacher" else POS,
+                "samples/s": POS,
+                "speed vs teacher": ONE if arm == "teacher" else POS,
+            }
+            for arm in ("distilled student", "student, labels only", "teacher")
+        }
+        for metric in ("test/acc", "test/acc", "test/ppl")
+    ],
     "export_speed.py": [EXPORT_ROWS, THROUGHPUT_ROWS] * 2,  # EfficientNet-Lite0, then MiniLM
     "feature_cache.py": [  # the image workload, then the text one
         {

@@ -229,7 +229,7 @@ print(json.dumps([ours, theirs]))
 #: What every module class loads: the package, the base classes and what they use.
 BASE = [
     "_compat", "_compat._libraries", "_compat._lightning", "_hub", "cache", "handshake", "lightning_recipes",
-    "modules", "modules._base", "modules._adapters", "registry", "schedulers",
+    "modules", "modules._base", "modules._adapters", "modules._distillation", "registry", "schedulers",
 ]  # fmt: skip
 CLASSIFIER = ["eval_samples", "modules._heads", "modules._metrics", "modules._classification"]
 HF = ["modules._hf", "tokenizer"]

@@ -49,6 +49,17 @@ def test_decide_follows_the_strategy_table(m, scenario):
     assert f"{m.median_per_class:g}" in reason or scenario == "as-is"
 
 
+@pytest.mark.parametrize("m", [measured(20, 0.70, 0.70), measured(5000, 0.95, 0.70, as_is=0.93)])
+def test_a_smaller_model_is_distilled_from_the_backbone(m):
+    scenario, reason = sg.decide(m, smaller=True)
+    without = sg.decide(m)
+    assert scenario == "distill" and without[0] != "distill"
+    assert reason.endswith(f"Without --smaller: {without[0]}, {without[1]}")
+    assert ("scoring 0.93 as-is" in reason) == (m.as_is is not None)
+    recipe = sg.choose_recipe("text", "distill", "my-backbone")
+    assert recipe is not None and recipe.name == "text/sst2_minilm_distill_local"
+
+
 def test_similarity_is_the_share_of_random_feature_errors_removed():
     assert measured(20, 0.90, 0.60).similarity == pytest.approx(0.75)  # errors 0.40 -> 0.10
     assert measured(20, 0.60, 0.60).similarity == pytest.approx(0.0)
@@ -223,6 +234,28 @@ def test_text_classifier_that_already_fits_is_used_as_is(sentiment_model, tmp_pa
         assert expected in sg.report(result, str(data), "m")
     else:
         assert parse(result.command, capsys)["data"]["init_args"]["train_file"] == str(data)
+
+
+def test_smaller_prints_the_distill_command_with_the_backbone_as_teacher(sentiment_model, tmp_path, capsys):
+    texts, labels = sentences(30, seed=2)
+    rows = [f"{t},{'positive' if y else 'negative'}" for t, y in zip(texts, labels, strict=True)]
+    data = tmp_path / "reviews.csv"
+    data.write_text("\n".join(["text,label", *rows]))
+    assert main(["suggest", "--data", str(data), "--backbone", str(sentiment_model), "--smaller"]) == 0
+    out = capsys.readouterr().out
+    assert "Scenario:   distill" in out and "Without --smaller: as-is" in out
+    assert "Recipe:     text/sst2_minilm_distill_local" in out
+    config = parse(out.split("Run:")[1].strip(), capsys)
+    model = config["model"]["init_args"]
+    assert (model["model_name_or_path"], model["every_other_block"], model["head"]) == (
+        str(sentiment_model),
+        True,
+        "pretrained",
+    )
+    assert model.get("num_classes") is None  # the teacher's own head and labels
+    assert config["data"]["init_args"]["train_file"] == str(data)
+    teacher = [c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("Distillation")]
+    assert teacher[0]["init_args"]["teacher"] is None  # the backbone at full depth
 
 
 def test_text_files_as_they_come_are_read_and_kept_in_the_command(sentiment_model, tmp_path, capsys):

@@ -45,7 +45,7 @@ def checkout(tmp_path: Path, monkeypatch) -> Path:
 
 
 def printed_command(argv: list[str], scenario: str, monkeypatch, capsys) -> str:
-    monkeypatch.setattr(sg, "decide", lambda m: (scenario, "forced by the test"))
+    monkeypatch.setattr(sg, "decide", lambda m, smaller=False: (scenario, "forced by the test"))
     assert main(["suggest", *argv]) == 0
     out = capsys.readouterr().out
     assert f"Scenario:   {scenario}" in out

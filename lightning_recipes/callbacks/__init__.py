@@ -1,5 +1,5 @@
 """Callbacks for fine-tuning: freezing, LR finding, early stopping, gradient monitoring, curves,
-NaN guard, predictions, weight averaging (EMA), mixup.
+NaN guard, predictions, distillation, weight averaging (EMA), mixup.
 
 One callback per module, named after the class in snake_case (a file, or a package for the larger
 ``curve_logger``). Imports are lazy so that ``import lightning_recipes.callbacks`` stays light.
@@ -12,6 +12,7 @@ from typing import Any
 
 _EXPORTS = {
     "CurveLogger": "lightning_recipes.callbacks.curve_logger",
+    "Distillation": "lightning_recipes.callbacks.distillation",
     "EMA": "lightning_recipes.callbacks.ema",
     "EarlyStopping": "lightning_recipes.callbacks.early_stopping",
     "FreezeUnfreeze": "lightning_recipes.callbacks.freeze_unfreeze",

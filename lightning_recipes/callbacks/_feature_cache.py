@@ -101,6 +101,23 @@ def _modes(module: nn.Module, training: bool) -> Iterator[None]:
             m.training = mode
 
 
+def loads_randomly(dataset: Dataset) -> bool:
+    """Whether loading example 0 under different seeds gives different items (augmentation); the random
+    states are left as they were. Also what ``Distillation(cache_logits=True)`` asks of the training data.
+
+    Example::
+
+        >>> loads_randomly([torch.ones(2)]), loads_randomly(torch.utils.data.TensorDataset(torch.ones(1, 2)))
+        (False, False)
+    """
+    with _rng_kept():
+        items = []
+        for seed in (1, 2, 3):
+            _seed_all(seed)
+            items.append(dataset[0])
+    return not all(_same(items[0], item) for item in items[1:])
+
+
 class _Seeded(Dataset):
     """``dataset[i]`` with every random generator seeded by ``(seed, view, i)``: augmented view ``view``
     of example ``i`` is the same whatever the batch, worker or rank that loads it."""
@@ -245,7 +262,7 @@ class FeatureCache:
     def _store(self, trainer: pl.Trainer, pl_module: Any, dl: DataLoader, training: bool) -> FeatureStore:
         dataset = dl.dataset
         views = 1
-        if training and self._random_items(dataset):
+        if training and loads_randomly(dataset):
             if self.views is None:
                 raise ValueError(
                     "cache_features=True: the training data is augmented (the same example loads "
@@ -301,15 +318,6 @@ class FeatureCache:
                 store = FeatureStore.load(folder, in_memory=False)
         self.stores[key] = store
         return store
-
-    def _random_items(self, dataset: Dataset) -> bool:
-        """Whether loading example 0 under different seeds gives different items (augmentation)."""
-        with _rng_kept():
-            items = []
-            for seed in (1, 2, 3):
-                _seed_all(seed)
-                items.append(dataset[0])
-        return not all(_same(items[0], item) for item in items[1:])
 
     def _compute(
         self, trainer: pl.Trainer, pl_module: Any, dl: DataLoader, training: bool, views: int

@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
-from torch import nn
+from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from lightning_recipes import _compat
-from lightning_recipes.handshake import DataSpec, InputSpec
+from lightning_recipes.handshake import DataSpec, InputSpec, TeacherLogits
 from lightning_recipes.modules import _adapters
+from lightning_recipes.modules._distillation import distillation_loss
 from lightning_recipes.schedulers import WarmupDecay
 
 if TYPE_CHECKING:
@@ -180,6 +181,8 @@ class TransferModule(L.LightningModule):
         #: ``checkpoint["epoch"]``: 1 for ``best-01.ckpt``), set by ``trainer.test(ckpt_path=...)`` and
         #: ``load_from_checkpoint``, cleared when training starts; evaluation reports are named by it.
         self.checkpoint_epoch: int | None = None
+        #: The current training batch's teacher logits, set and cleared by the ``Distillation`` callback.
+        self.teacher_logits: TeacherLogits | None = None
 
     def setup_adapter(self, model: nn.Module, base: Mapping[str, Any] | None) -> None:
         """Inject ``self.adapter`` (if any) into ``model`` and note the pretrained ``base``; subclasses
@@ -225,6 +228,19 @@ class TransferModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         _adapters.restore_frozen(self, checkpoint)
         self.checkpoint_epoch = checkpoint.get("epoch")
+
+    def training_loss(self, label_loss: Tensor, logits: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The loss a training step optimises, from its loss on the labels and the student's ``logits``.
+
+        ``label_loss`` as it is, or while :class:`~lightning_recipes.callbacks.Distillation` teaches this
+        module (:attr:`teacher_logits` set for the batch), its mix with the teacher's softened logits
+        (:func:`~lightning_recipes.modules._distillation.distillation_loss`); ``mask`` marks the rows of
+        ``logits`` that count (a causal LM's predicted positions). The one hook of the training loss.
+        """
+        teacher = self.teacher_logits
+        if teacher is None:
+            return label_loss
+        return distillation_loss(label_loss, logits, teacher.logits, teacher.temperature, teacher.alpha, mask)
 
     def on_train_start(self) -> None:
         self.checkpoint_epoch = None  # the weights move on from the checkpoint's

@@ -297,6 +297,7 @@ class ClassificationModule(TransferModule):
             loss, target = self.soft_target_loss(logits, target.probabilities), target.labels
         else:
             loss = self.loss(logits, target)
+        loss = self.training_loss(loss, logits) if stage == "train" else loss
         preds = self.probabilities(logits.detach().float())
         n = target.shape[0]
         # Under DDP, Lightning's evaluation sampler repeats samples at the end of a rank's share so the

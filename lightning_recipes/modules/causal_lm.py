@@ -15,6 +15,7 @@ from typing_extensions import override
 from lightning_recipes._hub import hub_call, looks_like_local_path
 from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
 from lightning_recipes.modules._base import TransferModule
+from lightning_recipes.modules._distillation import keep_every_other_block
 from lightning_recipes.modules._generation import Generation
 from lightning_recipes.modules._hf import (
     HFParts,
@@ -64,17 +65,15 @@ class CausalLM(Generation, HFParts, TransferModule):
     top block, initialised as the identity, run after the body; ``self.head`` holds them and an untied
     ``lm_head``; ``self.backbone`` is the body without them, so freezing it leaves the new layers trainable.
 
-    Batches are ``{"input_ids": LongTensor[batch, seq]}`` (optionally ``attention_mask`` and
-    ``labels``, with ``-100`` for positions to ignore), as :class:`~lightning_recipes.TextCorpusDataModule`
-    makes them. Logged: ``train/loss`` (mean token loss of the step), ``val/loss`` and ``val/ppl``
-    (``exp`` of the mean loss over every predicted token of the epoch, summed across batches and
-    devices, not an average of per-batch perplexities), ``test/loss`` and ``test/ppl``.
+    Batches are ``{"input_ids": LongTensor[batch, seq]}`` (optionally ``attention_mask`` and ``labels``,
+    ``-100`` where ignored), as :class:`~lightning_recipes.TextCorpusDataModule` makes them. Logged:
+    ``train/loss`` (mean token loss of the step), ``val/loss`` and ``val/ppl`` (``exp`` of the mean loss over
+    every predicted token of the epoch and devices, not a mean of per-batch perplexities), ``test/*`` alike.
 
-    The tokenizer comes from ``tokenizer``, else from the pretrained folder/id; a model from scratch
-    (as with :class:`~lightning_recipes.TextClassifier`, no pretrained weights: no tokenizer either, unless
-    ``tokenizer`` is given) takes the data module's (e.g. a BPE tokenizer it trained) through the handshake
-    (:func:`~lightning_recipes.connect`), which also checks the data's block size against the context
-    length. Checkpoints store the model config and the tokenizer files, so
+    The tokenizer comes from ``tokenizer``, else from the pretrained folder/id; a model from scratch (no
+    tokenizer unless ``tokenizer`` is given) takes the data module's (e.g. a BPE tokenizer it trained)
+    through the handshake (:func:`~lightning_recipes.connect`), which also checks the data's block size
+    against the context length. Checkpoints store the model config and the tokenizer files, so
     ``CausalLM.load_from_checkpoint(path)`` rebuilds offline, without the Hub.
 
     Args:
@@ -87,6 +86,7 @@ class CausalLM(Generation, HFParts, TransferModule):
         tokenizer: Hub id or folder of the tokenizer (default: that of the pretrained model).
         revision: branch, tag or commit of the Hub id (model and tokenizer).
         gradient_checkpointing: recompute activations in the backward pass (less memory, ~30 % slower).
+        every_other_block: keep the pretrained blocks 0, 2, 4, ...: a half-depth student (docs/distill.md).
         lr: learning rate (a fine-tuning default for pretrained LMs).
         generation: :meth:`generate` options of the ``predict`` stage (``max_new_tokens``, default 50;
             ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``seed``, ``num_return_sequences``...);
@@ -113,6 +113,7 @@ class CausalLM(Generation, HFParts, TransferModule):
         tokenizer: str | None = None,
         revision: str | None = None,
         gradient_checkpointing: bool = False,
+        every_other_block: bool = False,
         lr: float = 5e-5,
         generation: dict[str, Any] | None = None,
         new_top_blocks: int = 0,
@@ -144,6 +145,8 @@ class CausalLM(Generation, HFParts, TransferModule):
             model.train()  # from_pretrained returns eval mode, and Lightning keeps modules modes
             if untie:
                 untie_output_embeddings(model)
+        if every_other_block:
+            keep_every_other_block(model)
         if new_top_blocks:  # add_top_blocks checks the count
             self.set_parts(model, *add_top_blocks(model, new_top_blocks))
         else:
@@ -276,6 +279,10 @@ class CausalLM(Generation, HFParts, TransferModule):
         Position ``t`` predicts token ``t + 1``; labels of ``-100`` (and padding, where ``labels`` are
         not given) are ignored, so sums and counts add up exactly across batches.
         """
+        return self._token_nll_and_logits(batch)[:2]
+
+    def _token_nll_and_logits(self, batch: dict[str, Tensor] | Tensor) -> tuple[Tensor, ...]:
+        """:meth:`token_nll`, the logits and which positions predict a token (``[batch, seq]``)."""
         if isinstance(batch, Tensor):
             batch = {"input_ids": batch}
         input_ids = batch["input_ids"]
@@ -290,12 +297,13 @@ class CausalLM(Generation, HFParts, TransferModule):
         total = F.cross_entropy(
             logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum"
         )
-        return total, (targets != -100).sum()
+        predicted = F.pad(targets != -100, (0, 1))  # the last position predicts nothing
+        return total, predicted.sum(), logits, predicted
 
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        total, count = self.token_nll(batch)
-        loss = total / count.clamp(min=1)
+        total, count, logits, predicted = self._token_nll_and_logits(batch)
+        loss = self.training_loss(total / count.clamp(min=1), logits, predicted)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 

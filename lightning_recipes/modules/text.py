@@ -15,6 +15,7 @@ from typing_extensions import override
 from lightning_recipes._hub import hub_call
 from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
 from lightning_recipes.modules._classification import ClassificationModule
+from lightning_recipes.modules._distillation import keep_every_other_block
 from lightning_recipes.modules._heads import ClassificationHead, check_head_options
 from lightning_recipes.modules._hf import (
     HFParts,
@@ -96,6 +97,7 @@ class TextClassifier(HFParts, ClassificationModule):
         pooling: ``cls`` (first token) or ``mean`` (masked mean of tokens), for ``head="new"``.
         hidden_dim, dropout, activation: the new head (see ``ClassificationHead``).
         gradient_checkpointing: recompute activations in the backward pass to save memory.
+        every_other_block: keep the pretrained blocks 0, 2, 4, ...: a half-depth student (docs/distill.md).
         lr: learning rate of the head (a fine-tuning default for pretrained encoders).
         **kwargs: ``num_classes``, ``task``, ``label_names``, ``class_map`` and the loss options (see
             ``ClassificationModule``); ``backbone_lr``, ``layer_decay``, ``optimizer``, ``lr_scheduler``...
@@ -129,6 +131,7 @@ class TextClassifier(HFParts, ClassificationModule):
         dropout: float = 0.1,
         activation: str = "gelu",
         gradient_checkpointing: bool = False,
+        every_other_block: bool = False,
         lr: float = 2e-5,
         **kwargs: Any,
     ) -> None:
@@ -198,6 +201,8 @@ class TextClassifier(HFParts, ClassificationModule):
         else:
             model = auto_cls.from_config(hf_config)
         model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as built
+        if every_other_block:
+            keep_every_other_block(model)
         if head == "pretrained":
             prefix = model.base_model_prefix
             parts = {name: m for name, m in model.named_children() if name != prefix}
@@ -380,15 +385,9 @@ class TextClassifier(HFParts, ClassificationModule):
             if self.model is not None:
                 label_config(model.config, self.label_names, self.task)
             else:
+                parts = {"hparams": self.hparams, "pooling": self.pooling, "label_names": self.label_names}
                 model = export_new_head(
-                    SimpleNamespace(
-                        backbone=backbone,
-                        head=head,
-                        hparams=self.hparams,
-                        pooling=self.pooling,
-                        label_names=self.label_names,
-                        task=self.task,
-                    )
+                    SimpleNamespace(backbone=backbone, head=head, task=self.task, **parts)
                 )
             model.save_pretrained(folder)
         else:

@@ -81,19 +81,24 @@ def build_missing(values: Iterable[Any], source: str | os.PathLike | None = None
 
 
 def names_in(config: Any) -> list[str]:
-    """The zoo names among a parsed recipe's ``model`` and ``data`` arguments (``init_args`` values).
+    """The zoo names among a parsed recipe's ``model`` and ``data`` arguments and its callbacks' (a
+    ``Distillation`` teacher): ``init_args`` values.
 
     Example::
 
         >>> names_in({"model": {"init_args": {"model_name_or_path": "resnet10t.digits04", "lr": 0.01}},
-        ...           "data": {"init_args": {"root": "data/"}}})
-        ['resnet10t.digits04']
+        ...           "data": {"init_args": {"root": "data/"}},
+        ...           "trainer": {"callbacks": [{"init_args": {"teacher": "minilm-l6.sst2"}}]}})
+        ['resnet10t.digits04', 'minilm-l6.sst2']
     """
 
     def get(section: Any, key: str) -> Any:
         return (section.get(key) if hasattr(section, "get") else getattr(section, key, None)) or {}
 
-    values = [v for part in ("model", "data") for v in dict(get(get(config, part), "init_args")).values()]
+    callbacks = get(get(config, "trainer"), "callbacks")
+    sections = [get(config, "model"), get(config, "data")]
+    sections += [c for c in (callbacks if isinstance(callbacks, list) else []) if not isinstance(c, str)]
+    values = [v for section in sections for v in dict(get(section, "init_args")).values()]
     return list(dict.fromkeys(v for v in values if isinstance(v, str) and v in ZOO))
 
 

@@ -15,8 +15,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lightning_recipes.callbacks.distillation import Distillation
 from lightning_recipes.callbacks.freeze_unfreeze import FreezeUnfreeze
 from lightning_recipes.cli import LightningRecipesCLI, main
+from lightning_recipes.modules._hf import transformer_blocks
 from lightning_recipes.recipes import (
     FAMILIES,
     SCENARIOS,
@@ -73,7 +75,10 @@ def test_header_continuation_lines_join_their_key(tmp_path):
 @pytest.mark.parametrize(
     ("header", "message"),
     [
-        ("# D.\n# Family: image -- x\n", r"no '# Scenario: <fine-tune\|add-layers\|scratch\|as-is\|adapters"),
+        (
+            "# D.\n# Family: image -- x\n",
+            r"no '# Scenario: <fine-tune\|add-layers\|scratch\|as-is\|adapters\|distill",
+        ),
         ("# D.\n# Scenario: finetune -- x\n# Family: image\n", r"starts with 'finetune'.*mean 'fine-tune'"),
         ("# D.\n# Scenario: scratch -- x\n#   Family: image\n", r"has no '# Family: <image\|text\|lm>"),
         ("# D.\n# Scenario: scratch\n# Family: vision -- x\n", r"starts with 'vision', which is not one of"),
@@ -110,6 +115,24 @@ def test_offline_rule(tmp_path):
     assert blockers({"config": {}}, {"train_file": "my.csv", "dataset": "nyu-mll/glue"}) == [
         "data dataset 'nyu-mll/glue': a Hub dataset",
         "data train_file 'my.csv': not found (your data)",
+    ]
+
+
+def test_offline_rule_reads_a_distillation_teacher(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "best.ckpt").write_bytes(b"")
+
+    def blockers(teacher: str | None) -> list[str]:
+        callback = {"class_path": "x.Distillation", "init_args": {"teacher": teacher}}
+        return offline_blockers({"trainer": {"callbacks": [callback]}}, tmp_path)
+
+    assert blockers(None) == blockers("resnet10t.digits04") == blockers("runs/best.ckpt") == []
+    missing = "trainer callback Distillation teacher 'runs/other.ckpt': file not found"
+    assert blockers("runs/other.ckpt") == [missing]
+    assert blockers("./teacher") == ["trainer callback Distillation teacher './teacher': folder not found"]
+    assert blockers("distilbert-base-uncased-finetuned-sst-2-english") == [
+        "trainer callback Distillation teacher 'distilbert-base-uncased-finetuned-sst-2-english': pretrained "
+        "weights from the Hub"
     ]
 
 
@@ -168,12 +191,24 @@ TINY = [
 
 
 class Probe(Callback):
-    """Records how many backbone elements are trainable at the start of each training epoch, and the
-    backbone's weights at the end of training (before a test stage loads the best checkpoint)."""
+    """Records how many backbone elements are trainable at the start of each training epoch, the
+    backbone's weights at the end of training (before a test stage loads the best checkpoint), and, in a
+    distill run, the teacher and whether its logits reached the module for each training batch."""
 
     def __init__(self) -> None:
         self.trainable: list[int] = []
         self.trained: dict[str, torch.Tensor] | None = None
+        self.teacher: torch.nn.Module | None = None
+        self.taught: list[bool] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        teachers = [cb.teacher for cb in trainer.callbacks if isinstance(cb, Distillation)]
+        self.teacher = teachers[0] if teachers else None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # after Distillation's own hook (the probe is the last callback): its logits for this batch
+        logits = pl_module.teacher_logits
+        self.taught.append(logits is not None and bool(torch.isfinite(logits.logits).all()))
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.trainable.append(sum(p.numel() for p in backbone(pl_module).parameters() if p.requires_grad))
@@ -220,7 +255,9 @@ def build(recipe, tmp_path: Path, *extra: str) -> LightningRecipesCLI:
 def test_offline_recipe_reaches_its_defining_moment(recipe, tmp_path, monkeypatch):
     """fine-tune: starts from pretrained weights, trains the backbone; add-layers: the backbone is frozen,
     then the unfreeze epoch comes; scratch: random weights (they change with the seed); as-is: no fit
-    stage, weights unchanged; adapters: the pretrained weights stay frozen and unchanged, a few trained."""
+    stage, weights unchanged; adapters: the pretrained weights stay frozen and unchanged, a few trained;
+    distill: the frozen teacher's logits reach every training step of a student half its depth (text, LM:
+    every other block) or at most half its parameters (image)."""
     monkeypatch.chdir(REPO)  # recipes name ../shared relative to the repository root
     other_seed = backbone(build(recipe, tmp_path / "seed", "--seed_everything=7").model)
     cli = build(recipe, tmp_path)
@@ -242,7 +279,8 @@ def test_offline_recipe_reaches_its_defining_moment(recipe, tmp_path, monkeypatc
     changed = 1.0 - equal_share(start, end)
     total = sum(p.numel() for p in backbone(model).parameters())
 
-    if recipe.scenario == "scratch":
+    random_student = recipe.scenario == "distill" and cli.config.model.init_args.get("pretrained") is False
+    if recipe.scenario == "scratch" or random_student:
         assert seed_independent < 0.5, f"{recipe.name}: the weights do not depend on the seed: not random"
         assert changed > 0.5
     else:
@@ -265,3 +303,17 @@ def test_offline_recipe_reaches_its_defining_moment(recipe, tmp_path, monkeypatc
         params = {n for n, _ in backbone(model).named_parameters()}
         frozen = {k: v for k, v in start.items() if k in params and k not in trainable}
         assert frozen and equal_share(frozen, end) == 1.0, "a frozen pretrained weight changed"
+    elif recipe.scenario == "distill":
+        teacher = probe.teacher
+        assert teacher is not None, f"{recipe.name}: a distill recipe teaches with the Distillation callback"
+        assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+        assert probe.taught and all(probe.taught), "a training step ran without the teacher's logits"
+        assert probe.trainable[0] == total and changed > 0.0  # the whole student learns
+        if cli.config.model.init_args.get("every_other_block"):
+            blocks = [len(transformer_blocks(m)[1]) for m in (teacher, model)]
+            assert blocks[1] == (blocks[0] + 1) // 2, (
+                f"student blocks {blocks[1]} of the teacher's {blocks[0]}"
+            )
+        else:
+            sizes = [sum(p.numel() for p in m.parameters()) for m in (teacher, model)]
+            assert sizes[1] <= 0.5 * sizes[0], f"student {sizes[1]:,} parameters, teacher {sizes[0]:,}"
