@@ -74,6 +74,8 @@ class DataSpec:
         max_length: truncation length of text inputs, in tokens.
         block_size: tokens per sequence of a language-modelling corpus.
         tokenizer: a tokenizer the data module made or loaded itself (``None`` when it uses the model's).
+        image_config: the timm data config (``input_size``, ``mean``, ``std``, ...) an image data module
+            prepares its images with.
     """
 
     label_names: list[str] | None = None
@@ -81,6 +83,7 @@ class DataSpec:
     max_length: int | None = None
     block_size: int | None = None
     tokenizer: Any = None
+    image_config: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int | None:

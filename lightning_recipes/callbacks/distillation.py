@@ -21,7 +21,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_recipes.callbacks._feature_cache import loads_randomly
-from lightning_recipes.handshake import CachedFeatures, TeacherLogits
+from lightning_recipes.handshake import CachedFeatures, DataSpec, TeacherLogits
 from lightning_recipes.modules._distillation import check_distillation
 
 __all__ = ["Distillation"]
@@ -177,14 +177,14 @@ class Distillation(Callback):
                 )
 
     @staticmethod
-    def check_inputs(teacher: pl.LightningModule, datamodule: Any) -> None:
+    def check_inputs(teacher: pl.LightningModule, spec: DataSpec | None) -> None:
         """Refuse images prepared otherwise than the image teacher expects (its ``data_config``: size, mean,
-        std): the teacher reads the student's batches, which the data module makes for the student."""
+        std): the teacher reads the student's batches, prepared as the data module told the student
+        (``spec.image_config``, the handshake)."""
         expected = getattr(teacher, "data_config", None)
-        given = getattr(datamodule, "resolved_data_config", None)
-        if not isinstance(expected, dict) or not callable(given):
+        given = None if spec is None else spec.image_config
+        if not isinstance(expected, dict) or not isinstance(given, dict):
             return
-        given = given()
 
         def values(config: dict, key: str) -> list:
             return [x if isinstance(x, int) else round(x, 4) for x in config[key]]
@@ -216,7 +216,7 @@ class Distillation(Callback):
             )
         teacher = self.load_teacher(pl_module)
         self.check_teacher(teacher, pl_module)
-        self.check_inputs(teacher, trainer.datamodule)
+        self.check_inputs(teacher, getattr(pl_module, "accepted_data_spec", None))
         teacher.eval().requires_grad_(False)
         self.teacher = teacher.to(pl_module.device)
 

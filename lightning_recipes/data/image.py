@@ -213,9 +213,11 @@ class ImageDataModule(L.LightningDataModule):
         self.model_data_config = spec.data_config
 
     def data_spec(self) -> DataSpec:
-        """The class names (``label_names``, else the sorted names in the training data) and the task."""
+        """The class names (``label_names``, else the sorted names in the training data), the task and the
+        transform's data config."""
         self._rows()
-        return DataSpec(label_names=list(self.label_names), task=self.task)
+        config = dict(self.resolved_data_config())
+        return DataSpec(label_names=list(self.label_names), task=self.task, image_config=config)
 
     # -- samples ---------------------------------------------------------------------------------
     def _encode(self, labels: list[str], source: Path) -> Any:

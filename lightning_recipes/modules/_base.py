@@ -154,6 +154,8 @@ class TransferModule(L.LightningModule):
         checkpoint_weights: CheckpointWeights | None = None,
     ) -> None:
         super().__init__()
+        #: What the data module said about the data (:func:`~lightning_recipes.connect`); None before.
+        self.accepted_data_spec: DataSpec | None = None
         if checkpoint_weights not in (None, "all", "trainable"):
             raise ValueError(
                 f"checkpoint_weights must be 'all', 'trainable' or None, got {checkpoint_weights!r}"
@@ -260,7 +262,9 @@ class TransferModule(L.LightningModule):
         return example if isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) else None
 
     def accept_data_spec(self, spec: DataSpec) -> None:
-        """Check and adopt what the data module says about the data; subclasses extend it."""
+        """Check and adopt what the data module says about the data (kept as ``accepted_data_spec``, for
+        the callbacks that must agree with it); subclasses extend it."""
+        self.accepted_data_spec = spec
 
     def load_state_dict(
         self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False

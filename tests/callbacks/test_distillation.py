@@ -237,8 +237,10 @@ def test_images_not_prepared_as_the_image_teacher_expects_are_refused(tmp_path):
     teacher = ImageClassifier("test_resnet", pretrained=False, num_classes=2)
     expected = teacher.data_config
     digits = {"digits": [0, 1], "root": str(tmp_path)}
-    Distillation.check_inputs(teacher, DigitsDataModule(**digits, data_config=expected))
+    spec = DigitsDataModule(**digits, data_config=expected).data_spec()  # what connect() hands the student
+    assert spec.image_config["input_size"] == tuple(expected["input_size"])
+    Distillation.check_inputs(teacher, spec)
     other = {**expected, "input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5)}
     with pytest.raises(ValueError, match=r"teacher expects images \{'input_size': \[3, 160, 160\].*makes "):
-        Distillation.check_inputs(teacher, DigitsDataModule(**digits, data_config=other))
+        Distillation.check_inputs(teacher, DigitsDataModule(**digits, data_config=other).data_spec())
     Distillation.check_inputs(teacher, None)  # no data module (dataloaders given to fit): nothing to compare
