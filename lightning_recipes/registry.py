@@ -123,7 +123,7 @@ class TextClassifierWeights:
     name: str
     encoder: str
     train_file: str
-    labels: tuple[str, ...]
+    labels: tuple[str, ...]  # not ``label_names``: field names are hashed into the cached name
     train_size: int = 2000
     epochs: int = 1
     lr: float = 1e-4

@@ -1,5 +1,5 @@
 """Tiny checkpoints of each family and an independent reload of an export in a fresh process, for
-``tests/test_export*.py``."""
+``tests/export/`` and ``tests/test_run_record.py``."""
 
 from __future__ import annotations
 

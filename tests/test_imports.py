@@ -236,7 +236,7 @@ HF = ["modules._hf", "tokenizer"]
 
 
 def test_image_classifier_loads_no_text_code_and_no_zoo_building():
-    """17 package modules (23 before the two floors: the zoo's building, its text and GPT-2 code, the
+    """18 package modules (23 before the two floors: the zoo's building, its text and GPT-2 code, the
     tokenizer module); no third-party package beyond what Lightning loads (timm loads on first use)."""
     ours, theirs = loaded_by("from lightning_recipes import ImageClassifier")
     assert ours == sorted([*BASE, *CLASSIFIER, "modules.image"])

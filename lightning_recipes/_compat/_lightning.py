@@ -15,10 +15,6 @@ if TYPE_CHECKING:
     from lightning.pytorch.loggers import WandbLogger
     from lightning.pytorch.tuner.lr_finder import _LRFinder
 
-# ================================================================================================
-# Lightning
-# ================================================================================================
-
 # -- loops and the LR range test (used by callbacks/lr_finder.py) --------------------------------
 
 

@@ -30,12 +30,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_recipes import _compat
+from lightning_recipes.callbacks._strategy import whole_model_refusal
 
 __all__ = ["CHECKPOINT_KEY", "EMA"]
 
@@ -115,16 +115,11 @@ class EMA(WeightAveraging):
 
         Asked in ``setup`` and, before anything is built, by :mod:`lightning_recipes.preflight`.
         """
-        from lightning.pytorch.strategies import DeepSpeedStrategy
-
-        if not issubclass(strategy, DeepSpeedStrategy) and issubclass(
-            strategy, (SingleDeviceStrategy, DDPStrategy)
-        ):
-            return None
-        return (
-            f"EMA supports single-device and DDP strategies, not {strategy.__name__}: Lightning's weight "
-            "averaging keeps a whole, unsharded copy of the model and swaps it parameter by parameter with "
-            "the sharded one. Use --trainer.strategy=ddp, or drop EMA"
+        return whole_model_refusal(
+            "EMA",
+            strategy,
+            "Lightning's weight averaging keeps a whole, unsharded copy of the model and swaps it parameter "
+            "by parameter with the sharded one. Use --trainer.strategy=ddp, or drop EMA",
         )
 
     # -- hooks -----------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BaseFinetuning
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.optim import Optimizer
@@ -24,6 +23,7 @@ from typing_extensions import override
 from lightning_recipes import _compat
 from lightning_recipes.callbacks._feature_cache import FeatureCache
 from lightning_recipes.callbacks._lr_groups import add_scaled_group, schedulers_of
+from lightning_recipes.callbacks._strategy import whole_model_refusal
 from lightning_recipes.modules._base import backbone_layer_groups, check_layer_decay, layer_lr_scales
 
 
@@ -243,19 +243,13 @@ class FreezeUnfreeze(BaseFinetuning):
 
         Asked in ``setup`` and, before anything is built, by :mod:`lightning_recipes.preflight`.
         """
-        from lightning.pytorch.strategies import DeepSpeedStrategy
-
-        # DeepSpeedStrategy is a DDPStrategy subclass: checked first
-        if not issubclass(strategy, DeepSpeedStrategy) and issubclass(
-            strategy, (SingleDeviceStrategy, DDPStrategy)
-        ):
-            return None
-        return (
-            f"FreezeUnfreeze supports single-device and DDP strategies, not {strategy.__name__}: FSDP and "
-            "DeepSpeed flatten and shard the parameters when they wrap the model, so parameters frozen then "
-            "cannot join the optimizer later. Use --trainer.strategy=ddp (a frozen backbone holds no "
-            "gradients or optimizer state, so the frozen phase fits where fine-tuning does not), or drop "
-            "FreezeUnfreeze and fine-tune every layer under FSDP"
+        return whole_model_refusal(
+            "FreezeUnfreeze",
+            strategy,
+            "FSDP and DeepSpeed flatten and shard the parameters when they wrap the model, so "
+            "parameters frozen then cannot join the optimizer later. Use --trainer.strategy=ddp (a frozen "
+            "backbone holds no gradients or optimizer state, so the frozen phase fits where fine-tuning "
+            "does not), or drop FreezeUnfreeze and fine-tune every layer under FSDP",
         )
 
     # -- hooks -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from export_helpers import image_folders, run_tiny_recipe
 from lightning_recipes.cli import main
 from lightning_recipes.loggers import run_id_from_checkpoint
 
-sys.path.insert(0, str(Path(__file__).parent / "loggers"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "loggers"))
 from offline_wandb_runs import _finish_wandb, offline_runs, read_offline_run  # noqa: E402, F401
 
 

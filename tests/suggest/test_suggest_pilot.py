@@ -12,7 +12,7 @@ from lightning_recipes import _suggest_pilot as sp
 from lightning_recipes import suggest as sg
 from lightning_recipes.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -127,7 +127,7 @@ def test_every_suggested_command_parses(family, scenario, tmp_path, capsys, monk
         assert model.get("num_classes") is None  # the pretrained head as-is: its own labels
     stages = config["stages"]
     # The backbone replaces the recipe's model only where the recipe loads pretrained weights; a
-    # from-scratch recipe keeps its own architecture (tests/test_suggest_commands.py runs them).
+    # from-scratch recipe keeps its own architecture (tests/suggest/test_suggest_commands.py runs them).
     own = recipe_model.get("model_name_or_path")
     expected = "my-backbone" if sg.loads_pretrained_weights(family, recipe_model) else own
     assert model["model_name_or_path"] == expected

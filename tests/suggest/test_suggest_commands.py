@@ -17,7 +17,7 @@ import yaml
 from lightning_recipes import suggest as sg
 from lightning_recipes.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: What ``decide`` can answer; adapters is never the data's call (docs/suggest.md).
 PRINTED = ("fine-tune", "add-layers", "scratch", "as-is")
 #: The only arguments the tests add to the printed command, and why.
