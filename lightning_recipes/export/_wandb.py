@@ -112,7 +112,7 @@ def log_to_wandb(
             description=card.read_text() if card.is_file() else None,
             metadata=record,
         )
-        artifact.add_dir(str(folder))
+        artifact.add_dir(str(folder), skip_cache=True)  # no copy of the export in wandb's cache
         run.log_artifact(artifact, aliases=aliases)
         run_dir = Path(run.dir).parent if getattr(run, "dir", None) else None
         logged = LoggedArtifact(name, aliases, str(run.id), logger.offline_reason is not None, run_dir)

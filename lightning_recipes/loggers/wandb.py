@@ -256,7 +256,8 @@ class WandbLogger(_LightningWandbLogger):
             artifact = wandb.Artifact(
                 name=_compat.wandb_checkpoint_artifact_name(self), type="model", metadata=metadata
             )
-            artifact.add_file(path, name="model.ckpt", policy=self.add_file_policy)
+            # skip_cache: no second copy in wandb's cache (~/.cache/wandb); the staged copy is the run's
+            artifact.add_file(path, name="model.ckpt", policy=self.add_file_policy, skip_cache=True)
             if self.model_ttl_days is not None:
                 artifact.ttl = timedelta(days=self.model_ttl_days)
             latest = ["latest"] if i == len(todo) - 1 else []

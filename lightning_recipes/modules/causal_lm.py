@@ -210,10 +210,10 @@ class CausalLM(Generation, HFParts, TransferModule):
     @property
     def example_input_array(self) -> dict[str, Tensor] | None:
         """One sequence of :data:`~lightning_recipes.modules._hf.EXAMPLE_TOKENS` tokens, which Lightning's
-        model summary runs for the FLOPs and the layers' shapes."""
-        return self.summary_example(
-            {"input_ids": torch.zeros(1, example_length(self.model.config), dtype=torch.long)}
-        )
+        model summary runs for the FLOPs and the layers' shapes, with its attention mask: token 0 is often the
+        padding token too, and transformers warns about padded input without a mask."""
+        ids = torch.zeros(1, example_length(self.model.config), dtype=torch.long)
+        return self.summary_example({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
 
     @property
     def context_length(self) -> int | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import wandb
 from offline_wandb_runs import (
     Tiny,
     TinyData,
@@ -71,7 +72,12 @@ def test_offline_fallback_when_server_unreachable(no_credentials, wandb_env, tmp
     assert f"upload it with `wandb sync {run_dir}`" in capsys.readouterr().err
 
 
-def test_offline_run_records_config_history_curves_and_checkpoints(tmp_path):
+def test_offline_run_records_config_history_curves_and_checkpoints(tmp_path, monkeypatch):
+    added = []
+    add_file = wandb.Artifact.add_file
+    monkeypatch.setattr(
+        wandb.Artifact, "add_file", lambda self, *a, **kw: added.append(kw) or add_file(self, *a, **kw)
+    )
     logger = WandbLogger(
         project="recipes",
         name="tiny-run",
@@ -122,6 +128,9 @@ def test_offline_run_records_config_history_curves_and_checkpoints(tmp_path):
     # wandb's copies of the uploaded checkpoints stay with the run, not in ~/.local/share/wandb
     staged = list((tmp_path / "wandb" / "artifacts" / "staging").iterdir())
     assert sum(f.stat().st_size for f in staged) >= (tmp_path / "ckpt" / "last.ckpt").stat().st_size
+    # ... and no second copy goes into wandb's cache (~/.cache/wandb/artifacts) when they upload
+    checkpoints = [kw for kw in added if kw.get("name") == "model.ckpt"]
+    assert checkpoints and all(kw.get("skip_cache") is True for kw in checkpoints)
 
 
 def test_resume_continues_the_run(tmp_path, capsys):

@@ -51,3 +51,21 @@ def test_no_example_under_a_sharding_strategy() -> None:
     assert lm.example_input_array is not None
     lm.trainer = L.Trainer(accelerator="cpu", devices=1, strategy=TransformerFSDP(), logger=False)
     assert lm.example_input_array is None
+
+
+def test_the_lm_example_carries_its_attention_mask(monkeypatch) -> None:
+    """Token 0 is the padding token of the library's BPE tokenizers (and the zoo GPT-2): without a mask,
+    the summary's forward pass made transformers warn about padded input at the start of every fit."""
+    from transformers import PreTrainedModel
+
+    seen = []
+    monkeypatch.setattr(
+        PreTrainedModel,
+        "warn_if_padding_and_no_attention_mask",
+        lambda self, ids, mask: seen.append(mask is None and self.config.pad_token_id in ids[:, [-1, 0]]),
+    )
+    lm = CausalLM(config={**GPT2, "pad_token_id": 0})
+    assert summarize(lm).total_flops > 0
+    assert seen == [False]  # asked once, and the mask was there
+    lm(input_ids=torch.zeros(1, 8, dtype=torch.long))
+    assert seen[-1] is True  # the check itself sees padding without a mask
