@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -48,40 +50,83 @@ def file_format(path: str | Path, format: str | None = None, delimiter: str | No
     return "text_label" if BUILDERS[suffix] == "text" and delimiter else BUILDERS[suffix]
 
 
+def check_encoding(encoding: str, option: str = "encoding") -> None:
+    """Raise naming the option if ``encoding`` is not a text codec Python knows.
+
+    Example::
+
+        >>> check_encoding("latin-9x")
+        Traceback (most recent call last):
+        ValueError: encoding='latin-9x' is not a text encoding Python knows (e.g. utf-8, latin-1, cp1252)
+    """
+    try:
+        known = getattr(codecs.lookup(encoding), "_is_text_encoding", True)
+    except (LookupError, TypeError):
+        known = False
+    if not known:
+        raise ValueError(
+            f"{option}={encoding!r} is not a text encoding Python knows (e.g. utf-8, latin-1, cp1252)"
+        )
+
+
 def check_decodes(path: str | Path, encoding: str, what: str) -> None:
     """Raise a ``UnicodeDecodeError`` naming the file, the line and the byte, and the option to set,
-    if ``path`` is not text in ``encoding``."""
-    offset = 0
+    if ``path`` is not text in ``encoding``. The file is decoded as one stream (fed line by line), so a
+    multi-byte encoding (utf-16) is located right too."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    fed = newlines = 0
     with open(path, "rb") as f:
-        for number, line in enumerate(f, 1):
+        for piece in chain(f, [b""]):
+            state = decoder.getstate()
             try:
-                line.decode(encoding)
+                newlines += decoder.decode(piece, final=not piece).count("\n")
             except UnicodeDecodeError as exc:
+                decoder.setstate(state)  # the text before the error, for its line number
+                decoder.errors = "replace"
+                before = decoder.decode(exc.object[len(state[0]) : exc.start]) if exc.start else ""
+                line, byte = newlines + before.count("\n") + 1, fed - len(state[0]) + exc.start
                 raise UnicodeDecodeError(
                     exc.encoding,
                     exc.object,
                     exc.start,
                     exc.end,
-                    f"{what} {str(path)!r} is not {encoding} text: line {number}, byte {offset + exc.start} "
-                    f"(0x{line[exc.start]:02x}) cannot be decoded. Set encoding= to the file's encoding "
-                    "(e.g. encoding: latin-1)",
+                    unreadable(
+                        what,
+                        path,
+                        encoding,
+                        f"line {line}, byte {byte} (0x{exc.object[exc.start]:02x}) cannot be decoded",
+                    ),
                 ) from None
-            offset += len(line)
+            except UnicodeError as exc:  # no position: utf-16's "stream does not start with BOM"
+                raise UnicodeError(unreadable(what, path, encoding, f"{exc} (line {newlines + 1})")) from None
+            fed += len(piece)
+
+
+def unreadable(what: str, path: str | Path, encoding: str, detail: str) -> str:
+    """The message of a file that does not decode: the file, where, and the option to set."""
+    name = codecs.lookup(encoding).name
+    bom = f"; {name}-le or {name}-be for {name} without a BOM" if name in ("utf-16", "utf-32") else ""
+    return (
+        f"{what} {str(path)!r} is not {encoding} text: {detail}. Set encoding= to the "
+        f"file's encoding (e.g. encoding: latin-1{bom})"
+    )
 
 
 @contextmanager
 def located_decode_errors(path: str | Path, encoding: str, what: str) -> Iterator[None]:
     """Reading ``path`` inside this block: a decoding error (also one ``datasets`` wraps) becomes
     :func:`check_decodes`' error naming the line, the byte and the option; the file is read a second time
-    only then."""
+    only then. A ``UnicodeError`` with no position (pandas' "UTF-16 stream does not start with BOM"), or
+    one the second reading does not find, names the file and the option."""
     try:
         yield
     except Exception as exc:
         cause: BaseException | None = exc
-        while cause is not None and not isinstance(cause, UnicodeDecodeError):
+        while cause is not None and not isinstance(cause, UnicodeError):
             cause = cause.__cause__ or cause.__context__
         if cause is not None:
             check_decodes(path, encoding, what)
+            raise UnicodeError(unreadable(what, path, encoding, str(cause))) from exc
         raise
 
 
@@ -132,6 +177,7 @@ def load_split_file(
     """
     from datasets import Dataset
 
+    check_encoding(encoding)
     file = Path(path)
     what = f"{split} file"
     if not file.is_file():
@@ -188,7 +234,8 @@ def read_local_files(
 def require_columns(
     ds: Any, needed: list[str], split: str, path: str | None, format: str | None, delimiter: str | None
 ) -> None:
-    """Raise naming the columns found, and for a local file how it was read and the option to change."""
+    """Raise naming the columns found, and for a local file the file, how it was read and the option to
+    change."""
     for column in needed:
         if column in ds.column_names:
             continue
@@ -198,12 +245,34 @@ def require_columns(
                 f"; {path!r} is read as one text per line (format 'text'): for `text;label` lines set "
                 "delimiter: ';' (format 'text_label'), for `LABEL text` lines format: label_text"
             )
-        elif how == "csv" and len(ds.column_names) == 1:
-            default = "\t" if Path(path).suffix.lower() == ".tsv" else ","
-            hint = f"; one column: is the separator other than {delimiter or default!r}? Set delimiter="
+        elif path is not None and how is not None:
+            hint = separator_hint(ds.column_names, path, how, delimiter)
+        where = f" (file {path!r})" if path else ""
         raise ValueError(
-            f"Column {column!r} not found in the {split} data; its columns are {ds.column_names}{hint}"
+            f"Column {column!r} not found in the {split} data{where}; its columns are {ds.column_names}{hint}"
         )
+
+
+def separator_hint(columns: list[str], path: str | Path, how: str, delimiter: str | None) -> str:
+    """For a csv/tsv table read as one column, or with a header that holds another separator: a hint that
+    the separator is another, and the option.
+
+    Example::
+
+        >>> separator_hint(["text;label"], "train.csv", "csv", None)
+        "; one column: is the separator other than ','? Set delimiter="
+        >>> separator_hint(["text;label", "__index_level_0__"], "train.csv", "csv", None)
+        "; column 'text;label' holds ';': is the separator other than ','? Set delimiter="
+    """
+    if how != "csv":
+        return ""
+    sep = delimiter or ("\t" if Path(path).suffix.lower() == ".tsv" else ",")
+    if len(columns) == 1:
+        return f"; one column: is the separator other than {sep!r}? Set delimiter="
+    for column in columns:
+        for other in (c for c in ";\t|," if c != sep and c in column):
+            return f"; column {column!r} holds {other!r}: is the separator other than {sep!r}? Set delimiter="
+    return ""
 
 
 def load_hub_splits(

@@ -6,7 +6,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -17,16 +17,15 @@ from lightning_recipes._compat import dataset_fingerprint
 from lightning_recipes._hub import hub_call
 from lightning_recipes.cache import default_cache_dir
 from lightning_recipes.data._blocks import Prompts, TokenBlocks, chunk_blocks, expand_files
+from lightning_recipes.data._corpus_files import corpus_format, file_documents
 from lightning_recipes.data._loader import split_loader
-from lightning_recipes.data._text_files import BUILDERS, load_split_file
+from lightning_recipes.data._text_files import check_encoding, file_format
 from lightning_recipes.data._tokenizer_cache import load_or_train_tokenizer
-from lightning_recipes.data.bpe import _read_lines, files_fingerprint, train_bpe_tokenizer
+from lightning_recipes.data.bpe import files_fingerprint, train_bpe_tokenizer
 from lightning_recipes.handshake import DataSpec, InputSpec, agree_tokenizer
 from lightning_recipes.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 SPLITS = ("train", "val", "test")
-#: Extensions of table files, read through ``datasets`` (one document per row of ``text_column``).
-TABLES = frozenset(ext for ext, builder in BUILDERS.items() if builder != "text")
 #: Names a ``datasets`` DatasetDict may use for each of our splits, in order of preference.
 DATASET_SPLITS = {"train": ("train",), "val": ("validation", "valid", "val", "dev"), "test": ("test",)}
 
@@ -75,6 +74,11 @@ class TextCorpusDataModule(L.LightningDataModule):
             :class:`~lightning_recipes.CausalLM` continues; batches are ``{"meta": {"prompt": [...]}}``.
         encoding: text encoding of the text, table and prompt files (``latin-1``...); a byte it cannot
             decode is an error naming the file, line and byte.
+        delimiter: column separator of csv/tsv table files (e.g. ``;``) and of ``text_label`` lines; a
+            ``.txt`` file stays plain text (one document) unless ``format`` says otherwise.
+        format: read the train/val/test files as ``csv``, ``json``, ``parquet`` (the ``text_column`` rows),
+            ``text`` (the whole file one document), ``label_text``/``text_label`` (labelled lines: each
+            line's text part one document, the labels left out) instead of by extension.
 
     Example::
 
@@ -111,8 +115,13 @@ class TextCorpusDataModule(L.LightningDataModule):
         add_eos: bool = True,
         predict_file: str | None = None,
         encoding: str = "utf-8",
+        delimiter: str | None = None,
+        format: Literal["csv", "json", "parquet", "text", "label_text", "text_label"] | None = None,
     ) -> None:
         super().__init__()
+        check_encoding(encoding)
+        if format is not None:
+            file_format("", format)  # an unknown format fails here
         files = (train_file, val_file, test_file)
         if dataset is not None and any(f is not None for f in files):
             raise ValueError("Give text files (train_file/val_file/test_file) or a dataset, not both")
@@ -156,7 +165,7 @@ class TextCorpusDataModule(L.LightningDataModule):
         self.val_set: TokenBlocks | None = None
         self.test_set: TokenBlocks | None = None
         self.predict_file = predict_file
-        self.encoding = encoding
+        self.encoding, self.delimiter, self.format = encoding, delimiter, format
         self.predict_set: Prompts | None = None
 
     # -- sources ---------------------------------------------------------------------------------
@@ -206,37 +215,21 @@ class TextCorpusDataModule(L.LightningDataModule):
     def _documents(self, split: str) -> Iterator[list[str]]:
         """The split's text as lists of pieces, one list per document."""
         if self.dataset is None:
+            how = (str(self.cache_dir / "datasets"), self.encoding, self.delimiter, self.format)
             for path in self._split_files(split):
-                if path.suffix.lower() in TABLES:
-                    yield from ([text] for text in self._table_column(path, split))
-                else:
-                    yield list(_read_lines([path], encoding=self.encoding))
+                yield from file_documents(path, split, self.text_column, *how)
         else:
             for text in self._dataset_split(split)[self.text_column]:
                 yield [text]
 
-    def _table_column(self, path: Path, split: str) -> list[str]:
-        """The ``text_column`` of a table file, one document per row."""
-        table = load_split_file(str(path), split, str(self.cache_dir / "datasets"), self.encoding)
-        if self.text_column not in table.column_names:
-            raise ValueError(
-                f"Column {self.text_column!r} not in {split} file {str(path)!r}; it has "
-                f"{table.column_names}. Set text_column."
-            )
-        dtype = table.features[self.text_column].dtype
-        if dtype not in ("string", "large_string"):
-            raise ValueError(
-                f"Column {self.text_column!r} of {split} file {str(path)!r} holds {dtype}, not text: set "
-                f"text_column to a text column of {table.column_names}"
-            )
-        return table[self.text_column]
-
     def _source_key(self, split: str) -> str:
         if self.dataset is None:
             files = self._split_files(split)
-            column = f":{self.text_column}" if any(p.suffix.lower() in TABLES for p in files) else ""
+            tables = any(corpus_format(p, self.format) != "text" for p in files)
+            column = f":{self.text_column}" if tables else ""
             encoding = "" if self.encoding == "utf-8" else f":{self.encoding}"
-            return "files:" + files_fingerprint(files) + column + encoding
+            how = "".join(f":{k}={v}" for k, v in (("format", self.format), ("sep", self.delimiter)) if v)
+            return "files:" + files_fingerprint(files) + column + encoding + how
         ds = self._dataset_split(split)
         return f"dataset:{self.dataset}:{self.dataset_config}:{split}:{dataset_fingerprint(ds)}"
 
@@ -282,7 +275,8 @@ class TextCorpusDataModule(L.LightningDataModule):
 
         def train(folder: Path) -> Any:
             files = self._split_files("train") if self.dataset is None else []
-            if files and self.encoding == "utf-8" and not any(p.suffix.lower() in TABLES for p in files):
+            plain = files and all(corpus_format(p, self.format) == "text" for p in files)
+            if plain and self.encoding == "utf-8":
                 return train_bpe_tokenizer(files, vocab_size=vocab, output_dir=folder)
             texts = (text for doc in self._documents("train") for text in doc)
             return train_bpe_tokenizer(texts=texts, vocab_size=vocab, output_dir=folder)

@@ -14,6 +14,7 @@ from lightning_recipes.data._loader import split_loader
 from lightning_recipes.data._splits import check_options
 from lightning_recipes.data._text_batches import TextCollator, length_grouped_sampler, tokenize_split
 from lightning_recipes.data._text_files import (
+    check_encoding,
     file_format,
     load_hub_splits,
     read_local_files,
@@ -153,6 +154,7 @@ class TextDataModule(L.LightningDataModule):
         if (dataset is None) == (train_file is None):
             raise ValueError("Give exactly one of dataset (a Hub dataset name) or train_file (a local file)")
         check_options(split_column, duplicates, val_file, test_file, dataset)
+        check_encoding(encoding)
         if task not in ("multiclass", "multilabel", "regression"):
             raise ValueError(f"task={task!r} is not one of ('multiclass', 'multilabel', 'regression')")
         if not 0.0 <= val_fraction < 1.0:

@@ -91,7 +91,8 @@ def test_missing_column_lists_columns(tokenizer_dir: Path, tmp_path: Path) -> No
     train = write_csv(tmp_path / "train.csv", ROWS)
     with pytest.raises(
         ValueError,
-        match=r"Column 'sentence' not found in the train data; its columns are \['text', 'label'\]",
+        match=r"Column 'sentence' not found in the train data \(file .*train\.csv'\); "
+        r"its columns are \['text', 'label'\]",
     ):
         make_dm(tokenizer_dir, train, text_column="sentence")
     with pytest.raises(ValueError, match=r"Column 'target' not found"):

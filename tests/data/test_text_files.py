@@ -85,8 +85,11 @@ def test_wrong_layouts_name_the_file_the_line_and_the_option(tokenizer_dir, tmp_
         make_dm(tokenizer_dir, str(txt))
 
     semicolons = write_csv(tmp_path / "train.csv", [("a good film", "joy")], sep=";")
-    with pytest.raises(ValueError, match=r"one column: is the separator other than ','\? Set delimiter="):
+    with pytest.raises(
+        ValueError, match=r"one column: is the separator other than ','\? Set delimiter="
+    ) as info:
         make_dm(tokenizer_dir, semicolons)
+    assert f"in the train data (file {semicolons!r})" in str(info.value)
     dm = make_dm(tokenizer_dir, semicolons, delimiter=";")
     assert dm.label_names == ["joy"]
 
@@ -160,3 +163,95 @@ def test_a_decoding_error_is_located_only_when_one_happened(tmp_path):
     # any other error passes through unchanged
     with pytest.raises(KeyError, match="other"), located_decode_errors(file, "utf-8", "train file"):
         raise KeyError("other")
+
+
+def test_an_encoding_that_still_fails_is_located(tokenizer_dir, tmp_path):
+    for name in ("train.label", "train.csv"):
+        lines = LATIN1_LINES if name.endswith(".label") else ["text,label", "caf\xe9 film,pos"]
+        train = write_latin1(tmp_path / name, lines)
+        with pytest.raises(UnicodeDecodeError, match=r"is not ascii text: line 2, byte \d+ \(0xe9\)") as info:
+            make_dm(tokenizer_dir, train, encoding="ascii")
+        assert repr(train) in str(info.value) and "Set encoding=" in str(info.value)
+
+
+def test_an_unknown_encoding_names_the_option_before_any_file_is_read(tmp_path):
+    from lightning_recipes._suggest_data import load_texts
+
+    known = r"encoding='latin-9x' is not a text encoding Python knows \(e\.g\. utf-8, latin-1"
+    with pytest.raises(ValueError, match=known):
+        TextDataModule(train_file=str(tmp_path / "train.label"), encoding="latin-9x")
+    with pytest.raises(ValueError, match=known):
+        TextCorpusDataModule(train_file=str(tmp_path / "a.txt"), encoding="latin-9x")
+    with pytest.raises(ValueError, match=known):  # suggest --encoding reads through load_split_file
+        load_texts(write_csv(tmp_path / "t.csv", [("a", "b")]), "text", "label", 8, 0, encoding="latin-9x")
+    with pytest.raises(ValueError, match="encoding='base64' is not a text encoding"):
+        TextDataModule(train_file=str(tmp_path / "train.csv"), encoding="base64")
+
+
+def test_utf16_without_a_bom_names_the_file_and_the_option(tokenizer_dir, tmp_path):
+    train = tmp_path / "train.csv"
+    train.write_bytes("text,label\ncaf\xe9 film,pos\ndull plot,neg\n".encode("utf-16-le"))
+    with pytest.raises(UnicodeError, match=r"train file .*train\.csv' is not utf-16 text: .*BOM") as info:
+        make_dm(tokenizer_dir, str(train), encoding="utf-16")
+    assert "utf-16-le or utf-16-be for utf-16 without a BOM" in str(info.value)
+    dm = make_dm(tokenizer_dir, str(train), encoding="utf-16-le")
+    assert dm._raw()["train"]["text"] == ["caf\xe9 film", "dull plot"]
+    novel = tmp_path / "novel.txt"
+    novel.write_bytes("Le caf\xe9 est ouvert.\n".encode("utf-16-le"))
+    with pytest.raises(UnicodeError, match=r"text file .*novel\.txt' is not utf-16 text: .*BOM.*encoding="):
+        list(TextCorpusDataModule(str(novel), encoding="utf-16")._documents("train"))
+
+
+def test_a_utf16_file_is_located_as_one_stream(tmp_path):
+    from lightning_recipes.data._text_files import check_decodes
+
+    file = tmp_path / "train.label"
+    file.write_bytes("pos ok\npos caf\xe9\n".encode("utf-16") + b"\xff")  # 2 + 2 * 16 bytes, then a stray one
+    with pytest.raises(UnicodeDecodeError, match=r"is not utf-16 text: line 3, byte 34 \(0xff\)"):
+        check_decodes(file, "utf-16", "train file")
+    file.write_bytes("pos ok\npos caf\xe9\n".encode("utf-16"))
+    check_decodes(file, "utf-16", "train file")  # a good file passes
+
+
+def corpus(tmp_path: Path, train: Path, **kwargs) -> TextCorpusDataModule:
+    options = {"bpe_vocab_size": 270, "block_size": 4, "cache_dir": str(tmp_path / "cache")}
+    return TextCorpusDataModule(str(train), **{**options, **kwargs})
+
+
+def test_the_corpus_reads_a_semicolon_table_with_delimiter(tmp_path):
+    sentences = ["a good film , really", "the plot was dull", "great fun"]
+    table = Path(write_csv(tmp_path / "reviews.csv", [(s, i) for i, s in enumerate(sentences)], sep=";"))
+    with pytest.raises(
+        ValueError,
+        match=r"'text' not in train file .*reviews\.csv'.*holds ';': is the separator other than ','\? Set",
+    ):
+        corpus(tmp_path, table).tokenize("train")
+    dm = corpus(tmp_path, table, delimiter=";", val_fraction=0.0)
+    assert list(dm._documents("train")) == [[s] for s in sentences]
+    dm.setup("fit")
+    tok = dm.prepare_tokenizer()
+    assert tok.decode(dm.tokenize("train").tolist()).split("<|endoftext|>")[:3] == sentences
+    keys = {
+        corpus(tmp_path, table, **how)._source_key("train")
+        for how in ({}, {"delimiter": ";"}, {"format": "csv"})
+    }
+    assert len(keys) == 3  # the token cache and the trained tokenizer are keyed by how the files are read
+
+
+def test_the_corpus_format_overrides_the_extension(tmp_path):
+    questions = tmp_path / "questions.data"
+    questions.write_text("NUM:date When was the film made ?\nHUM:ind Who made it ?\n")
+    dm = corpus(tmp_path, questions, format="label_text")
+    assert list(dm._documents("train")) == [["When was the film made ?"], ["Who made it ?"]]  # the text part
+    lines = tmp_path / "lines.txt"
+    lines.write_text("a good film;joy\nthe plot; was dull;sadness\n")
+    assert list(corpus(tmp_path, lines, delimiter=";")._documents("train")) == [[lines.read_text()]]
+    texts = corpus(tmp_path, lines, delimiter=";", format="text_label")._documents("train")
+    assert list(texts) == [["a good film"], ["the plot; was dull"]]
+    table = Path(write_csv(tmp_path / "table.csv", [("a good film", "joy")]))
+    assert list(corpus(tmp_path, table, format="text")._documents("train")) == [[table.read_text()]]
+    notes = tmp_path / "notes.md"
+    notes.write_text('{"text": "one"}\n{"text": "two"}\n')
+    assert list(corpus(tmp_path, notes, format="json")._documents("train")) == [["one"], ["two"]]
+    with pytest.raises(ValueError, match=r"format='lines' is not one of \['csv', 'json'"):
+        corpus(tmp_path, notes, format="lines")
