@@ -79,6 +79,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"Plots:           {len(summary['plots'])} PNG files under {summary['run_dir']}")
     if summary.get("predictions"):
         print(f"Predictions:     {summary['predictions']}")
+    if summary.get("test_predictions"):
+        print(f"Test predictions: {summary['test_predictions']}")
     if summary["metrics"]:
         print("Final metrics:   " + ", ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items()))
 

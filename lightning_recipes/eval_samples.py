@@ -3,8 +3,10 @@
 ``DistributedSampler`` (``drop_last=False``), which Lightning gives every evaluation loader under DDP,
 pads the last rank(s) with samples from the start of the data set so all ranks get the same number;
 counted, they would make metrics and curves of several processes differ from those of one. The
-module metrics (:class:`~lightning_recipes.modules._classification.ClassificationModule`) and
-:class:`~lightning_recipes.callbacks.CurveLogger` both drop them with :class:`RealSamples`.
+module metrics (:class:`~lightning_recipes.modules._classification.ClassificationModule`),
+:class:`~lightning_recipes.callbacks.CurveLogger` and the test table of the
+:class:`~lightning_recipes.callbacks.PredictionWriter` drop them with :class:`RealSamples`; the writer
+also reads which input each sample is (:func:`dataset_indices`), to write the rows in dataset order.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DistributedSampler
+from torch.utils.data import BatchSampler, DistributedSampler, SequentialSampler
 
 from lightning_recipes import _compat
 
@@ -77,6 +79,46 @@ def real_samples_on_rank(dataloader: Any) -> int | None:
         return None
     total = min(len(sampler.dataset), sampler.total_size)  # total_size < N when drop_last truncates
     return len(range(sampler.rank, total, sampler.num_replicas))
+
+
+def dataset_indices(dataloader: Any) -> list[int] | None:
+    """The dataset indices of this rank's share of an evaluation ``dataloader``, in the order its batches
+    bring them (a ``DistributedSampler``'s padding at the end), or ``None`` where that order is not fixed.
+
+    The sampler is drawn once more, so only samplers whose order is the same every time are read: a
+    ``SequentialSampler``, a list (or range) of indices (``TextDataModule``'s length order), a
+    ``DistributedSampler`` (its shuffle is seeded) and Lightning's ``DistributedSamplerWrapper`` of one
+    of these, batched by a plain ``BatchSampler``; a random sampler would draw another order (and move
+    the global random state), and a custom batch sampler may group the indices its own way.
+
+    Example::
+
+        >>> from torch.utils.data import DataLoader, DistributedSampler
+        >>> data = list(range(7))
+        >>> rank_1 = DistributedSampler(data, num_replicas=2, rank=1, shuffle=False)
+        >>> dataset_indices(DataLoader(data, batch_size=2, sampler=rank_1))  # 0 again: the padding
+        [1, 3, 5, 0]
+        >>> dataset_indices(DataLoader(data, sampler=[6, 0, 3]))  # an order of its own: TextDataModule's
+        [6, 0, 3]
+        >>> dataset_indices(DataLoader(data, shuffle=True)) is None  # drawn at random
+        True
+    """
+    batch_sampler = getattr(dataloader, "batch_sampler", None)
+    sampler = getattr(dataloader, "sampler", None)
+    if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
+        return None
+    if batch_sampler is not None and batch_sampler.sampler is not sampler:
+        return None
+    if not _fixed_order(sampler):
+        return None
+    return [int(index) for index in sampler]
+
+
+def _fixed_order(sampler: Any) -> bool:
+    if isinstance(sampler, DistributedSampler):
+        wrapped = _compat.sharded_sampler(sampler)
+        return wrapped is None or _fixed_order(wrapped)
+    return isinstance(sampler, (SequentialSampler, list, tuple, range))
 
 
 def evaluation_dataloaders(trainer: L.Trainer, stage: str) -> list[Any]:

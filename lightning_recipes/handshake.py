@@ -119,6 +119,19 @@ def split_meta(batch: Any) -> tuple[Any, dict[str, list[Any]]]:
     return batch, {}
 
 
+def real_meta(batch: Any, keep: int) -> dict[str, Any]:
+    """The identity columns (:func:`split_meta`) of a batch's first ``keep`` rows: an evaluation batch's real
+    samples, those a DDP sampler did not repeat (see :class:`~lightning_recipes.eval_samples.RealSamples`),
+    for the mistakes report and the test split's predictions table.
+
+    Example::
+
+        >>> real_meta(("images", "targets", {"path": ["a.png", "b.png", "a.png"]}), 2)
+        {'path': ['a.png', 'b.png']}
+    """
+    return {k: v[:keep] for k, v in split_meta(batch)[1].items() if hasattr(v, "__getitem__")}
+
+
 @dataclass
 class CachedFeatures:
     """A batch of cached backbone features, from the feature cache of

@@ -121,7 +121,8 @@ class LightningRecipesCLI(LightningCLI):
         return trainer
 
     def run_stages(self) -> dict[str, Any]:
-        """Run the recipe's ``stages``; return a summary (run dir, checkpoints, metrics, predictions)."""
+        """Run the recipe's ``stages``; return a summary (run dir, checkpoints, metrics, predictions and
+        the test split's predictions)."""
         trainer, model, data = self.trainer, self.model, self.datamodule
         ckpt_path, metrics = self.config.get("ckpt_path"), {}
         best = last = None
@@ -148,14 +149,17 @@ class LightningRecipesCLI(LightningCLI):
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
             seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - started
         run_dir = trainer.log_dir or trainer.default_root_dir
-        writers = [cb for cb in trainer.callbacks if isinstance(cb, PredictionWriter) and cb.path]
+        writers = [cb for cb in trainer.callbacks if isinstance(cb, PredictionWriter)]
+        predictions = next((str(cb.path) for cb in writers if cb.path), None)
+        test_predictions = next((str(cb.test_path) for cb in writers if cb.test_path), None)
         return {
             "run_dir": run_dir,
             "best_checkpoint": best,
             "last_checkpoint": last,
             "plots": sorted(str(p) for p in Path(run_dir).rglob("*.png")) if Path(run_dir).is_dir() else [],
             "metrics": dict(sorted(metrics.items())),
-            "predictions": str(writers[0].path) if writers else None,
+            "predictions": predictions,
+            "test_predictions": test_predictions,
             "checkpoint": ckpt_path,
             "seconds": seconds,
         }

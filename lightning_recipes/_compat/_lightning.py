@@ -122,6 +122,25 @@ def evaluation_dataloaders(trainer: pl.Trainer) -> list[Any] | None:
         return None
 
 
+def sharded_sampler(sampler: Any) -> Any:
+    """The sampler that Lightning's ``DistributedSamplerWrapper`` shards (its ``dataset._sampler``: the
+    evaluation loader's own sampler, e.g. a list of indices in length order), else ``None``.
+
+    Lightning gives an evaluation loader whose sampler is neither sequential nor random a
+    ``DistributedSamplerWrapper`` under DDP; its ``dataset`` is a private ``_DatasetSamplerWrapper``
+    whose items are the indices the wrapped sampler draws. Read by
+    :func:`lightning_recipes.eval_samples.dataset_indices` (the test table of the ``PredictionWriter``).
+
+    Checked: lightning 2.6.6.
+    """
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper, _DatasetSamplerWrapper
+
+    wrapped = getattr(sampler, "dataset", None)
+    if isinstance(sampler, DistributedSamplerWrapper) and isinstance(wrapped, _DatasetSamplerWrapper):
+        return wrapped._sampler
+    return None
+
+
 def fit_combined_loaders(trainer: pl.Trainer) -> tuple[Any, Any]:
     """The ``CombinedLoader`` s that ``fit``'s training and validation loops iterate (``None`` where absent).
 

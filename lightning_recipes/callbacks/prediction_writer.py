@@ -1,5 +1,5 @@
-"""PredictionWriter: one table per ``predict`` run, each input once with its input columns, and the metrics
-where the inputs carry their ground truth."""
+"""PredictionWriter: one table per ``predict`` run and one per ``test`` run, each input once with its input
+columns, and the metrics where the predicted inputs carry their ground truth."""
 
 from __future__ import annotations
 
@@ -16,13 +16,16 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_recipes.handshake import META_KEY, PREDICTION_CONSTANTS
+from lightning_recipes.eval_samples import RealSamples, dataset_indices, evaluation_dataloaders
+from lightning_recipes.handshake import META_KEY, PREDICTION_CONSTANTS, real_meta
 
 #: Key of a ``predict_step`` output holding each row's ground truth (class ids, 0/1 rows or values), where
 #: the inputs carry it: the metrics are computed from it; it is not a column (the input's own label is).
 TARGET_KEY = "target"
 #: Prefix of the columns holding what the model predicted, so that none collides with an input column.
 PRED_PREFIX = "pred_"
+#: Prefix of the test table's file name: ``test_predictions.csv`` beside ``predictions.csv``.
+TEST_PREFIX = "test_"
 
 #: ``(dataloader index, dataset indices or None, predict_step output on the CPU)`` of one batch; the
 #: output is a dict (see :class:`PredictionWriter`) or a tensor of probabilities.
@@ -30,7 +33,8 @@ Chunk = tuple[int, list[int] | None, "dict[str, Any] | Tensor"]
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes what ``predict`` returns to the run's directory, one row per input, on global rank zero.
+    """Writes what ``predict`` returns, and what each ``test`` predicted, to the run's directory, one row per
+    input, on global rank zero.
 
     Files (``filename`` is ``predictions`` by default):
 
@@ -52,6 +56,18 @@ class PredictionWriter(BasePredictionWriter):
     :func:`~lightning_recipes.modules._metrics.build_metrics`), prints them once and logs them to
     the trainer's loggers; :attr:`metrics` holds them.
 
+    At the end of each ``test`` the writer also writes ``test_predictions.csv`` (``.jsonl``, ``.pt``;
+    :data:`TEST_PREFIX` + ``filename``): the same columns, one row per input of the test split in dataset
+    order (``index``: its position in the split), from what ``test_step`` returned (``{"preds", "target"}``,
+    the probabilities the test metrics were computed from, turned into rows by the module's
+    ``prediction_output``) and the input columns the test batches carry (``split_meta``). Its metrics are
+    not computed again: the ``.pt`` holds those the module logged (``metrics``: ``{"test/acc": ...}``). A
+    module whose ``test_step`` returns no ``preds`` (``CausalLM``: perplexity only) gets no test table.
+    Under DDP the samples the ``DistributedSampler`` repeats are dropped (:class:`RealSamples`, as the
+    module's metrics drop them) and each rank's rows are placed by the dataset indices its sampler deals
+    (:func:`~lightning_recipes.eval_samples.dataset_indices`; a sampler of random order: rows in the
+    order evaluated, rank by rank).
+
     It reads only what each ``predict_step`` returns (see
     :meth:`~lightning_recipes.modules._classification.ClassificationModule.predict_step`): a dict
     with per-row tensors or lists, the batch's identity under ``"meta"``, and ``label_names``/``task``;
@@ -67,7 +83,8 @@ class PredictionWriter(BasePredictionWriter):
         filename: file name without extension.
 
     After ``predict``, :attr:`path` is the table written (``None`` on other ranks), :attr:`num_rows` its
-    number of rows and :attr:`metrics` the metrics (``{}`` without ground truth).
+    number of rows and :attr:`metrics` the metrics (``{}`` without ground truth); after ``test``,
+    :attr:`test_path` and :attr:`test_num_rows`.
     """
 
     def __init__(self, output_dir: str | None = None, filename: str = "predictions") -> None:
@@ -77,8 +94,12 @@ class PredictionWriter(BasePredictionWriter):
         self.path: Path | None = None
         self.num_rows = 0
         self.metrics: dict[str, float] = {}
+        self.test_path: Path | None = None
+        self.test_num_rows = 0
         self._chunks: list[Chunk] = []
         self._warned = False
+        self._samples = RealSamples()  # the test samples DDP's sampler repeats are dropped
+        self._indices: dict[int, list[int] | None] = {}
 
     @override
     def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -107,12 +128,10 @@ class PredictionWriter(BasePredictionWriter):
 
     @override
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        folder = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)  # on every rank
-        chunks = _gather(self._chunks)
-        self._chunks = []
-        if not trainer.is_global_zero or not chunks:
+        gathered = self._gathered(trainer)
+        if gathered is None:
             return
-        constants, rows = merge(chunks)
+        folder, constants, rows = gathered
         self.metrics = metrics(constants, rows)
         self.path = write(folder, self.filename, rows, {**constants, "metrics": self.metrics})
         self.num_rows = len(rows)
@@ -123,6 +142,60 @@ class PredictionWriter(BasePredictionWriter):
             rank_zero_info(f"Prediction metrics ({labelled} of {self.num_rows} rows labelled): {shown}")
             for logger in trainer.loggers:
                 logger.log_metrics({f"predict/{k}": v for k, v in self.metrics.items()}, trainer.global_step)
+
+    @override
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._chunks, self.test_path, self.test_num_rows = [], None, 0
+        loaders = evaluation_dataloaders(trainer, "test")
+        self._samples.start_with(loaders)
+        self._indices = {idx: dataset_indices(loader) for idx, loader in enumerate(loaders)}
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        rows_of = getattr(pl_module, "prediction_output", None)  # ClassificationModule's
+        preds = outputs.get("preds") if isinstance(outputs, Mapping) else None
+        if not callable(rows_of) or not isinstance(preds, Tensor):
+            return  # no per-row predictions (a language model's perplexity): no test table
+        target = outputs.get(TARGET_KEY)
+        first = self._samples.seen.get(dataloader_idx, 0)
+        keep = self._samples.keep(len(preds), dataloader_idx)
+        if not keep:
+            return
+        indices = self._indices.get(dataloader_idx)
+        if indices is None:
+            self._warn("the test DataLoader's order is not fixed: test rows are written in evaluation order")
+        output = rows_of(preds[:keep], real_meta(batch, keep), None if target is None else target[:keep])
+        chunk_indices = None if indices is None else indices[first : first + keep]
+        self._chunks.append((dataloader_idx, chunk_indices, _to_cpu(output)))
+
+    @override
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        gathered = self._gathered(trainer)  # here, not at the epoch's end: the logged metrics are final
+        if gathered is None:
+            return
+        folder, constants, rows = gathered
+        logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        self.test_path = write(folder, TEST_PREFIX + self.filename, rows, {**constants, "metrics": logged})
+        self.test_num_rows = len(rows)
+        rank_zero_info(f"Test predictions: {self.test_num_rows} rows -> {self.test_path}")
+
+    def _gathered(self, trainer: L.Trainer) -> tuple[Path, dict[str, Any], list[dict[str, Any]]] | None:
+        """``(folder, constants, rows)`` of every rank's chunks on global rank zero (a collective call under
+        DDP: every rank makes it); ``None`` on the other ranks and where nothing was predicted."""
+        folder = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)  # on every rank
+        chunks = _gather(self._chunks)
+        self._chunks = []
+        if not trainer.is_global_zero or not chunks:
+            return None
+        return folder, *merge(chunks)
 
     def _warn(self, message: str) -> None:
         if not self._warned:

@@ -340,9 +340,13 @@ class ImageDataModule(L.LightningDataModule):
                 datasets[split] = None
                 continue
             samples = [(path, self._encode(labels, path)) for path, labels in split_rows]
-            # evaluation batches carry each file's path, for the mistakes report
+            # evaluation batches carry each file's path, for the mistakes report; test batches also its
+            # label and CSV columns, for the prediction writer's test table
             transform = self.transforms(training=split == "train")
-            datasets[split] = ImageDataset(samples, transform, mode, with_path=split != "train")
+            columns = self._test_columns(split_rows) if split == "test" else None
+            datasets[split] = ImageDataset(
+                samples, transform, mode, with_path=split != "train", columns=columns
+            )
         self.train_set, self.val_set, self.test_set = datasets["train"], datasets["val"], datasets["test"]
         # Predict batches carry each file's path (and, from the test split, its label and CSV columns).
         columns = None
@@ -355,15 +359,17 @@ class ImageDataModule(L.LightningDataModule):
             samples = [(p, -1) for p in paths]
         else:
             samples = self.test_set.samples if self.test_set is not None else None
-            if samples is not None:
-                given = self._csv_columns()
-                separator = self.label_separator or ""
-                columns = [
-                    {"label": separator.join(labels), **given.get(path, {})} for path, labels in rows["test"]
-                ]
+            columns = self.test_set.columns if self.test_set is not None else None
         if samples is not None:
             transform = self.transforms(training=False)
             self.predict_set = ImageDataset(samples, transform, mode, with_path=True, columns=columns)
+
+    def _test_columns(self, rows: list[tuple[Path, list[str]]]) -> list[dict[str, str]]:
+        """Each test image's ``label`` (as written; several joined by ``label_separator``) and the columns of
+        its CSV row besides ``path``."""
+        given = self._csv_columns()
+        separator = self.label_separator or ""
+        return [{"label": separator.join(labels), **given.get(path, {})} for path, labels in rows]
 
     def _csv_columns(self) -> dict[Path, dict[str, str]]:
         """The columns of the CSV files besides ``path`` (``label`` and any others, as written), by image."""

@@ -51,9 +51,9 @@ class TextDataModule(L.LightningDataModule):
         dataset, dataset_config, dataset_revision: a Hub dataset (e.g. ``nyu-mll/glue``, ``sst2``), revision.
         train_file, val_file, test_file: local ``.csv``/``.tsv``/``.json``/``.jsonl``/``.parquet`` files.
         predict_file: texts to predict: one of those formats, or ``.txt`` with one text per line; default:
-            the test split. Predict batches also hold ``"meta"`` (every column of the file, for the
-            prediction writer) and ``labels`` where each row has a known label (the metrics); validation
-            and test batches hold the texts in ``"meta"`` (the mistakes report).
+            the test split. Predict and test batches also hold ``"meta"`` (every column of the file, for
+            the prediction writer's tables), predict batches ``labels`` where each row has a known label
+            (the metrics); validation batches hold the texts in ``"meta"`` (the mistakes report).
         text_column: column of the text; ``text_pair_column``: second text of sentence-pair tasks.
         label_column: column of the label.
         label_names: class names in id order.
@@ -289,10 +289,12 @@ class TextDataModule(L.LightningDataModule):
             self.label_encoder.fit(self._raw()["train"])
 
     def _tokenize(self, split: str, ds: Any) -> Any:
-        # Inputs travel with the batches (``batch["meta"]``): the texts of evaluation batches, for the
-        # mistakes report; every column of the predict data (its ground truth too), for the prediction writer.
+        # Inputs travel with the batches (``batch["meta"]``): the texts of validation batches, for the
+        # mistakes report; every column of the test and predict data (its ground truth too), for the
+        # prediction writer's tables (and the test mistakes).
         text, pair = self.text_column, self.text_pair_column
-        kept = {"predict": list(ds.column_names), "train": []}.get(split, [c for c in (text, pair) if c])
+        every = list(ds.column_names)
+        kept = {"predict": every, "test": every, "train": []}.get(split, [c for c in (text, pair) if c])
         labels = self.label_encoder if self._labelled(split, ds) else None
         tokenizer = self.prepare_tokenizer()
         return tokenize_split(ds, split, tokenizer, text, pair, self.max_length, labels, self.task, kept)
@@ -346,8 +348,8 @@ class TextDataModule(L.LightningDataModule):
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         """Pad a list of examples to the longest one (transformers' ``DataCollatorWithPadding``).
 
-        Validation and test batches also hold ``"meta"``: ``{text column: [texts]}`` (and the pair column's
-        texts); predict batches, every column of the predict data.
+        Validation batches also hold ``"meta"``: ``{text column: [texts]}`` (and the pair column's texts);
+        test and predict batches, every column of their data.
         """
         if not hasattr(self, "_collator"):
             self._collator = TextCollator(self.prepare_tokenizer(), self.task, self.pad_to_multiple_of)

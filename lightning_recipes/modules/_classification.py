@@ -360,14 +360,22 @@ class ClassificationModule(TransferModule):
         """
         inputs, meta = split_meta(batch)
         probs = self.probabilities(self.class_logits(self.evaluation_logits(inputs).float()))
+        return self.prediction_output(probs, meta, self.known_target(batch, probs))
+
+    def prediction_output(
+        self, probs: Tensor, meta: Mapping[str, Any], target: Tensor | None = None
+    ) -> dict[str, Any]:
+        """The rows the :class:`~lightning_recipes.callbacks.PredictionWriter` writes, for one batch of
+        :meth:`probabilities`, its input columns ``meta`` and its ground truth (``None``: unknown): what
+        :meth:`predict_step` returns, and what the writer makes of ``test_step``'s ``preds`` and
+        ``target`` for the test split's table."""
         out = {
             "probabilities": probs,
             "labels": [d.get("label", d.get("value")) for d in self.decode(probs)],
             "label_names": None if self.task == "regression" else self.label_names,
             "task": self.task,
-            META_KEY: meta,
+            META_KEY: dict(meta),
         }
-        target = self.known_target(batch, probs)
         return out if target is None else {**out, "target": target}
 
     def known_target(self, batch: Any, probs: Tensor) -> Tensor | None:

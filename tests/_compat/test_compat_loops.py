@@ -176,3 +176,18 @@ def test_fit_combined_loaders_are_the_loops_and_setting_flattened_changes_later_
     # Epoch 0's training iterator was made in setup_data (before the hook); the rest read the new loaders.
     expected = {"train": [False, False, True, True], "val": [True, True]}
     assert read == expected, broken("lightning", f"after setting flattened the loops read {read}")
+
+
+def test_sharded_sampler_is_the_sampler_lightnings_distributed_wrapper_shards():
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+    from torch.utils.data import DistributedSampler
+
+    from lightning_recipes.eval_samples import dataset_indices
+
+    order = [6, 0, 3, 5, 1, 2, 4]  # a length order, as TextDataModule's evaluation sampler
+    wrapper = DistributedSamplerWrapper(order, num_replicas=2, rank=1, shuffle=False)
+    assert _compat.sharded_sampler(wrapper) is order, broken(
+        "lightning", "DistributedSamplerWrapper.dataset._sampler is no longer the wrapped sampler"
+    )
+    assert dataset_indices(DataLoader(list(range(7)), batch_size=2, sampler=wrapper)) == [0, 5, 2, 6]
+    assert _compat.sharded_sampler(DistributedSampler(list(range(7)), 2, 0)) is None

@@ -27,7 +27,7 @@ from lightning_recipes.callbacks.curve_logger.writers import (
     write_csvs,
 )
 from lightning_recipes.eval_samples import RealSamples, evaluation_dataloaders
-from lightning_recipes.handshake import split_meta
+from lightning_recipes.handshake import real_meta
 
 Stage = Literal["validate", "test"]
 
@@ -225,8 +225,7 @@ class CurveLogger(Callback):
         if keep:
             self._metrics[dataloader_idx].update(preds[:keep], target[:keep])
             if dataloader_idx in self._mistakes:
-                meta = {k: v[:keep] for k, v in split_meta(batch)[1].items() if hasattr(v, "__getitem__")}
-                self._mistakes[dataloader_idx].update(preds[:keep], target[:keep], meta)
+                self._mistakes[dataloader_idx].update(preds[:keep], target[:keep], real_meta(batch, keep))
 
     def _end(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not self._active:
