@@ -92,7 +92,13 @@ def test_fused_optimizer_is_clipped_like_an_unfused_one(tmp_path, precision, alg
     # up to the fused kernel's float error (2.6e-4 on torch 2.5; each step moves a weight by lr = 0.05), the
     # attention key biases aside: softmax cancels them, their gradient is float noise that Adam normalises
     # into steps of the full LR
-    assert fused_post.norms == pytest.approx(plain_post.norms, rel=1e-4)
+    # The first step's norms are the same to float precision; later ones drift with the weights, since one
+    # step's float error in the weights gives the next gradient its own: up to 1.4e-4 relative by step 6
+    # under fp16, and one weight of 512 in 1.2e-3 (2.4 % of a step), on an AMD EPYC with torch 2.14. A
+    # clipping that went wrong is off by far more: a missed unscale by the scale (2 ** 10), a missed
+    # clip by the limit's ratio.
+    assert fused_post.norms[0] == pytest.approx(plain_post.norms[0], rel=1e-6)
+    assert fused_post.norms == pytest.approx(plain_post.norms, rel=5e-4)
     for (name, a), b in zip(plain.state_dict().items(), fused.state_dict().values(), strict=True):
         if not name.endswith("key.bias"):
-            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3, msg=name)  # < 2 % of one step
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=2.5e-3, msg=name)  # < 5 % of one step
