@@ -296,9 +296,11 @@ def thresholds(results: dict[str, dict]) -> list[str]:
         regret(e, rule(e["probe"]["similarity"], e["probe"]["median_per_class"], SIMILAR, LARGE_PER_CLASS))
         for e in done.values()
     )
+    floor = sum(max(accuracies(e).values()) - max(accuracies(e)[r] for r in RULE) for e in done.values())
     lines = [f"pairs with fine-tune, add-layers and scratch measured: {len(done)} ({', '.join(done)})",
              f"lowest total regret over the grid: {best:.3f}; at the current SIMILAR={SIMILAR}, "
-             f"LARGE_PER_CLASS={LARGE_PER_CLASS}: {at_current:.3f}"]  # fmt: skip
+             f"LARGE_PER_CLASS={LARGE_PER_CLASS}: {at_current:.3f}; the floor (the best of the rule's "
+             f"three scenarios on every pair; adapters, frozen probe never picked): {floor:.3f}"]  # fmt: skip
 
     def ranges(values: np.ndarray) -> str:
         if not len(values):
@@ -334,14 +336,15 @@ def cell(value: float | None) -> str:
 
 def table(results: dict[str, dict]) -> str:
     """The markdown tables: outcomes and picks, then cost."""
-    head = ["pair", "backbone", "similarity", "median/class", *TRAINED, "as-is", "frozen probe", "best",
-            "probe's pick", "regret (probe)", "pilot's pick", "regret (pilot)"]  # fmt: skip
+    head = ["pair", "backbone", "steps cap", "similarity", "median/class", *TRAINED, "as-is", "frozen probe",
+            "best", "probe's pick", "regret (probe)", "pilot's pick", "regret (pilot)"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, e in results.items():
         acc = accuracies(e)
         best = max(acc, key=acc.get) if acc else None
         p, q = e.get("probe", {}), e.get("pilot", {})
-        row = [name, Path(e["backbone"]).name, f"{p['similarity']:+.3f}" if p else "n/a",
+        cap = e.get("budget", {}).get("max_steps", "n/a")
+        row = [name, Path(e["backbone"]).name, str(cap), f"{p['similarity']:+.3f}" if p else "n/a",
                f"{p['median_per_class']:g}" if p else "n/a",
                *(cell(acc.get(s)) for s in [*TRAINED, "as-is", "frozen probe"]),
                f"{best} {acc[best]:.3f}" if best else "n/a",
@@ -428,7 +431,8 @@ def main() -> None:
             store.write_text(json.dumps(results, indent=1, default=str))
         text = "\n".join([table(results), "", *hit_rates(results), "", *thresholds(results)])
         (out / "outcomes.md").write_text(text + "\n")
-        print(f"\nmax_steps cap {args.max_steps}, pilot {args.pilot_budget} steps, threads {args.threads}\n")
+        budget = f"this call: steps cap {args.max_steps}, pilot {args.pilot_budget} steps"
+        print(f"\n{budget}, threads {args.threads}\n")
         print(text)
 
 
