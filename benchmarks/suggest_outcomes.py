@@ -1,6 +1,6 @@
 """Is ``lightning-recipes suggest`` right on real data? Every scenario's outcome on (data, backbone) pairs.
 
-For each pair (:data:`PAIRS`: digits few-shot and full, DTD-10, SST-2 at two sizes, TREC-6), the script
+For each pair (:func:`pairs`: digits few-shot and full, DTD-10, SST-2 and TREC-6 at two sizes each), it
 
 1. runs ``suggest`` (the default probe) on the pair's training data and records what it measured and chose;
 2. runs ``suggest --pilot`` (the probe's choice and its runner-up, ``--pilot-budget``, default 50 steps)
@@ -178,6 +178,23 @@ def write_text(source: Path, out: Path, n: int, skip: int, seed: int, column: st
     return out
 
 
+def write_csv(source: Path, out: Path, per_class: int, seed: int, column: str) -> Path:
+    """``per_class`` rows of each class of the csv ``source`` (seeded; all of a rarer class)."""
+    import csv
+
+    with source.open(newline="") as f:
+        header, *rows = list(csv.reader(f))
+    random.Random(seed).shuffle(rows)
+    col, taken, picked = header.index(column), {}, []
+    for row in rows:
+        if taken.get(row[col], 0) < per_class:
+            taken[row[col]] = taken.get(row[col], 0) + 1
+            picked.append(row)
+    with out.open("w", newline="") as f:
+        csv.writer(f).writerows([header, *picked])
+    return out
+
+
 def pairs(work: Path, shared: Path, smoke: bool) -> dict[str, dict]:
     """The (data, backbone) pairs, their data written under ``work`` (seeded)."""
     from lightning_recipes.data.digits import export_digits
@@ -210,6 +227,8 @@ def pairs(work: Path, shared: Path, smoke: bool) -> dict[str, dict]:
         "text_column": "text", "label_column": "coarse_label",
         "test_file": str(shared / "data" / "trec6" / "test.csv"),
     }  # fmt: skip
+    trec, label = shared / "data" / "trec6" / "train.csv", "coarse_label"
+    out["trec6_60"] = {**out["trec6"], "data": str(write_csv(trec, work / "trec6_60.csv", 60, 0, label))}
     return out
 
 
