@@ -383,15 +383,25 @@ def table(results: dict[str, dict]) -> str:
 
 
 def hit_rates(results: dict[str, dict]) -> list[str]:
+    """How often the probe and the pilot picked the best scenario, of all and of the rule's three."""
     out = []
     for who in ("probe", "pilot"):
-        regrets = [regret(e, e[who]["choice"]) for e in results.values() if who in e]
-        regrets = [r for r in regrets if r is not None]
-        if regrets:
-            exact = sum(r == 0 for r in regrets)
-            near = sum(r <= MARGIN for r in regrets)
-            out.append(f"{who}: best on {exact} of {len(regrets)} pairs, within {MARGIN:.2f} of the best on "
-                       f"{near}; total regret {sum(regrets):.3f}, mean {np.mean(regrets):.3f}")  # fmt: skip
+        for among in (None, RULE):
+            regrets = []
+            for e in results.values():
+                acc = accuracies(e)
+                missing = among and any(s not in acc for s in among)
+                if who not in e or e[who]["choice"] not in acc or missing:
+                    continue
+                best = max(acc[s] for s in among or acc)
+                regrets.append(best - acc[e[who]["choice"]])
+            if regrets:
+                exact, near = sum(r <= 0 for r in regrets), sum(r <= MARGIN for r in regrets)
+                scope = "of the rule's three (fine-tune, add-layers, scratch)" if among else "of all measured"
+                out.append(
+                    f"{who}, {scope}: the best on {exact} of {len(regrets)} pairs, within {MARGIN:.2f} "
+                    f"on {near}; total regret {sum(regrets):.3f}, mean {np.mean(regrets):.3f}"
+                )
     return out
 
 
