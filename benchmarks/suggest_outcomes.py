@@ -62,9 +62,11 @@ MARGIN = 0.02
 class OutcomeCLI(LightningRecipesCLI):
     """``lightning run`` of a printed command with the table's budget (module docstring) and nothing else."""
 
-    def __init__(self, *args: Any, folder: Path, max_steps: int, image_size: int | None, **kwargs: Any):
-        self.folder, self.max_steps, self.image_size = folder, max_steps, image_size
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self, *args: Any, folder: Path, max_steps: int, image_size: int | None, seed: int | None, **kw: Any
+    ):
+        self.folder, self.max_steps, self.image_size, self.seed = folder, max_steps, image_size, seed
+        super().__init__(*args, **kw)
 
     @override
     def before_instantiate_classes(self) -> None:
@@ -74,6 +76,8 @@ class OutcomeCLI(LightningRecipesCLI):
         trainer.max_steps = self.max_steps if steps < 0 else min(steps, self.max_steps)
         trainer.default_root_dir = str(self.folder)
         trainer.enable_progress_bar = False
+        if self.seed is not None:  # --recipe-seed: another seed than the recipe's own
+            config.seed_everything = self.seed
         loggers = trainer.get("logger")
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             if getattr(logger, "init_args", None) is not None and "save_dir" in logger.init_args:
@@ -91,7 +95,9 @@ class OutcomeCLI(LightningRecipesCLI):
         super().before_instantiate_classes()
 
 
-def run_scenario(inputs: Any, scenario: str, folder: Path, max_steps: int, image_size: int | None) -> dict:
+def run_scenario(
+    inputs: Any, scenario: str, folder: Path, max_steps: int, image_size: int | None, seed: int | None = None
+) -> dict:
     """Test accuracy, wall time, trainable parameters and checkpoint size of ``scenario``'s command."""
     from lightning_recipes.loggers.wandb import finish_runs
     from lightning_recipes.tune.trial import _quiet_seed
@@ -101,7 +107,7 @@ def run_scenario(inputs: Any, scenario: str, folder: Path, max_steps: int, image
     with _quiet_seed():
         cli = OutcomeCLI(
             args=["--config", str(recipe.path), *shlex.split(command)[3:]], run=False, recipe_mode=True,
-            folder=folder, max_steps=max_steps, image_size=image_size,
+            folder=folder, max_steps=max_steps, image_size=image_size, seed=seed,
         )  # fmt: skip
     try:
         summary = cli.run_stages()
@@ -414,6 +420,8 @@ def main() -> None:
         "--pilot-budget", type=int, default=50, help="steps of each pilot (suggest's default)"
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--scenarios", nargs="*", help="only these scenarios (default: every shipped one)")
+    parser.add_argument("--recipe-seed", type=int, help="seed_everything of every run (recipe's)")
     parser.add_argument("--smoke", action="store_true", help="tiny stand-ins, 3 steps: checks the script")
     args = parser.parse_args()
     import torch
@@ -442,13 +450,15 @@ def main() -> None:
                 *(["as-is"] if inputs.command("as-is") and entry["probe"]["as_is"] else []),
             ]
             for scenario in scenarios:
-                if scenario in entry["scenarios"] or inputs.command(scenario) is None:
+                skip = args.scenarios is not None and scenario not in args.scenarios
+                if skip or scenario in entry["scenarios"] or inputs.command(scenario) is None:
                     continue
                 print(f"   {scenario}", flush=True)
                 try:
                     entry["scenarios"][scenario] = run_scenario(
-                        inputs, scenario, out / "runs" / name / scenario, args.max_steps, size
-                    )
+                        inputs, scenario, out / "runs" / name / scenario, args.max_steps, size,
+                        args.recipe_seed,
+                    )  # fmt: skip
                 except Exception as error:  # recorded, not fatal: the table says which run failed
                     entry["scenarios"][scenario] = {"error": repr(error)[:500]}
                 store.write_text(json.dumps(results, indent=1, default=str))
