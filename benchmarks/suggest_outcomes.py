@@ -62,11 +62,9 @@ MARGIN = 0.02
 class OutcomeCLI(LightningRecipesCLI):
     """``lightning run`` of a printed command with the table's budget (module docstring) and nothing else."""
 
-    def __init__(
-        self, *args: Any, folder: Path, max_steps: int, image_size: int | None, seed: int | None, **kw: Any
-    ):
-        self.folder, self.max_steps, self.image_size, self.seed = folder, max_steps, image_size, seed
-        super().__init__(*args, **kw)
+    def __init__(self, *args: Any, folder: Path, max_steps: int, image_size: int | None, **kwargs: Any):
+        self.folder, self.max_steps, self.image_size = folder, max_steps, image_size
+        super().__init__(*args, **kwargs)
 
     @override
     def before_instantiate_classes(self) -> None:
@@ -76,8 +74,6 @@ class OutcomeCLI(LightningRecipesCLI):
         trainer.max_steps = self.max_steps if steps < 0 else min(steps, self.max_steps)
         trainer.default_root_dir = str(self.folder)
         trainer.enable_progress_bar = False
-        if self.seed is not None:  # --recipe-seed: another seed than the recipe's own
-            config.seed_everything = self.seed
         loggers = trainer.get("logger")
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             if getattr(logger, "init_args", None) is not None and "save_dir" in logger.init_args:
@@ -106,8 +102,9 @@ def run_scenario(
     started = time.perf_counter()
     with _quiet_seed():
         cli = OutcomeCLI(
-            args=["--config", str(recipe.path), *shlex.split(command)[3:]], run=False, recipe_mode=True,
-            folder=folder, max_steps=max_steps, image_size=image_size, seed=seed,
+            args=["--config", str(recipe.path), *shlex.split(command)[3:],
+                  *([] if seed is None else [f"--seed_everything={seed}"])],  # the CLI seeds before the hook
+            run=False, recipe_mode=True, folder=folder, max_steps=max_steps, image_size=image_size,
         )  # fmt: skip
     try:
         summary = cli.run_stages()
