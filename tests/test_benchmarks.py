@@ -6,7 +6,7 @@ has a ``--smoke`` mode, the same code path on tiny stand-ins (``benchmarks/_smok
 its tables are read back: every row it promises is there, every figure finite and in range. The figures
 themselves mean nothing at this size, so no value is compared with a benchmark's published one.
 
-Most of a smoke run is one core importing torch, Lightning and transformers (13 fresh processes in all),
+Most of a smoke run is one core importing torch, Lightning and transformers (a fresh process per script),
 so the runs start together, as many at a time as there are cores (at most 4), and each test waits for its
 own.
 """
@@ -31,8 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 #: ``_``-files are helpers (``_smoke.py``), not benchmarks.
 SCRIPTS = [path for path in sorted((REPO / "benchmarks").glob("*.py")) if not path.name.startswith("_")]
 
-#: The scripts that start processes of their own (one per run or per case): the longest smoke runs.
-SPAWNING = ("lora_vs_full.py", "suggest_time.py")
+#: The longest smoke runs: scripts that start processes of their own (one per run or per case), and
+#: ``suggest_outcomes.py`` (14 recipe runs and 4 pilots).
+SPAWNING = ("lora_vs_full.py", "suggest_time.py", "suggest_outcomes.py")
 
 ACC = (0.0, 1.0)  # an accuracy
 POS = (0.0, math.inf)  # a time, a rate, a ratio, a size (0 allowed: rounded tiny figures)
@@ -171,6 +172,21 @@ EXPECTED: dict[str, list[dict[str, dict[str, tuple[float, float] | set[str]]]]] 
             arm: {"test acc per seed [0]": ACC, "mean": ACC, "mean wall time (s)": POS}
             for arm in ("transfer (resnet10t.digits04)", "from scratch")
         },
+    ],
+    "suggest_outcomes.py": [  # the outcomes and picks, then each run's cost
+        {
+            pair: {
+                "similarity": (-math.inf, 1.0),
+                **{scenario: ACC for scenario in ("fine-tune", "add-layers", "scratch", "adapters")},
+                "frozen probe": ACC,
+                "probe's pick": set(SCENARIOS),
+                "regret (probe)": ACC,
+                "pilot's pick": set(SCENARIOS),
+                "regret (pilot)": ACC,
+            }
+            for pair in ("digits5-9_n10", "sst2_300")
+        },
+        {pair: {"wall s": POS, "trainable params": POS} for pair in ("digits5-9_n10", "sst2_300")},
     ],
     "suggest_time.py": [
         {
