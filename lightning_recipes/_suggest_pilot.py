@@ -4,7 +4,8 @@ Each competing scenario (the probe's choice and its runner-up, or the scenarios 
 pilot: its printed command, as ``lightning run`` runs it (:class:`PilotCLI`), on a class-balanced
 subset of the training data (:data:`PILOT_TRAIN` examples) validated on a class-balanced subset of the
 validation data (the user's own, else held-out training examples; :data:`PILOT_VAL`), for the same
-budget of optimizer steps or minutes. The pilots' validation metric (the recipe's ``ModelCheckpoint``
+budget of optimizer steps (at most the full run's: a recipe whose whole run is shorter gets its whole
+run) or minutes. The pilots' validation metric (the recipe's ``ModelCheckpoint``
 monitor, after the last step) is printed side by side with the measured time per step and the
 estimated time of the full run (seconds per step x the full run's steps), and the best metric picks
 the scenario. An as-is recipe is validated as built (no steps).
@@ -206,8 +207,12 @@ def run_pilot(
 
     recipe, command = full.command(scenario)
     full_config = parse_recipe(recipe.path, shlex.split(command)[3:]).config
+    carved = full.details.get("layout") == "class folders" or (full.family == "text" and not full.val_file)
+    steps = full_steps(full_config, train_examples, carved) if "fit" in full_config.stages else 0
     if "fit" not in full_config.stages:  # as-is: tested on the pilots' validation examples
         subset = replace(subset, test_file=subset.val_file)
+    elif budget.steps:  # never longer than the run it stands for: a pilot ranks the runs users start
+        budget = replace(budget, steps=min(budget.steps, max(steps, 1)))
     _, pilot_command = subset.command(scenario)
     started = time.perf_counter()
     with _quiet_seed():
@@ -227,11 +232,9 @@ def run_pilot(
     if key not in metrics:
         raise ValueError(f"pilot of {scenario}: its recipe monitors {key!r}, not logged ({sorted(metrics)})")
     times = cli.timer.seconds
-    carved = full.details.get("layout") == "class folders" or (full.family == "text" and not full.val_file)
     return PilotResult(
         scenario, recipe.name, monitor, mode, float(metrics[key]), len(times),
-        float(np.mean(times)) if times else 0.0, time.perf_counter() - started,
-        full_steps(full_config, train_examples, carved) if trains else 0,
+        float(np.mean(times)) if times else 0.0, time.perf_counter() - started, steps,
     )  # fmt: skip
 
 
